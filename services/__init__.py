@@ -1,0 +1,1 @@
+"""Homeward's four services and the runtime they share."""

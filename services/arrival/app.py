@@ -1,0 +1,31 @@
+"""Arrival's route table and window sweeper."""
+
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+
+import asyncpg
+
+from contracts.events import EVIDENCE_TOPIC, RegistrationAccepted, TravelBooked
+from services.arrival import handlers
+from services.runtime.consumer import Route
+from services.runtime.db import load_queries, runtime_queries
+from services.runtime.service import ServiceDefinition, Worker
+from services.runtime.settings import Settings
+
+SQL = Path(__file__).parent / "adapters" / "sql"
+
+
+def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
+    queries = load_queries(SQL)
+    window = timedelta(seconds=settings.arrival_window_seconds)
+    routes = {
+        RegistrationAccepted.TOPIC: Route(partial(handlers.handle_accepted, queries=queries, window=window)),
+        TravelBooked.TOPIC: Route(partial(handlers.handle_booked, queries=queries, window=window)),
+        EVIDENCE_TOPIC: Route(partial(handlers.handle_evidence, queries=queries, window=window)),
+    }
+    sweeper = handlers.WindowSweeper(pool, queries, runtime_queries(), window, settings.worker_batch_size_max)
+    workers = [
+        Worker("window-sweep", sweeper.sweep, settings.arrival_sweep_interval_ms / 1000, settings.worker_batch_size_max)
+    ]
+    return ServiceDefinition(name="arrival", routes=routes, workers=workers)

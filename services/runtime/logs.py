@@ -1,0 +1,62 @@
+"""structlog, configured once: JSON lines to stdout, one logger handed to FastStream too.
+
+PII never reaches a log line: handlers log ids only, and a last processor drops
+any key named like a personal field as a second line of defence.
+"""
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+PII_KEYS = frozenset(
+    {
+        "given_name", "family_name", "name", "date_of_birth", "number", "document",
+        "phone", "email", "msisdn", "account_number", "account_name", "payload", "data",
+        "body", "sealed",
+    }
+)  # fmt: skip
+
+
+def _drop_pii(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for key in PII_KEYS.intersection(event_dict):
+        event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def configure(service: str, level: str = "INFO", stream: TextIO = sys.stdout) -> structlog.stdlib.BoundLogger:
+    """Route stdlib logging (FastStream, aiokafka) and structlog through one JSON renderer."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_pii,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiokafka is chatty at INFO about group membership; warnings still come through.
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    logging.getLogger("yoyo").setLevel(logging.WARNING)
+    structlog.contextvars.bind_contextvars(service=service)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger("homeward")
+    return logger

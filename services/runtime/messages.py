@@ -1,0 +1,147 @@
+"""Reading records off Kafka into envelopes, or into a coded reason why not; writing envelopes."""
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ValidationError
+
+from contracts.envelope import Envelope, RawEnvelope
+from contracts.registry import PAYLOAD_TYPES, envelope_adapter, key_of, topic_of
+
+ERROR_INVALID_JSON = "invalid_json"
+ERROR_INVALID_ENVELOPE = "invalid_envelope"
+ERROR_TYPE_MISMATCH = "type_mismatch"
+ERROR_INVALID_PAYLOAD = "invalid_payload"
+ERROR_UNKNOWN_TOPIC = "unknown_topic"
+ERROR_HANDLER = "handler_error"
+
+DETAIL_CHARS_MAX = 500
+# Discriminated unions put the chosen tag into error locations; a field path leaves it out.
+_UNION_TAGS = frozenset({"mobile_money", "bank_account", "participant_app", "carrier", "partner_office"})
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """The parts of a Kafka record Homeward reads; bytes exactly as they arrived."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    record: Record
+    envelope: Envelope[Any]
+
+    @property
+    def inbox_key(self) -> str:
+        return str(self.envelope.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Undeliverable:
+    """A record that cannot be handled, with what the dead-letter headers and a rejection need."""
+
+    record: Record
+    code: str
+    detail: str
+    field: str | None = None
+    application_id: UUID | None = None
+    correlationid: UUID | None = None
+    event_id: UUID | None = None
+
+    @property
+    def inbox_key(self) -> str:
+        # Offsets name a bad record even when it has no readable id.
+        return f"{self.record.topic}:{self.record.partition}:{self.record.offset}"
+
+    def dead_letter_headers(self) -> dict[str, str]:
+        return {
+            "x-error-code": self.code,
+            "x-error-detail": self.detail[:DETAIL_CHARS_MAX],
+            "x-original-topic": self.record.topic,
+            "x-original-partition": str(self.record.partition),
+            "x-original-offset": str(self.record.offset),
+        }
+
+
+def _field_path(location: tuple[int | str, ...]) -> str | None:
+    parts = [str(part) for part in location if part not in _UNION_TAGS]
+    return ".".join(parts) or None
+
+
+def _describe(error: ValidationError, prefix: tuple[str, ...] = ()) -> tuple[str, str | None]:
+    """A message naming fields and rules, never the offending values (they may be PII)."""
+    problems = error.errors(include_url=False, include_input=False, include_context=False)
+    described = [f"{_field_path(prefix + tuple(p['loc'])) or '<root>'}: {p['msg']}" for p in problems]
+    first_field = _field_path(prefix + tuple(problems[0]["loc"])) if problems else None
+    return "; ".join(described), first_field
+
+
+def _readable_uuid(container: object, field: str) -> UUID | None:
+    if not isinstance(container, dict):
+        return None
+    try:
+        return UUID(str(container.get(field)))
+    except ValueError:
+        return None
+
+
+def decode(record: Record) -> Decoded | Undeliverable:
+    """Validates the bytes of one record against the contract of its topic."""
+    if record.topic not in PAYLOAD_TYPES:
+        return Undeliverable(record, ERROR_UNKNOWN_TOPIC, f"no v1 contract for topic {record.topic}")
+    try:
+        document = json.loads(record.value)
+    except (UnicodeDecodeError, ValueError) as error:
+        return Undeliverable(record, ERROR_INVALID_JSON, f"value is not UTF-8 JSON: {type(error).__name__}")
+    data = document.get("data") if isinstance(document, dict) else None
+    hints = {
+        "application_id": _readable_uuid(data, "application_id"),
+        "correlationid": _readable_uuid(document, "correlationid"),
+        "event_id": _readable_uuid(document, "id"),
+    }
+    try:
+        raw = RawEnvelope.model_validate(document)
+    except ValidationError as error:
+        detail, field = _describe(error)
+        return Undeliverable(record, ERROR_INVALID_ENVELOPE, detail, field, **hints)
+    if raw.type != record.topic:
+        detail = f"envelope type {raw.type[:100]!r} does not match topic {record.topic}"
+        return Undeliverable(record, ERROR_TYPE_MISMATCH, detail, "type", **hints)
+    try:
+        envelope = envelope_adapter(record.topic).validate_python(document)
+    except ValidationError as error:
+        detail, field = _describe(error)
+        return Undeliverable(record, ERROR_INVALID_PAYLOAD, detail, field, **hints)
+    return Decoded(record, envelope)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_envelope(payload: BaseModel, *, source: str, correlationid: UUID, causationid: UUID | None) -> Envelope[Any]:
+    key = key_of(payload)
+    return Envelope[Any](
+        specversion="1.0",
+        id=uuid4(),
+        type=topic_of(payload),
+        source=source,
+        time=now(),
+        subject=key,
+        correlationid=correlationid,
+        causationid=causationid,
+        datacontenttype="application/json",
+        data=payload,
+    )
+
+
+def encode(envelope: Envelope[Any]) -> bytes:
+    return envelope.model_dump_json().encode()

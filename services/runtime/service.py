@@ -1,0 +1,184 @@
+"""Runs one service: a FastStream Kafka app around a route table, the outbox relay and workers.
+
+This is the only module besides the CLI that touches Kafka for the services.
+"""
+
+import asyncio
+import contextlib
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import ConsumerRecord
+from faststream import AckPolicy, FastStream
+from faststream.kafka import KafkaBroker
+from faststream.message import StreamMessage
+
+from contracts.registry import PAYLOAD_TYPES
+from services.runtime.consumer import BatchConsumer, Route
+from services.runtime.db import TRANSIENT_ERRORS, create_pool, runtime_queries
+from services.runtime.messages import Record
+from services.runtime.migrate import migrate
+from services.runtime.relay import OutboxRelay
+from services.runtime.settings import Settings
+
+ASSIGNMENT_WAIT_SECONDS_MAX = 60.0
+ASSIGNMENT_POLL_SECONDS = 0.1
+
+Step = Callable[[], Awaitable[int]]
+"""One pass of a worker; returns how many items it handled."""
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A periodic background step (booking, sweeping, paying) with its own pace."""
+
+    name: str
+    step: Step
+    interval_seconds: float
+    batch_size_max: int
+
+
+@dataclass
+class ServiceDefinition:
+    name: str
+    routes: dict[str, Route]
+    workers: list[Worker] = field(default_factory=list)
+    on_start: Callable[[], Awaitable[None]] | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.routes) - set(PAYLOAD_TYPES)
+        assert not unknown, f"routes for topics outside the contract: {unknown}"
+
+
+Builder = Callable[[Settings, asyncpg.Pool], ServiceDefinition]
+
+
+async def run_worker(worker: Worker, stopping: asyncio.Event) -> None:
+    """Runs a step until stopped; a full batch runs again at once, anything less waits."""
+    log = structlog.get_logger("homeward.worker").bind(worker=worker.name)
+    while not stopping.is_set():
+        handled = 0
+        try:
+            handled = await worker.step()
+        except TRANSIENT_ERRORS:
+            log.warning("worker.transient_failure", exc_info=True)
+        except Exception:
+            log.exception("worker.failed")
+        if handled < worker.batch_size_max:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), worker.interval_seconds)
+
+
+async def _raw_records(message: StreamMessage[Any]) -> Any:
+    """Hands the subscriber the records themselves: bytes are validated by our decoder, not FastStream's."""
+    return message.raw_message
+
+
+def _record(raw: ConsumerRecord) -> Record:
+    return Record(raw.topic, raw.partition, raw.offset, raw.key, raw.value or b"")
+
+
+def load_builder(service: str) -> Builder:
+    """Imports only the named service, so a process never loads another service's code."""
+    module = importlib.import_module(f"services.{service}.app")
+    builder: Builder = module.build
+    return builder
+
+
+def create_app(service: str, settings: Settings) -> FastStream:
+    builder = load_builder(service)
+    database_url, bootstrap = settings.require_infrastructure()
+    logger = structlog.get_logger("homeward.service")
+    broker = KafkaBroker(
+        bootstrap,
+        client_id=f"homeward-{service}",
+        acks="all",
+        enable_idempotence=False,  # tansu does not implement it; the inbox deduplicates instead
+        request_timeout_ms=30_000,
+        logger=logger,
+    )
+    app = FastStream(broker, logger=logger)
+    stopping = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    state: dict[str, Any] = {}
+
+    @app.on_startup
+    async def prepare() -> None:
+        applied = await asyncio.to_thread(migrate, database_url, service)
+        logger.info("service.migrated", migrations_applied=applied)
+        pool = await create_pool(settings, schema=service)
+        definition = builder(settings, pool)
+        if definition.on_start is not None:
+            await definition.on_start()
+        consumer = BatchConsumer(
+            service=service,
+            pool=pool,
+            routes=definition.routes,
+            runtime_queries=runtime_queries(),
+            retry_backoff_seconds=settings.consumer_retry_backoff_ms / 1000,
+        )
+        relay = OutboxRelay(
+            pool=pool,
+            broker=broker,
+            runtime_queries=runtime_queries(),
+            batch_size_max=settings.relay_batch_size_max,
+            poll_interval_seconds=settings.relay_poll_interval_ms / 1000,
+        )
+        state.update(pool=pool, definition=definition, relay=relay)
+
+        subscriber = broker.subscriber(
+            *definition.routes,
+            group_id=f"homeward-{service}",
+            batch=True,
+            max_records=settings.consumer_batch_size_max,
+            batch_timeout_ms=settings.consumer_batch_timeout_ms,
+            auto_offset_reset="earliest",
+            # Offsets are committed only after the batch's database transaction commits;
+            # an exception rewinds the partitions so the batch is delivered again.
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            decoder=_raw_records,
+        )
+
+        @subscriber
+        async def on_records(records: Any) -> None:
+            await consumer.consume([_record(raw) for raw in records])
+
+        state["subscriber"] = subscriber
+
+    @app.after_startup
+    async def start_background() -> None:
+        definition: ServiceDefinition = state["definition"]
+        tasks.append(asyncio.create_task(state["relay"].run(stopping), name="outbox-relay"))
+        for worker in definition.workers:
+            tasks.append(asyncio.create_task(run_worker(worker, stopping), name=worker.name))
+        tasks.append(asyncio.create_task(_announce_consuming(state["subscriber"], logger)))
+
+    @app.on_shutdown
+    async def stop_background() -> None:
+        stopping.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), settings.shutdown_timeout_seconds)
+
+    @app.after_shutdown
+    async def close_pool() -> None:
+        pool: asyncpg.Pool | None = state.get("pool")
+        if pool is not None:
+            await pool.close()
+
+    return app
+
+
+async def _announce_consuming(subscriber: Any, logger: Any) -> None:
+    """Logs `service.consuming` once the consumer owns partitions: `homeward up` waits for this line."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ASSIGNMENT_WAIT_SECONDS_MAX
+    while loop.time() < deadline:
+        consumer = getattr(subscriber, "consumer", None)
+        if consumer is not None and consumer.assignment():
+            logger.info("service.consuming", partitions=len(consumer.assignment()))
+            return
+        await asyncio.sleep(ASSIGNMENT_POLL_SECONDS)
+    logger.error("service.no_partitions_assigned", waited_seconds=ASSIGNMENT_WAIT_SECONDS_MAX)

@@ -1,0 +1,207 @@
+"""`homeward up`: embedded PostgreSQL and Kafka (unless configured), topics, and one OS process
+per service, restarted with backoff if it dies; one ready line once every service consumes."""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from contracts.registry import all_topics
+from services.runtime import crypto
+from services.runtime.embedded import EmbeddedKafka, EmbeddedPostgres, create_topics, free_port
+from services.runtime.migrate import migrate
+from services.runtime.settings import SERVICE_NAMES, Settings
+
+READY_TIMEOUT_SECONDS = 120.0
+STOP_TIMEOUT_SECONDS = 15.0
+RESTART_BACKOFF_SECONDS_MAX = 30.0
+RESTART_BACKOFF_SECONDS_BASE = 0.5
+CONSUMING_MARK = '"event": "service.consuming"'
+READY_PREFIX = "homeward ready"
+
+# Which program secrets each service holds: arrival needs none, only registration derives identities.
+SECRETS_BY_SERVICE: dict[str, tuple[str, ...]] = {
+    "registration": ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY"),
+    "travel": ("HOMEWARD_DATA_KEY",),
+    "arrival": (),
+    "disbursement": ("HOMEWARD_DATA_KEY",),
+}
+
+logger = structlog.get_logger("homeward.up")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a client (`homeward demo`, an operator) needs to reach a running `homeward up`."""
+
+    pid: int
+    kafka: str
+    database_url: str
+    state_dir: str
+
+    @staticmethod
+    def path(state_dir: Path) -> Path:
+        return state_dir / "runtime.json"
+
+    @classmethod
+    def read(cls, state_dir: Path) -> "Runtime | None":
+        """The running instance in `state_dir`, if its process is still alive."""
+        try:
+            runtime = cls(**json.loads(cls.path(state_dir).read_text()))
+            os.kill(runtime.pid, 0)
+        except (FileNotFoundError, ProcessLookupError, json.JSONDecodeError, TypeError):
+            return None
+        return runtime
+
+
+def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
+    """Program secrets are generated once, on first run, and kept readable by the owner only."""
+    path = state_dir / "secrets.json"
+    if path.exists():
+        secrets: dict[str, str] = json.loads(path.read_text())
+        return secrets
+    secrets = {"HOMEWARD_IDENTITY_SECRET": crypto.new_key_hex(), "HOMEWARD_DATA_KEY": crypto.new_key_hex()}
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(secrets))
+    return secrets
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    process: asyncio.subprocess.Process | None = None
+    consuming: asyncio.Event = field(default_factory=asyncio.Event)
+    restarts: int = 0
+    started_at: float = 0.0
+    pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.consuming.clear()
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "run", self.name,
+            env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        self.started_at = time.monotonic()
+        self.pump = asyncio.create_task(self._pump(self.process))
+
+    async def _pump(self, process: asyncio.subprocess.Process) -> None:
+        """Copies the service's JSON log lines to its log file and notices when it consumes."""
+        assert process.stdout is not None
+        with self.log_path.open("ab") as log:
+            async for line in process.stdout:
+                log.write(line)
+                log.flush()
+                if CONSUMING_MARK in line.decode(errors="replace"):
+                    self.consuming.set()
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, state_dir: Path, kafka_port: int, partitions: int) -> None:
+        self.settings = settings
+        self.state_dir = state_dir.resolve()
+        self.kafka_port = kafka_port
+        self.partitions = partitions
+        self.postgres: EmbeddedPostgres | None = None
+        self.kafka: EmbeddedKafka | None = None
+        self.services: list[ServiceProcess] = []
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            await self._start()
+            await self._watch()
+            return 0
+        finally:
+            await self._stop()
+
+    async def _start(self) -> None:
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        secrets = load_or_create_secrets(self.state_dir)
+        database_url = await self._database()
+        bootstrap = await self._broker()
+        await create_topics(bootstrap, all_topics(), self.partitions)
+        for service in SERVICE_NAMES:
+            await asyncio.to_thread(migrate, database_url, service)
+        base_env = {**os.environ, "HOMEWARD_DATABASE_URL": database_url, "HOMEWARD_KAFKA_BOOTSTRAP": bootstrap}
+        for secret in ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY"):
+            base_env.pop(secret, None)
+        for name in SERVICE_NAMES:
+            env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}}
+            service = ServiceProcess(name, env, self.state_dir / "logs" / f"{name}.log")
+            await service.start()
+            self.services.append(service)
+        await self._wait_until_consuming()
+        runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir))
+        Runtime.path(self.state_dir).write_text(json.dumps(runtime.__dict__))
+        print(f"{READY_PREFIX} kafka={bootstrap} database={database_url} state_dir={self.state_dir}", flush=True)
+
+    async def _database(self) -> str:
+        if self.settings.database_url:
+            return self.settings.database_url
+        self.postgres = EmbeddedPostgres(self.state_dir / "postgres", free_port())
+        await asyncio.to_thread(self.postgres.start)
+        return self.postgres.url
+
+    async def _broker(self) -> str:
+        if self.settings.kafka_bootstrap:
+            return self.settings.kafka_bootstrap
+        self.kafka = EmbeddedKafka(self.kafka_port, self.state_dir / "logs" / "kafka.log")
+        await asyncio.to_thread(self.kafka.start)
+        return self.kafka.bootstrap
+
+    async def _wait_until_consuming(self) -> None:
+        waits = [asyncio.create_task(service.consuming.wait()) for service in self.services]
+        _, pending = await asyncio.wait(waits, timeout=READY_TIMEOUT_SECONDS)
+        for task in pending:
+            task.cancel()
+        late = [service.name for service in self.services if not service.consuming.is_set()]
+        if late:
+            raise RuntimeError(f"not consuming after {READY_TIMEOUT_SECONDS:.0f} s: {', '.join(late)}; see logs")
+
+    async def _watch(self) -> None:
+        """Restarts a service that died, with exponential backoff, until asked to stop."""
+        while not self.stopping.is_set():
+            for service in self.services:
+                assert service.process is not None
+                if service.process.returncode is None:
+                    continue
+                delay = min(RESTART_BACKOFF_SECONDS_MAX, RESTART_BACKOFF_SECONDS_BASE * 2**service.restarts)
+                logger.warning(
+                    "up.service_died", service=service.name, exit_code=service.process.returncode, restart_in=delay
+                )
+                service.restarts += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                if not self.stopping.is_set():
+                    await service.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 0.5)
+
+    async def _stop(self) -> None:
+        await asyncio.gather(*(service.stop() for service in self.services), return_exceptions=True)
+        for server in (self.kafka, self.postgres):
+            if server is not None:
+                await asyncio.to_thread(server.stop)
+        Runtime.path(self.state_dir).unlink(missing_ok=True)

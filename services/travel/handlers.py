@@ -1,0 +1,130 @@
+"""Travel: record a booking request per accepted case; a worker books due requests with retries."""
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+
+from contracts.envelope import Envelope
+from contracts.events import RegistrationAccepted, TravelBooked, TravelBookingFailed
+from services.runtime import crypto
+from services.runtime.db import fetch_all
+from services.runtime.messages import now
+from services.runtime.uow import UnitOfWork
+from services.travel import domain
+from services.travel.adapters.provider import (
+    PermanentProviderError,
+    Ticket,
+    TransientProviderError,
+    TravelProvider,
+)
+
+logger = structlog.get_logger("homeward.travel")
+
+
+async def handle_accepted(event: Envelope[RegistrationAccepted], uow: UnitOfWork, *, queries: Any) -> None:
+    case = event.data
+    await queries.request_booking(
+        uow.connection,
+        case_id=case.case_id,
+        correlationid=event.correlationid,
+        cause_event_id=event.id,
+        origin_airport=case.origin_airport,
+        destination_airport=case.destination_airport,
+        sealed=case.sealed,
+    )
+    logger.info("travel.booking_requested")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts_max: int
+    backoff_base_ms: int
+    backoff_max_ms: int
+
+
+@dataclass
+class BookingWorker:
+    """Books due requests; each attempt's outcome is written with its outbox event in one transaction."""
+
+    pool: asyncpg.Pool
+    queries: Any
+    runtime_queries: Any
+    provider: TravelProvider
+    data_key: bytes
+    policy: RetryPolicy
+    batch_size_max: int
+    concurrency_max: int
+    rng: random.Random
+
+    async def book_due(self) -> int:
+        async with self.pool.acquire() as connection, connection.transaction():
+            due = await fetch_all(self.queries.due_bookings(connection, limit=self.batch_size_max))
+            if not due:
+                return 0
+            limiter = asyncio.Semaphore(self.concurrency_max)
+            outcomes = await asyncio.gather(*(self._attempt(request, limiter) for request in due))
+            uow = UnitOfWork(connection, "travel", self.runtime_queries)
+            for request, outcome in zip(due, outcomes, strict=True):
+                with structlog.contextvars.bound_contextvars(
+                    case_id=str(request["case_id"]),
+                    correlationid=str(request["correlationid"]),
+                    event_type=TravelBooked.TOPIC,
+                ):
+                    await self._record(uow, request, outcome)
+            await uow.flush()
+        return len(due)
+
+    async def _attempt(self, request: Any, limiter: asyncio.Semaphore) -> Ticket | Exception:
+        traveler = crypto.unseal(self.data_key, request["sealed"], bound_to=str(request["case_id"]))
+        async with limiter:
+            try:
+                return await self.provider.book(
+                    idempotency_key=str(request["case_id"]),
+                    traveler_name=f"{traveler['given_name']} {traveler['family_name']}",
+                    origin_airport=request["origin_airport"],
+                    destination_airport=request["destination_airport"],
+                )
+            except (TransientProviderError, PermanentProviderError, TimeoutError, OSError) as error:
+                return error
+
+    async def _record(self, uow: UnitOfWork, request: Any, outcome: Ticket | Exception) -> None:
+        case_id, attempts = request["case_id"], request["attempts"] + 1
+        correlation = {"correlationid": request["correlationid"], "causationid": request["cause_event_id"]}
+        if isinstance(outcome, Ticket):
+            await self.queries.mark_booked(
+                uow.connection, case_id=case_id, booking_id=outcome.booking_id, flight_number=outcome.flight_number
+            )
+            uow.emit(_booked(case_id, outcome), **correlation)
+            logger.info("travel.booked", attempts=attempts)
+            return
+        reason = f"{type(outcome).__name__}: {outcome}"
+        permanent = isinstance(outcome, PermanentProviderError)
+        if permanent or domain.gives_up(attempts, attempts_max=self.policy.attempts_max):
+            await self.queries.mark_failed(uow.connection, case_id=case_id, error=reason)
+            failed = TravelBookingFailed(case_id=case_id, reason=reason, attempts=attempts, failed_at=now())
+            uow.emit(failed, **correlation)
+            logger.warning("travel.booking_failed", attempts=attempts, reason=reason)
+            return
+        delay = domain.retry_delay_seconds(
+            attempts, base_ms=self.policy.backoff_base_ms, max_ms=self.policy.backoff_max_ms, rng=self.rng
+        )
+        await self.queries.schedule_retry(uow.connection, case_id=case_id, error=reason, delay_seconds=delay)
+        logger.info("travel.booking_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 3))
+
+
+def _booked(case_id: Any, ticket: Ticket) -> TravelBooked:
+    return TravelBooked(
+        case_id=case_id,
+        booking_id=ticket.booking_id,
+        carrier=ticket.carrier,
+        flight_number=ticket.flight_number,
+        origin_airport=ticket.origin_airport,
+        destination_airport=ticket.destination_airport,
+        scheduled_departure=ticket.scheduled_departure,
+        scheduled_arrival=ticket.scheduled_arrival,
+        booked_at=now(),
+    )

@@ -1,0 +1,102 @@
+"""The embedded PostgreSQL server and Kafka broker start, serve clients, and stop."""
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from services.runtime.embedded import (
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    create_topics,
+    free_port,
+)
+
+pytestmark = pytest.mark.integration
+
+CONSUME_TIMEOUT_SECONDS = 10.0
+
+
+@pytest.fixture
+def kafka(tmp_path: Path) -> Iterator[EmbeddedKafka]:
+    broker = EmbeddedKafka(free_port(), tmp_path / "kafka.log")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+async def _query(url: str, sql: str) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetch(sql)
+    finally:
+        await connection.close()
+
+
+async def test_postgres_serves_and_keeps_rows_across_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pgdata"
+    port = free_port()
+
+    postgres = EmbeddedPostgres(data_dir, port)
+    try:
+        postgres.start()
+        assert (await _query(postgres.url, "SELECT 1 AS one"))[0]["one"] == 1
+        await _query(postgres.url, "CREATE TABLE kept (n int)")
+        await _query(postgres.url, "INSERT INTO kept VALUES (1), (2)")
+    finally:
+        postgres.stop()
+    assert postgres.process is not None and postgres.process.poll() is not None
+
+    restarted = EmbeddedPostgres(data_dir, port)
+    try:
+        restarted.start()
+        rows = await _query(restarted.url, "SELECT n FROM kept ORDER BY n")
+        assert [row["n"] for row in rows] == [1, 2]
+    finally:
+        restarted.stop()
+
+
+async def test_postgres_starts_despite_stale_pid_file(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pgdata"
+    postgres = EmbeddedPostgres(data_dir, free_port())
+    try:
+        postgres.start()
+        pid_file = data_dir / "postmaster.pid"
+        assert postgres.process is not None
+        postgres.process.kill()  # Like a crash: the server leaves its pid file behind.
+        postgres.process.wait()
+        assert pid_file.exists()
+        postgres.start()
+        assert (await _query(postgres.url, "SELECT 1 AS one"))[0]["one"] == 1
+    finally:
+        postgres.stop()
+
+
+async def test_kafka_round_trips_a_message(kafka: EmbeddedKafka) -> None:
+    await create_topics(kafka.bootstrap, ["greetings"], partitions=3)
+    await create_topics(kafka.bootstrap, ["greetings"], partitions=3)  # Existing topics are fine.
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait("greetings", b"hello", key=b"k")
+    finally:
+        await producer.stop()
+
+    # Without a group the consumer skips the group join, which Tansu delays by seconds.
+    consumer = AIOKafkaConsumer(
+        "greetings", bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic("greetings")
+        assert partitions == {0, 1, 2}
+        message = await asyncio.wait_for(consumer.getone(), CONSUME_TIMEOUT_SECONDS)
+    finally:
+        await consumer.stop()
+    assert message.value == b"hello"
