@@ -46,7 +46,9 @@ def all_topics() -> list[str]:
 
 @cache
 def envelope_adapter(topic: str) -> TypeAdapter[Envelope[Any]]:
-    return TypeAdapter(Envelope[PAYLOAD_TYPES[topic]])  # type: ignore[misc]
+    payload_type: Any = PAYLOAD_TYPES[topic]
+    adapter: TypeAdapter[Envelope[Any]] = TypeAdapter(Envelope[payload_type])
+    return adapter
 
 
 def topic_of(payload: BaseModel) -> str:

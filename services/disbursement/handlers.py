@@ -20,7 +20,7 @@ from contracts.events import (
 from services.disbursement import domain
 from services.disbursement.adapters.provider import Payout, PayoutProvider
 from services.runtime import crypto
-from services.runtime.db import fetch_all
+from services.runtime.db import Connection, fetch_all
 from services.runtime.messages import now
 from services.runtime.uow import UnitOfWork
 
@@ -94,9 +94,7 @@ async def open_payment(uow: UnitOfWork, queries: Queries, case_id: UUID, program
     logger.warning("stipend.held", payment_id=str(payment_id), reason=domain.HELD_BUDGET_EXHAUSTED)
 
 
-async def reserve(
-    connection: asyncpg.Connection, queries: Queries, payment_id: UUID, amount: Decimal, currency: str
-) -> bool:
+async def reserve(connection: Connection, queries: Queries, payment_id: UUID, amount: Decimal, currency: str) -> bool:
     """Moves the stipend from the budget to reserved if it fits; the budget row is locked first
     so two transactions cannot both see enough money."""
     await queries.ledger.lock_account(connection, code=domain.BUDGET_ACCOUNT)
@@ -186,7 +184,7 @@ class PayoutWorker:
             payment_id=payment_id,
             amount=payment["amount"],
             currency=payment["currency"],
-            method=method,  # type: ignore[arg-type]
+            method=method,
             provider_ref=payout.provider_ref,
             disbursed_at=now(),
         )

@@ -27,6 +27,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+"""A connection, whether held directly or borrowed from a pool."""
+
 RUNTIME_SQL = Path(__file__).parent / "sql" / "runtime.sql"
 
 

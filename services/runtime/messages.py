@@ -71,17 +71,20 @@ class Undeliverable:
         }
 
 
-def _field_path(location: tuple[int | str, ...]) -> str | None:
+def _field_path(location: tuple[int | str, ...], *, within_data: bool) -> str | None:
+    """A dotted path; payload errors are named relative to `data`, as the producer wrote them."""
+    if within_data and location[:1] == ("data",):
+        location = location[1:]
     parts = [str(part) for part in location if part not in _UNION_TAGS]
     return ".".join(parts) or None
 
 
-def _describe(error: ValidationError, prefix: tuple[str, ...] = ()) -> tuple[str, str | None]:
+def _describe(error: ValidationError, *, within_data: bool = False) -> tuple[str, str | None]:
     """A message naming fields and rules, never the offending values (they may be PII)."""
     problems = error.errors(include_url=False, include_input=False, include_context=False)
-    described = [f"{_field_path(prefix + tuple(p['loc'])) or '<root>'}: {p['msg']}" for p in problems]
-    first_field = _field_path(prefix + tuple(problems[0]["loc"])) if problems else None
-    return "; ".join(described), first_field
+    paths = [_field_path(tuple(problem["loc"]), within_data=within_data) for problem in problems]
+    described = [f"{path or '<root>'}: {problem['msg']}" for path, problem in zip(paths, problems, strict=True)]
+    return "; ".join(described), paths[0] if paths else None
 
 
 def _readable_uuid(container: object, field: str) -> UUID | None:
@@ -118,7 +121,7 @@ def decode(record: Record) -> Decoded | Undeliverable:
     try:
         envelope = envelope_adapter(record.topic).validate_python(document)
     except ValidationError as error:
-        detail, field = _describe(error)
+        detail, field = _describe(error, within_data=True)
         return Undeliverable(record, ERROR_INVALID_PAYLOAD, detail, field, **hints)
     return Decoded(record, envelope)
 

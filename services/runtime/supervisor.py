@@ -149,9 +149,9 @@ class Supervisor:
             base_env.pop(secret, None)
         for name in SERVICE_NAMES:
             env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}}
-            service = ServiceProcess(name, env, self.state_dir / "logs" / f"{name}.log")
-            await service.start()
-            self.services.append(service)
+            process = ServiceProcess(name, env, self.state_dir / "logs" / f"{name}.log")
+            await process.start()
+            self.services.append(process)
         await self._wait_until_consuming()
         runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir))
         Runtime.path(self.state_dir).write_text(json.dumps(runtime.__dict__))

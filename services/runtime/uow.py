@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 from pydantic import BaseModel
 
 from contracts.envelope import Envelope
 from contracts.registry import dlq_topic
+from services.runtime.db import Connection
 from services.runtime.messages import Undeliverable, build_envelope, encode
 
 
@@ -37,7 +37,7 @@ class OutboxRow:
 
 @dataclass(slots=True)
 class UnitOfWork:
-    connection: asyncpg.Connection
+    connection: Connection
     service: str
     runtime_queries: Any
     pending: list[OutboxRow] = field(default_factory=list)

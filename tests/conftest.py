@@ -1,0 +1,70 @@
+"""Session infrastructure for the integration tier: a real PostgreSQL and a real Kafka-protocol
+broker (tansu), both embedded, or an existing PostgreSQL when HOMEWARD_TEST_DATABASE_URL says so."""
+
+import asyncio
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import uuid4
+
+import psycopg
+import pytest
+
+from contracts.registry import all_topics
+from services.runtime.crypto import new_key_hex
+
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+
+TEST_PARTITIONS = 3
+
+
+@dataclass(frozen=True)
+class Infra:
+    database_url: str
+    kafka_bootstrap: str
+    identity_secret: str
+    data_key: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "HOMEWARD_DATABASE_URL": self.database_url,
+            "HOMEWARD_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "HOMEWARD_IDENTITY_SECRET": self.identity_secret,
+            "HOMEWARD_DATA_KEY": self.data_key,
+            "HOMEWARD_LOG_LEVEL": "INFO",
+            **extra,
+        }
+
+
+def _database(tmp: Path) -> tuple[str, object | None]:
+    """A fresh database: in the server named by HOMEWARD_TEST_DATABASE_URL, or an embedded one."""
+    existing = os.environ.get("HOMEWARD_TEST_DATABASE_URL")
+    if existing:
+        name = f"homeward_test_{uuid4().hex[:8]}"
+        with psycopg.connect(existing, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return existing.rsplit("/", 1)[0] + f"/{name}", None
+    from services.runtime.embedded import EmbeddedPostgres, free_port
+
+    server = EmbeddedPostgres(tmp / "postgres", free_port())
+    server.start()
+    return server.url, server
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    from services.runtime.embedded import EmbeddedKafka, create_topics, free_port
+
+    tmp = tmp_path_factory.mktemp("infra")
+    database_url, postgres = _database(tmp)
+    kafka = EmbeddedKafka(free_port(), tmp / "kafka.log")
+    kafka.start()
+    try:
+        asyncio.run(create_topics(kafka.bootstrap, all_topics(), TEST_PARTITIONS))
+        yield Infra(database_url, kafka.bootstrap, new_key_hex(), new_key_hex())
+    finally:
+        kafka.stop()
+        if postgres is not None:
+            postgres.stop()  # type: ignore[attr-defined]

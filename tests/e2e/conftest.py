@@ -1,0 +1,63 @@
+"""The end-to-end tier runs the whole system the way a user does: `homeward up`, then events
+through the public contract only."""
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services.runtime.embedded import free_port
+
+UP_READY_SECONDS_MAX = 180.0
+UP_STOP_SECONDS_MAX = 60.0
+
+
+@dataclass(frozen=True)
+class Running:
+    kafka: str
+    state_dir: Path
+    ready_line: str
+
+    def log_lines(self) -> list[str]:
+        lines = []
+        for path in sorted((self.state_dir / "logs").glob("*.log")):
+            lines.extend(path.read_text(errors="replace").splitlines())
+        return lines
+
+
+@pytest.fixture(scope="session")
+def homeward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    state_dir = tmp_path_factory.mktemp("homeward-up")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--state-dir", str(state_dir),
+         "--kafka-port", str(free_port()), "--partitions", "3"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    ready: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("homeward ready"):
+                ready.append(line.strip())
+                seen.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        if not seen.wait(UP_READY_SECONDS_MAX):
+            raise RuntimeError(f"`homeward up` printed no ready line; logs in {state_dir / 'logs'}")
+        kafka = ready[0].split("kafka=", 1)[1].split()[0]
+        yield Running(kafka, state_dir, ready[0])
+    finally:
+        process.send_signal(2)
+        try:
+            process.wait(UP_STOP_SECONDS_MAX)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,179 @@
+"""Whole cases through `homeward up`: what an integrator publishes and what comes back."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from tests.support import Kafka, envelope, eventually, outbound_and_dlq_topics, submission
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SUBMITTED = "registration.submitted.v1"
+EVIDENCE = "arrival.evidence.v1"
+
+
+def evidence(case_id: str, source: str, country: str, **fields: Any) -> dict[str, Any]:
+    observed = fields.pop("observed_at", datetime.now(UTC))
+    data = {"evidence_id": str(uuid4()), "case_id": case_id, "source": source,
+            "observed_at": observed.isoformat(), "country": country, **fields}  # fmt: skip
+    return envelope(EVIDENCE, data, source=source.replace("_", "-"))
+
+
+async def submit(kafka: Kafka, data: dict[str, Any]) -> dict[str, Any]:
+    message = envelope(SUBMITTED, data, source="participant-app")
+    await kafka.send(SUBMITTED, message, key=data["application_id"])
+    return message
+
+
+async def accepted_case(kafka: Kafka, application_id: str) -> dict[str, Any]:
+    found = await eventually(
+        lambda: kafka.events("registration.accepted.v1", application_id=application_id), what="acceptance"
+    )
+    return found[0]
+
+
+async def test_ready_line_names_the_broker(homeward):
+    assert homeward.ready_line.startswith(f"homeward ready kafka={homeward.kafka}")
+
+
+async def test_happy_path_pays_once(homeward):
+    async with Kafka(homeward.kafka, outbound_and_dlq_topics()) as kafka:
+        sent = await submit(kafka, submission())
+        accepted = await accepted_case(kafka, sent["data"]["application_id"])
+        case_id = accepted["data"]["case_id"]
+        assert accepted["correlationid"] == sent["correlationid"]
+        assert accepted["causationid"] == sent["id"]
+        booked = (await eventually(lambda: kafka.events("travel.booked.v1", case_id=case_id), what="booking"))[0]
+        flight = booked["data"]["flight_number"]
+        await kafka.send(EVIDENCE, evidence(case_id, "carrier", "HN", flight_number=flight, status="landed"), case_id)
+        await kafka.send(
+            EVIDENCE,
+            evidence(case_id, "participant_app", "HN", identity_match_score=0.93, latitude=14.07, longitude=-87.19),
+            case_id,
+        )
+        paid = await eventually(lambda: kafka.events("stipend.disbursed.v1", case_id=case_id), what="stipend")
+        verified = kafka.events("arrival.verified.v1", case_id=case_id)
+        assert verified[0]["data"]["rule"] == "carrier_and_app"
+        assert paid[0]["data"]["amount"] == "1000.00" and paid[0]["data"]["currency"] == "USD"
+        assert paid[0]["data"]["method"] == "mobile_money"
+        for event in (booked, verified[0], paid[0]):
+            assert event["correlationid"] == sent["correlationid"]
+            assert event["causationid"]
+
+
+async def test_duplicate_person_is_refused_and_named(homeward):
+    async with Kafka(homeward.kafka, outbound_and_dlq_topics()) as kafka:
+        first = await submit(kafka, submission(identity_document__number="G 555-0001"))
+        first_case = (await accepted_case(kafka, first["data"]["application_id"]))["data"]["case_id"]
+        second = submission(identity_document__number="g5550001")
+        await submit(kafka, second)
+        rejected = await eventually(
+            lambda: kafka.events("registration.rejected.v1", application_id=second["application_id"]),
+            what="duplicate rejection",
+        )
+        assert rejected[0]["data"]["reasons"][0]["code"] == "duplicate_registration"
+        assert rejected[0]["data"]["duplicate_of_case_id"] == first_case
+
+
+async def test_resubmission_repeats_the_first_outcome(homeward):
+    async with Kafka(homeward.kafka, outbound_and_dlq_topics()) as kafka:
+        data = submission()
+        await submit(kafka, data)
+        first = await accepted_case(kafka, data["application_id"])
+        await submit(kafka, data)  # the app retries: same application id, new envelope id
+        both = await eventually(
+            lambda: (
+                len(kafka.events("registration.accepted.v1", application_id=data["application_id"])) >= 2
+                and kafka.events("registration.accepted.v1", application_id=data["application_id"])
+            ),
+            what="repeated outcome",
+        )
+        assert {event["data"]["case_id"] for event in both} == {first["data"]["case_id"]}
+        # One case means one booking, however often the application was submitted.
+        await eventually(lambda: kafka.events("travel.booked.v1", case_id=first["data"]["case_id"]), what="booking")
+        assert len(kafka.events("travel.booked.v1", case_id=first["data"]["case_id"])) == 1
+
+
+async def test_evidence_sent_as_soon_as_the_case_opens_is_kept(homeward):
+    async with Kafka(homeward.kafka, outbound_and_dlq_topics()) as kafka:
+        data = submission(destination__country="GT", destination__airport="GUA")
+        await submit(kafka, data)
+        case_id = (await accepted_case(kafka, data["application_id"]))["data"]["case_id"]
+        # Observed a minute ahead (within the policy's 5-minute tolerance) so it falls after departure.
+        office = evidence(case_id, "partner_office", "GT", office_code="GUA-01", officer_id="o-1",
+                          document_checked=True, observed_at=datetime.now(UTC) + timedelta(minutes=1))  # fmt: skip
+        await kafka.send(EVIDENCE, office, case_id)
+        verified = await eventually(lambda: kafka.events("arrival.verified.v1", case_id=case_id), what="verification")
+        assert verified[0]["data"]["rule"] == "partner_office"
+        await eventually(lambda: kafka.events("stipend.disbursed.v1", case_id=case_id), what="stipend")
+
+
+async def test_bad_messages_are_dead_lettered_and_answered(homeward):
+    async with Kafka(homeward.kafka, outbound_and_dlq_topics()) as kafka:
+        await kafka.send(SUBMITTED, b"\xff not json", key="garbage")
+        invalid = submission(person__date_of_birth="14/03/1991")
+        await submit(kafka, invalid)
+        await kafka.send(EVIDENCE, b'{"specversion": "1.0"}', key="half-envelope")
+        dead = await eventually(lambda: len(kafka.dead_letters(SUBMITTED)) >= 2 and kafka.dead_letters(SUBMITTED))
+        codes = {headers["x-error-code"] for headers, _ in dead}
+        assert {"invalid_json", "invalid_payload"} <= codes
+        assert any(value == b"\xff not json" for _, value in dead)
+        for headers, _ in dead:
+            assert headers["x-original-topic"] == SUBMITTED
+            assert {"x-error-detail", "x-original-partition", "x-original-offset"} <= set(headers)
+        rejected = await eventually(
+            lambda: kafka.events("registration.rejected.v1", application_id=invalid["application_id"])
+        )
+        reason = rejected[0]["data"]["reasons"][0]
+        assert reason["code"] == "invalid_payload" and reason["field"] == "person.date_of_birth"
+        evidence_dead = await eventually(lambda: kafka.dead_letters(EVIDENCE), what="evidence dead letter")
+        assert evidence_dead[0][0]["x-error-code"] == "invalid_envelope"
+        # The services kept consuming: a good application still goes through.
+        good = await submit(kafka, submission())
+        await accepted_case(kafka, good["data"]["application_id"])
+
+
+CANARIES = {
+    "given_name": "Zebulonia",
+    "family_name": "Canarywright",
+    "number": "QX 771-9988",
+    "phone": "+15555550199",
+    "email": "canary.person@example.org",
+    "account_number": "CANARYACCT12345",
+    "account_name": "Zebulonia Canarywright",
+    "birth": "1979-07-29",
+}
+
+
+async def test_no_personal_data_in_any_log_line(homeward):
+    """Runs a case with canary values through the whole flow, then reads every log line."""
+    data = submission(
+        person__given_name=CANARIES["given_name"], person__family_name=CANARIES["family_name"],
+        person__date_of_birth=CANARIES["birth"], identity_document__number=CANARIES["number"],
+        contact__phone=CANARIES["phone"], contact__email=CANARIES["email"],
+        payout={"method": "bank_account", "bank_code": "BANKHN", "account_number": CANARIES["account_number"],
+                "account_name": CANARIES["account_name"]},
+    )  # fmt: skip
+    async with Kafka(homeward.kafka, outbound_and_dlq_topics()) as kafka:
+        await submit(kafka, data)
+        case_id = (await accepted_case(kafka, data["application_id"]))["data"]["case_id"]
+        await eventually(lambda: kafka.events("travel.booked.v1", case_id=case_id), what="booking")
+        office = evidence(
+            case_id, "partner_office", "HN", office_code="TGU-01", officer_id="o-2", document_checked=True
+        )
+        await kafka.send(EVIDENCE, office, case_id)
+        paid = await eventually(lambda: kafka.events("stipend.disbursed.v1", case_id=case_id), what="stipend")
+        assert paid[0]["data"]["method"] == "bank_account"
+        # An invalid copy too: validation errors must not echo the values either.
+        broken = dict(data, application_id=str(uuid4()), contact={"phone": CANARIES["phone"], "email": 42})
+        await submit(kafka, broken)
+        await eventually(lambda: kafka.events("registration.rejected.v1", application_id=broken["application_id"]))
+    lines = homeward.log_lines()
+    assert len(lines) > 50, "expected the services to have logged the flow"
+    leaks = [line for line in lines for canary in CANARIES.values() if canary in line]
+    assert not leaks, f"personal data in logs: {leaks[:3]}"
+    sample = [json.loads(line) for line in lines if '"event": "registration.accepted"' in line]
+    assert sample and {"service", "event_type", "correlationid", "application_id"} <= set(sample[0])

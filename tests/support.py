@@ -1,0 +1,177 @@
+"""Test helpers shared by the integration and end-to-end tiers: envelopes, a Kafka collector,
+service processes, and polling with a deadline (never a fixed sleep)."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from contracts.registry import PAYLOAD_TYPES
+
+WAIT_SECONDS_MAX = 60.0
+POLL_SECONDS = 0.05
+SERVICE_START_SECONDS_MAX = 90.0
+EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "contract" / "examples"
+
+
+async def eventually(check: Callable[[], Any], *, timeout: float = WAIT_SECONDS_MAX, what: str = "condition") -> Any:
+    """Polls `check` until it returns something truthy; fails with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+def envelope(
+    topic: str, data: dict[str, Any], *, correlationid: UUID | None = None, source: str = "test"
+) -> dict[str, Any]:
+    key_field = "application_id" if topic.startswith("registration.submitted") else "case_id"
+    return {
+        "specversion": "1.0",
+        "id": str(uuid4()),
+        "type": topic,
+        "source": source,
+        "time": datetime.now(UTC).isoformat(),
+        "subject": str(data.get(key_field, "unknown")),
+        "correlationid": str(correlationid or uuid4()),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+def submission(**overrides: Any) -> dict[str, Any]:
+    """A valid registration.submitted.v1 payload with unique ids and a unique document."""
+    now = datetime.now(UTC)
+    data: dict[str, Any] = {
+        "application_id": str(uuid4()),
+        "submitted_at": now.isoformat(),
+        "person": {"given_name": "Ana", "family_name": "Reyes", "date_of_birth": "1991-03-14", "nationality": "HN"},
+        "identity_document": {
+            "type": "passport",
+            "number": f"F {uuid4().hex[:6].upper()}-{uuid4().hex[:4].upper()}",
+            "issuing_country": "HN",
+            "expires_on": (now + timedelta(days=900)).date().isoformat(),
+        },
+        "contact": {"phone": "+17135550142", "email": None},
+        "current_location": {"us_state": "TX", "city": "Houston", "nearest_airport": "IAH"},
+        "destination": {"country": "HN", "city": "Tegucigalpa", "airport": "TGU"},
+        "payout": {"method": "mobile_money", "msisdn": "+50499887766", "provider": "tigo"},
+        "consent": {"data_processing": True, "version": "2025-05"},
+    }
+    for dotted, value in overrides.items():
+        target = data
+        *parents, leaf = dotted.split("__")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return data
+
+
+class Kafka:
+    """Publishes raw bytes and collects everything on the given topics from the beginning."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+        self.consumer = AIOKafkaConsumer(
+            *topics, bootstrap_servers=bootstrap, group_id=f"test-{uuid4()}",
+            auto_offset_reset="earliest", enable_auto_commit=False,
+        )  # fmt: skip
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> "Kafka":
+        await self.producer.start()
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._collect())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    async def _collect(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=100)
+            for records in batches.values():
+                for record in records:
+                    headers = {key: value.decode() for key, value in (record.headers or ())}
+                    self.received.append((record.topic, headers, record.value))
+
+    async def send(self, topic: str, value: bytes | dict[str, Any], key: str) -> None:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        await self.producer.send_and_wait(topic, raw, key=key.encode())
+
+    def events(self, topic: str, **match: str) -> list[dict[str, Any]]:
+        """Envelopes seen on `topic` whose data fields equal `match` (as strings)."""
+        found = []
+        for seen_topic, _, value in self.received:
+            if seen_topic != topic:
+                continue
+            document = json.loads(value)
+            if all(str(document["data"].get(key)) == expected for key, expected in match.items()):
+                found.append(document)
+        return found
+
+    def dead_letters(self, topic: str) -> list[tuple[dict[str, str], bytes]]:
+        return [(headers, value) for seen, headers, value in self.received if seen == f"{topic}.dlq"]
+
+
+def outbound_and_dlq_topics() -> list[str]:
+    return [*PAYLOAD_TYPES, *(f"{topic}.dlq" for topic in PAYLOAD_TYPES)]
+
+
+class ServiceRunner:
+    """Runs `homeward run <service>` as a child process and keeps every log line it writes."""
+
+    def __init__(self, service: str, env: dict[str, str]) -> None:
+        self.service = service
+        self.env = {**os.environ, **env}
+        self.lines: list[str] = []
+        self.consuming = threading.Event()
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run", self.service],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self.consuming.wait(SERVICE_START_SECONDS_MAX):
+            self.stop()
+            raise RuntimeError(f"{self.service} did not start consuming:\n" + "\n".join(self.lines[-30:]))
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if '"event": "service.consuming"' in line:
+                self.consuming.set()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
