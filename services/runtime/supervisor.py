@@ -20,6 +20,7 @@ from services.runtime.migrate import migrate
 from services.runtime.settings import SERVICE_NAMES, Settings
 
 READY_TIMEOUT_SECONDS = 120.0
+READY_POLL_SECONDS = 0.1
 STOP_TIMEOUT_SECONDS = 15.0
 RESTART_BACKOFF_SECONDS_MAX = 30.0
 RESTART_BACKOFF_SECONDS_BASE = 0.5
@@ -124,6 +125,7 @@ class Supervisor:
         self.kafka: EmbeddedKafka | None = None
         self.services: list[ServiceProcess] = []
         self.stopping = asyncio.Event()
+        self.announced = False
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -133,10 +135,19 @@ class Supervisor:
             await self._start()
             await self._watch()
             return 0
+        except RuntimeError as error:
+            print(f"homeward up: {error}", file=sys.stderr, flush=True)
+            return 1
         finally:
             await self._stop()
 
     async def _start(self) -> None:
+        running = Runtime.read(self.state_dir)
+        if running is not None:
+            raise RuntimeError(
+                f"homeward up is already running (pid {running.pid}) with state dir {self.state_dir}; "
+                "stop it or choose another --state-dir"
+            )
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         secrets = load_or_create_secrets(self.state_dir)
         database_url = await self._database()
@@ -155,6 +166,7 @@ class Supervisor:
         await self._wait_until_consuming()
         runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir))
         Runtime.path(self.state_dir).write_text(json.dumps(runtime.__dict__))
+        self.announced = True
         print(f"{READY_PREFIX} kafka={bootstrap} database={database_url} state_dir={self.state_dir}", flush=True)
 
     async def _database(self) -> str:
@@ -172,13 +184,20 @@ class Supervisor:
         return self.kafka.bootstrap
 
     async def _wait_until_consuming(self) -> None:
-        waits = [asyncio.create_task(service.consuming.wait()) for service in self.services]
-        _, pending = await asyncio.wait(waits, timeout=READY_TIMEOUT_SECONDS)
-        for task in pending:
-            task.cancel()
-        late = [service.name for service in self.services if not service.consuming.is_set()]
-        if late:
-            raise RuntimeError(f"not consuming after {READY_TIMEOUT_SECONDS:.0f} s: {', '.join(late)}; see logs")
+        """Waits for every service's `service.consuming` line; a service that exits first fails the start."""
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not all(service.consuming.is_set() for service in self.services):
+            for service in self.services:
+                assert service.process is not None
+                if service.process.returncode is not None:
+                    raise RuntimeError(
+                        f"{service.name} exited with code {service.process.returncode} before consuming; "
+                        f"see {service.log_path}"
+                    )
+            if time.monotonic() > deadline or self.stopping.is_set():
+                late = [service.name for service in self.services if not service.consuming.is_set()]
+                raise RuntimeError(f"not consuming after {READY_TIMEOUT_SECONDS:.0f} s: {', '.join(late)}; see logs")
+            await asyncio.sleep(READY_POLL_SECONDS)
 
     async def _watch(self) -> None:
         """Restarts a service that died, with exponential backoff, until asked to stop."""
@@ -204,4 +223,5 @@ class Supervisor:
         for server in (self.kafka, self.postgres):
             if server is not None:
                 await asyncio.to_thread(server.stop)
-        Runtime.path(self.state_dir).unlink(missing_ok=True)
+        if self.announced:
+            Runtime.path(self.state_dir).unlink(missing_ok=True)

@@ -227,10 +227,6 @@ def test_money_without_exactly_two_decimals_is_refused(amount: Any) -> None:
     assert [error["loc"] for error in refused.value.errors()] == [("amount",)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG contracts/values.py:60 Money accepts a JSON/float number whose repr has two decimals (1000.25)",
-)
 def test_money_as_a_float_is_refused_even_with_two_decimals() -> None:
     with pytest.raises(ValidationError):
         StipendDisbursed.model_validate_json(json.dumps(_disbursed(1000.25)))

@@ -29,3 +29,8 @@ LIMIT 1;
 -- name: open_case!
 INSERT INTO cases (case_id, application_id, identity_key, sealed)
 VALUES (:case_id, :application_id, :identity_key, :sealed);
+
+-- name: identity_holder$
+-- A fresh statement sees a claim that a concurrent transaction committed after
+-- `claim_identity` took its snapshot.
+SELECT case_id FROM identity_claims WHERE identity_key = :identity_key;

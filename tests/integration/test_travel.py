@@ -1,0 +1,84 @@
+"""Travel alone against the real broker and PostgreSQL: an accepted case gets exactly one ticket."""
+
+from collections.abc import Iterator
+from datetime import datetime
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from tests.conftest import Infra
+from tests.integration.helpers import (
+    ACCEPTED,
+    BOOKED,
+    Collector,
+    accepted,
+    outbox_count,
+    publish,
+    start_service,
+    wait_until_processed,
+)
+from tests.support import ServiceRunner, envelope, eventually, outbound_and_dlq_topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("travel")]
+
+
+@pytest.fixture(scope="module")
+def travel(infra: Infra) -> Iterator[ServiceRunner]:
+    yield from start_service("travel", infra)
+
+
+def collector(infra: Infra) -> Collector:
+    return Collector(infra.kafka_bootstrap, outbound_and_dlq_topics())
+
+
+async def test_accepted_case_is_booked_with_a_consistent_ticket(infra: Infra, database: asyncpg.Connection):
+    case_id = uuid4()
+    sent = envelope(ACCEPTED, accepted(infra, case_id=case_id), source="homeward/registration")
+    async with collector(infra) as kafka:
+        await kafka.send(ACCEPTED, sent, str(case_id))
+        [event] = await eventually(lambda: kafka.events(BOOKED, case_id=str(case_id)), what="travel.booked.v1")
+
+    assert event["type"] == BOOKED
+    assert event["source"] == "homeward/travel"
+    assert event["subject"] == str(case_id)
+    assert event["correlationid"] == sent["correlationid"]
+    assert event["causationid"] == sent["id"]
+    ticket = event["data"]
+    assert ticket["booking_id"]
+    assert ticket["carrier"]
+    assert ticket["flight_number"].startswith(ticket["carrier"])
+    assert (ticket["origin_airport"], ticket["destination_airport"]) == ("IAH", "TGU")
+    departure = datetime.fromisoformat(ticket["scheduled_departure"])
+    arrival = datetime.fromisoformat(ticket["scheduled_arrival"])
+    assert departure.tzinfo is not None
+    assert departure <= arrival
+    row = await database.fetchrow("SELECT * FROM travel.bookings WHERE case_id = $1", case_id)
+    assert (row["status"], row["attempts"], row["booking_id"]) == ("booked", 1, ticket["booking_id"])
+    assert row["flight_number"] == ticket["flight_number"]
+
+
+async def test_duplicate_accepted_events_book_once(infra: Infra, database: asyncpg.Connection):
+    case_id = uuid4()
+    data = accepted(infra, case_id=case_id)
+    sent = envelope(ACCEPTED, data)
+    redelivered = envelope(ACCEPTED, data, correlationid=uuid4())  # same case, a new envelope id
+    async with collector(infra) as kafka:
+        where = await publish(kafka, ACCEPTED, sent, str(case_id))
+        await publish(kafka, ACCEPTED, sent, str(case_id), partition=where.partition)
+        await eventually(lambda: kafka.events(BOOKED, case_id=str(case_id)), what="the first booking")
+        await publish(kafka, ACCEPTED, sent, str(case_id), partition=where.partition)
+        await publish(kafka, ACCEPTED, redelivered, str(case_id), partition=where.partition)
+        await wait_until_processed(database, "travel", redelivered["id"])
+        # The booking worker runs apart from the consumer: give it a later case to book, then count.
+        marker_id = uuid4()
+        marker = envelope(ACCEPTED, accepted(infra, case_id=marker_id))
+        await publish(kafka, ACCEPTED, marker, str(marker_id), partition=where.partition)
+        await eventually(lambda: kafka.events(BOOKED, case_id=str(marker_id)), what="the marker's booking")
+
+        [event] = kafka.events(BOOKED, case_id=str(case_id))
+    assert event["correlationid"] == sent["correlationid"]
+    assert await outbox_count(database, "travel", BOOKED, str(case_id)) == 1
+    assert await database.fetchval("SELECT count(*) FROM travel.bookings WHERE case_id = $1", case_id) == 1
+    tickets = await database.fetchval("SELECT count(*) FROM travel.sandbox_tickets WHERE idempotency_key = $1", str(case_id))
+    assert tickets == 1

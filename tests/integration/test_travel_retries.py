@@ -1,0 +1,63 @@
+"""Travel against a provider that always fails: it retries with backoff, then gives up once.
+
+A module of its own because the process needs other settings and shares the consumer group
+"homeward-travel" with test_travel.py: module teardown stops that process before this one starts.
+"""
+
+from collections.abc import Iterator
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from tests.conftest import Infra
+from tests.integration.helpers import (
+    ACCEPTED,
+    BOOKED,
+    BOOKING_FAILED,
+    Collector,
+    accepted,
+    outbox_count,
+    start_service,
+)
+from tests.support import ServiceRunner, envelope, eventually, outbound_and_dlq_topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("failing_travel")]
+
+ATTEMPTS_MAX = 3
+
+
+@pytest.fixture(scope="module")
+def failing_travel(infra: Infra) -> Iterator[ServiceRunner]:
+    yield from start_service(
+        "travel",
+        infra,
+        HOMEWARD_SANDBOX_TRAVEL_FAILURE_RATE="1.0",
+        HOMEWARD_BOOKING_ATTEMPTS_MAX=str(ATTEMPTS_MAX),
+        HOMEWARD_BOOKING_BACKOFF_BASE_MS="10",
+        HOMEWARD_BOOKING_BACKOFF_MAX_MS="50",
+    )
+
+
+async def test_booking_gives_up_after_the_configured_attempts(infra: Infra, database: asyncpg.Connection):
+    case_id = uuid4()
+    sent = envelope(ACCEPTED, accepted(infra, case_id=case_id))
+    async with Collector(infra.kafka_bootstrap, outbound_and_dlq_topics()) as kafka:
+        await kafka.send(ACCEPTED, sent, str(case_id))
+        [event] = await eventually(
+            lambda: kafka.events(BOOKING_FAILED, case_id=str(case_id)), what="travel.booking_failed.v1"
+        )
+        assert kafka.events(BOOKED, case_id=str(case_id)) == []
+
+    assert event["source"] == "homeward/travel"
+    assert event["subject"] == str(case_id)
+    assert event["correlationid"] == sent["correlationid"]
+    assert event["causationid"] == sent["id"]
+    assert event["data"]["attempts"] == ATTEMPTS_MAX
+    assert event["data"]["reason"]
+    row = await database.fetchrow("SELECT status, attempts FROM travel.bookings WHERE case_id = $1", case_id)
+    assert (row["status"], row["attempts"]) == ("failed", ATTEMPTS_MAX)
+    assert await outbox_count(database, "travel", BOOKING_FAILED, str(case_id)) == 1
+    assert await outbox_count(database, "travel", BOOKED, str(case_id)) == 0
+    tickets = await database.fetchval("SELECT count(*) FROM travel.sandbox_tickets WHERE idempotency_key = $1", str(case_id))
+    assert tickets == 0

@@ -1,0 +1,78 @@
+"""Log lines are JSON, carry the service name, and never carry personal data."""
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from services.runtime.logs import configure
+
+PII = {
+    "given_name": "Zebulon",
+    "phone": "+15555550199",
+    "email": "zebulon@example.org",
+    "account_number": "0012345678",
+    "msisdn": "+50499887766",
+    "document": "F1234567",
+}
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    """Routes logging into a buffer and puts the global logging state back afterwards."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    quiet = {name: logging.getLogger(name).level for name in ("aiokafka", "yoyo")}
+    buffer = io.StringIO()
+    try:
+        yield buffer
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
+        structlog.contextvars.clear_contextvars()
+        structlog.reset_defaults()
+
+
+def _lines(buffer: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+
+
+def test_personal_fields_are_redacted_and_the_service_is_named(stream: io.StringIO) -> None:
+    logger = configure("registration", "INFO", stream=stream)
+
+    logger.info("registration.accepted", case_id="c-1", **PII)
+
+    [line] = _lines(stream)
+    assert line["event"] == "registration.accepted"
+    assert line["service"] == "registration"
+    assert line["case_id"] == "c-1"
+    assert line["level"] == "info"
+    assert {key: line[key] for key in PII} == dict.fromkeys(PII, "[redacted]")
+    for value in PII.values():
+        assert value not in stream.getvalue()
+
+
+def test_stdlib_loggers_write_the_same_json_lines(stream: io.StringIO) -> None:
+    configure("travel", "INFO", stream=stream)
+
+    logging.getLogger("faststream").warning("consumer restarted")
+
+    [line] = _lines(stream)
+    assert line["event"] == "consumer restarted"
+    assert line["service"] == "travel"
+    assert line["logger"] == "faststream"
+
+
+def test_lines_below_the_level_are_dropped(stream: io.StringIO) -> None:
+    logger = configure("arrival", "WARNING", stream=stream)
+
+    logger.info("arrival.evidence_kept")
+    logger.warning("arrival.window_expired", case_id="c-2")
+
+    assert [line["event"] for line in _lines(stream)] == ["arrival.window_expired"]
