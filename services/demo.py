@@ -327,18 +327,30 @@ class Demo:
         progress.update(self.tasks["paid"], completed=len(tally.payments))
 
 
-async def budget_left(database_url: str) -> Decimal | None:
+@dataclass(frozen=True)
+class LedgerView:
+    """What the disbursement ledger and the payout provider's own store say, read directly."""
+
+    budget_left: Decimal | None
+    provider_payouts: int
+    identities_paid_twice: int
+
+
+async def read_ledger(database_url: str) -> LedgerView:
     connection = await asyncpg.connect(database_url)
     try:
-        balance: Decimal | None = await connection.fetchval(
-            "SELECT balance FROM disbursement.accounts WHERE code = 'program_budget'"
+        budget = await connection.fetchval("SELECT balance FROM disbursement.accounts WHERE code = 'program_budget'")
+        payouts = await connection.fetchval("SELECT count(*) FROM disbursement.sandbox_payouts")
+        twice = await connection.fetchval(
+            "SELECT count(*) FROM (SELECT identity_key FROM disbursement.payments"
+            " WHERE status = 'disbursed' GROUP BY identity_key HAVING count(*) > 1) AS repeated"
         )
-        return balance
+        return LedgerView(budget, payouts, twice)
     finally:
         await connection.close()
 
 
-def summarize(demo: Demo, wall_seconds: float, budget: Decimal | None) -> tuple[Table, list[str]]:
+def summarize(demo: Demo, wall_seconds: float, ledger: LedgerView) -> tuple[Table, list[str]]:
     """The summary table, and every breach of the payment rules the demo can see."""
     tally, cohort = demo.tally, demo.cohort
     accepted = sum(1 for outcome in tally.decided.values() if outcome == "accepted")
@@ -356,7 +368,8 @@ def summarize(demo: Demo, wall_seconds: float, budget: Decimal | None) -> tuple[
         ("stipends disbursed", f"{len(tally.payments)}"),
         ("stipends held", f"{len(tally.held)}"),
         ("total paid", f"{total_paid:,.2f} USD"),
-        ("budget left", f"{budget:,.2f} USD" if budget is not None else "unknown"),
+        ("budget left", f"{ledger.budget_left:,.2f} USD" if ledger.budget_left is not None else "unknown"),
+        ("payouts in provider store", f"{ledger.provider_payouts}"),
         ("wall time", f"{wall_seconds:.1f} s"),
         ("cases per second", f"{len(cohort) / wall_seconds:.1f}"),
     ]
@@ -366,6 +379,8 @@ def summarize(demo: Demo, wall_seconds: float, budget: Decimal | None) -> tuple[
     twice = [case for case, payments in tally.payments.items() if len(payments) > 1]
     if twice:
         breaches.append(f"{len(twice)} case(s) paid more than once")
+    if ledger.identities_paid_twice:
+        breaches.append(f"{ledger.identities_paid_twice} identities paid more than once in the ledger")
     unpaid = set(tally.cases) - set(tally.payments) - tally.held
     if unpaid:
         breaches.append(f"{len(unpaid)} accepted case(s) not paid")
@@ -407,7 +422,7 @@ async def main(settings: Settings, state_dir: Path, participants: int, timeout_s
     try:
         demo = Demo(runtime, participants, console, random.Random())
         wall = await demo.run(timeout_seconds)
-        table, breaches = summarize(demo, wall, await budget_left(runtime.database_url))
+        table, breaches = summarize(demo, wall, await read_ledger(runtime.database_url))
         console.print(table)
         for breach in breaches:
             console.print(f"[red]breach:[/red] {breach}")
