@@ -21,6 +21,7 @@ ACCOUNTS: tuple[tuple[str, bool], ...] = (
 INITIAL_FUNDING_TRANSFER = "funding:initial"
 HELD_BUDGET_EXHAUSTED = "budget_exhausted"
 REFUSED_IDENTITY_PAID = "identity_already_paid"
+FAILED_INSTRUMENT_UNREADABLE = "payout_instrument_unreadable"
 
 _PAYMENT_NAMESPACE = UUID("1b0f8e4e-6a53-4f47-9a44-3c7f0f6f2a10")
 
@@ -36,3 +37,8 @@ def reserve_transfer_id(payment_id: UUID) -> str:
 
 def payout_transfer_id(payment_id: UUID) -> str:
     return f"payout:{payment_id}"
+
+
+def release_transfer_id(payment_id: UUID) -> str:
+    """Returns a reservation to the budget when a stipend cannot be paid."""
+    return f"release:{payment_id}"

@@ -18,7 +18,7 @@ from contracts.events import (
     StipendHeld,
 )
 from services.disbursement import domain
-from services.disbursement.adapters.provider import Payout, PayoutProvider
+from services.disbursement.adapters.provider import Payout, PayoutProvider, PermanentPayoutError
 from services.runtime import crypto
 from services.runtime.db import Connection, fetch_all
 from services.runtime.messages import now
@@ -147,23 +147,61 @@ class PayoutWorker:
             if not approved:
                 return 0
             limiter = asyncio.Semaphore(self.concurrency_max)
-            payouts = await asyncio.gather(*(self._pay(payment, limiter) for payment in approved))
+            outcomes = await asyncio.gather(*(self._pay(payment, limiter) for payment in approved))
             uow = UnitOfWork(connection, "disbursement", self.runtime_queries)
-            for payment, (method, payout) in zip(approved, payouts, strict=True):
-                await self._record(uow, payment, method, payout)
+            for payment, outcome in zip(approved, outcomes, strict=True):
+                with structlog.contextvars.bound_contextvars(
+                    case_id=str(payment["case_id"]),
+                    correlationid=str(payment["correlationid"]),
+                    event_type=StipendDisbursed.TOPIC,
+                ):
+                    await self._settle(uow, payment, outcome)
             await uow.flush()
         return len(approved)
 
-    async def _pay(self, payment: Any, limiter: asyncio.Semaphore) -> tuple[str, Payout]:
-        person = crypto.unseal(self.data_key, payment["sealed"], bound_to=str(payment["case_id"]))
-        async with limiter:
-            payout = await self.provider.pay(
-                idempotency_key=str(payment["payment_id"]),
-                amount=payment["amount"],
-                currency=payment["currency"],
-                instrument=person["payout"],
-            )
+    async def _pay(self, payment: Any, limiter: asyncio.Semaphore) -> tuple[str, Payout] | Exception:
+        """One payout; its failure is returned, not raised, so it cannot hold up the others."""
+        try:
+            person = crypto.unseal(self.data_key, payment["sealed"], bound_to=str(payment["case_id"]))
+        except crypto.UNSEAL_ERRORS:
+            return PermanentPayoutError(domain.FAILED_INSTRUMENT_UNREADABLE)
+        try:
+            async with limiter:
+                payout = await self.provider.pay(
+                    idempotency_key=str(payment["payment_id"]),
+                    amount=payment["amount"],
+                    currency=payment["currency"],
+                    instrument=person["payout"],
+                )
+        except Exception as error:
+            return error
         return person["payout"]["method"], payout
+
+    async def _settle(self, uow: UnitOfWork, payment: Any, outcome: tuple[str, Payout] | Exception) -> None:
+        if isinstance(outcome, PermanentPayoutError):
+            await self._fail(uow, payment, str(outcome))
+        elif isinstance(outcome, Exception):
+            # Still approved: the next pass asks the provider again with the same idempotency key.
+            logger.warning("stipend.payout_retry", payment_id=str(payment["payment_id"]), error=type(outcome).__name__)
+        else:
+            await self._record(uow, payment, *outcome)
+
+    async def _fail(self, uow: UnitOfWork, payment: Any, reason: str) -> None:
+        """Returns the reservation to the budget and tells the case it cannot be paid."""
+        payment_id = payment["payment_id"]
+        await self.queries.ledger.record_transfer(
+            uow.connection,
+            transfer_id=domain.release_transfer_id(payment_id),
+            from_account=domain.RESERVED_ACCOUNT,
+            to_account=domain.BUDGET_ACCOUNT,
+            amount=payment["amount"],
+            currency=payment["currency"],
+            payment_id=payment_id,
+        )
+        await self.queries.payments.mark_failed(uow.connection, payment_id=payment_id)
+        failed = StipendFailed(case_id=payment["case_id"], payment_id=payment_id, reason=reason, failed_at=now())
+        uow.emit(failed, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
+        logger.error("stipend.failed", payment_id=str(payment_id), reason=reason)
 
     async def _record(self, uow: UnitOfWork, payment: Any, method: str, payout: Payout) -> None:
         payment_id = payment["payment_id"]
@@ -189,12 +227,7 @@ class PayoutWorker:
             disbursed_at=now(),
         )
         uow.emit(disbursed, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
-        with structlog.contextvars.bound_contextvars(
-            case_id=str(payment["case_id"]),
-            correlationid=str(payment["correlationid"]),
-            event_type=StipendDisbursed.TOPIC,
-        ):
-            logger.info("stipend.disbursed", payment_id=str(payment_id))
+        logger.info("stipend.disbursed", payment_id=str(payment_id))
 
     async def release_held(self) -> int:
         """Reserves held stipends oldest first while the budget allows."""

@@ -11,9 +11,12 @@ import json
 import os
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 SEAL_VERSION = "v1"
+UNSEAL_ERRORS: tuple[type[Exception], ...] = (InvalidTag, ValueError, KeyError, TypeError)
+"""What opening a damaged, foreign or tampered blob can raise."""
 NONCE_BYTES = 12
 
 

@@ -79,7 +79,11 @@ class BookingWorker:
         return len(due)
 
     async def _attempt(self, request: Any, limiter: asyncio.Semaphore) -> Ticket | Exception:
-        traveler = crypto.unseal(self.data_key, request["sealed"], bound_to=str(request["case_id"]))
+        try:
+            traveler = crypto.unseal(self.data_key, request["sealed"], bound_to=str(request["case_id"]))
+        except crypto.UNSEAL_ERRORS:
+            # One unreadable case fails alone; it must not hold up the rest of the batch.
+            return PermanentProviderError("traveler data cannot be opened with this data key")
         async with limiter:
             try:
                 return await self.provider.book(

@@ -1,5 +1,6 @@
 """Arrival alone against the real broker and PostgreSQL: the v1 verification policy, in any order."""
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -255,3 +256,35 @@ async def test_case_not_verified_within_the_window_is_rejected(infra: Infra, dat
     assert outcome == "rejected"
     assert await outbox_count(database, "arrival", VERIFIED, case.key) == 0
     assert await outbox_count(database, "arrival", ARRIVAL_REJECTED, case.key) == 1
+
+
+@pytest.mark.parametrize(
+    ("why", "error_code"),
+    [("not_json", "invalid_json"), ("score_above_one", "invalid_payload"), ("unknown_source", "invalid_payload")],
+)
+async def test_bad_evidence_is_dead_lettered_unchanged_and_consumption_goes_on(
+    infra: Infra, database: asyncpg.Connection, why: str, error_code: str
+):
+    case = new_case(infra)
+    broken = app_check_in(case.case_id, observed_at=now(), score=0.9)
+    if why == "score_above_one":
+        broken["identity_match_score"] = 1.5
+    elif why == "unknown_source":
+        broken["source"] = "neighbour"
+    raw = b"{not json " + case.key.encode() if why == "not_json" else json.dumps(envelope(EVIDENCE, broken)).encode()
+    async with collector(infra) as kafka:
+        await open_case(kafka, database, case)
+        where = await publish(kafka, EVIDENCE, raw, case.key)
+        office = partner_office(case.case_id, observed_at=now())
+        await publish(kafka, EVIDENCE, envelope(EVIDENCE, office), case.key, partition=where.partition)
+        event = await verification(kafka, case)
+        [headers] = await eventually(
+            lambda: [headers for headers, value in kafka.dead_letters(EVIDENCE) if value == raw], what="the DLQ copy"
+        )
+
+    assert event["data"]["evidence_ids"] == [office["evidence_id"]]
+    assert headers["x-error-code"] == error_code
+    assert headers["x-error-detail"]
+    assert headers["x-original-topic"] == EVIDENCE
+    assert headers["x-original-partition"] == str(where.partition)
+    assert headers["x-original-offset"] == str(where.offset)

@@ -89,9 +89,7 @@ async def test_kafka_round_trips_a_message(kafka: EmbeddedKafka) -> None:
         await producer.stop()
 
     # Without a group the consumer skips the group join, which Tansu delays by seconds.
-    consumer = AIOKafkaConsumer(
-        "greetings", bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest"
-    )
+    consumer = AIOKafkaConsumer("greetings", bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic("greetings")

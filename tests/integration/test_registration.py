@@ -154,7 +154,9 @@ async def test_the_same_envelope_delivered_again_has_exactly_one_outcome(infra: 
         await publish(kafka, SUBMITTED, sent, key, partition=where.partition)
         # A marker behind the copies on the same partition: once it is answered, the copies were consumed.
         marker = submission()
-        await publish(kafka, SUBMITTED, envelope(SUBMITTED, marker), marker["application_id"], partition=where.partition)
+        await publish(
+            kafka, SUBMITTED, envelope(SUBMITTED, marker), marker["application_id"], partition=where.partition
+        )
         await outcome(kafka, ACCEPTED, marker["application_id"])
 
         assert len(kafka.events(ACCEPTED, application_id=key)) == 1
@@ -193,7 +195,9 @@ async def test_resubmission_of_a_rejected_application_repeats_the_rejection(infr
         rejections = await outcome(kafka, REJECTED, refused["application_id"], count=2)
 
         assert kafka.events(ACCEPTED, application_id=refused["application_id"]) == []
-    assert [[reason["code"] for reason in event["data"]["reasons"]] for event in rejections] == [["consent_missing"]] * 2
+    assert [[reason["code"] for reason in event["data"]["reasons"]] for event in rejections] == [
+        ["consent_missing"]
+    ] * 2
 
 
 def _dead_letter_headers(kafka: Collector, raw: bytes) -> list[dict[str, str]]:
@@ -227,7 +231,14 @@ def _unknown_field(data: dict[str, Any]) -> dict[str, Any]:
     return envelope(SUBMITTED, data)
 
 
+def _missing_specversion(data: dict[str, Any]) -> dict[str, Any]:
+    sent = envelope(SUBMITTED, data)
+    del sent["specversion"]
+    return sent
+
+
 BAD_BUT_ADDRESSABLE = {
+    "missing_specversion": (_missing_specversion, "invalid_envelope", "specversion"),
     "type_mismatch": (_type_mismatch, "type_mismatch", "type"),
     "unknown_field": (_unknown_field, "invalid_payload", "person.middle_name"),
 }

@@ -80,5 +80,7 @@ async def test_duplicate_accepted_events_book_once(infra: Infra, database: async
     assert event["correlationid"] == sent["correlationid"]
     assert await outbox_count(database, "travel", BOOKED, str(case_id)) == 1
     assert await database.fetchval("SELECT count(*) FROM travel.bookings WHERE case_id = $1", case_id) == 1
-    tickets = await database.fetchval("SELECT count(*) FROM travel.sandbox_tickets WHERE idempotency_key = $1", str(case_id))
+    tickets = await database.fetchval(
+        "SELECT count(*) FROM travel.sandbox_tickets WHERE idempotency_key = $1", str(case_id)
+    )
     assert tickets == 1

@@ -199,8 +199,7 @@ def test_kafka_is_official_single_node_kraft() -> None:
 def test_services_reach_the_kafka_and_postgres_defined_here() -> None:
     kafka_env = _environment(SERVICES["kafka"])
     advertised = {
-        listener.split("://", 1)[1]
-        for listener in (kafka_env["KAFKA_ADVERTISED_LISTENERS"] or "").split(",")
+        listener.split("://", 1)[1] for listener in (kafka_env["KAFKA_ADVERTISED_LISTENERS"] or "").split(",")
     }
     postgres = SERVICES["postgres"]
     assert _image_repository(postgres["image"]) == "postgres"

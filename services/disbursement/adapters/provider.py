@@ -13,6 +13,10 @@ from services.runtime.db import load_queries
 SANDBOX_SQL = Path(__file__).parent / "sandbox_sql.sql"
 
 
+class PermanentPayoutError(Exception):
+    """The payout cannot be made, now or later (e.g. the instrument cannot be read)."""
+
+
 @dataclass(frozen=True)
 class Payout:
     provider_ref: str

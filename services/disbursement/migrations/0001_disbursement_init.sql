@@ -52,7 +52,7 @@ CREATE TABLE payments (
     identity_key  text          NOT NULL UNIQUE,
     amount        numeric(20,2) NOT NULL CHECK (amount > 0),
     currency      text          NOT NULL,
-    status        text          NOT NULL CHECK (status IN ('held', 'approved', 'disbursed')),
+    status        text          NOT NULL CHECK (status IN ('held', 'approved', 'disbursed', 'failed')),
     correlationid uuid          NOT NULL,
     cause_event_id uuid         NOT NULL,
     method        text,

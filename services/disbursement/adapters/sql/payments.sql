@@ -53,3 +53,6 @@ FOR UPDATE SKIP LOCKED;
 -- name: payment_totals
 SELECT status, count(*) AS payments, coalesce(sum(amount), 0) AS amount
 FROM payments GROUP BY status;
+
+-- name: mark_failed!
+UPDATE payments SET status = 'failed', updated_at = now() WHERE payment_id = :payment_id;
