@@ -186,18 +186,22 @@ class PayoutWorker:
         else:
             await self._record(uow, payment, *outcome)
 
+    async def _move_reserved(self, uow: UnitOfWork, payment: Any, transfer_id: str, to_account: str) -> None:
+        """Moves a payment's reservation on: to paid, or back to the budget."""
+        await self.queries.ledger.record_transfer(
+            uow.connection,
+            transfer_id=transfer_id,
+            from_account=domain.RESERVED_ACCOUNT,
+            to_account=to_account,
+            amount=payment["amount"],
+            currency=payment["currency"],
+            payment_id=payment["payment_id"],
+        )
+
     async def _fail(self, uow: UnitOfWork, payment: Any, reason: str) -> None:
         """Returns the reservation to the budget and tells the case it cannot be paid."""
         payment_id = payment["payment_id"]
-        await self.queries.ledger.record_transfer(
-            uow.connection,
-            transfer_id=domain.release_transfer_id(payment_id),
-            from_account=domain.RESERVED_ACCOUNT,
-            to_account=domain.BUDGET_ACCOUNT,
-            amount=payment["amount"],
-            currency=payment["currency"],
-            payment_id=payment_id,
-        )
+        await self._move_reserved(uow, payment, domain.release_transfer_id(payment_id), domain.BUDGET_ACCOUNT)
         await self.queries.payments.mark_failed(uow.connection, payment_id=payment_id)
         failed = StipendFailed(case_id=payment["case_id"], payment_id=payment_id, reason=reason, failed_at=now())
         uow.emit(failed, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
@@ -205,15 +209,7 @@ class PayoutWorker:
 
     async def _record(self, uow: UnitOfWork, payment: Any, method: str, payout: Payout) -> None:
         payment_id = payment["payment_id"]
-        await self.queries.ledger.record_transfer(
-            uow.connection,
-            transfer_id=domain.payout_transfer_id(payment_id),
-            from_account=domain.RESERVED_ACCOUNT,
-            to_account=domain.PAID_ACCOUNT,
-            amount=payment["amount"],
-            currency=payment["currency"],
-            payment_id=payment_id,
-        )
+        await self._move_reserved(uow, payment, domain.payout_transfer_id(payment_id), domain.PAID_ACCOUNT)
         await self.queries.payments.mark_disbursed(
             uow.connection, payment_id=payment_id, method=method, provider_ref=payout.provider_ref
         )

@@ -68,6 +68,11 @@ def configure(service: str, level: str = "INFO", stream: TextIO = sys.stdout) ->
     root.handlers[:] = [handler]
     root.setLevel(level)
     # aiokafka is chatty at INFO about group membership; warnings still come through.
+    # FastStream installs its own console handlers on import; route them through ours instead.
+    for name in ("faststream", "faststream.access"):
+        library_logger = logging.getLogger(name)
+        library_logger.handlers.clear()
+        library_logger.propagate = True
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     logging.getLogger("yoyo").setLevel(logging.WARNING)
     structlog.contextvars.bind_contextvars(service=service)

@@ -6,6 +6,7 @@ This is the only module besides the CLI that touches Kafka for the services.
 import asyncio
 import contextlib
 import importlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,9 @@ def create_app(service: str, settings: Settings) -> FastStream:
         enable_idempotence=False,  # tansu does not implement it; the inbox deduplicates instead
         request_timeout_ms=30_000,
         logger=logger,
+        # FastStream's own "Received"/"Processed" lines describe whole batches and carry no case
+        # ids; the consumer logs each event with its ids instead, so these drop to DEBUG.
+        log_level=logging.DEBUG,
     )
     app = FastStream(broker, logger=logger)
     stopping = asyncio.Event()
