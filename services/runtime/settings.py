@@ -70,6 +70,60 @@ class Settings(BaseSettings):
     sandbox_flight_departure_delay_seconds: int = Field(default=0, ge=0)
     sandbox_flight_duration_seconds: int = Field(default=0, ge=0)
 
+    # Sandbox payout provider (`homeward sandbox payouts`). Faults apply to POST /payouts only.
+    sandbox_payout_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the sandbox payout provider; 0 picks a free one"
+    )
+    sandbox_payout_store: Path | None = Field(
+        default=None,
+        description="SQLite file of the sandbox payout provider (default state_dir/sandbox/payouts.sqlite3)",
+    )
+    sandbox_payout_seed: int | None = Field(
+        default=None, description="Seed of the sandbox's fault draws, for reproducible runs"
+    )
+    sandbox_payout_latency_ms: int = Field(
+        default=0, ge=0, le=600_000, description="Pause before the sandbox answers a payout request"
+    )
+    sandbox_payout_error_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of payout requests answered 503 without paying"
+    )
+    sandbox_payout_ambiguous_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of payouts made but answered only after the ambiguous delay"
+    )
+    sandbox_payout_ambiguous_delay_ms: int = Field(
+        default=10_000, ge=0, le=600_000, description="How late an ambiguous payout is answered"
+    )
+    sandbox_payout_decline_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of new payouts recorded as declined (for good)"
+    )
+    sandbox_payout_return_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of paid payouts that are returned after the return delay"
+    )
+    sandbox_payout_return_delay_ms: int = Field(
+        default=2_000, ge=0, le=86_400_000, description="How long after payment a returned payout comes back"
+    )
+
+    # Payout provider as seen by disbursement, and its signed callbacks.
+    payout_provider_url: str | None = Field(
+        default=None, description="Base URL of the payout provider, e.g. http://127.0.0.1:8090"
+    )
+    payout_callback_url: str | None = Field(
+        default=None, description="Where the payout provider sends its notifications (unset: recorded, not sent)"
+    )
+    payout_callback_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key signing payout notifications (provider and disbursement)"
+    )
+    disbursement_http_port: int = Field(
+        default=8081, ge=0, le=65535, description="Port of disbursement's HTTP endpoint for payout callbacks"
+    )
+
+    # Disbursement's side of the payout provider.
+    payout_timeout_ms: int = Field(default=2_000, ge=1, description="How long disbursement waits for a payout answer")
+    payout_attempts_max: int = Field(default=4, ge=1, le=20, description="Payout tries per pass before leaving it")
+    payout_backoff_initial_ms: int = Field(default=100, ge=1, description="First pause between payout tries")
+    callback_tolerance_seconds: int = Field(default=300, ge=1, description="Oldest signed callback accepted")
+    http_host: str = Field(default="127.0.0.1", description="Interface the services' HTTP endpoints listen on")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def require_infrastructure(self) -> tuple[str, str]:

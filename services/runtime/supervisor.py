@@ -18,6 +18,7 @@ from services.runtime import crypto
 from services.runtime.embedded import EmbeddedKafka, EmbeddedPostgres, create_topics, free_port
 from services.runtime.migrate import migrate
 from services.runtime.settings import SERVICE_NAMES, Settings
+from services.sandbox.payouts import LISTENING_PREFIX
 
 READY_TIMEOUT_SECONDS = 120.0
 READY_POLL_SECONDS = 0.1
@@ -26,14 +27,20 @@ RESTART_BACKOFF_SECONDS_MAX = 30.0
 RESTART_BACKOFF_SECONDS_BASE = 0.5
 CONSUMING_MARK = '"event": "service.consuming"'
 READY_PREFIX = "homeward ready"
+SANDBOX_PAYOUTS = "sandbox-payouts"
+SANDBOX_READY_TIMEOUT_SECONDS = 30.0
+LOCALHOST = "127.0.0.1"
 
 # Which program secrets each service holds: arrival needs none, only registration derives identities.
 SECRETS_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "registration": ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY"),
     "travel": ("HOMEWARD_DATA_KEY",),
     "arrival": (),
-    "disbursement": ("HOMEWARD_DATA_KEY",),
+    "disbursement": ("HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET"),
 }
+PROGRAM_SECRETS = ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET")
+# How disbursement reaches the payout provider and receives its callbacks; `up` sets these for it alone.
+PAYOUT_WIRING = ("HOMEWARD_PAYOUT_PROVIDER_URL", "HOMEWARD_PAYOUT_CALLBACK_URL", "HOMEWARD_DISBURSEMENT_HTTP_PORT")
 
 logger = structlog.get_logger("homeward.up")
 
@@ -46,6 +53,8 @@ class Runtime:
     kafka: str
     database_url: str
     state_dir: str
+    # Base URL of the sandbox payout provider; empty in a runtime.json written before it existed.
+    payouts: str = ""
 
     @staticmethod
     def path(state_dir: Path) -> Path:
@@ -65,13 +74,25 @@ class Runtime:
 def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
     """Program secrets are generated once, on first run, and kept readable by the owner only."""
     path = state_dir / "secrets.json"
-    if path.exists():
-        secrets: dict[str, str] = json.loads(path.read_text())
-        return secrets
-    secrets = {"HOMEWARD_IDENTITY_SECRET": crypto.new_key_hex(), "HOMEWARD_DATA_KEY": crypto.new_key_hex()}
-    path.touch(mode=0o600)
-    path.write_text(json.dumps(secrets))
+    secrets: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [name for name in PROGRAM_SECRETS if name not in secrets]
+    if missing:
+        # A secrets file from an older version keeps its keys (the data key opens sealed data)
+        # and gains the ones it lacks.
+        secrets.update({name: crypto.new_key_hex() for name in missing})
+        _write_private(path, json.dumps(secrets))
     return secrets
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replaces `path` atomically with an owner-only file, so a crash cannot leave it half written."""
+    temporary = path.with_name(path.name + ".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
 
 
 @dataclass
@@ -85,10 +106,16 @@ class ServiceProcess:
     started_at: float = 0.0
     pump: asyncio.Task[None] | None = None
 
+    def command(self) -> tuple[str, ...]:
+        return ("run", self.name)
+
+    def is_ready(self, line: str) -> bool:
+        return CONSUMING_MARK in line
+
     async def start(self) -> None:
         self.consuming.clear()
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", "run", self.name,
+            sys.executable, "-m", "services.cli", *self.command(),
             env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         self.started_at = time.monotonic()
@@ -101,7 +128,7 @@ class ServiceProcess:
             async for line in process.stdout:
                 log.write(line)
                 log.flush()
-                if CONSUMING_MARK in line.decode(errors="replace"):
+                if self.is_ready(line.decode(errors="replace")):
                     self.consuming.set()
 
     async def stop(self) -> None:
@@ -115,6 +142,26 @@ class ServiceProcess:
             await self.process.wait()
 
 
+@dataclass
+class SandboxProcess(ServiceProcess):
+    """The sandbox payout provider, supervised like a service: `consuming` is set once it listens.
+
+    A restart reuses the port and the store, so disbursement keeps reaching the same payouts."""
+
+    port: int = 0
+    store: Path = field(default_factory=Path)
+
+    def command(self) -> tuple[str, ...]:
+        return ("sandbox", "payouts", "--port", str(self.port), "--store", str(self.store))
+
+    def is_ready(self, line: str) -> bool:
+        return line.startswith(LISTENING_PREFIX)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCALHOST}:{self.port}"
+
+
 class Supervisor:
     def __init__(self, settings: Settings, *, state_dir: Path, kafka_port: int, partitions: int) -> None:
         self.settings = settings
@@ -124,6 +171,7 @@ class Supervisor:
         self.postgres: EmbeddedPostgres | None = None
         self.kafka: EmbeddedKafka | None = None
         self.services: list[ServiceProcess] = []
+        self.sandbox: SandboxProcess | None = None
         self.stopping = asyncio.Event()
         self.announced = False
 
@@ -155,19 +203,66 @@ class Supervisor:
         await create_topics(bootstrap, all_topics(), self.partitions)
         for service in SERVICE_NAMES:
             await asyncio.to_thread(migrate, database_url, service)
+        sandbox, payout_wiring = await self._sandbox(secrets)
         base_env = {**os.environ, "HOMEWARD_DATABASE_URL": database_url, "HOMEWARD_KAFKA_BOOTSTRAP": bootstrap}
-        for secret in ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY"):
+        for secret in (*PROGRAM_SECRETS, *PAYOUT_WIRING):
             base_env.pop(secret, None)
         for name in SERVICE_NAMES:
-            env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}}
+            wiring = payout_wiring if name == "disbursement" else {}
+            env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}, **wiring}
             process = ServiceProcess(name, env, self.state_dir / "logs" / f"{name}.log")
             await process.start()
             self.services.append(process)
         await self._wait_until_consuming()
-        runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir))
+        runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir), sandbox.url)
         Runtime.path(self.state_dir).write_text(json.dumps(runtime.__dict__))
         self.announced = True
-        print(f"{READY_PREFIX} kafka={bootstrap} database={database_url} state_dir={self.state_dir}", flush=True)
+        ready = f"{READY_PREFIX} kafka={bootstrap} database={database_url} state_dir={self.state_dir}"
+        print(f"{ready} payouts={sandbox.url}", flush=True)
+
+    async def _sandbox(self, secrets: dict[str, str]) -> tuple[SandboxProcess, dict[str, str]]:
+        """Starts the sandbox payout provider before the services and waits until it listens; returns
+        it and the variables that tell disbursement where it is and where its callbacks arrive.
+
+        It inherits the environment, so HOMEWARD_SANDBOX_PAYOUT_* fault settings reach it, but not
+        the program secrets: it holds only the key that signs its callbacks to disbursement."""
+        disbursement_port = free_port()
+        env = {
+            **os.environ,
+            "HOMEWARD_PAYOUT_CALLBACK_SECRET": secrets["HOMEWARD_PAYOUT_CALLBACK_SECRET"],
+            "HOMEWARD_PAYOUT_CALLBACK_URL": f"http://{LOCALHOST}:{disbursement_port}/callbacks/payouts",
+        }
+        for secret in ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY"):
+            env.pop(secret, None)
+        store = self.settings.sandbox_payout_store or self.state_dir / "sandbox" / "payouts.sqlite3"
+        self.sandbox = SandboxProcess(
+            SANDBOX_PAYOUTS,
+            env,
+            self.state_dir / "logs" / f"{SANDBOX_PAYOUTS}.log",
+            port=self.settings.sandbox_payout_port or free_port(),
+            store=store.resolve(),
+        )
+        await self.sandbox.start()
+        self.services.append(self.sandbox)
+        await self._wait_until_listening(self.sandbox)
+        wiring = {
+            "HOMEWARD_PAYOUT_PROVIDER_URL": self.sandbox.url,
+            "HOMEWARD_DISBURSEMENT_HTTP_PORT": str(disbursement_port),
+        }
+        return self.sandbox, wiring
+
+    async def _wait_until_listening(self, sandbox: SandboxProcess) -> None:
+        deadline = time.monotonic() + SANDBOX_READY_TIMEOUT_SECONDS
+        while not sandbox.consuming.is_set():
+            assert sandbox.process is not None
+            if sandbox.process.returncode is not None:
+                raise RuntimeError(
+                    f"{sandbox.name} exited with code {sandbox.process.returncode} before listening; "
+                    f"see {sandbox.log_path}"
+                )
+            if time.monotonic() > deadline or self.stopping.is_set():
+                raise RuntimeError(f"{sandbox.name} not listening after {SANDBOX_READY_TIMEOUT_SECONDS:.0f} s")
+            await asyncio.sleep(READY_POLL_SECONDS)
 
     async def _database(self) -> str:
         if self.settings.database_url:
@@ -219,7 +314,11 @@ class Supervisor:
                 await asyncio.wait_for(self.stopping.wait(), 0.5)
 
     async def _stop(self) -> None:
-        await asyncio.gather(*(service.stop() for service in self.services), return_exceptions=True)
+        # The payout provider stops last, so that a payout in flight at shutdown still gets its answer.
+        services = [service for service in self.services if service is not self.sandbox]
+        await asyncio.gather(*(service.stop() for service in services), return_exceptions=True)
+        if self.sandbox is not None:
+            await self.sandbox.stop()
         for server in (self.kafka, self.postgres):
             if server is not None:
                 await asyncio.to_thread(server.stop)

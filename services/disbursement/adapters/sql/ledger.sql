@@ -1,37 +1,62 @@
 -- name: open_account!
-INSERT INTO accounts (code, currency, allow_negative)
-VALUES (:code, :currency, :allow_negative)
+INSERT INTO accounts (code, currency, debits_must_not_exceed_credits)
+VALUES (:code, :currency, :debits_must_not_exceed_credits)
 ON CONFLICT (code) DO NOTHING;
 
--- name: record_transfer<!
--- Moves money between two accounts in one statement. A transfer id seen before moves
--- nothing (idempotency); a debit that would break an account's floor moves nothing either,
--- and the caller sees no row. Both balance rows are locked by the UPDATE itself.
-WITH new_transfer AS (
-    INSERT INTO transfers (transfer_id, from_account, to_account, amount, currency, payment_id)
-    SELECT :transfer_id, :from_account, :to_account, :amount, :currency, :payment_id
-    WHERE EXISTS (
-        SELECT 1 FROM accounts
-        WHERE code = :from_account AND (allow_negative OR balance >= :amount)
-    )
-    ON CONFLICT (transfer_id) DO NOTHING
-    RETURNING transfer_id, from_account, to_account, amount
-),
-debited AS (
-    UPDATE accounts a SET balance = a.balance - t.amount
-    FROM new_transfer t WHERE a.code = t.from_account
-    RETURNING a.code
-),
-credited AS (
-    UPDATE accounts a SET balance = a.balance + t.amount
-    FROM new_transfer t WHERE a.code = t.to_account
-    RETURNING a.code
-)
-SELECT transfer_id FROM new_transfer
-WHERE EXISTS (SELECT 1 FROM debited) AND EXISTS (SELECT 1 FROM credited);
+-- name: get_transfer^
+SELECT seq, transfer_id, kind, debit_account, credit_account, amount, currency, pending_id, payment_id,
+       created_at, prev_hash, hash
+FROM transfers WHERE transfer_id = :transfer_id;
 
--- name: lock_account^
-SELECT code, balance FROM accounts WHERE code = :code FOR UPDATE;
+-- name: get_refusal^
+SELECT code, request FROM transfer_refusals WHERE transfer_id = :transfer_id;
+
+-- name: record_refusal!
+INSERT INTO transfer_refusals (transfer_id, code, request)
+VALUES (:transfer_id, :code, :request::jsonb)
+ON CONFLICT (transfer_id) DO NOTHING;
+
+-- name: resolution_of^
+SELECT transfer_id, kind FROM transfers WHERE pending_id = :pending_id;
+
+-- name: advance_head^
+-- Locks the chain head until commit: journal appends are serial, so the chain is a line.
+UPDATE ledger_head SET seq = seq + 1 WHERE singleton RETURNING seq, hash;
+
+-- name: set_head!
+UPDATE ledger_head SET hash = :hash WHERE singleton;
+
+-- name: append_transfer!
+INSERT INTO transfers (seq, transfer_id, kind, debit_account, credit_account, amount, currency,
+                       pending_id, payment_id, prev_hash, hash)
+VALUES (:seq, :transfer_id, :kind, :debit_account, :credit_account, :amount, :currency,
+        :pending_id, :payment_id, :prev_hash, :hash);
+
+-- name: debit<!
+-- Adds to an account's pending or posted debits; a limited account refuses (no row) rather
+-- than spend beyond its posted credits, counting what is already reserved. The row lock the
+-- UPDATE takes means two transactions cannot both pass this check.
+UPDATE accounts
+SET debits_pending = debits_pending + :pending,
+    debits_posted = debits_posted + :posted
+WHERE code = :code
+  AND (NOT debits_must_not_exceed_credits
+       OR debits_pending + :pending + debits_posted + :posted <= credits_posted)
+RETURNING code;
+
+-- name: credit<!
+UPDATE accounts
+SET credits_pending = credits_pending + :pending,
+    credits_posted = credits_posted + :posted
+WHERE code = :code
+RETURNING code;
 
 -- name: balances
-SELECT code, currency, balance FROM accounts ORDER BY code;
+SELECT code, currency, debits_must_not_exceed_credits, debits_pending, debits_posted,
+       credits_pending, credits_posted
+FROM accounts ORDER BY code;
+
+-- name: journal
+SELECT seq, transfer_id, kind, debit_account, credit_account, amount, currency, pending_id, payment_id,
+       prev_hash, hash
+FROM transfers ORDER BY seq;

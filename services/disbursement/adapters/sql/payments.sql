@@ -27,24 +27,43 @@ RETURNING payment_id;
 -- name: refuse!
 INSERT INTO refusals (case_id, reason) VALUES (:case_id, :reason) ON CONFLICT (case_id) DO NOTHING;
 
--- name: set_status!
-UPDATE payments SET status = :status, updated_at = now() WHERE payment_id = :payment_id;
+-- name: lock_payment^
+SELECT p.payment_id, p.case_id, p.identity_key, p.amount, p.currency, p.status, p.reserve_attempts,
+       p.reserve_id, p.payout_attempts, p.correlationid, p.cause_event_id, p.method, p.provider_ref, c.sealed
+FROM payments p JOIN cases c USING (case_id)
+WHERE p.payment_id = :payment_id
+FOR UPDATE OF p;
+
+-- name: mark_reserved!
+UPDATE payments
+SET status = 'reserved', reserve_id = :reserve_id, reserve_attempts = reserve_attempts + 1, updated_at = now()
+WHERE payment_id = :payment_id;
+
+-- name: count_reserve_attempt!
+UPDATE payments SET reserve_attempts = reserve_attempts + 1, updated_at = now() WHERE payment_id = :payment_id;
 
 -- name: mark_disbursed!
 UPDATE payments
-SET status = 'disbursed', method = :method, provider_ref = :provider_ref, updated_at = now()
+SET status = 'disbursed', method = :method, provider_ref = :provider_ref, last_error = NULL, updated_at = now()
 WHERE payment_id = :payment_id;
 
--- name: approved_payments
-SELECT p.payment_id, p.case_id, p.amount, p.currency, p.correlationid, p.cause_event_id, c.sealed
-FROM payments p JOIN cases c USING (case_id)
-WHERE p.status = 'approved'
-ORDER BY p.created_at
+-- name: mark_status!
+UPDATE payments SET status = :status, last_error = :reason, updated_at = now() WHERE payment_id = :payment_id;
+
+-- name: count_payout_attempt!
+UPDATE payments
+SET payout_attempts = payout_attempts + 1, last_error = :error, updated_at = now()
+WHERE payment_id = :payment_id;
+
+-- name: reserved_payments
+SELECT payment_id FROM payments
+WHERE status = 'reserved'
+ORDER BY created_at
 LIMIT :limit
-FOR UPDATE OF p SKIP LOCKED;
+FOR UPDATE SKIP LOCKED;
 
 -- name: held_payments
-SELECT payment_id, amount, currency FROM payments
+SELECT payment_id FROM payments
 WHERE status = 'held'
 ORDER BY created_at
 LIMIT :limit
@@ -52,7 +71,14 @@ FOR UPDATE SKIP LOCKED;
 
 -- name: payment_totals
 SELECT status, count(*) AS payments, coalesce(sum(amount), 0) AS amount
-FROM payments GROUP BY status;
+FROM payments GROUP BY status ORDER BY status;
 
--- name: mark_failed!
-UPDATE payments SET status = 'failed', updated_at = now() WHERE payment_id = :payment_id;
+-- name: disbursed_payments
+SELECT payment_id, identity_key, amount, currency, provider_ref, status FROM payments
+WHERE status IN ('disbursed', 'returned') ORDER BY created_at;
+
+-- name: identities_paid_twice$
+SELECT count(*) FROM (
+    SELECT p.identity_key FROM payments p JOIN transfers t ON t.payment_id = p.payment_id
+    WHERE t.kind = 'post_pending' GROUP BY p.identity_key HAVING count(*) > 1
+) AS repeated;

