@@ -1,6 +1,9 @@
 """Whole cases through `homeward up`: what an integrator publishes and what comes back."""
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -177,3 +180,29 @@ async def test_no_personal_data_in_any_log_line(homeward):
     assert not leaks, f"personal data in logs: {leaks[:3]}"
     sample = [json.loads(line) for line in lines if '"event": "registration.accepted"' in line]
     assert sample and {"service", "event_type", "correlationid", "application_id"} <= set(sample[0])
+
+
+def _homeward(*arguments: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *arguments], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+async def test_ready_line_names_the_payout_sandbox(homeward):
+    assert " payouts=http://127.0.0.1:" in homeward.ready_line
+
+
+async def test_ledger_verifies_and_reconciles_after_the_flows(homeward):
+    """After every case above was paid, the operator's checks are clean, by exit code and in JSON."""
+    state = ["--state-dir", str(homeward.state_dir), "--json"]
+    verify = _homeward("ledger", "verify", *state)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert json.loads(verify.stdout) == {"clean": True, "breaches": []}
+    reconcile = _homeward("ledger", "reconcile", *state)
+    assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
+    report = json.loads(reconcile.stdout)
+    assert report["clean"] and not report["missing"] and not report["extra"]
+    balances = {row["code"]: row for row in json.loads(_homeward("ledger", "balance", *state).stdout)}
+    assert float(balances["stipends_paid"]["credits_posted"]) >= 3 * 1000  # three cases above were paid
+    assert float(balances["program_budget"]["available"]) >= 0

@@ -229,3 +229,11 @@ def test_dockerfile_runs_the_cli_as_non_root() -> None:
     users = [line.split()[1].split(":")[0] for line in instructions if line.startswith("USER ")]
     assert users, "the image must switch to a non-root user"
     assert users[-1] not in {"root", "0"}
+
+
+def test_readme_documents_every_setting() -> None:
+    from services.runtime.settings import Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [f"HOMEWARD_{name.upper()}" for name in Settings.model_fields if f"`HOMEWARD_{name.upper()}`" not in readme]
+    assert not missing, f"add these to the README's configuration table: {missing}"
