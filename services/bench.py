@@ -110,7 +110,7 @@ def _report(
         "ledger_transactions_per_second": round(transactions_per_second, 1),
         "pgbench_tps": round(pgbench_tps, 1),
         "pgbench_seconds": pgbench_seconds,
-        "ratio": round(transactions_per_second / pgbench_tps, 3),
+        "ratio": round(transactions_per_second / pgbench_tps, 3) if pgbench_tps else None,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "verify": "clean" if not breaches else "breached",
         "breaches": breaches,
@@ -314,7 +314,7 @@ def ledger_command(
 def _table(report: dict[str, Any]) -> Table:
     table = Table(title="Ledger benchmark")
     table.add_column("measure")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")
     rows = [
         ("stipends", f"{report['stipends']:,}"),
         ("concurrency", str(report["concurrency"])),
@@ -323,9 +323,10 @@ def _table(report: dict[str, Any]) -> Table:
         (f"ledger transactions/s ({TRANSACTIONS_PER_STIPEND} per stipend)",
          f"{report['ledger_transactions_per_second']:,.1f}"),
         (f"pgbench -N tps ({report['pgbench_seconds']} s)", f"{report['pgbench_tps']:,.1f}"),
-        ("ratio (ledger tx/s ÷ pgbench tps)", f"{report['ratio']:.3f}"),
+        ("ratio (ledger tx/s ÷ pgbench tps)", "n/a" if report["ratio"] is None else f"{report['ratio']:.3f}"),
         ("refused", str(report["refused"])),
-        ("machine", f"{report['machine']['cpus']} CPUs, {report['machine']['platform']}"),
+        ("machine CPUs", str(report["machine"]["cpus"])),
+        ("machine platform", report["machine"]["platform"]),
         ("verify", report["verify"] if not report["breaches"] else "; ".join(report["breaches"])),
     ]  # fmt: skip
     for measure, value in rows:

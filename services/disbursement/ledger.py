@@ -15,7 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.runtime.db import Connection
+from services.runtime.db import Connection, fetch_all
 
 Kind = Literal["single_phase", "pending", "post_pending", "void_pending"]
 Status = Literal["created", "exists", "refused"]
@@ -27,6 +27,9 @@ PENDING_NOT_FOUND = "pending_transfer_not_found"
 PENDING_ALREADY_RESOLVED = "pending_transfer_already_resolved"
 ACCOUNT_NOT_FOUND = "account_not_found"
 CURRENCY_MISMATCH = "currency_mismatch"
+INVALID_AMOUNT = "invalid_amount"
+SAME_ACCOUNT = "same_account"
+CENT = Decimal("0.01")
 
 # Refusals that depend on the ledger's state when the transfer was tried; they are kept so
 # that the same id fails the same way later.
@@ -99,11 +102,22 @@ def _recorded_fields(row: Any) -> dict[str, str]:
     ).fields()
 
 
+def malformed(transfer: Transfer) -> str | None:
+    """A request no ledger state could accept: not a positive amount in whole cents, or one account twice."""
+    if not transfer.amount.is_finite() or transfer.amount <= 0 or transfer.amount != transfer.amount.quantize(CENT):
+        return INVALID_AMOUNT
+    if transfer.debit_account == transfer.credit_account:
+        return SAME_ACCOUNT
+    return None
+
+
 async def create_transfer(connection: Connection, queries: Any, transfer: Transfer) -> Result:
     """Applies one transfer inside the caller's transaction; never raises for a refusal."""
     earlier = await _earlier_outcome(connection, queries, transfer)
     if earlier is not None:
         return earlier
+    if (code := malformed(transfer)) is not None:
+        return Result("refused", transfer.transfer_id, code)
     try:
         async with connection.transaction():  # a savepoint: a refusal leaves no trace but its record
             await _append(connection, queries, transfer)
@@ -139,6 +153,7 @@ async def _refuse(connection: Connection, queries: Any, transfer: Transfer, code
 
 
 async def _append(connection: Connection, queries: Any, transfer: Transfer) -> None:
+    await _check_accounts(connection, queries, transfer)
     if transfer.kind in ("post_pending", "void_pending"):
         await _check_pending(connection, queries, transfer)
     head = await queries.advance_head(connection)
@@ -146,6 +161,16 @@ async def _append(connection: Connection, queries: Any, transfer: Transfer) -> N
     await queries.append_transfer(connection, seq=head["seq"], prev_hash=head["hash"], hash=digest, **asdict(transfer))
     await queries.set_head(connection, hash=digest)
     await _move_balances(connection, queries, transfer)
+
+
+async def _check_accounts(connection: Connection, queries: Any, transfer: Transfer) -> None:
+    codes = [transfer.debit_account, transfer.credit_account]
+    rows = await fetch_all(queries.account_currencies(connection, codes=codes))
+    currencies = {row["code"]: row["currency"] for row in rows}
+    if set(codes) - set(currencies):
+        raise LedgerRefusal(ACCOUNT_NOT_FOUND)
+    if any(currency != transfer.currency for currency in currencies.values()):
+        raise LedgerRefusal(CURRENCY_MISMATCH)
 
 
 async def _check_pending(connection: Connection, queries: Any, transfer: Transfer) -> None:

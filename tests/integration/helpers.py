@@ -1,14 +1,20 @@
 """What the integration modules share: one service process per module, a collector that skips
 the consumer-group join, builders of the events a service consumes, and reads of its tables."""
 
+import asyncio
 import json
 import secrets
-from collections.abc import Iterator
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
+import httpx
+import psycopg
 from aiokafka.structs import RecordMetadata
 
 from contracts.events import (
@@ -24,9 +30,13 @@ from contracts.events import (
     TravelBooked,
     TravelBookingFailed,
 )
-from services.runtime import crypto
+from services.disbursement import operations
+from services.disbursement.adapters.provider import HttpPayoutProvider, Payout
+from services.disbursement.app import queries
+from services.runtime import crypto, signing
+from services.runtime.db import connect
 from tests.conftest import Infra
-from tests.support import Kafka, ServiceRunner, eventually
+from tests.support import Kafka, ServiceRunner, envelope, eventually
 
 SUBMITTED = RegistrationSubmitted.TOPIC
 ACCEPTED = RegistrationAccepted.TOPIC
@@ -216,3 +226,148 @@ async def outbox_count(database: asyncpg.Connection, service: str, topic: str, k
 
 async def wait_for_row(database: asyncpg.Connection, sql: str, *args: Any, what: str) -> None:
     await eventually(lambda: database.fetchval(sql, *args), what=what)
+
+
+# Disbursement: its ledger, the payout provider, signed callbacks ----------------------------
+
+PROVIDER_TIMEOUT_SECONDS = 30.0
+PROVIDER_ATTEMPTS_MAX = 3
+PROVIDER_BACKOFF_SECONDS = 0.05
+
+
+def new_database(infra: Infra, prefix: str) -> str:
+    """A fresh, empty database on the session's server; a service migrates it on its first start."""
+    name = f"{prefix}_{uuid4().hex[:8]}"
+    with psycopg.connect(infra.database_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return infra.database_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@asynccontextmanager
+async def ledger_connection(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection that sees disbursement's schema, as `homeward ledger` opens it."""
+    connection = await connect(database_url, schema="disbursement")
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+def payout_provider(url: str) -> HttpPayoutProvider:
+    return HttpPayoutProvider(
+        url,
+        timeout_seconds=PROVIDER_TIMEOUT_SECONDS,
+        attempts_max=PROVIDER_ATTEMPTS_MAX,
+        backoff_initial_seconds=PROVIDER_BACKOFF_SECONDS,
+    )
+
+
+async def provider_payouts(url: str) -> list[Payout]:
+    """Every payout the provider ever made, from its own list (GET /payouts)."""
+    provider = payout_provider(url)
+    try:
+        return await provider.list_payouts()
+    finally:
+        await provider.close()
+
+
+async def provider_payout(url: str, key: str) -> dict[str, Any] | None:
+    """GET /payouts/{key}: the provider's record of one payout, or None."""
+    async with httpx.AsyncClient(base_url=url, timeout=PROVIDER_TIMEOUT_SECONDS) as client:
+        response = await client.get(f"/payouts/{key}")
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    found: dict[str, Any] = response.json()
+    return found
+
+
+async def ledger_breaches(database_url: str, payouts_url: str) -> list[str]:
+    """`operations.verify` against the provider's list: an empty list means the ledger is sound."""
+    # The provider's list first, then one snapshot of the ledger: a stipend is posted only after the
+    # provider has answered, so everything posted in the snapshot is already in the list, and the
+    # balances and the journal are read at the same instant while the service keeps paying.
+    payouts = await provider_payouts(payouts_url)
+    async with ledger_connection(database_url) as connection, snapshot(connection):
+        return await operations.verify(connection, queries(), payouts)
+
+
+async def reconciliation(database_url: str, payouts_url: str) -> operations.Reconciliation:
+    payouts = await provider_payouts(payouts_url)
+    async with ledger_connection(database_url) as connection, snapshot(connection):
+        return await operations.reconcile(connection, queries(), payouts)
+
+
+def snapshot(connection: asyncpg.Connection) -> Any:
+    return connection.transaction(isolation="repeatable_read", readonly=True)
+
+
+async def account(connection: asyncpg.Connection, code: str) -> operations.Balance:
+    [found] = [balance for balance in await operations.balances(connection, queries()) if balance.code == code]
+    return found
+
+
+async def send_pair(kafka: Kafka, infra: Infra, case_id: UUID, **accepted_fields: Any) -> dict[str, Any]:
+    """Publishes registration.accepted then arrival.verified for a case; returns the verified envelope."""
+    proven = envelope(VERIFIED, verified(case_id))
+    await kafka.send(ACCEPTED, envelope(ACCEPTED, accepted(infra, case_id=case_id, **accepted_fields)), str(case_id))
+    await kafka.send(VERIFIED, proven, str(case_id))
+    return proven
+
+
+def signed_headers(secret: str, body: bytes, *, timestamp: int | None = None) -> dict[str, str]:
+    """The headers the payout provider signs a callback with (HMAC-SHA256 over `ts.` + body)."""
+    moment = int(time.time()) if timestamp is None else timestamp
+    return {
+        "Content-Type": "application/json",
+        signing.TIMESTAMP_HEADER: str(moment),
+        signing.SIGNATURE_HEADER: signing.sign(secret.encode(), moment, body),
+    }
+
+
+class Outcomes:
+    """What disbursement said about a set of cases, read incrementally from a collector: cheap to poll
+    while thousands of events arrive (Kafka.events parses everything it holds on every call)."""
+
+    TOPICS = (DISBURSED, STIPEND_FAILED, HELD)
+
+    def __init__(self, kafka: Kafka, cases: Iterable[UUID]) -> None:
+        self.kafka = kafka
+        self.cases = {str(case_id) for case_id in cases}
+        self.seen: dict[str, dict[str, list[dict[str, Any]]]] = {topic: defaultdict(list) for topic in self.TOPICS}
+        self._read = 0
+
+    def refresh(self) -> "Outcomes":
+        received = self.kafka.received
+        for topic, _, value in received[self._read : len(received)]:
+            if topic in self.seen:
+                document = json.loads(value)
+                case_id = str(document["data"].get("case_id"))
+                if case_id in self.cases:
+                    self.seen[topic][case_id].append(document)
+        self._read = len(received)
+        return self
+
+    def decided(self) -> int:
+        """Cases that were either paid or failed."""
+        self.refresh()
+        return len(set(self.seen[DISBURSED]) | set(self.seen[STIPEND_FAILED]))
+
+    def of(self, topic: str) -> dict[str, list[dict[str, Any]]]:
+        return self.refresh().seen[topic]
+
+
+async def publish_all(kafka: Kafka, messages: list[tuple[str, dict[str, Any], str]]) -> None:
+    """Publishes many records at once and waits for every acknowledgement; each key keeps its order."""
+    sent = [
+        await kafka.producer.send(topic, json.dumps(value).encode(), key=key.encode()) for topic, value, key in messages
+    ]
+    await asyncio.gather(*sent)
+
+
+def pair(infra: Infra, case_id: UUID, **accepted_fields: Any) -> list[tuple[str, dict[str, Any], str]]:
+    """The accepted and verified records of one case, for `publish_all`."""
+    return [
+        (ACCEPTED, envelope(ACCEPTED, accepted(infra, case_id=case_id, **accepted_fields)), str(case_id)),
+        (VERIFIED, envelope(VERIFIED, verified(case_id)), str(case_id)),
+    ]

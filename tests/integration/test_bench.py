@@ -17,7 +17,7 @@ CONCURRENCY = 4
 PGBENCH_SECONDS = 2
 
 
-async def test_bench_ledger_pays_every_stipend_and_measures_pgbench(infra: Infra):
+async def test_bench_ledger_pays_every_stipend_and_measures_pgbench(infra: Infra) -> None:
     report = await bench_ledger(
         infra.database_url, stipends=STIPENDS, concurrency=CONCURRENCY, bin_dir=Path(POSTGRES_BIN_PATH),
         pgbench_seconds=PGBENCH_SECONDS,
@@ -32,7 +32,9 @@ async def test_bench_ledger_pays_every_stipend_and_measures_pgbench(infra: Infra
     assert report["verify"] == "clean", report["breaches"]
     connection = await asyncpg.connect(infra.database_url)
     try:
-        left = await connection.fetchval("SELECT count(*) FROM pg_database WHERE datname LIKE $1", f"{DATABASE_PREFIX}%")
+        left = await connection.fetchval(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE $1", f"{DATABASE_PREFIX}%"
+        )
     finally:
         await connection.close()
     assert left == 0

@@ -1,5 +1,5 @@
-"""Disbursement alone against the real broker and PostgreSQL: one stipend per verified identity,
-paid once, with a ledger that balances and a budget that cannot go below zero."""
+"""Disbursement alone against the real broker, PostgreSQL and the payout sandbox: one stipend per
+verified identity, reserved in the ledger, paid once at the provider, and a ledger that verifies."""
 
 import secrets
 from collections.abc import Iterator
@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from services.disbursement import domain
 from tests.conftest import Infra
 from tests.integration.helpers import (
     ACCEPTED,
@@ -19,10 +20,16 @@ from tests.integration.helpers import (
     VERIFIED,
     Collector,
     accepted,
+    account,
+    ledger_breaches,
+    ledger_connection,
     logged_errors,
     outbox_count,
+    provider_payout,
+    provider_payouts,
     publish,
     sealed_for,
+    send_pair,
     start_service,
     verified,
     wait_for_row,
@@ -32,13 +39,8 @@ from tests.support import ServiceRunner, envelope, eventually, outbound_and_dlq_
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("disbursement")]
 
-STIPEND_WAIT_SECONDS = 20.0
-NET_TRANSFERS = """
-SELECT a.code, coalesce(sum(CASE WHEN t.to_account = a.code THEN t.amount ELSE -t.amount END), 0) AS net
-FROM disbursement.accounts a
-LEFT JOIN disbursement.transfers t ON a.code IN (t.from_account, t.to_account)
-GROUP BY a.code
-"""
+STIPEND_WAIT_SECONDS = 30.0
+FUNDING_TRANSFER = domain.funding_transfer_id(domain.INITIAL_FUNDING_REFERENCE)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,15 @@ async def stipend(kafka: Collector, topic: str, case_id: UUID) -> dict[str, Any]
     [event] = await eventually(
         lambda: kafka.events(topic, case_id=str(case_id)), timeout=STIPEND_WAIT_SECONDS, what=f"{topic} for {case_id}"
     )
-    return event
+    found: dict[str, Any] = event
+    return found
+
+
+async def transfers_of(database: asyncpg.Connection, payment_id: str) -> list[tuple[str, str]]:
+    rows = await database.fetch(
+        "SELECT kind, transfer_id FROM disbursement.transfers WHERE payment_id = $1::uuid ORDER BY seq", payment_id
+    )
+    return [(row["kind"], row["transfer_id"]) for row in rows]
 
 
 async def test_accepted_then_verified_case_is_paid_the_program_amount(infra: Infra, database: asyncpg.Connection):
@@ -72,13 +82,22 @@ async def test_accepted_then_verified_case_is_paid_the_program_amount(infra: Inf
     assert event["correlationid"] == opened["correlationid"]
     assert event["causationid"] == proven["id"]
     paid = event["data"]
+    assert paid["payment_id"] == str(domain.payment_id_for(case_id))
     assert (paid["amount"], paid["currency"], paid["method"]) == ("1000.00", "USD", "mobile_money")
-    assert paid["provider_ref"]
     payment = await database.fetchrow("SELECT * FROM disbursement.payments WHERE case_id = $1", case_id)
-    assert str(payment["payment_id"]) == paid["payment_id"]
-    assert (payment["status"], payment["amount"], payment["provider_ref"]) == (
+    assert payment is not None
+    assert (str(payment["payment_id"]), payment["status"], payment["amount"], payment["provider_ref"]) == (
+        paid["payment_id"],
         "disbursed",
         Decimal("1000.00"),
+        paid["provider_ref"],
+    )
+    at_provider = await provider_payout(infra.payouts_url, paid["payment_id"])
+    assert at_provider is not None
+    assert (at_provider["status"], at_provider["amount"], at_provider["method"], at_provider["provider_ref"]) == (
+        "paid",
+        "1000.00",
+        "mobile_money",
         paid["provider_ref"],
     )
 
@@ -90,6 +109,7 @@ async def test_verified_before_accepted_is_paid_to_the_sealed_instrument(infra: 
     async with collector(infra) as kafka:
         await kafka.send(VERIFIED, proven, str(case_id))
         await wait_until_processed(database, "disbursement", proven["id"])
+        assert await database.fetchval("SELECT count(*) FROM disbursement.payments WHERE case_id = $1", case_id) == 0
         await kafka.send(ACCEPTED, opened, str(case_id))
         event = await stipend(kafka, DISBURSED, case_id)
 
@@ -97,6 +117,8 @@ async def test_verified_before_accepted_is_paid_to_the_sealed_instrument(infra: 
     assert event["data"]["amount"] == "1000.00"
     assert event["correlationid"] == opened["correlationid"]
     assert event["causationid"] == proven["id"]
+    at_provider = await provider_payout(infra.payouts_url, event["data"]["payment_id"])
+    assert at_provider is not None and at_provider["method"] == "bank_account"
 
 
 async def test_verified_event_delivered_three_times_pays_once(infra: Infra, database: asyncpg.Connection):
@@ -116,14 +138,15 @@ async def test_verified_event_delivered_three_times_pays_once(infra: Infra, data
         assert len(kafka.events(DISBURSED, case_id=str(case_id))) == 1
     payment_id = event["data"]["payment_id"]
     assert await outbox_count(database, "disbursement", DISBURSED, str(case_id)) == 1
-    payments = await database.fetchval("SELECT count(*) FROM disbursement.payments WHERE case_id = $1", case_id)
-    payouts = await database.fetchval(
-        "SELECT count(*) FROM disbursement.sandbox_payouts WHERE idempotency_key = $1", payment_id
-    )
-    transfers = await database.fetchval(
-        "SELECT count(*) FROM disbursement.transfers WHERE payment_id = $1::uuid", payment_id
-    )
-    assert (payments, payouts, transfers) == (1, 1, 2)  # reserve and payout
+    assert await database.fetchval("SELECT count(*) FROM disbursement.payments WHERE case_id = $1", case_id) == 1
+    assert await provider_payout(infra.payouts_url, payment_id) is not None
+    assert [payout.key for payout in await provider_payouts(infra.payouts_url) if payout.key == payment_id] == [
+        payment_id
+    ]
+    assert await transfers_of(database, payment_id) == [
+        ("pending", domain.reserve_transfer_id(UUID(payment_id), 1)),
+        ("post_pending", domain.post_transfer_id(UUID(payment_id))),
+    ]
 
 
 async def test_one_identity_is_paid_once_across_cases(infra: Infra, database: asyncpg.Connection):
@@ -131,10 +154,7 @@ async def test_one_identity_is_paid_once_across_cases(infra: Infra, database: as
     cases = [uuid4(), uuid4()]
     async with collector(infra) as kafka:
         for case_id in cases:
-            await kafka.send(
-                ACCEPTED, envelope(ACCEPTED, accepted(infra, case_id=case_id, identity_key=identity_key)), str(case_id)
-            )
-            await kafka.send(VERIFIED, envelope(VERIFIED, verified(case_id)), str(case_id))
+            await send_pair(kafka, infra, case_id, identity_key=identity_key)
 
         def outcomes() -> dict[str, list[dict[str, Any]]]:
             found: dict[str, list[dict[str, Any]]] = {DISBURSED: [], STIPEND_FAILED: []}
@@ -153,58 +173,57 @@ async def test_one_identity_is_paid_once_across_cases(infra: Infra, database: as
 
     paid_case, refused_case = UUID(paid["data"]["case_id"]), UUID(failed["data"]["case_id"])
     assert paid_case != refused_case
-    assert failed["data"]["reason"] == "identity_already_paid"
+    assert failed["data"]["reason"] == domain.REFUSED_IDENTITY_PAID
     rows = await database.fetch("SELECT case_id FROM disbursement.payments WHERE identity_key = $1", identity_key)
     assert [row["case_id"] for row in rows] == [paid_case]
     refusal = await database.fetchval("SELECT reason FROM disbursement.refusals WHERE case_id = $1", refused_case)
-    assert refusal == "identity_already_paid"
+    assert refusal == domain.REFUSED_IDENTITY_PAID
+    assert await provider_payout(infra.payouts_url, str(domain.payment_id_for(refused_case))) is None
 
 
-async def test_ledger_balances_after_payments(infra: Infra, database: asyncpg.Connection):
+async def test_ledger_verifies_clean_after_payments(infra: Infra, database: asyncpg.Connection):
     case_id = uuid4()
     async with collector(infra) as kafka:
-        await kafka.send(ACCEPTED, envelope(ACCEPTED, accepted(infra, case_id=case_id)), str(case_id))
-        await kafka.send(VERIFIED, envelope(VERIFIED, verified(case_id)), str(case_id))
+        await send_pair(kafka, infra, case_id)
         await stipend(kafka, DISBURSED, case_id)
 
-    # One snapshot, so that concurrent payouts cannot make the sums disagree.
-    async with database.transaction(isolation="repeatable_read", readonly=True):
-        balances = {row["code"]: row["balance"] for row in await database.fetch("SELECT * FROM disbursement.accounts")}
-        by_status = {
-            row["status"]: row["total"]
-            for row in await database.fetch(
-                "SELECT status, sum(amount) AS total FROM disbursement.payments GROUP BY status"
-            )
-        }
-        moved = {row["code"]: row["net"] for row in await database.fetch(NET_TRANSFERS)}
-
-    assert sum(balances.values()) == 0
-    assert balances["program_budget"] >= 0
-    assert balances["stipends_paid"] == by_status["disbursed"] >= Decimal("1000.00")
-    assert balances["stipends_reserved"] == by_status.get("approved", 0)
-    assert balances == moved  # every balance is exactly the sum of its transfers
+    assert await ledger_breaches(infra.database_url, infra.payouts_url) == []
+    async with ledger_connection(infra.database_url) as ledger:
+        paid, budget = await account(ledger, domain.STIPENDS_ACCOUNT), await account(ledger, domain.BUDGET_ACCOUNT)
+    assert paid.credits_posted >= Decimal("1000.00")
+    assert budget.available >= 0
 
 
 async def test_transfers_are_append_only(database: asyncpg.Connection):
     await wait_for_row(
-        database, "SELECT count(*) FROM disbursement.transfers WHERE transfer_id = 'funding:initial'", what="funding"
+        database, "SELECT count(*) FROM disbursement.transfers WHERE transfer_id = $1", FUNDING_TRANSFER, what="funding"
     )
     with pytest.raises(asyncpg.exceptions.RaiseError, match="append-only"):
         await database.execute(
-            "UPDATE disbursement.transfers SET amount = amount + 1 WHERE transfer_id = 'funding:initial'"
+            "UPDATE disbursement.transfers SET amount = amount + 1 WHERE transfer_id = $1", FUNDING_TRANSFER
         )
     with pytest.raises(asyncpg.exceptions.RaiseError, match="append-only"):
-        await database.execute("DELETE FROM disbursement.transfers WHERE transfer_id = 'funding:initial'")
+        await database.execute("DELETE FROM disbursement.transfers WHERE transfer_id = $1", FUNDING_TRANSFER)
+    with pytest.raises(asyncpg.exceptions.RaiseError, match="append-only"):
+        await database.execute("TRUNCATE disbursement.transfers CASCADE")
 
 
-async def test_budget_cannot_be_set_below_zero(database: asyncpg.Connection):
+async def test_budget_cannot_spend_more_than_it_was_credited(database: asyncpg.Connection):
+    budget = domain.BUDGET_ACCOUNT
+    await wait_for_row(database, "SELECT count(*) FROM disbursement.accounts WHERE code = $1", budget, what="budget")
     with pytest.raises(asyncpg.exceptions.CheckViolationError):
         async with database.transaction():
-            await database.execute("UPDATE disbursement.accounts SET balance = -1 WHERE code = 'program_budget'")
-    assert await database.fetchval("SELECT balance FROM disbursement.accounts WHERE code = 'program_budget'") >= 0
+            await database.execute(
+                "UPDATE disbursement.accounts SET debits_posted = credits_posted - debits_pending + 0.01"
+                " WHERE code = $1",
+                budget,
+            )
+    row = await database.fetchrow("SELECT * FROM disbursement.accounts WHERE code = $1", budget)
+    assert row is not None
+    assert row["debits_pending"] + row["debits_posted"] <= row["credits_posted"]
 
 
-async def test_a_case_whose_sealed_data_cannot_be_opened_does_not_stop_other_payouts(
+async def test_a_case_whose_sealed_data_cannot_be_opened_fails_and_does_not_stop_other_payouts(
     infra: Infra, database: asyncpg.Connection, disbursement: ServiceRunner
 ):
     # The stored blob is replaced by one sealed for another case (authentic ciphertext that does not
@@ -219,13 +238,19 @@ async def test_a_case_whose_sealed_data_cannot_be_opened_does_not_stop_other_pay
             "UPDATE disbursement.cases SET sealed = $2 WHERE case_id = $1", broken, sealed_for(infra, uuid4())
         )
         await kafka.send(VERIFIED, envelope(VERIFIED, verified(broken)), str(broken))
-        await wait_for_row(
-            database, "SELECT count(*) FROM disbursement.payments WHERE case_id = $1", broken, what="broken payment"
-        )
-        await kafka.send(ACCEPTED, envelope(ACCEPTED, accepted(infra, case_id=healthy)), str(healthy))
-        await kafka.send(VERIFIED, envelope(VERIFIED, verified(healthy)), str(healthy))
+        await send_pair(kafka, infra, healthy)
         try:
+            failed = await stipend(kafka, STIPEND_FAILED, broken)
             await stipend(kafka, DISBURSED, healthy)
         except AssertionError as timeout:
             raise AssertionError(f"{timeout}; service errors: {logged_errors(disbursement)[-2:]}") from None
         assert kafka.events(DISBURSED, case_id=str(broken)) == []
+
+    assert failed["data"]["reason"] == domain.FAILED_INSTRUMENT_UNREADABLE
+    payment_id = domain.payment_id_for(broken)
+    assert await database.fetchval("SELECT status FROM disbursement.payments WHERE case_id = $1", broken) == "failed"
+    assert await transfers_of(database, str(payment_id)) == [
+        ("pending", domain.reserve_transfer_id(payment_id, 1)),
+        ("void_pending", domain.void_transfer_id(payment_id)),
+    ]
+    assert await provider_payout(infra.payouts_url, str(payment_id)) is None

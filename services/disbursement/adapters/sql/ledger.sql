@@ -60,3 +60,6 @@ FROM accounts ORDER BY code;
 SELECT seq, transfer_id, kind, debit_account, credit_account, amount, currency, pending_id, payment_id,
        prev_hash, hash
 FROM transfers ORDER BY seq;
+
+-- name: account_currencies
+SELECT code, currency FROM accounts WHERE code = ANY(:codes::text[]);

@@ -1,0 +1,39 @@
+"""Ledger requests that no ledger state could accept are refused before touching the database."""
+
+from decimal import Decimal
+
+import pytest
+
+from services.disbursement.ledger import INVALID_AMOUNT, SAME_ACCOUNT, Transfer, chain_hash, first_difference, malformed
+
+
+def transfer(amount: str = "1000.00", debit: str = "program_budget", credit: str = "stipends_paid") -> Transfer:
+    return Transfer("t-1", "pending", debit, credit, Decimal(amount), "USD")
+
+
+@pytest.mark.parametrize("amount", ["1.005", "0.00", "-5.00", "NaN", "Infinity"])
+def test_amounts_that_are_not_positive_whole_cents_are_refused(amount: str) -> None:
+    assert malformed(transfer(amount)) == INVALID_AMOUNT
+
+
+@pytest.mark.parametrize("amount", ["0.01", "1000.00", "1000", "12.5"])
+def test_positive_whole_cents_are_accepted(amount: str) -> None:
+    assert malformed(transfer(amount)) is None
+
+
+def test_one_account_on_both_sides_is_refused() -> None:
+    assert malformed(transfer(debit="program_budget", credit="program_budget")) == SAME_ACCOUNT
+
+
+def test_the_first_changed_field_is_named() -> None:
+    original = transfer()
+    assert first_difference(original, original.fields()) is None
+    assert first_difference(transfer("999.99"), original.fields()) == "amount"
+    assert first_difference(transfer(credit="program_funding"), original.fields()) == "credit_account"
+
+
+def test_the_chain_hash_covers_the_previous_hash_the_position_and_every_field() -> None:
+    base = chain_hash("genesis", 1, transfer())
+    assert base == chain_hash("genesis", 1, transfer())
+    assert len({base, chain_hash("other", 1, transfer()), chain_hash("genesis", 2, transfer()),
+                chain_hash("genesis", 1, transfer("999.99"))}) == 4  # fmt: skip
