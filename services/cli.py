@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from services.bench import bench_app
+from services.dlq_cli import dlq_app
 from services.ledger_cli import ledger_app
 from services.runtime.settings import SERVICE_NAMES, Settings
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 contracts_app = typer.Typer(help="The public v1 event contract.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(dlq_app, name="dlq")
 app.add_typer(bench_app, name="bench")
 sandbox_app = typer.Typer(help="Sandbox providers that behave like the real remote ones.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")

@@ -70,12 +70,16 @@ class BatchConsumer:
         routes: dict[str, Route],
         runtime_queries: Any,
         retry_backoff_seconds: float,
+        handler_attempts_max: int = 3,
+        handler_backoff_seconds: float = 0.1,
     ) -> None:
         self.service = service
         self.pool = pool
         self.routes = routes
         self.runtime_queries = runtime_queries
         self.retry_backoff_seconds = retry_backoff_seconds
+        self.handler_attempts_max = handler_attempts_max
+        self.handler_backoff_seconds = handler_backoff_seconds
 
     async def consume(self, records: Sequence[Record]) -> BatchResult:
         """Applies the batch in one transaction; falls back to one record at a time if a handler fails."""
@@ -95,15 +99,27 @@ class BatchConsumer:
         return totals
 
     async def _apply_alone(self, item: Decoded | Undeliverable) -> BatchResult:
-        try:
-            return await self._apply([item])
-        except TRANSIENT_ERRORS:
-            await asyncio.sleep(self.retry_backoff_seconds)
-            raise
-        except Exception as error:
-            logger.exception("consumer.handler_failed", **_log_context(item))
-            failed = Undeliverable(item.record, ERROR_HANDLER, f"{type(error).__name__}: handler failed")
-            return await self._apply([failed])
+        """Tries a record on its own a bounded number of times, with backoff, then dead-letters it
+        so that the partition keeps moving."""
+        error: Exception | None = None
+        for attempt in range(1, self.handler_attempts_max + 1):
+            try:
+                return await self._apply([item])
+            except TRANSIENT_ERRORS:
+                await asyncio.sleep(self.retry_backoff_seconds)
+                raise
+            except Exception as failure:
+                error = failure
+                logger.warning(
+                    "consumer.handler_failed", attempt=attempt, error=type(failure).__name__, **_log_context(item)
+                )
+                if attempt < self.handler_attempts_max:
+                    await asyncio.sleep(self.handler_backoff_seconds * 2 ** (attempt - 1))
+        logger.error(
+            "consumer.poison_message", attempts=self.handler_attempts_max, exc_info=error, **_log_context(item)
+        )
+        detail = f"{type(error).__name__}: handler failed {self.handler_attempts_max} times"
+        return await self._apply([Undeliverable(item.record, ERROR_HANDLER, detail)])
 
     async def _apply(self, items: Sequence[Decoded | Undeliverable]) -> BatchResult:
         applied = duplicates = dead_lettered = 0

@@ -135,6 +135,8 @@ def create_app(service: str, settings: Settings) -> FastStream:
             routes=definition.routes,
             runtime_queries=runtime_queries(),
             retry_backoff_seconds=settings.consumer_retry_backoff_ms / 1000,
+            handler_attempts_max=settings.handler_attempts_max,
+            handler_backoff_seconds=settings.handler_backoff_ms / 1000,
         )
         relay = OutboxRelay(
             pool=pool,

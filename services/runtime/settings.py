@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     consumer_batch_size_max: int = Field(default=500, ge=1, le=10_000)
     consumer_batch_timeout_ms: int = Field(default=50, ge=1, le=10_000)
     consumer_retry_backoff_ms: int = Field(default=500, ge=1, description="Pause before a failed batch is retried")
+    handler_attempts_max: int = Field(
+        default=3, ge=1, le=20, description="Tries of a failing event before it is dead-lettered"
+    )
+    handler_backoff_ms: int = Field(
+        default=100, ge=1, description="First pause between tries of a failing event (doubles)"
+    )
     relay_batch_size_max: int = Field(default=1000, ge=1, le=10_000)
     relay_poll_interval_ms: int = Field(default=20, ge=1, le=60_000)
     database_pool_size_max: int = Field(default=8, ge=2, le=100)

@@ -206,3 +206,22 @@ async def test_ledger_verifies_and_reconciles_after_the_flows(homeward):
     balances = {row["code"]: row for row in json.loads(_homeward("ledger", "balance", *state).stdout)}
     assert float(balances["stipends_paid"]["credits_posted"]) >= 3 * 1000  # three cases above were paid
     assert float(balances["program_budget"]["available"]) >= 0
+
+
+async def test_dead_letters_are_listed_and_can_be_replayed(homeward):
+    state = ["--state-dir", str(homeward.state_dir)]
+    listed = _homeward("dlq", "list", "--topic", SUBMITTED, "--json", *state)
+    assert listed.returncode == 0, listed.stderr
+    letters = json.loads(listed.stdout)
+    garbage = [letter for letter in letters if letter["error_code"] == "invalid_json"]
+    assert garbage and all(letter["original_topic"] == SUBMITTED and letter["age_seconds"] >= 0 for letter in letters)
+    replayed = _homeward("dlq", "replay", "--topic", SUBMITTED, "--id", garbage[0]["name"], *state)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1 dead letter(s)" in replayed.stdout
+
+    def more_letters() -> bool:
+        again = json.loads(_homeward("dlq", "list", "--topic", SUBMITTED, "--json", *state).stdout)
+        return len([letter for letter in again if letter["error_code"] == "invalid_json"]) > len(garbage)
+
+    # Still not JSON, so it comes back to the dead-letter topic: nothing is lost on the way.
+    await eventually(more_letters, what="the replayed letter to be dead-lettered again")

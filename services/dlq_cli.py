@@ -1,0 +1,171 @@
+"""`homeward dlq …`: see dead letters with their reason and age, and send them back to their topic.
+
+A dead letter is named by `<dlq partition>:<dlq offset>` or by its envelope id. Replaying is safe
+to repeat: consumers deduplicate by envelope id, so a letter replayed twice is applied once.
+"""
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from rich.console import Console
+from rich.table import Table
+
+from contracts.registry import PAYLOAD_TYPES, dlq_topic
+from services.runtime.settings import Settings
+
+dlq_app = typer.Typer(help="Dead letters: list them, replay them to their original topic.", no_args_is_help=True)
+
+READ_TIMEOUT_MS = 500
+READ_ROUNDS_MAX = 10_000
+LIST_LIMIT_DEFAULT = 100
+PIPED_WIDTH = 160
+StateDir = Annotated[Path | None, typer.Option(help="State dir of a running `homeward up` [default .homeward]")]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    dlq_topic: str
+    partition: int
+    offset: int
+    original_topic: str
+    error_code: str
+    detail: str
+    envelope_id: str | None
+    age_seconds: float
+    value: bytes
+
+    @property
+    def name(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+def _bootstrap(state_dir: Path | None) -> str:
+    from services.runtime.supervisor import Runtime
+
+    settings = Settings()
+    runtime = Runtime.read(state_dir or settings.state_dir)
+    bootstrap = settings.kafka_bootstrap or (runtime.kafka if runtime else None)
+    if not bootstrap:
+        raise typer.BadParameter("no running `homeward up` and HOMEWARD_KAFKA_BOOTSTRAP is not set; pass --state-dir")
+    return bootstrap
+
+
+def _topics(topic: str | None) -> list[str]:
+    if topic is None:
+        return [dlq_topic(name) for name in PAYLOAD_TYPES]
+    base = topic.removesuffix(".dlq")
+    if base not in PAYLOAD_TYPES:
+        raise typer.BadParameter(f"unknown topic {topic!r}; one of: {', '.join(PAYLOAD_TYPES)}")
+    return [dlq_topic(base)]
+
+
+def _envelope_id(value: bytes) -> str | None:
+    try:
+        document = json.loads(value)
+    except ValueError:
+        return None
+    return str(document.get("id")) if isinstance(document, dict) and document.get("id") else None
+
+
+async def read_dead_letters(bootstrap: str, topics: list[str]) -> list[DeadLetter]:
+    """Every record now on the given dead-letter topics, read without a consumer group."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in consumer.partitions_for_topic(topic) or ()
+        ]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        letters: list[DeadLetter] = []
+        for _ in range(READ_ROUNDS_MAX):
+            positions = {tp: await consumer.position(tp) for tp in partitions}
+            if all(positions[tp] >= ends[tp] for tp in partitions):
+                break
+            batches = await consumer.getmany(timeout_ms=READ_TIMEOUT_MS)
+            letters += [_letter(record) for records in batches.values() for record in records]
+        return sorted(letters, key=lambda letter: -letter.age_seconds)
+    finally:
+        await consumer.stop()
+
+
+def _letter(record: Any) -> DeadLetter:
+    headers = {key: value.decode(errors="replace") for key, value in (record.headers or ())}
+    value = record.value or b""
+    return DeadLetter(
+        dlq_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        original_topic=headers.get("x-original-topic", record.topic.removesuffix(".dlq")),
+        error_code=headers.get("x-error-code", "unknown"),
+        detail=headers.get("x-error-detail", ""),
+        envelope_id=_envelope_id(value),
+        age_seconds=max(0.0, time.time() - record.timestamp / 1000),
+        value=value,
+    )
+
+
+@dlq_app.command("list")
+def list_letters(
+    topic: Annotated[str | None, typer.Option(help="Only this topic's dead letters (default: every topic)")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many")] = LIST_LIMIT_DEFAULT,
+    state_dir: StateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+) -> None:
+    """Dead letters with their reason and age, oldest first."""
+    letters = asyncio.run(read_dead_letters(_bootstrap(state_dir), _topics(topic)))[:limit]
+    if as_json:
+        rows = [{k: v for k, v in asdict(letter).items() if k != "value"} | {"name": letter.name} for letter in letters]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Dead letters ({len(letters)} shown)")
+    for column in ("topic", "name", "code", "age", "envelope id", "detail"):
+        table.add_column(column)
+    for letter in letters:
+        table.add_row(letter.original_topic, letter.name, letter.error_code, f"{letter.age_seconds:,.0f} s",
+                      letter.envelope_id or "-", letter.detail[:80])  # fmt: skip
+    Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(table)
+
+
+@dlq_app.command()
+def replay(
+    topic: Annotated[str, typer.Option(help="The original topic whose dead letters to send back")],
+    letter_id: Annotated[
+        str | None, typer.Option("--id", help="One letter: its envelope id or <partition>:<offset> (default: all)")
+    ] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Send dead letters back to their original topic, bytes unchanged (safe to repeat)."""
+    bootstrap = _bootstrap(state_dir)
+
+    async def main() -> int:
+        letters = await read_dead_letters(bootstrap, _topics(topic))
+        chosen = [letter for letter in letters if letter_id in (None, letter.name, letter.envelope_id)]
+        if letter_id is not None and not chosen:
+            raise typer.BadParameter(f"no dead letter {letter_id!r} on {dlq_topic(topic.removesuffix('.dlq'))}")
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+        await producer.start()
+        try:
+            for letter in chosen:
+                provenance = f"{letter.dlq_topic}:{letter.name}".encode()
+                await producer.send_and_wait(
+                    letter.original_topic, letter.value, key=(letter.envelope_id or letter.name).encode(),
+                    headers=[("x-replayed-from", provenance)],
+                )  # fmt: skip
+        finally:
+            await producer.stop()
+        return len(chosen)
+
+    typer.echo(f"replayed {asyncio.run(main())} dead letter(s) to {topic.removesuffix('.dlq')}")
