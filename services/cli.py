@@ -39,6 +39,15 @@ StateDir = Annotated[
 ]
 
 
+@app.callback()
+def _configure_logging() -> None:
+    """Operator commands log to stderr, so their tables and --json output stay clean on stdout;
+    `run` and `up` configure their own logging."""
+    from services.runtime import logs
+
+    logs.configure("cli", Settings().log_level, stream=sys.stderr)
+
+
 def _service(name: str) -> str:
     if name not in SERVICE_NAMES:
         raise typer.BadParameter(f"unknown service {name!r}; choose one of: {', '.join(SERVICE_NAMES)}")

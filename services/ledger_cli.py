@@ -10,6 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -152,8 +153,9 @@ def verify(
     from services.disbursement import operations
 
     async def work(connection: Any, named: Any, payouts_url: str | None) -> list[str]:
-        payouts = None if skip_provider else await _provider_payouts(payouts_url)
-        return await operations.verify(connection, named, payouts)
+        fetch = None if skip_provider else partial(_provider_payouts, payouts_url)
+        breaches, _ = await operations.audit(connection, named, fetch)
+        return breaches
 
     breaches = _run(state_dir, work)
     table = Table(title="Ledger verification")
@@ -171,7 +173,8 @@ def reconcile(state_dir: StateDir = None, as_json: AsJson = False) -> None:
     from services.disbursement import operations
 
     async def work(connection: Any, named: Any, payouts_url: str | None) -> Any:
-        return await operations.reconcile(connection, named, await _provider_payouts(payouts_url))
+        _, report = await operations.audit(connection, named, partial(_provider_payouts, payouts_url))
+        return report
 
     report = _run(state_dir, work)
     table = Table(title="Reconciliation with the payout provider")

@@ -151,7 +151,8 @@ class PayoutWorker:
 
     async def _settle(self, uow: UnitOfWork, payment: Any, outcome: tuple[str, Payout] | Exception) -> None:
         if isinstance(outcome, PermanentPayoutError):
-            await stipends.void(uow, self.queries, payment, str(outcome) or domain.FAILED_DECLINED)
+            logger.error("stipend.payout_refused", payment_id=str(payment["payment_id"]), detail=str(outcome))
+            await stipends.void(uow, self.queries, payment, outcome.code)
         elif isinstance(outcome, Exception):
             # Still reserved; the next pass asks the provider about this key before paying.
             error = f"{type(outcome).__name__}: {outcome}"

@@ -2,6 +2,7 @@
 reconciliation against the payout provider's own list."""
 
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -131,3 +132,19 @@ async def reconcile(connection: Connection, queries: Queries, provider_payouts: 
         if differences:
             report.mismatched.append(f"{key}: {', '.join(differences)}")
     return report
+
+
+async def audit(
+    connection: Connection, queries: Queries, fetch_payouts: Callable[[], Awaitable[list[Payout]]] | None
+) -> tuple[list[str], Reconciliation | None]:
+    """`verify` and `reconcile` over one snapshot of the ledger, read before the provider's list.
+
+    The provider pays before the ledger posts, so a ledger read first can only lag the provider:
+    a payout in flight may show as `extra`, never a posted stipend as `missing`."""
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        breaches = await verify(connection, queries, None)
+        if fetch_payouts is None:
+            return breaches, None
+        report = await reconcile(connection, queries, await fetch_payouts())
+    breaches += [f"posted stipend without exactly one provider payout: {key}" for key in report.missing]
+    return breaches, report

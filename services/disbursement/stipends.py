@@ -127,12 +127,18 @@ def emit_held(uow: UnitOfWork, payment: Any) -> None:
 
 
 async def release_held(connection: Connection, queries: Queries, *, limit: int) -> int:
-    """Reserves held stipends oldest first while the budget allows; stops at the first that does not fit."""
+    """Reserves held stipends oldest first while the budget allows; stops at the first that does not fit.
+
+    The budget is read first, so that waiting for a top-up records no refused reservations."""
+    available = await queries.ledger.available(connection, code=domain.BUDGET_ACCOUNT)
     released = 0
     for row in await fetch_all(queries.payments.held_payments(connection, limit=limit)):
+        if available is None or available < row["amount"]:
+            break
         payment = await queries.payments.lock_payment(connection, payment_id=row["payment_id"])
         if not await reserve(connection, queries, payment):
             break
+        available -= row["amount"]
         released += 1
     if released:
         logger.info("stipend.released", payments=released)

@@ -18,8 +18,10 @@ from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
+import httpx
 import pytest
 
 from services.disbursement import domain
@@ -47,6 +49,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STIPENDS = int(os.environ.get("HOMEWARD_TEST_FAULT_STIPENDS", "2000"))
 PAID_WAIT_SECONDS = 240.0
 PUBLISH_CHUNK = 500
+HEALTH_TIMEOUT_SECONDS = 10.0
 STIPEND = Decimal("1000.00")
 FAULTS = {
     "HOMEWARD_SANDBOX_PAYOUT_AMBIGUOUS_RATE": "0.2",
@@ -111,7 +114,11 @@ def disbursement(
 
 @pytest.mark.timeout(PAID_WAIT_SECONDS + 300)
 async def test_every_stipend_is_paid_exactly_once_through_a_faulty_provider(
-    infra: Infra, faulty_provider: PayoutSandbox, fault_database_url: str, disbursement: ServiceRunner
+    infra: Infra,
+    faulty_provider: PayoutSandbox,
+    fault_database_url: str,
+    callback_port: int,
+    disbursement: ServiceRunner,
 ):
     cases = [uuid4() for _ in range(STIPENDS)]
     started = time.monotonic()
@@ -159,6 +166,17 @@ async def test_every_stipend_is_paid_exactly_once_through_a_faulty_provider(
         unresolved = await ledger.fetchval("SELECT count(*) FROM payments WHERE status <> 'disbursed'")
     assert (stipends_paid.credits_posted, stipends_paid.credits_pending) == (STIPEND * STIPENDS, Decimal(0))
     assert unresolved == 0
+    # The provider's own callbacks reach this disbursement's endpoint, and every one verifies.
+    callbacks = await eventually(lambda: callback_health(callback_port), what="a callback applied")
+    assert callbacks["callbacks_refused"] == {}
+
+
+async def callback_health(port: int) -> dict[str, Any] | None:
+    async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_SECONDS) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/health")
+    response.raise_for_status()
+    document: dict[str, Any] = response.json()
+    return document if document["callbacks_applied"] > 0 else None
 
 
 def injected_faults(sandbox: PayoutSandbox) -> Counter[str]:

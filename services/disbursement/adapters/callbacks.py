@@ -78,20 +78,23 @@ class CallbackEndpoint:
         except (ValueError, KeyError, TypeError):
             self.refused["malformed_notification"] += 1
             return JSONResponse({"error": "malformed_notification"}, status_code=400)
-        await self._apply(str(notification["id"]), payment_id, payout)
+        if not await self._apply(str(notification["id"]), payment_id, payout):
+            # Not claimed: the provider keeps the notification and sends it again later.
+            return JSONResponse({"error": "unknown_payment"}, status_code=404)
         return JSONResponse({"status": "accepted"})
 
-    async def _apply(self, notification_id: str, payment_id: UUID, payout: Payout) -> None:
+    async def _apply(self, notification_id: str, payment_id: UUID, payout: Payout) -> bool:
+        """Applies a notification once; False if its payment is unknown here (nothing is recorded)."""
         async with self.pool.acquire() as connection, connection.transaction():
+            payment = await self.queries.payments.lock_payment(connection, payment_id=payment_id)
+            if payment is None:
+                logger.warning("callback.unknown_payment", payment_id=str(payment_id))
+                return False
             fresh = await fetch_all(
                 self.runtime_queries.claim_events(connection, consumer=CALLBACK_CONSUMER, event_ids=[notification_id])
             )
             if not fresh:
-                return
-            payment = await self.queries.payments.lock_payment(connection, payment_id=payment_id)
-            if payment is None:
-                logger.warning("callback.unknown_payment", payment_id=str(payment_id))
-                return
+                return True
             uow = UnitOfWork(connection, "disbursement", self.runtime_queries)
             with structlog.contextvars.bound_contextvars(
                 case_id=str(payment["case_id"]),
@@ -102,3 +105,4 @@ class CallbackEndpoint:
                 await apply_provider_status(uow, self.queries, payment, method, payout)
             await uow.flush()
         self.applied += 1
+        return True

@@ -12,10 +12,17 @@ import structlog
 logger = structlog.get_logger("homeward.disbursement.provider")
 
 CONNECT_TIMEOUT_SECONDS = 2.0
+PAYOUT_REFUSED = "payout_refused"
 
 
 class PermanentPayoutError(Exception):
-    """The payout cannot be made, now or later (refused by the provider, unreadable instrument)."""
+    """The payout cannot be made, now or later (refused by the provider, unreadable instrument).
+
+    `code` is what `stipend.failed.v1` says; the message keeps the detail for operators."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
 
 
 class ProviderUnavailableError(Exception):
@@ -103,7 +110,7 @@ class HttpPayoutProvider:
             raise ProviderUnavailableError(f"payout provider answered {response.status_code}")
         if response.status_code in (200, 201):
             return _payout(response.json())
-        raise PermanentPayoutError(f"payout provider refused: {response.status_code} {_error_code(response)}")
+        raise PermanentPayoutError(PAYOUT_REFUSED, f"{response.status_code} {_error_code(response)}")
 
     async def lookup(self, key: str) -> Payout | None:
         try:

@@ -63,3 +63,7 @@ FROM transfers ORDER BY seq;
 
 -- name: account_currencies
 SELECT code, currency FROM accounts WHERE code = ANY(:codes::text[]);
+
+-- name: available$
+-- What a limited account can still spend: posted credits less posted and pending debits.
+SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE code = :code;

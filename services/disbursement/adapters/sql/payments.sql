@@ -56,14 +56,15 @@ SET payout_attempts = payout_attempts + 1, last_error = :error, updated_at = now
 WHERE payment_id = :payment_id;
 
 -- name: reserved_payments
+-- Fewest tries first, so payments the provider keeps failing cannot crowd out newer ones.
 SELECT payment_id FROM payments
 WHERE status = 'reserved'
-ORDER BY created_at
+ORDER BY payout_attempts, created_at
 LIMIT :limit
 FOR UPDATE SKIP LOCKED;
 
 -- name: held_payments
-SELECT payment_id FROM payments
+SELECT payment_id, amount FROM payments
 WHERE status = 'held'
 ORDER BY created_at
 LIMIT :limit
