@@ -235,5 +235,7 @@ def test_readme_documents_every_setting() -> None:
     from services.runtime.settings import Settings
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    missing = [f"HOMEWARD_{name.upper()}" for name in Settings.model_fields if f"`HOMEWARD_{name.upper()}`" not in readme]
+    missing = [
+        f"HOMEWARD_{name.upper()}" for name in Settings.model_fields if f"`HOMEWARD_{name.upper()}`" not in readme
+    ]
     assert not missing, f"add these to the README's configuration table: {missing}"
