@@ -169,6 +169,18 @@ def up(
 
 
 @app.command()
+def status(
+    state_dir: StateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+) -> None:
+    """Each process of a running `homeward up`: pid, uptime, restarts and health (its /ready)."""
+    from services.status import show
+
+    settings = Settings()
+    raise typer.Exit(show(state_dir or settings.state_dir, as_json=as_json))
+
+
+@app.command()
 def demo(
     participants: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many people apply")] = 100,
     state_dir: StateDir = None,

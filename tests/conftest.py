@@ -29,7 +29,7 @@ class Infra:
     data_key: str
     payouts_url: str
     callback_secret: str
-    disbursement_http_port: int
+    http_port: int
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -40,7 +40,7 @@ class Infra:
             "HOMEWARD_LOG_LEVEL": "INFO",
             "HOMEWARD_PAYOUT_PROVIDER_URL": self.payouts_url,
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": self.callback_secret,
-            "HOMEWARD_DISBURSEMENT_HTTP_PORT": str(self.disbursement_http_port),
+            "HOMEWARD_HTTP_PORT": str(self.http_port),
             **extra,
         }
 

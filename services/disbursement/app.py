@@ -11,7 +11,7 @@ from services.disbursement.adapters.callbacks import CallbackEndpoint
 from services.disbursement.adapters.provider import HttpPayoutProvider
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries, runtime_queries
-from services.runtime.service import HttpEndpoint, ServiceDefinition, Worker
+from services.runtime.service import ServiceDefinition, Worker
 from services.runtime.settings import Settings
 
 SQL = Path(__file__).parent / "adapters" / "sql"
@@ -69,5 +69,6 @@ def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
         routes=routes,
         workers=workers,
         on_start=partial(handlers.fund_initial_budget, pool, named, settings.program_budget, settings.program_currency),
-        http=HttpEndpoint(callbacks.app(), settings.http_host, settings.disbursement_http_port),
+        http_routes=callbacks.routes(),
+        health_details=callbacks.stats,
     )

@@ -75,6 +75,9 @@ def configure(service: str, level: str = "INFO", stream: TextIO = sys.stdout) ->
         library_logger.propagate = True
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     logging.getLogger("yoyo").setLevel(logging.WARNING)
+    # httpx logs every request at INFO without case ids; failures surface through our own lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     structlog.contextvars.bind_contextvars(service=service)
     logger: structlog.stdlib.BoundLogger = structlog.get_logger("homeward")
     return logger

@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncpg
 import structlog
-import uvicorn
 from aiokafka import ConsumerRecord
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
@@ -22,6 +21,7 @@ from faststream.message import StreamMessage
 from contracts.registry import PAYLOAD_TYPES
 from services.runtime.consumer import BatchConsumer, Route
 from services.runtime.db import TRANSIENT_ERRORS, create_pool, runtime_queries
+from services.runtime.health import Readiness, http_server
 from services.runtime.messages import Record
 from services.runtime.migrate import migrate
 from services.runtime.relay import OutboxRelay
@@ -44,22 +44,15 @@ class Worker:
     batch_size_max: int
 
 
-@dataclass(frozen=True)
-class HttpEndpoint:
-    """An ASGI app a service serves beside its consumer (e.g. provider callbacks)."""
-
-    app: Any
-    host: str
-    port: int
-
-
 @dataclass
 class ServiceDefinition:
     name: str
     routes: dict[str, Route]
     workers: list[Worker] = field(default_factory=list)
     on_start: Callable[[], Awaitable[None]] | None = None
-    http: HttpEndpoint | None = None
+    http_routes: list[Any] = field(default_factory=list)
+    """Routes served beside /health and /ready (e.g. disbursement's payout callbacks)."""
+    health_details: Callable[[], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.routes) - set(PAYLOAD_TYPES)
@@ -115,6 +108,8 @@ def create_app(service: str, settings: Settings) -> FastStream:
         # FastStream's own "Received"/"Processed" lines describe whole batches and carry no case
         # ids; the consumer logs each event with its ids instead, so these drop to DEBUG.
         log_level=logging.DEBUG,
+        # On SIGTERM the batch in hand finishes and commits (or stays uncommitted), within this bound.
+        graceful_timeout=settings.shutdown_timeout_seconds,
     )
     app = FastStream(broker, logger=logger)
     stopping = asyncio.Event()
@@ -173,15 +168,9 @@ def create_app(service: str, settings: Settings) -> FastStream:
         for worker in definition.workers:
             tasks.append(asyncio.create_task(run_worker(worker, stopping), name=worker.name))
         tasks.append(asyncio.create_task(_announce_consuming(state["subscriber"], logger)))
-        if definition.http is not None:
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    definition.http.app, host=definition.http.host, port=definition.http.port,
-                    log_config=None, access_log=False, lifespan="off",
-                )
-            )  # fmt: skip
-            # FastStream owns the process's signals; the server is stopped through `should_exit`.
-            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        if settings.http_port:
+            readiness = Readiness(state["pool"], broker, state["subscriber"], definition.health_details)
+            server = http_server(readiness.app(definition.http_routes), settings.http_host, settings.http_port)
             state["http_server"] = server
             tasks.append(asyncio.create_task(server.serve(), name="http"))
 

@@ -119,8 +119,11 @@ class Settings(BaseSettings):
     payout_callback_secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key signing payout notifications (provider and disbursement)"
     )
-    disbursement_http_port: int = Field(
-        default=8081, ge=0, le=65535, description="Port of disbursement's HTTP endpoint for payout callbacks"
+    http_port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="Port of a service's /health and /ready (disbursement: also /callbacks/payouts); 0: none",
     )
 
     # Disbursement's side of the payout provider.

@@ -27,6 +27,7 @@ RESTART_BACKOFF_SECONDS_MAX = 30.0
 RESTART_BACKOFF_SECONDS_BASE = 0.5
 CONSUMING_MARK = '"event": "service.consuming"'
 READY_PREFIX = "homeward ready"
+STATUS_FILE = "status.json"
 SANDBOX_PAYOUTS = "sandbox-payouts"
 SANDBOX_READY_TIMEOUT_SECONDS = 30.0
 LOCALHOST = "127.0.0.1"
@@ -40,7 +41,7 @@ SECRETS_BY_SERVICE: dict[str, tuple[str, ...]] = {
 }
 PROGRAM_SECRETS = ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET")
 # How disbursement reaches the payout provider and receives its callbacks; `up` sets these for it alone.
-PAYOUT_WIRING = ("HOMEWARD_PAYOUT_PROVIDER_URL", "HOMEWARD_PAYOUT_CALLBACK_URL", "HOMEWARD_DISBURSEMENT_HTTP_PORT")
+PAYOUT_WIRING = ("HOMEWARD_PAYOUT_PROVIDER_URL", "HOMEWARD_PAYOUT_CALLBACK_URL", "HOMEWARD_HTTP_PORT")
 
 logger = structlog.get_logger("homeward.up")
 
@@ -105,6 +106,19 @@ class ServiceProcess:
     restarts: int = 0
     started_at: float = 0.0
     pump: asyncio.Task[None] | None = None
+    http_port: int = 0
+
+    def status(self) -> dict[str, object]:
+        """What `homeward status` shows of this process."""
+        alive = self.process is not None and self.process.returncode is None
+        return {
+            "name": self.name,
+            "pid": self.process.pid if self.process is not None else None,
+            "alive": alive,
+            "started_at": self.started_at,
+            "restarts": self.restarts,
+            "health_url": f"http://{LOCALHOST}:{self.http_port}" if self.http_port else None,
+        }
 
     def command(self) -> tuple[str, ...]:
         return ("run", self.name)
@@ -118,7 +132,7 @@ class ServiceProcess:
             sys.executable, "-m", "services.cli", *self.command(),
             env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
-        self.started_at = time.monotonic()
+        self.started_at = time.time()
         self.pump = asyncio.create_task(self._pump(self.process))
 
     async def _pump(self, process: asyncio.subprocess.Process) -> None:
@@ -160,6 +174,9 @@ class SandboxProcess(ServiceProcess):
     @property
     def url(self) -> str:
         return f"http://{LOCALHOST}:{self.port}"
+
+    def status(self) -> dict[str, object]:
+        return {**super().status(), "health_url": self.url}
 
 
 class Supervisor:
@@ -208,12 +225,14 @@ class Supervisor:
         for secret in (*PROGRAM_SECRETS, *PAYOUT_WIRING):
             base_env.pop(secret, None)
         for name in SERVICE_NAMES:
-            wiring = payout_wiring if name == "disbursement" else {}
+            port = payout_wiring["HOMEWARD_HTTP_PORT"] if name == "disbursement" else str(free_port())
+            wiring = payout_wiring if name == "disbursement" else {"HOMEWARD_HTTP_PORT": port}
             env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}, **wiring}
-            process = ServiceProcess(name, env, self.state_dir / "logs" / f"{name}.log")
+            process = ServiceProcess(name, env, self.state_dir / "logs" / f"{name}.log", http_port=int(port))
             await process.start()
             self.services.append(process)
         await self._wait_until_consuming()
+        self._write_status()
         runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir), sandbox.url)
         Runtime.path(self.state_dir).write_text(json.dumps(runtime.__dict__))
         self.announced = True
@@ -247,7 +266,7 @@ class Supervisor:
         await self._wait_until_listening(self.sandbox)
         wiring = {
             "HOMEWARD_PAYOUT_PROVIDER_URL": self.sandbox.url,
-            "HOMEWARD_DISBURSEMENT_HTTP_PORT": str(disbursement_port),
+            "HOMEWARD_HTTP_PORT": str(disbursement_port),
         }
         return self.sandbox, wiring
 
@@ -310,8 +329,19 @@ class Supervisor:
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 if not self.stopping.is_set():
                     await service.start()
+                    self._write_status()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 0.5)
+
+    def _write_status(self) -> None:
+        """Each supervised process, for `homeward status`; the embedded servers too."""
+        processes = [service.status() for service in self.services]
+        for name, server in (("postgres", self.postgres), ("kafka", self.kafka)):
+            if server is not None and server.process is not None:
+                alive = server.process.poll() is None
+                processes.append({"name": name, "pid": server.process.pid, "alive": alive, "embedded": True})
+        status = {"supervisor_pid": os.getpid(), "written_at": time.time(), "processes": processes}
+        _write_private(self.state_dir / STATUS_FILE, json.dumps(status))
 
     async def _stop(self) -> None:
         # The payout provider stops last, so that a payout in flight at shutdown still gets its answer.

@@ -60,7 +60,7 @@ def small_budget_disbursement(infra: Infra, budget_database_url: str) -> Iterato
         infra,
         HOMEWARD_DATABASE_URL=budget_database_url,
         HOMEWARD_PROGRAM_BUDGET=str(BUDGET),
-        HOMEWARD_DISBURSEMENT_HTTP_PORT=str(free_port()),
+        HOMEWARD_HTTP_PORT=str(free_port()),
     )
 
 

@@ -40,7 +40,7 @@ def disbursement(infra: Infra) -> Iterator[ServiceRunner]:
 
 @pytest.fixture
 async def endpoint(infra: Infra) -> AsyncIterator[httpx.AsyncClient]:
-    base_url = f"http://127.0.0.1:{infra.disbursement_http_port}"
+    base_url = f"http://127.0.0.1:{infra.http_port}"
     async with httpx.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT_SECONDS) as client:
         yield client
 

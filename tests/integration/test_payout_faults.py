@@ -101,7 +101,7 @@ def disbursement(
         infra.env(
             HOMEWARD_DATABASE_URL=fault_database_url,
             HOMEWARD_PAYOUT_PROVIDER_URL=faulty_provider.url,
-            HOMEWARD_DISBURSEMENT_HTTP_PORT=str(callback_port),
+            HOMEWARD_HTTP_PORT=str(callback_port),
             **IMPATIENT_PAYER,
         ),
     )
