@@ -169,6 +169,21 @@ def up(
 
 
 @app.command()
+def chaos(
+    participants: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many people apply")] = 1000,
+    kill_every: Annotated[float, typer.Option(min=0.5, help="Seconds between two SIGKILLs of a random process")] = 5.0,
+    timeout_seconds: Annotated[float, typer.Option(help="Give up waiting for the cohort after this long")] = 900.0,
+    state_dir: Annotated[Path | None, typer.Option(help="State dir for the run [default: a new temporary one]")] = None,
+) -> None:
+    """Run a cohort under faults: SIGKILL a random process every --kill-every seconds, restart the
+    database once and the broker once (empty). Then check everyone owed a stipend was paid exactly
+    once, nothing is stuck, and `ledger verify` and `ledger reconcile` are clean; exit 1 on any breach."""
+    from services.chaos import main as run_chaos
+
+    raise typer.Exit(asyncio.run(run_chaos(participants, kill_every, timeout_seconds, state_dir)))
+
+
+@app.command()
 def status(
     state_dir: StateDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,

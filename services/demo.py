@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import stamina
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -44,6 +46,9 @@ from services.runtime.settings import Settings
 from services.runtime.supervisor import READY_PREFIX, Runtime
 
 UP_START_TIMEOUT_SECONDS = 180.0
+SEND_ATTEMPTS_MAX = 10
+SEND_BACKOFF_SECONDS = 0.2
+SEND_BACKOFF_MAX_SECONDS = 3.0
 POLL_TIMEOUT_MS = 200
 PUBLISH_CONCURRENCY_MAX = 1000
 PARTNER_OFFICE_SHARE = 0.2
@@ -210,6 +215,7 @@ class Demo:
         self.console = console
         self.rng = rng
         self.tally = Tally()
+        self.evidence: dict[UUID, list[bytes]] = {}
         self.producer = AIOKafkaProducer(
             bootstrap_servers=runtime.kafka, enable_idempotence=False, acks="all", linger_ms=5
         )
@@ -253,24 +259,35 @@ class Demo:
         limiter = asyncio.Semaphore(PUBLISH_CONCURRENCY_MAX)
 
         async def send(participant: Participant) -> None:
-            document = {
-                "specversion": "1.0", "id": str(uuid4()), "type": RegistrationSubmitted.TOPIC,
-                "source": SOURCE_APP, "time": datetime.now(UTC).isoformat(),
-                "subject": str(participant.application_id), "correlationid": str(participant.correlationid),
-                "datacontenttype": "application/json", "data": participant.payload,
-            }  # fmt: skip
             async with limiter:
-                await self.producer.send_and_wait(
-                    RegistrationSubmitted.TOPIC,
-                    json.dumps(document).encode(),
-                    key=str(participant.application_id).encode(),
-                )
+                await self.submit(participant)
             progress.advance(self.tasks["submitted"])
 
         await asyncio.gather(*(send(p) for p in self.cohort))
 
+    async def submit(self, participant: Participant) -> None:
+        """What the app does: a new envelope each time, the same application id (a safe retry)."""
+        document = {
+            "specversion": "1.0", "id": str(uuid4()), "type": RegistrationSubmitted.TOPIC,
+            "source": SOURCE_APP, "time": datetime.now(UTC).isoformat(),
+            "subject": str(participant.application_id), "correlationid": str(participant.correlationid),
+            "datacontenttype": "application/json", "data": participant.payload,
+        }  # fmt: skip
+        await self.send(RegistrationSubmitted.TOPIC, json.dumps(document).encode(), str(participant.application_id))
+
+    async def send(self, topic: str, value: bytes, key: str) -> None:
+        """Publishes like a real app does: retrying while the broker is away (bounded)."""
+        async for attempt in stamina.retry_context(
+            on=KafkaError,
+            attempts=SEND_ATTEMPTS_MAX,
+            wait_initial=SEND_BACKOFF_SECONDS,
+            wait_max=SEND_BACKOFF_MAX_SECONDS,
+        ):
+            with attempt:
+                await self.producer.send_and_wait(topic, value, key=key.encode())
+
     async def _follow(self, progress: Progress, deadline: float) -> None:
-        while not self.tally.finished(len(self.cohort)):
+        while not await self.finished():
             if time.monotonic() > deadline:
                 self.console.print("[red]gave up waiting: the demo's time limit passed[/red]")
                 return
@@ -279,6 +296,9 @@ class Demo:
                 for record in records:
                     await self._observe(record.topic, json.loads(record.value))
             self._update(progress)
+
+    async def finished(self) -> bool:
+        return self.tally.finished(len(self.cohort))
 
     async def _observe(self, topic: str, envelope: dict[str, Any]) -> None:
         data, tally = envelope["data"], self.tally
@@ -315,8 +335,10 @@ class Demo:
 
     async def _answer(self, booking: TravelBooked, application_id: UUID) -> None:
         participant = self.by_application[application_id]
-        for message in evidence_for(booking, participant.destination_country, participant.correlationid, self.rng):
-            await self.producer.send(EVIDENCE_TOPIC, message, key=str(booking.case_id).encode())
+        messages = evidence_for(booking, participant.destination_country, participant.correlationid, self.rng)
+        self.evidence[booking.case_id] = messages
+        for message in messages:
+            await self.send(EVIDENCE_TOPIC, message, str(booking.case_id))
 
     def _update(self, progress: Progress) -> None:
         tally = self.tally
@@ -398,12 +420,14 @@ def summarize(demo: Demo, wall_seconds: float, ledger: LedgerView) -> tuple[Tabl
     return table, breaches
 
 
-def _start_up(state_dir: Path, console: Console) -> subprocess.Popen[str]:
+def start_up(
+    state_dir: Path, console: Console, *, arguments: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """Starts `homeward up` in the background and waits for its ready line."""
-    console.print(f"[bold]no running `homeward up` in {state_dir}; starting one…[/bold]")
+    console.print(f"[bold]starting `homeward up` in {state_dir}…[/bold]")
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--state-dir", str(state_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [sys.executable, "-m", "services.cli", "up", "--state-dir", str(state_dir), *arguments],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )  # fmt: skip
     deadline = time.monotonic() + UP_START_TIMEOUT_SECONDS
     assert process.stdout is not None
@@ -422,7 +446,7 @@ async def main(settings: Settings, state_dir: Path, participants: int, timeout_s
     started_up: subprocess.Popen[str] | None = None
     runtime = Runtime.read(state_dir)
     if runtime is None:
-        started_up = await asyncio.to_thread(_start_up, state_dir, console)
+        started_up = await asyncio.to_thread(start_up, state_dir, console)
         runtime = Runtime.read(state_dir)
         assert runtime is not None
     try:

@@ -6,10 +6,19 @@ from pathlib import Path
 
 import asyncpg
 
-from contracts.events import EVIDENCE_TOPIC, RegistrationAccepted, TravelBooked
+from contracts.events import (
+    EVIDENCE_TOPIC,
+    ArrivalVerified,
+    RegistrationAccepted,
+    StipendDisbursed,
+    StipendFailed,
+    StipendHeld,
+    TravelBooked,
+)
 from services.arrival import handlers
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries, runtime_queries
+from services.runtime.redrive import Redrive
 from services.runtime.service import ServiceDefinition, Worker
 from services.runtime.settings import Settings
 
@@ -28,4 +37,9 @@ def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
     workers = [
         Worker("window-sweep", sweeper.sweep, settings.arrival_sweep_interval_ms / 1000, settings.worker_batch_size_max)
     ]
-    return ServiceDefinition(name="arrival", routes=routes, workers=workers)
+    # A verified arrival is handed to disbursement; any stipend outcome shows it arrived.
+    redrive = Redrive(
+        opens_on=frozenset({ArrivalVerified.TOPIC}),
+        closes_on=frozenset({StipendDisbursed.TOPIC, StipendHeld.TOPIC, StipendFailed.TOPIC}),
+    )
+    return ServiceDefinition(name="arrival", routes=routes, workers=workers, redrive=redrive)

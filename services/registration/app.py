@@ -5,10 +5,19 @@ from pathlib import Path
 
 import asyncpg
 
-from contracts.events import RegistrationSubmitted
+from contracts.events import (
+    ArrivalRejected,
+    RegistrationAccepted,
+    RegistrationSubmitted,
+    StipendDisbursed,
+    StipendFailed,
+    StipendHeld,
+    TravelBookingFailed,
+)
 from services.registration import handlers
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries
+from services.runtime.redrive import Redrive
 from services.runtime.service import ServiceDefinition
 from services.runtime.settings import Settings
 
@@ -24,4 +33,18 @@ def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
             on_invalid=partial(handlers.handle_invalid_submission, queries=queries),
         ),
     }
-    return ServiceDefinition(name="registration", routes=routes)
+    # An accepted case is handed to travel, arrival and disbursement; it has moved on for good once a
+    # stipend outcome, a failed booking or a rejected arrival shows up.
+    redrive = Redrive(
+        opens_on=frozenset({RegistrationAccepted.TOPIC}),
+        closes_on=frozenset(
+            {
+                StipendDisbursed.TOPIC,
+                StipendHeld.TOPIC,
+                StipendFailed.TOPIC,
+                TravelBookingFailed.TOPIC,
+                ArrivalRejected.TOPIC,
+            }
+        ),
+    )
+    return ServiceDefinition(name="registration", routes=routes, redrive=redrive)

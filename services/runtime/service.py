@@ -24,10 +24,13 @@ from services.runtime.db import TRANSIENT_ERRORS, create_pool, runtime_queries
 from services.runtime.health import Readiness, http_server
 from services.runtime.messages import Record
 from services.runtime.migrate import migrate
+from services.runtime.redrive import Redrive, RedriveSweeper, close_case
 from services.runtime.relay import OutboxRelay
 from services.runtime.settings import Settings
+from services.runtime.uow import UnitOfWork
 
 ASSIGNMENT_WAIT_SECONDS_MAX = 60.0
+RETENTION_INTERVAL_SECONDS = 3600.0
 ASSIGNMENT_POLL_SECONDS = 0.1
 
 Step = Callable[[], Awaitable[int]]
@@ -53,6 +56,7 @@ class ServiceDefinition:
     http_routes: list[Any] = field(default_factory=list)
     """Routes served beside /health and /ready (e.g. disbursement's payout callbacks)."""
     health_details: Callable[[], dict[str, Any]] | None = None
+    redrive: Redrive | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.routes) - set(PAYLOAD_TYPES)
@@ -85,6 +89,27 @@ async def _raw_records(message: StreamMessage[Any]) -> Any:
 
 def _record(raw: ConsumerRecord) -> Record:
     return Record(raw.topic, raw.partition, raw.offset, raw.key, raw.value or b"")
+
+
+def _enable_redrive(definition: ServiceDefinition, settings: Settings, pool: asyncpg.Pool) -> None:
+    """Subscribes to the closing topics and adds the sweepers that resend stalled cases' events."""
+    assert definition.redrive is not None
+    UnitOfWork.redrive_topics = definition.redrive.opens_on
+    for topic in definition.redrive.closes_on:
+        assert topic not in definition.routes, f"{topic} closes cases and has a handler: combine them"
+        definition.routes[topic] = Route(close_case)
+    sweeper = RedriveSweeper(
+        pool=pool,
+        runtime_queries=runtime_queries(),
+        redrive=definition.redrive,
+        after_seconds=settings.redrive_after_seconds,
+        cap_seconds=settings.redrive_cap_seconds,
+        batch_size_max=settings.worker_batch_size_max,
+        retention_hours=settings.outbox_retention_hours,
+    )
+    interval = settings.redrive_interval_ms / 1000
+    definition.workers.append(Worker("redrive", sweeper.sweep, interval, settings.worker_batch_size_max))
+    definition.workers.append(Worker("outbox-retention", sweeper.forget_old_events, RETENTION_INTERVAL_SECONDS, 1))
 
 
 def load_builder(service: str) -> Builder:
@@ -122,6 +147,8 @@ def create_app(service: str, settings: Settings) -> FastStream:
         logger.info("service.migrated", migrations_applied=applied)
         pool = await create_pool(settings, schema=service)
         definition = builder(settings, pool)
+        if definition.redrive is not None:
+            _enable_redrive(definition, settings, pool)
         if definition.on_start is not None:
             await definition.on_start()
         consumer = BatchConsumer(

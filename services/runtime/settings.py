@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     consumer_batch_size_max: int = Field(default=500, ge=1, le=10_000)
     consumer_batch_timeout_ms: int = Field(default=50, ge=1, le=10_000)
     consumer_retry_backoff_ms: int = Field(default=500, ge=1, description="Pause before a failed batch is retried")
+    redrive_after_seconds: int = Field(
+        default=300, ge=1, description="An open case with no downstream progress this long has its events resent"
+    )
+    redrive_cap_seconds: int = Field(default=3600, ge=1, description="Longest wait between two re-drives of a case")
+    redrive_interval_ms: int = Field(default=5_000, ge=10, description="How often the re-drive sweeper looks")
+    outbox_retention_hours: int = Field(
+        default=1080, ge=1, description="Sent outbox rows of closed cases are kept this long (for re-driving)"
+    )
     handler_attempts_max: int = Field(
         default=3, ge=1, le=20, description="Tries of a failing event before it is dead-lettered"
     )

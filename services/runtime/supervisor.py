@@ -8,8 +8,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -190,12 +192,17 @@ class Supervisor:
         self.services: list[ServiceProcess] = []
         self.sandbox: SandboxProcess | None = None
         self.stopping = asyncio.Event()
+        self.drills: list[asyncio.Task[None]] = []
         self.announced = False
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
+        # Fault drills (used by `homeward chaos`): restart the embedded database, or the embedded
+        # broker with empty storage, while everything else keeps running.
+        loop.add_signal_handler(signal.SIGUSR1, self._drill, self.restart_postgres)
+        loop.add_signal_handler(signal.SIGUSR2, self._drill, self.restart_broker_empty)
         try:
             await self._start()
             await self._watch()
@@ -332,6 +339,31 @@ class Supervisor:
                     self._write_status()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 0.5)
+
+    def _drill(self, drill: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.drills.append(asyncio.create_task(drill()))
+
+    async def restart_postgres(self) -> None:
+        if self.postgres is None:
+            logger.warning("up.drill_skipped", reason="PostgreSQL is not embedded")
+            return
+        logger.warning("up.postgres_restarting")
+        await asyncio.to_thread(self.postgres.stop)
+        await asyncio.to_thread(self.postgres.start)
+        self._write_status()
+        logger.warning("up.postgres_restarted")
+
+    async def restart_broker_empty(self) -> None:
+        """The embedded broker keeps data in memory only: a restart loses every topic and offset."""
+        if self.kafka is None:
+            logger.warning("up.drill_skipped", reason="the broker is not embedded")
+            return
+        logger.warning("up.broker_restarting_empty")
+        await asyncio.to_thread(self.kafka.stop)
+        await asyncio.to_thread(self.kafka.start)
+        await create_topics(self.kafka.bootstrap, all_topics(), self.partitions)
+        self._write_status()
+        logger.warning("up.broker_restarted_empty")
 
     def _write_status(self) -> None:
         """Each supervised process, for `homeward status`; the embedded servers too."""

@@ -6,7 +6,7 @@ published from inside a handler: the relay publishes outbox rows after commit.
 """
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -42,6 +42,10 @@ class UnitOfWork:
     runtime_queries: Any
     pending: list[OutboxRow] = field(default_factory=list)
 
+    redrive_topics: ClassVar[frozenset[str]] = frozenset()
+    """Topics whose events open a case for re-driving; set once per process by the service that runs
+    (each process runs one service), so handlers and workers need not pass it around."""
+
     def emit(self, payload: BaseModel, *, correlationid: UUID, causationid: UUID | None) -> Envelope[Any]:
         """Queues an event for the outbox; it is written when the unit of work flushes."""
         envelope = build_envelope(
@@ -56,6 +60,10 @@ class UnitOfWork:
         self.pending.append(row)
 
     async def flush(self) -> None:
-        if self.pending:
-            await self.runtime_queries.append_outbox(self.connection, [row.as_params() for row in self.pending])
-            self.pending.clear()
+        if not self.pending:
+            return
+        await self.runtime_queries.append_outbox(self.connection, [row.as_params() for row in self.pending])
+        opened = sorted({row.key for row in self.pending if row.topic in self.redrive_topics})
+        if opened:
+            await self.runtime_queries.open_cases(self.connection, keys=opened)
+        self.pending.clear()

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import asyncpg
 
-from contracts.events import RegistrationAccepted
+from contracts.events import ArrivalRejected, ArrivalVerified, RegistrationAccepted, TravelBooked
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries, runtime_queries
+from services.runtime.redrive import Redrive
 from services.runtime.service import ServiceDefinition, Worker
 from services.runtime.settings import Settings
 from services.travel import handlers
@@ -45,4 +46,8 @@ def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
     workers = [
         Worker("booking", worker.book_due, settings.worker_poll_interval_ms / 1000, settings.worker_batch_size_max)
     ]
-    return ServiceDefinition(name="travel", routes=routes, workers=workers)
+    # A ticket is handed to arrival; arrival's verdict shows it arrived.
+    redrive = Redrive(
+        opens_on=frozenset({TravelBooked.TOPIC}), closes_on=frozenset({ArrivalVerified.TOPIC, ArrivalRejected.TOPIC})
+    )
+    return ServiceDefinition(name="travel", routes=routes, workers=workers, redrive=redrive)

@@ -22,3 +22,37 @@ LIMIT :limit;
 
 -- name: mark_sent!
 UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids::bigint[]);
+
+-- name: open_cases!
+-- Marks cases as waiting for downstream progress; a case already closed stays closed.
+INSERT INTO open_cases (case_key)
+SELECT unnest(:keys::text[])
+ON CONFLICT (case_key) DO UPDATE SET progressed_at = now()
+WHERE open_cases.closed_at IS NULL;
+
+-- name: close_case!
+INSERT INTO open_cases (case_key, closed_at) VALUES (:key, now())
+ON CONFLICT (case_key) DO UPDATE SET closed_at = coalesce(open_cases.closed_at, now());
+
+-- name: stalled_cases
+-- Open cases with no progress for their deadline, which doubles with each re-drive up to a cap.
+SELECT case_key FROM open_cases
+WHERE closed_at IS NULL
+  AND progressed_at < now() - make_interval(secs => least(:cap_seconds, :after_seconds * power(2, redrives)))
+ORDER BY progressed_at
+LIMIT :limit
+FOR UPDATE SKIP LOCKED;
+
+-- name: requeue_events!
+-- Sends a case's events again: same bytes, same envelope ids, so consumers that already have them
+-- deduplicate, and those that lost them (or a wiped broker) get them back.
+UPDATE outbox SET sent_at = NULL WHERE key = ANY(:keys::text[]) AND topic = ANY(:topics::text[]);
+
+-- name: mark_redriven!
+UPDATE open_cases SET progressed_at = now(), redrives = redrives + 1 WHERE case_key = ANY(:keys::text[]);
+
+-- name: forget_old_events!
+-- Outbox rows are kept for re-driving; past the retention, those of closed or unknown cases go.
+DELETE FROM outbox o
+WHERE o.sent_at < now() - make_interval(hours => :retention_hours)
+  AND NOT EXISTS (SELECT 1 FROM open_cases c WHERE c.case_key = o.key AND c.closed_at IS NULL);

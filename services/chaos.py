@@ -1,0 +1,211 @@
+"""`homeward chaos`: a cohort flows while processes are killed, the database restarts and the
+broker loses all its data; afterwards every case owed a stipend must be paid exactly once.
+
+The harness plays the world as it is: apps and carriers retry what got no answer. Homeward's part
+is to lose nothing and pay nobody twice."""
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from services.demo import Demo, start_up
+from services.runtime.embedded import free_port
+from services.runtime.supervisor import STATUS_FILE, Runtime
+
+# Fault drills: restart the database after the first kill, wipe the broker after the second.
+POSTGRES_RESTART_AFTER_KILLS = 1
+BROKER_WIPE_AFTER_KILLS = 2
+KILLABLE = ("registration", "travel", "arrival", "disbursement", "sandbox-payouts")
+WORLD_RETRY_SECONDS = 10.0
+LEDGER_CHECK_SECONDS = 2.0
+SETTLE_SECONDS_MAX = 120.0
+SETTLE_POLL_SECONDS = 1.0
+UP_STOP_SECONDS_MAX = 60.0
+# The embedded default re-drives in minutes; under chaos it should notice lost events in seconds.
+CHAOS_ENV = {
+    "HOMEWARD_REDRIVE_AFTER_SECONDS": "5",
+    "HOMEWARD_REDRIVE_CAP_SECONDS": "20",
+    "HOMEWARD_REDRIVE_INTERVAL_MS": "1000",
+}
+
+
+@dataclass
+class Monkey:
+    """Kills a random process every `interval` seconds and runs the two drills once each."""
+
+    up_pid: int
+    state_dir: Path
+    interval: float
+    rng: random.Random
+    kills: Counter[str] = field(default_factory=Counter)
+    postgres_restarts: int = 0
+    broker_wipes: int = 0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.interval)
+            if stopping.is_set():
+                return
+            self._kill_one()
+            done = sum(self.kills.values())
+            if done >= POSTGRES_RESTART_AFTER_KILLS and not self.postgres_restarts:
+                os.kill(self.up_pid, signal.SIGUSR1)
+                self.postgres_restarts += 1
+            elif done >= BROKER_WIPE_AFTER_KILLS and not self.broker_wipes:
+                os.kill(self.up_pid, signal.SIGUSR2)
+                self.broker_wipes += 1
+
+    def _kill_one(self) -> None:
+        processes = json.loads((self.state_dir / STATUS_FILE).read_text())["processes"]
+        alive = [p for p in processes if p["name"] in KILLABLE and p.get("alive") and p.get("pid")]
+        if not alive:
+            return
+        victim = self.rng.choice(alive)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim["pid"], signal.SIGKILL)
+            self.kills[victim["name"]] += 1
+
+
+class World(Demo):
+    """The demo's cohort, plus what real apps and carriers do when nothing comes back: try again."""
+
+    ledger_checked_at: float = 0.0
+
+    async def finished(self) -> bool:
+        """Done when the events say so, or when the ledger does: a wiped broker loses stipend events
+        that were already published (no Homeward consumer re-asks for them), not the payments."""
+        if await super().finished():
+            return True
+        if time.monotonic() - self.ledger_checked_at < LEDGER_CHECK_SECONDS:
+            return False
+        self.ledger_checked_at = time.monotonic()
+        from services.runtime.db import connect
+
+        connection = await connect(self.runtime.database_url, schema="disbursement")
+        try:
+            paid = await connection.fetchval("SELECT count(*) FROM payments WHERE status = 'disbursed'")
+        finally:
+            await connection.close()
+        decided = len(self.tally.decided) >= len(self.cohort)
+        return decided and paid >= Counter(p.expected for p in self.cohort)["accepted"]
+
+    async def retry_forever(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), WORLD_RETRY_SECONDS)
+            unanswered = [p for p in self.cohort if p.application_id not in self.tally.decided]
+            for participant in unanswered:
+                await self.submit(participant)
+            unverified = [case for case in self.evidence if case not in self.tally.verified]
+            for case_id in unverified:
+                for message in self.evidence[case_id]:
+                    await self.send("arrival.evidence.v1", message, str(case_id))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    eligible: int
+    paid: int
+    identities_paid_twice: int
+    stuck: int
+    breaches: list[str]
+
+
+async def judge(runtime: Runtime, world: World) -> Verdict:
+    """Reads the ledger and the provider after the run: who was paid, how often, and what is stuck."""
+    from services.disbursement import operations
+    from services.disbursement.adapters.provider import HttpPayoutProvider
+    from services.disbursement.app import queries
+    from services.runtime.db import connect
+
+    eligible = Counter(p.expected for p in world.cohort)["accepted"]
+    provider = HttpPayoutProvider(runtime.payouts, timeout_seconds=30, attempts_max=5, backoff_initial_seconds=0.5)
+    connection = await connect(runtime.database_url, schema="disbursement")
+    try:
+        deadline = time.monotonic() + SETTLE_SECONDS_MAX
+        while True:
+            counts = {row["status"]: row["payments"] for row in await connection.fetch(
+                "SELECT status, count(*) AS payments FROM payments GROUP BY status"
+            )}  # fmt: skip
+            stuck = counts.get("reserved", 0) + counts.get("held", 0)
+            if (counts.get("disbursed", 0) >= eligible and not stuck) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(SETTLE_POLL_SECONDS)
+        twice = await queries().payments.identities_paid_twice(connection)
+        breaches, _ = await operations.audit(connection, queries(), provider.list_payouts)
+    finally:
+        await connection.close()
+        await provider.close()
+    paid = counts.get("disbursed", 0)
+    if paid != eligible:
+        breaches.append(f"{paid} paid, {eligible} owed a stipend")
+    if twice:
+        breaches.append(f"{twice} identities paid more than once")
+    if stuck:
+        breaches.append(f"{stuck} payments stuck reserved or held")
+    return Verdict(eligible, paid, twice, stuck, breaches)
+
+
+def report(console: Console, world_wall: float, monkey: Monkey, verdict: Verdict, participants: int) -> None:
+    table = Table(title="Homeward chaos run")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("participants", participants), ("owed a stipend", verdict.eligible), ("paid", verdict.paid),
+        ("identities paid twice", verdict.identities_paid_twice), ("payments stuck", verdict.stuck),
+        ("processes killed", sum(monkey.kills.values())),
+        ("kills by process", ", ".join(f"{name} {count}" for name, count in sorted(monkey.kills.items())) or "-"),
+        ("database restarts", monkey.postgres_restarts), ("broker wipes", monkey.broker_wipes),
+        ("cohort wall time", f"{world_wall:.1f} s"),
+        ("ledger verify and reconcile", "clean" if not verdict.breaches else f"{len(verdict.breaches)} breach(es)"),
+    ]  # fmt: skip
+    for measure, value in rows:
+        table.add_row(measure, str(value))
+    console.print(table)
+    for breach in verdict.breaches:
+        console.print(f"[red]breach:[/red] {breach}")
+
+
+async def main(participants: int, kill_every: float, timeout_seconds: float, state_dir: Path | None) -> int:
+    console = Console()
+    state = state_dir or Path(tempfile.mkdtemp(prefix="homeward-chaos-"))
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("HOMEWARD_DATABASE_URL", "HOMEWARD_KAFKA_BOOTSTRAP")
+    }
+    up = await asyncio.to_thread(
+        start_up, state, console, arguments=("--kafka-port", str(free_port())), env={**env, **CHAOS_ENV}
+    )
+    try:
+        runtime = Runtime.read(state)
+        assert runtime is not None
+        rng = random.Random()
+        world = World(runtime, participants, console, rng)
+        monkey = Monkey(up.pid, state, kill_every, rng)
+        stopping = asyncio.Event()
+        helpers = [asyncio.create_task(monkey.run(stopping)), asyncio.create_task(world.retry_forever(stopping))]
+        try:
+            wall = await world.run(timeout_seconds)
+        finally:
+            stopping.set()
+            await asyncio.gather(*helpers, return_exceptions=True)
+        verdict = await judge(runtime, world)
+        report(console, wall, monkey, verdict, participants)
+        return 1 if verdict.breaches else 0
+    finally:
+        up.send_signal(signal.SIGINT)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(up.wait, UP_STOP_SECONDS_MAX)
