@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -82,10 +83,14 @@ class World(Demo):
     """The demo's cohort, plus what real apps and carriers do when nothing comes back: try again."""
 
     ledger_checked_at: float = 0.0
+    monkey: "Monkey | None" = None
 
     async def finished(self) -> bool:
-        """Done when the events say so, or when the ledger does: a wiped broker loses stipend events
-        that were already published (no Homeward consumer re-asks for them), not the payments."""
+        """Done when both drills ran and the events say so, or the ledger does: a wiped broker loses
+        stipend events that were already published (no Homeward consumer re-asks for them), not the
+        payments."""
+        if self.monkey is not None and not (self.monkey.postgres_restarts and self.monkey.broker_wipes):
+            return False
         if await super().finished():
             return True
         if time.monotonic() - self.ledger_checked_at < LEDGER_CHECK_SECONDS:
@@ -106,12 +111,17 @@ class World(Demo):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), WORLD_RETRY_SECONDS)
             unanswered = [p for p in self.cohort if p.application_id not in self.tally.decided]
-            for participant in unanswered:
-                await self.submit(participant)
             unverified = [case for case in self.evidence if case not in self.tally.verified]
-            for case_id in unverified:
-                for message in self.evidence[case_id]:
-                    await self.send("arrival.evidence.v1", message, str(case_id))
+            try:
+                for participant in unanswered:
+                    if stopping.is_set():
+                        return
+                    await self.submit(participant)
+                for case_id in unverified:
+                    for message in self.evidence[case_id]:
+                        await self.send("arrival.evidence.v1", message, str(case_id))
+            except KafkaError:
+                continue  # the broker is away; the next round tries again
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,7 @@ async def main(participants: int, kill_every: float, timeout_seconds: float, sta
         rng = random.Random()
         world = World(runtime, participants, console, rng)
         monkey = Monkey(up.pid, state, kill_every, rng)
+        world.monkey = monkey
         stopping = asyncio.Event()
         helpers = [asyncio.create_task(monkey.run(stopping)), asyncio.create_task(world.retry_forever(stopping))]
         try:

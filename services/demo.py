@@ -23,7 +23,7 @@ from uuid import UUID, uuid4
 
 import stamina
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, ProducerClosed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -103,6 +103,11 @@ class Tally:
     @property
     def paid_cases(self) -> set[UUID]:
         return set(self.payments)
+
+
+def _retryable(error: Exception) -> bool:
+    """Broker errors are worth retrying; a producer that was stopped is not."""
+    return isinstance(error, KafkaError) and not isinstance(error, ProducerClosed)
 
 
 def make_cohort(size: int, rng: random.Random) -> list[Participant]:
@@ -278,7 +283,7 @@ class Demo:
     async def send(self, topic: str, value: bytes, key: str) -> None:
         """Publishes like a real app does: retrying while the broker is away (bounded)."""
         async for attempt in stamina.retry_context(
-            on=KafkaError,
+            on=_retryable,
             attempts=SEND_ATTEMPTS_MAX,
             wait_initial=SEND_BACKOFF_SECONDS,
             wait_max=SEND_BACKOFF_MAX_SECONDS,
@@ -291,7 +296,13 @@ class Demo:
             if time.monotonic() > deadline:
                 self.console.print("[red]gave up waiting: the demo's time limit passed[/red]")
                 return
-            batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+            try:
+                batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+            except KafkaError as error:
+                # The broker went away (or lost its data): keep following once it is back.
+                self.console.print(f"[yellow]broker unavailable ({type(error).__name__}); waiting[/yellow]")
+                await asyncio.sleep(POLL_TIMEOUT_MS / 1000)
+                continue
             for records in batches.values():
                 for record in records:
                     await self._observe(record.topic, json.loads(record.value))
