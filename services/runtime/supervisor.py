@@ -27,6 +27,8 @@ READY_POLL_SECONDS = 0.1
 STOP_TIMEOUT_SECONDS = 15.0
 RESTART_BACKOFF_SECONDS_MAX = 30.0
 RESTART_BACKOFF_SECONDS_BASE = 0.5
+CRASH_LOOP_SECONDS = 10.0
+WATCH_INTERVAL_SECONDS = 0.5
 CONSUMING_MARK = '"event": "service.consuming"'
 READY_PREFIX = "homeward ready"
 STATUS_FILE = "status.json"
@@ -106,6 +108,7 @@ class ServiceProcess:
     process: asyncio.subprocess.Process | None = None
     consuming: asyncio.Event = field(default_factory=asyncio.Event)
     restarts: int = 0
+    crash_streak: int = 0
     started_at: float = 0.0
     pump: asyncio.Task[None] | None = None
     http_port: int = 0
@@ -321,24 +324,31 @@ class Supervisor:
             await asyncio.sleep(READY_POLL_SECONDS)
 
     async def _watch(self) -> None:
-        """Restarts a service that died, with exponential backoff, until asked to stop."""
+        """Restarts each process that died, independently, until asked to stop; keeps status.json fresh."""
+        restarting: dict[str, asyncio.Task[None]] = {}
         while not self.stopping.is_set():
             for service in self.services:
                 assert service.process is not None
-                if service.process.returncode is None:
-                    continue
-                delay = min(RESTART_BACKOFF_SECONDS_MAX, RESTART_BACKOFF_SECONDS_BASE * 2**service.restarts)
-                logger.warning(
-                    "up.service_died", service=service.name, exit_code=service.process.returncode, restart_in=delay
-                )
-                service.restarts += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)
-                if not self.stopping.is_set():
-                    await service.start()
-                    self._write_status()
+                busy = service.name in restarting and not restarting[service.name].done()
+                if service.process.returncode is not None and not busy:
+                    restarting[service.name] = asyncio.create_task(self._restart(service))
+            self._write_status()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), 0.5)
+                await asyncio.wait_for(self.stopping.wait(), WATCH_INTERVAL_SECONDS)
+
+    async def _restart(self, service: ServiceProcess) -> None:
+        """Backs off exponentially only while a process keeps dying right after it starts (a crash
+        loop); one that ran a while and was killed comes back at once."""
+        assert service.process is not None
+        lived = time.time() - service.started_at
+        service.crash_streak = service.crash_streak + 1 if lived < CRASH_LOOP_SECONDS else 0
+        delay = min(RESTART_BACKOFF_SECONDS_MAX, RESTART_BACKOFF_SECONDS_BASE * 2**service.crash_streak)
+        logger.warning("up.service_died", service=service.name, exit_code=service.process.returncode, restart_in=delay)
+        service.restarts += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), delay)
+        if not self.stopping.is_set():
+            await service.start()
 
     def _drill(self, drill: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self.drills.append(asyncio.create_task(drill()))
