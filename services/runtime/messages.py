@@ -1,6 +1,7 @@
 """Reading records off Kafka into envelopes, or into a coded reason why not; writing envelopes."""
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,9 @@ ERROR_UNKNOWN_TOPIC = "unknown_topic"
 ERROR_HANDLER = "handler_error"
 
 DETAIL_CHARS_MAX = 500
+FIELD_PART_CHARS_MAX = 100
+FIELD_PATH_CHARS_MAX = 300
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 # Discriminated unions put the chosen tag into error locations; a field path leaves it out.
 _PAYOUT_TAGS = frozenset({"mobile_money", "bank_account"})
 _EVIDENCE_TAGS = frozenset({"participant_app", "carrier", "partner_office"})
@@ -88,7 +92,14 @@ def _field_path(location: tuple[int | str, ...], *, within_data: bool, topic: st
             parts = parts[1:]
         if parts[:1] == ["payout"] and len(parts) > 1 and parts[1] in _PAYOUT_TAGS:
             del parts[1]
-    return ".".join(parts) or None
+    joined = ".".join(_printable(part)[:FIELD_PART_CHARS_MAX] for part in parts)
+    return joined[:FIELD_PATH_CHARS_MAX] or None
+
+
+def _printable(text: str) -> str:
+    """Field names come from the producer: control characters (PostgreSQL's jsonb refuses U+0000)
+    and lone surrogates are replaced, so a hostile name cannot break the record of its rejection."""
+    return _UNPRINTABLE.sub("?", text)
 
 
 def _describe(error: ValidationError, *, topic: str, within_data: bool = False) -> tuple[str, str | None]:
@@ -97,7 +108,7 @@ def _describe(error: ValidationError, *, topic: str, within_data: bool = False) 
     paths = [_field_path(tuple(problem["loc"]), within_data=within_data, topic=topic) for problem in problems]
     messages = [_MESSAGES_QUOTING_INPUT.get(problem["type"], problem["msg"]) for problem in problems]
     described = [f"{path or '<root>'}: {message}" for path, message in zip(paths, messages, strict=True)]
-    return "; ".join(described), paths[0] if paths else None
+    return "; ".join(described)[:DETAIL_CHARS_MAX], paths[0] if paths else None
 
 
 def _readable_uuid(container: object, field: str) -> UUID | None:
@@ -114,8 +125,9 @@ def decode(record: Record) -> Decoded | Undeliverable:
     if record.topic not in PAYLOAD_TYPES:
         return Undeliverable(record, ERROR_UNKNOWN_TOPIC, f"no v1 contract for topic {record.topic}")
     try:
-        document = json.loads(record.value)
-    except (UnicodeDecodeError, ValueError) as error:
+        # Strict UTF-8 first: json.loads on bytes would let encoded surrogates through.
+        document = json.loads(record.value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         return Undeliverable(record, ERROR_INVALID_JSON, f"value is not UTF-8 JSON: {type(error).__name__}")
     data = document.get("data") if isinstance(document, dict) else None
     hints = {

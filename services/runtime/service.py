@@ -31,6 +31,7 @@ from services.runtime.uow import UnitOfWork
 
 ASSIGNMENT_WAIT_SECONDS_MAX = 60.0
 RETENTION_INTERVAL_SECONDS = 3600.0
+PRODUCER_REQUEST_BYTES_MAX = 4 * 1024 * 1024
 ASSIGNMENT_POLL_SECONDS = 0.1
 
 Step = Callable[[], Awaitable[int]]
@@ -135,6 +136,9 @@ def create_app(service: str, settings: Settings) -> FastStream:
         log_level=logging.DEBUG,
         # On SIGTERM the batch in hand finishes and commits (or stays uncommitted), within this bound.
         graceful_timeout=settings.shutdown_timeout_seconds,
+        # A dead-letter copy is the original record plus headers: room above the broker's usual
+        # 1 MiB so that copying a maximal record does not fail.
+        max_request_size=PRODUCER_REQUEST_BYTES_MAX,
     )
     app = FastStream(broker, logger=logger)
     stopping = asyncio.Event()

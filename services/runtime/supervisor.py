@@ -24,6 +24,7 @@ from services.sandbox.payouts import LISTENING_PREFIX
 
 READY_TIMEOUT_SECONDS = 120.0
 READY_POLL_SECONDS = 0.1
+PUMP_CHUNK_BYTES = 64 * 1024
 STOP_TIMEOUT_SECONDS = 15.0
 RESTART_BACKOFF_SECONDS_MAX = 30.0
 RESTART_BACKOFF_SECONDS_BASE = 0.5
@@ -128,8 +129,8 @@ class ServiceProcess:
     def command(self) -> tuple[str, ...]:
         return ("run", self.name)
 
-    def is_ready(self, line: str) -> bool:
-        return CONSUMING_MARK in line
+    def ready_mark(self) -> str:
+        return CONSUMING_MARK
 
     async def start(self) -> None:
         self.consuming.clear()
@@ -141,14 +142,18 @@ class ServiceProcess:
         self.pump = asyncio.create_task(self._pump(self.process))
 
     async def _pump(self, process: asyncio.subprocess.Process) -> None:
-        """Copies the service's JSON log lines to its log file and notices when it consumes."""
+        """Copies the process's output to its log file, in chunks (a line may be any length), and
+        notices its ready mark. It never stops draining: a full pipe would freeze the process."""
         assert process.stdout is not None
+        marker, window = self.ready_mark().encode(), b""
         with self.log_path.open("ab") as log:
-            async for line in process.stdout:
-                log.write(line)
+            while chunk := await process.stdout.read(PUMP_CHUNK_BYTES):
+                log.write(chunk)
                 log.flush()
-                if self.is_ready(line.decode(errors="replace")):
-                    self.consuming.set()
+                if not self.consuming.is_set():
+                    window = (window + chunk)[-(len(chunk) + len(marker)) :]
+                    if marker in window:
+                        self.consuming.set()
 
     async def stop(self) -> None:
         if self.process is None or self.process.returncode is not None:
@@ -173,8 +178,8 @@ class SandboxProcess(ServiceProcess):
     def command(self) -> tuple[str, ...]:
         return ("sandbox", "payouts", "--port", str(self.port), "--store", str(self.store))
 
-    def is_ready(self, line: str) -> bool:
-        return line.startswith(LISTENING_PREFIX)
+    def ready_mark(self) -> str:
+        return LISTENING_PREFIX
 
     @property
     def url(self) -> str:

@@ -16,7 +16,7 @@ CHAOS_SECONDS_MAX = 600
 def test_a_small_cohort_survives_kills_a_database_restart_and_a_broker_wipe(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
     run = subprocess.run(
-        [sys.executable, "-m", "services.cli", "chaos", "--participants", "300", "--kill-every", "2",
+        [sys.executable, "-m", "services.cli", "chaos", "--participants", "300", "--kill-every", "4",
          "--timeout-seconds", "300", "--state-dir", str(tmp_path / "chaos")],
         env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=CHAOS_SECONDS_MAX,
     )  # fmt: skip

@@ -232,6 +232,7 @@ def valid_evidence(draw: Draw) -> dict[str, Any]:
 # Mutations: each turns a valid envelope into the bytes to send and the codes they may earn ----
 
 Mutated = tuple[bytes | None, frozenset[str]]
+Mutation = Callable[[dict[str, Any], Draw], Mutated]
 INVALID_JSON = frozenset({"invalid_json"})
 INVALID_ENVELOPE = frozenset({"invalid_envelope"})
 INVALID_PAYLOAD = frozenset({"invalid_payload"})
@@ -444,7 +445,7 @@ def not_a_uuid(document: dict[str, Any], draw: Draw) -> Mutated:
     return encode(document), INVALID_PAYLOAD
 
 
-KINDS: dict[str, Callable[[dict[str, Any], Draw], Mutated]] = {
+KINDS: dict[str, Mutation] = {
     "valid": keep_valid,
     "valid, unknown envelope fields": add_envelope_noise,
     "invalid UTF-8": break_utf8,
@@ -461,8 +462,6 @@ KINDS: dict[str, Callable[[dict[str, Any], Draw], Mutated]] = {
     "id not a UUID": not_a_uuid,
 }
 
-
-Mutation = Callable[[dict[str, Any], Draw], Mutated]
 FIXED: list[tuple[str, Mutation]] = [
     *((f"unknown field named {name[:12]!r}", partial(add_named_field, name)) for name in ODD_NAMES),
     *((f"invalid UTF-8 {raw!r}", partial(insert_bytes, raw)) for raw in BAD_UTF8),
@@ -564,7 +563,8 @@ def names_application(message: Fuzzed) -> bool:
     if message.topic != SUBMITTED or message.value is None:
         return False
     try:
-        document = json.loads(message.value)
+        # As the contract reads: a value that is not strict UTF-8 is not JSON, so it names nothing.
+        document = json.loads(message.value.decode("utf-8"))
     except (ValueError, RecursionError):
         return False
     data = document.get("data") if isinstance(document, dict) else None

@@ -9,3 +9,7 @@ CREATE TABLE open_cases (
 );
 CREATE INDEX open_cases_stalled ON open_cases (progressed_at) WHERE closed_at IS NULL;
 CREATE INDEX outbox_by_key ON outbox (key);
+
+-- An outbox row the broker refuses for good (e.g. larger than it accepts) is parked, with the
+-- reason, instead of blocking every row behind it; operators see it in the logs and here.
+ALTER TABLE outbox ADD COLUMN parked_at timestamptz, ADD COLUMN park_reason text;

@@ -16,9 +16,12 @@ SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox_relay'));
 -- name: unsent_outbox
 SELECT id, topic, key, value, headers
 FROM outbox
-WHERE sent_at IS NULL
+WHERE sent_at IS NULL AND parked_at IS NULL
 ORDER BY id
 LIMIT :limit;
+
+-- name: park!
+UPDATE outbox SET parked_at = now(), park_reason = :reason WHERE id = :id;
 
 -- name: mark_sent!
 UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids::bigint[]);
