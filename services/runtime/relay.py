@@ -18,7 +18,6 @@ logger = structlog.get_logger("homeward.relay")
 PARK_REASON_CHARS_MAX = 300
 
 
-
 class OutboxRelay:
     def __init__(
         self,
