@@ -47,6 +47,7 @@ from services.runtime.supervisor import READY_PREFIX, Runtime
 
 UP_START_TIMEOUT_SECONDS = 180.0
 SEND_ATTEMPTS_MAX = 10
+EARLY_EVENTS_MAX = 1_000_000
 SEND_BACKOFF_SECONDS = 0.2
 SEND_BACKOFF_MAX_SECONDS = 3.0
 POLL_TIMEOUT_MS = 200
@@ -221,6 +222,8 @@ class Demo:
         self.rng = rng
         self.tally = Tally()
         self.evidence: dict[UUID, list[bytes]] = {}
+        self.answering: set[asyncio.Task[None]] = set()
+        self.early: dict[UUID, list[tuple[str, dict[str, Any]]]] = {}
         self.producer = AIOKafkaProducer(
             bootstrap_servers=runtime.kafka, enable_idempotence=False, acks="all", linger_ms=5
         )
@@ -240,6 +243,7 @@ class Demo:
             with self._progress() as progress:
                 await asyncio.gather(self._publish(progress), self._follow(progress, started + timeout_seconds))
         finally:
+            await asyncio.gather(*self.answering, return_exceptions=True)
             await self.consumer.stop()
             await self.producer.stop()
         return time.monotonic() - started
@@ -318,6 +322,9 @@ class Demo:
             if application_id in self.by_application:
                 tally.decided[application_id] = "accepted"
                 tally.cases[UUID(data["case_id"])] = application_id
+                # Topics are read independently, so the booking may have come first: replay it now.
+                for topic_seen, early in self.early.pop(UUID(data["case_id"]), []):
+                    await self._observe(topic_seen, early)
             return
         if topic == RegistrationRejected.TOPIC:
             application_id = UUID(data["application_id"])
@@ -328,10 +335,16 @@ class Demo:
             return
         case_id = UUID(data["case_id"])
         if case_id not in tally.cases:
+            # Maybe ours, seen before its acceptance (events of different topics arrive in any order).
+            if len(self.early) < EARLY_EVENTS_MAX:
+                self.early.setdefault(case_id, []).append((topic, envelope))
             return
         if topic == TravelBooked.TOPIC and case_id not in tally.booked:
             tally.booked.add(case_id)
-            await self._answer(TravelBooked.model_validate(data), tally.cases[case_id])
+            # Answered in the background, as carriers and apps would: the follower keeps reading.
+            answer = asyncio.create_task(self._answer(TravelBooked.model_validate(data), tally.cases[case_id]))
+            self.answering.add(answer)
+            answer.add_done_callback(self.answering.discard)
         elif topic == StipendDisbursed.TOPIC:
             tally.payments.setdefault(case_id, set()).add(UUID(data["payment_id"]))
             tally.paid[UUID(data["payment_id"])] = Decimal(data["amount"])
