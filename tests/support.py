@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from uuid import UUID, uuid4
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -83,27 +83,31 @@ def submission(**overrides: Any) -> dict[str, Any]:
     return data
 
 
-class Kafka:
-    """Publishes raw bytes and collects everything on the given topics from the beginning.
+class KafkaPump:
+    """A producer, and a consumer reading `topics` from the beginning in the background, handing
+    every record to `on_record`; `after_poll` runs after each poll.
 
-    The collector uses no consumer group: it is assigned every partition at once, where a group
+    The consumer uses no consumer group: it is assigned every partition at once, where a group
     join costs about five seconds on tansu."""
 
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+    poll_timeout_ms = 100
+
+    def __init__(self, bootstrap: str, topics: list[str], *, max_request_size: int = 1_048_576) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
-        self.received: list[tuple[str, dict[str, str], bytes]] = []
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, enable_idempotence=False, acks="all", max_request_size=max_request_size
+        )
         self.consumer = AIOKafkaConsumer(
             *topics, bootstrap_servers=bootstrap, group_id=None,
             auto_offset_reset="earliest", enable_auto_commit=False,
         )  # fmt: skip
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> "Kafka":
+    async def __aenter__(self) -> Self:
         await self.producer.start()
         await self.consumer.start()
-        self._task = asyncio.create_task(self._collect())
+        self._task = asyncio.create_task(self._pump())
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -113,13 +117,31 @@ class Kafka:
         await self.consumer.stop()
         await self.producer.stop()
 
-    async def _collect(self) -> None:
+    async def _pump(self) -> None:
         while True:
-            batches = await self.consumer.getmany(timeout_ms=100)
+            batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms)
             for records in batches.values():
                 for record in records:
-                    headers = {key: value.decode() for key, value in (record.headers or ())}
-                    self.received.append((record.topic, headers, record.value))
+                    self.on_record(record)
+            await self.after_poll()
+
+    def on_record(self, record: Any) -> None:
+        raise NotImplementedError
+
+    async def after_poll(self) -> None:
+        """Nothing by default."""
+
+
+class Kafka(KafkaPump):
+    """Publishes raw bytes and collects everything on the given topics from the beginning."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        super().__init__(bootstrap, topics)
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+
+    def on_record(self, record: Any) -> None:
+        headers = {key: value.decode() for key, value in (record.headers or ())}
+        self.received.append((record.topic, headers, record.value))
 
     async def send(self, topic: str, value: bytes | dict[str, Any], key: str) -> None:
         raw = value if isinstance(value, bytes) else json.dumps(value).encode()

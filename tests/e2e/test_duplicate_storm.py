@@ -26,11 +26,11 @@ from uuid import uuid4
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from contracts.registry import PAYLOAD_TYPES, dlq_topic
-from tests.support import envelope, eventually, submission
+from tests.support import KafkaPump, envelope, eventually, submission
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -59,16 +59,14 @@ QUIET_SECONDS_MAX = 30.0
 AMOUNT = "1000.00"
 
 
-class Storm:
+class Storm(KafkaPump):
     """Reads every v1 topic (and the dead-letter topics, only to watch them), keeps each record of
     the watched correlation ids, and re-delivers the v1 ones as described above."""
 
+    poll_timeout_ms = 50
+
     def __init__(self, bootstrap: str, correlationids: set[str], random: Random) -> None:
-        topics = [*PAYLOAD_TYPES, *(dlq_topic(topic) for topic in PAYLOAD_TYPES)]
-        self.consumer = AIOKafkaConsumer(
-            *topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
-        )
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+        super().__init__(bootstrap, [*PAYLOAD_TYPES, *(dlq_topic(topic) for topic in PAYLOAD_TYPES)])
         self.correlationids = correlationids
         self.random = random
         self.received: list[tuple[str, dict[str, Any]]] = []
@@ -79,37 +77,21 @@ class Storm:
         self._buffer: list[ConsumerRecord[bytes, bytes]] = []
         self._late: list[ConsumerRecord[bytes, bytes]] = []
         self._release_late = False
-        self._task: asyncio.Task[None] | None = None
+        self._buffered_at = time.monotonic()
 
-    async def __aenter__(self) -> "Storm":
-        await self.producer.start()
-        await self.consumer.start()
-        self._task = asyncio.create_task(self._run())
-        return self
+    def on_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self._see(record)
 
-    async def __aexit__(self, *_: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self.consumer.stop()
-        await self.producer.stop()
-
-    async def _run(self) -> None:
-        buffered_at = time.monotonic()
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=50)
-            for records in batches.values():
-                for record in records:
-                    self._see(record)
-            now = time.monotonic()
-            if now - buffered_at >= STORM_BUFFER_SECONDS:
-                await self._send_shuffled(self._buffer)
-                self._late.extend(self._buffer)
-                self._buffer = []
-                buffered_at = now
-            if self._release_late:
-                await self._send_shuffled(self._late)
-                self._late = []
+    async def after_poll(self) -> None:
+        now = time.monotonic()
+        if now - self._buffered_at >= STORM_BUFFER_SECONDS:
+            await self._send_shuffled(self._buffer)
+            self._late.extend(self._buffer)
+            self._buffer = []
+            self._buffered_at = now
+        if self._release_late:
+            await self._send_shuffled(self._late)
+            self._late = []
 
     def _see(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:

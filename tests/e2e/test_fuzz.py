@@ -33,13 +33,12 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from services.runtime.embedded import free_port
 from tests.e2e.test_flow import accepted_case, evidence, submit
-from tests.support import Kafka, envelope, eventually, outbound_and_dlq_topics, submission
+from tests.support import Kafka, KafkaPump, envelope, eventually, outbound_and_dlq_topics, submission
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -510,47 +509,24 @@ def hostile_messages() -> list[Fuzzed]:
 # What came back ---------------------------------------------------------------------------------
 
 
-class Tracker:
+class Tracker(KafkaPump):
     """Reads dead letters and registration outcomes from the beginning, without a consumer group,
     indexed by key (dead letters) and by application id (outcomes)."""
 
     def __init__(self, bootstrap: str, *, max_request_size: int = 1_048_576) -> None:
         topics = [f"{SUBMITTED}.dlq", f"{EVIDENCE}.dlq", ACCEPTED, REJECTED]
-        self.consumer = AIOKafkaConsumer(
-            *topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
-        )
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, enable_idempotence=False, acks="all", max_request_size=max_request_size
-        )
+        super().__init__(bootstrap, topics, max_request_size=max_request_size)
         self.dead: dict[tuple[str, str], list[tuple[dict[str, str], bytes]]] = defaultdict(list)
         self.outcomes: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-        self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> "Tracker":
-        await self.producer.start()
-        await self.consumer.start()
-        self._task = asyncio.create_task(self._collect())
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self.consumer.stop()
-        await self.producer.stop()
-
-    async def _collect(self) -> None:
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=100)
-            for records in batches.values():
-                for record in records:
-                    key = record.key.decode(errors="replace") if record.key else ""
-                    if record.topic.endswith(".dlq"):
-                        headers = {name: value.decode(errors="replace") for name, value in record.headers or ()}
-                        self.dead[(record.topic.removesuffix(".dlq"), key)].append((headers, record.value or b""))
-                    else:
-                        document = json.loads(record.value)
-                        self.outcomes[(record.topic, str(document["data"]["application_id"]))].append(document)
+    def on_record(self, record: Any) -> None:
+        key = record.key.decode(errors="replace") if record.key else ""
+        if record.topic.endswith(".dlq"):
+            headers = {name: value.decode(errors="replace") for name, value in record.headers or ()}
+            self.dead[(record.topic.removesuffix(".dlq"), key)].append((headers, record.value or b""))
+        else:
+            document = json.loads(record.value)
+            self.outcomes[(record.topic, str(document["data"]["application_id"]))].append(document)
 
     async def publish(self, messages: list[Fuzzed]) -> list[Any]:
         """Sends every message at once and returns where each landed."""
