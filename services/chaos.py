@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
-from services.demo import Demo, start_up
+from services.demo import Demo, running_up
 from services.runtime.embedded import free_port
 from services.runtime.supervisor import STATUS_FILE, Runtime
 
@@ -32,12 +32,20 @@ WORLD_RETRY_SECONDS = 10.0
 LEDGER_CHECK_SECONDS = 2.0
 SETTLE_SECONDS_MAX = 120.0
 SETTLE_POLL_SECONDS = 1.0
-UP_STOP_SECONDS_MAX = 60.0
 # The embedded default re-drives in minutes; under chaos it should notice lost events in seconds.
+# A SIGKILLed consumer leaves a dead member in its group that holds its partitions until its session
+# times out; the replacement process reads nothing until then. With a kill every few seconds, Kafka's
+# default 10 s session starves a service that is killed again before it ever gets its partitions
+# back, so this run detects dead members in 3 s, as an operator expecting kills would configure it.
 CHAOS_ENV = {
     "HOMEWARD_REDRIVE_AFTER_SECONDS": "5",
     "HOMEWARD_REDRIVE_CAP_SECONDS": "20",
     "HOMEWARD_REDRIVE_INTERVAL_MS": "1000",
+    "HOMEWARD_KAFKA_SESSION_TIMEOUT_MS": "3000",
+    "HOMEWARD_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+    # After the broker wipe, producers must learn the re-created topics' partitions in seconds, not
+    # minutes: records sent by the old count land on partitions no consumer reads (re-driven later).
+    "HOMEWARD_KAFKA_METADATA_MAX_AGE_MS": "5000",
 }
 
 
@@ -196,15 +204,12 @@ async def main(participants: int, kill_every: float, timeout_seconds: float, sta
         for key, value in os.environ.items()
         if key not in ("HOMEWARD_DATABASE_URL", "HOMEWARD_KAFKA_BOOTSTRAP")
     }
-    up = await asyncio.to_thread(
-        start_up, state, console, arguments=("--kafka-port", str(free_port())), env={**env, **CHAOS_ENV}
-    )
-    try:
-        runtime = Runtime.read(state)
-        assert runtime is not None
+    arguments = ("--kafka-port", str(free_port()))
+    async with running_up(state, console, arguments=arguments, env={**env, **CHAOS_ENV}) as runtime:
         rng = random.Random()
-        world = World(runtime, participants, console, rng)
-        monkey = Monkey(up.pid, state, kill_every, rng)
+        metadata_max_age_ms = int(CHAOS_ENV["HOMEWARD_KAFKA_METADATA_MAX_AGE_MS"])
+        world = World(runtime, participants, console, rng, metadata_max_age_ms=metadata_max_age_ms)
+        monkey = Monkey(runtime.pid, state, kill_every, rng)
         world.monkey = monkey
         stopping = asyncio.Event()
         helpers = [asyncio.create_task(monkey.run(stopping)), asyncio.create_task(world.retry_forever(stopping))]
@@ -216,7 +221,3 @@ async def main(participants: int, kill_every: float, timeout_seconds: float, sta
         verdict = await judge(runtime, world)
         report(console, wall, monkey, verdict, participants)
         return 1 if verdict.breaches else 0
-    finally:
-        up.send_signal(signal.SIGINT)
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(up.wait, UP_STOP_SECONDS_MAX)

@@ -179,8 +179,9 @@ def chaos(
     database once and the broker once (empty). Then check everyone owed a stipend was paid exactly
     once, nothing is stuck, and `ledger verify` and `ledger reconcile` are clean; exit 1 on any breach."""
     from services.chaos import main as run_chaos
+    from services.demo import stoppable
 
-    raise typer.Exit(asyncio.run(run_chaos(participants, kill_every, timeout_seconds, state_dir)))
+    raise typer.Exit(asyncio.run(stoppable(run_chaos(participants, kill_every, timeout_seconds, state_dir))))
 
 
 @app.command()
@@ -204,9 +205,11 @@ def demo(
     """Publish realistic registrations, answer every booking with arrival evidence like apps and
     carriers would, and report what was paid. Uses a running `homeward up`, or starts one."""
     from services.demo import main as run_demo
+    from services.demo import stoppable
 
     settings = Settings()
-    raise typer.Exit(asyncio.run(run_demo(settings, state_dir or settings.state_dir, participants, timeout_seconds)))
+    demo = run_demo(settings, state_dir or settings.state_dir, participants, timeout_seconds)
+    raise typer.Exit(asyncio.run(stoppable(demo)))
 
 
 def main() -> None:

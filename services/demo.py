@@ -10,10 +10,10 @@ import contextlib
 import json
 import random
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -46,6 +46,9 @@ from services.runtime.settings import Settings
 from services.runtime.supervisor import READY_PREFIX, Runtime
 
 UP_START_TIMEOUT_SECONDS = 180.0
+UP_STOP_SECONDS_MAX = 60.0
+PIPE_CHUNK_BYTES = 64 * 1024
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 SEND_ATTEMPTS_MAX = 10
 EARLY_EVENTS_MAX = 1_000_000
 SEND_BACKOFF_SECONDS = 0.2
@@ -214,7 +217,17 @@ def evidence_for(booking: TravelBooked, country: str, correlationid: UUID, rng: 
 
 
 class Demo:
-    def __init__(self, runtime: Runtime, participants: int, console: Console, rng: random.Random) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        participants: int,
+        console: Console,
+        rng: random.Random,
+        *,
+        metadata_max_age_ms: int | None = None,
+    ) -> None:
+        # The world's apps refresh their view of the topics like Homeward's services do.
+        metadata_max_age_ms = metadata_max_age_ms or Settings().kafka_metadata_max_age_ms
         self.runtime = runtime
         self.cohort = make_cohort(participants, rng)
         self.by_application = {p.application_id: p for p in self.cohort}
@@ -225,7 +238,11 @@ class Demo:
         self.answering: set[asyncio.Task[None]] = set()
         self.early: dict[UUID, list[tuple[str, dict[str, Any]]]] = {}
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=runtime.kafka, enable_idempotence=False, acks="all", linger_ms=5
+            bootstrap_servers=runtime.kafka,
+            enable_idempotence=False,
+            acks="all",
+            linger_ms=5,
+            metadata_max_age_ms=metadata_max_age_ms,
         )
         self.consumer = AIOKafkaConsumer(
             *OUTBOUND_TOPICS,
@@ -233,6 +250,7 @@ class Demo:
             group_id=f"homeward-demo-{uuid4()}",
             auto_offset_reset="earliest",
             enable_auto_commit=False,
+            metadata_max_age_ms=metadata_max_age_ms,
         )
 
     async def run(self, timeout_seconds: float) -> float:
@@ -444,47 +462,102 @@ def summarize(demo: Demo, wall_seconds: float, ledger: LedgerView) -> tuple[Tabl
     return table, breaches
 
 
-def start_up(
+@contextlib.asynccontextmanager
+async def running_up(
     state_dir: Path, console: Console, *, arguments: tuple[str, ...] = (), env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    """Starts `homeward up` in the background and waits for its ready line."""
+) -> AsyncIterator[Runtime]:
+    """Starts `homeward up` in the background, waits for its ready line and yields how to reach it.
+
+    Whatever happens in the block (an error, Ctrl-C, SIGTERM, a failed start), the `up` started here
+    is stopped on the way out, so no database, broker or service is left running behind the command."""
     console.print(f"[bold]starting `homeward up` in {state_dir}…[/bold]")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--state-dir", str(state_dir), *arguments],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "up", "--state-dir", str(state_dir), *arguments,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
     )  # fmt: skip
-    deadline = time.monotonic() + UP_START_TIMEOUT_SECONDS
+    drain: asyncio.Task[None] | None = None
+    try:
+        ready = await asyncio.wait_for(_ready_line(process), UP_START_TIMEOUT_SECONDS)
+        runtime = Runtime.read(state_dir)
+        if ready is None or runtime is None:
+            raise SystemExit(f"`homeward up` did not become ready; see {state_dir / 'logs'}")
+        console.print(ready)
+        # `up` prints nothing more on stdout, but a full pipe must never be able to block it.
+        drain = asyncio.create_task(_drain(process))
+        yield runtime
+    finally:
+        await asyncio.shield(_stop_up(process))
+        if drain is not None:
+            drain.cancel()
+
+
+async def _ready_line(process: asyncio.subprocess.Process) -> str | None:
+    """Reads `up`'s output until its ready line; None if it ended first."""
     assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith(READY_PREFIX):
-            console.print(line.strip())
-            return process
-        if time.monotonic() > deadline:
-            break
-    process.kill()
-    raise SystemExit(f"`homeward up` did not become ready; see {state_dir / 'logs'}")
+    async for line in process.stdout:
+        if line.startswith(READY_PREFIX.encode()):
+            return line.decode().strip()
+    return None
+
+
+async def _drain(process: asyncio.subprocess.Process) -> None:
+    assert process.stdout is not None
+    while await process.stdout.read(PIPE_CHUNK_BYTES):
+        pass
+
+
+async def _stop_up(process: asyncio.subprocess.Process) -> None:
+    """Ctrl-C for `up` (it stops its services, then the broker and the database); a kill if it hangs."""
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(process.wait(), UP_STOP_SECONDS_MAX)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+async def stoppable(command: Coroutine[Any, Any, int]) -> int:
+    """Runs a command so that SIGTERM (a CI timeout, `kill`) stops it the way Ctrl-C does: its
+    cleanup runs, so an `up` it started is stopped too, and it exits with 143."""
+    task = asyncio.ensure_future(command)
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        print("stopped by SIGTERM; everything this command started has been stopped", file=sys.stderr)
+        return SIGTERM_EXIT_CODE
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def main(settings: Settings, state_dir: Path, participants: int, timeout_seconds: float) -> int:
     console = Console()
-    started_up: subprocess.Popen[str] | None = None
     runtime = Runtime.read(state_dir)
-    if runtime is None:
-        started_up = await asyncio.to_thread(start_up, state_dir, console)
-        runtime = Runtime.read(state_dir)
-        assert runtime is not None
-    try:
-        demo = Demo(runtime, participants, console, random.Random())
-        wall = await demo.run(timeout_seconds)
-        table, breaches = summarize(demo, wall, await read_ledger(runtime))
-        console.print(table)
-        for breach in breaches:
-            console.print(f"[red]breach:[/red] {breach}")
-        if not breaches:
-            console.print("[green]every eligible participant was paid exactly once[/green]")
-        return 1 if breaches else 0
-    finally:
-        if started_up is not None:
-            started_up.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                started_up.wait(60)
+    if runtime is not None:
+        return await _demo(runtime, console, participants, timeout_seconds)
+    async with running_up(state_dir, console) as started:
+        return await _demo(started, console, participants, timeout_seconds)
+
+
+async def _demo(runtime: Runtime, console: Console, participants: int, timeout_seconds: float) -> int:
+    demo = Demo(runtime, participants, console, random.Random())
+    wall = await demo.run(timeout_seconds)
+    table, breaches = summarize(demo, wall, await read_ledger(runtime))
+    console.print(table)
+    for breach in breaches:
+        console.print(f"[red]breach:[/red] {breach}")
+    if not breaches:
+        console.print("[green]every eligible participant was paid exactly once[/green]")
+    return 1 if breaches else 0

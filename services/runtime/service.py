@@ -130,6 +130,7 @@ def create_app(service: str, settings: Settings) -> FastStream:
         acks="all",
         enable_idempotence=False,  # tansu does not implement it; the inbox deduplicates instead
         request_timeout_ms=30_000,
+        metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
         logger=logger,
         # FastStream's own "Received"/"Processed" lines describe whole batches and carry no case
         # ids; the consumer logs each event with its ids instead, so these drop to DEBUG.
@@ -180,6 +181,8 @@ def create_app(service: str, settings: Settings) -> FastStream:
             max_records=settings.consumer_batch_size_max,
             batch_timeout_ms=settings.consumer_batch_timeout_ms,
             auto_offset_reset="earliest",
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             # Offsets are committed only after the batch's database transaction commits;
             # an exception rewinds the partitions so the batch is delivered again.
             ack_policy=AckPolicy.NACK_ON_ERROR,

@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["registration", "travel", "arrival", "disbursement"]
@@ -48,6 +48,21 @@ class Settings(BaseSettings):
     consumer_batch_size_max: int = Field(default=500, ge=1, le=10_000)
     consumer_batch_timeout_ms: int = Field(default=50, ge=1, le=10_000)
     consumer_retry_backoff_ms: int = Field(default=500, ge=1, description="Pause before a failed batch is retried")
+    # How fast the consumer group notices a member that died without leaving (SIGKILL, power loss):
+    # until then its partitions have no reader. Apache Kafka's defaults; Kafka refuses a session
+    # timeout under its group.min.session.timeout.ms (6 s by default).
+    kafka_session_timeout_ms: int = Field(
+        default=10_000, ge=1_000, le=300_000, description="A consumer silent this long is dropped from its group"
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        default=3_000, ge=100, le=100_000, description="How often a consumer tells its group it is alive"
+    )
+    # How stale a client's idea of the topics' partitions may get. A broker that lost its data may
+    # come back with topics of fewer partitions (re-created on first use); until the producers
+    # refresh, the embedded broker accepts their records on partitions that no consumer reads.
+    kafka_metadata_max_age_ms: int = Field(
+        default=300_000, ge=1_000, le=3_600_000, description="Clients refresh topic and partition metadata this often"
+    )
     redrive_after_seconds: int = Field(
         default=300, ge=1, description="An open case with no downstream progress this long has its events resent"
     )
@@ -142,6 +157,15 @@ class Settings(BaseSettings):
     http_host: str = Field(default="127.0.0.1", description="Interface the services' HTTP endpoints listen on")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> "Settings":
+        if self.kafka_heartbeat_interval_ms >= self.kafka_session_timeout_ms:
+            raise ValueError(
+                "HOMEWARD_KAFKA_HEARTBEAT_INTERVAL_MS must be below HOMEWARD_KAFKA_SESSION_TIMEOUT_MS "
+                "(a third of it is usual)"
+            )
+        return self
 
     def require_infrastructure(self) -> tuple[str, str]:
         if not self.database_url or not self.kafka_bootstrap:
