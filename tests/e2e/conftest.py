@@ -1,7 +1,9 @@
 """The end-to-end tier runs the whole system the way a user does: `homeward up`, then events
 through the public contract only."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -30,14 +32,15 @@ class Running:
         return lines
 
 
-@pytest.fixture(scope="session")
-def homeward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    state_dir = tmp_path_factory.mktemp("homeward-up")
+@contextlib.contextmanager
+def homeward_up(state_dir: Path, stop_seconds_max: float = UP_STOP_SECONDS_MAX) -> Iterator[Running]:
+    """A `homeward up` (3 partitions a topic) until the block ends. It runs in its own process group,
+    so that everything it started can be stopped even when it cannot stop itself."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--state-dir", str(state_dir),
          "--kafka-port", str(free_port()), "--partitions", "3"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
     )  # fmt: skip
     ready: list[str] = []
     seen = threading.Event()
@@ -56,8 +59,16 @@ def homeward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         kafka = ready[0].split("kafka=", 1)[1].split()[0]
         yield Running(kafka, state_dir, ready[0])
     finally:
-        process.send_signal(2)
+        process.send_signal(signal.SIGINT)
         try:
-            process.wait(UP_STOP_SECONDS_MAX)
+            process.wait(stop_seconds_max)
         except subprocess.TimeoutExpired:
-            process.kill()
+            # `up` could not stop its children: end the whole group it started.
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def homeward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with homeward_up(tmp_path_factory.mktemp("homeward-up")) as running:
+        yield running

@@ -17,10 +17,8 @@ import copy
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -36,7 +34,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from services.runtime.embedded import free_port
+from tests.e2e.conftest import Running, homeward_up
 from tests.e2e.test_flow import accepted_case, evidence, submit
 from tests.support import Kafka, KafkaPump, envelope, eventually, outbound_and_dlq_topics, submission
 
@@ -678,7 +676,6 @@ async def test_hostile_messages_are_all_accounted_for_and_nothing_falls_over(hom
 
 # Shapes that take a service down with them, on a private `homeward up` ------------------------
 
-UP_READY_SECONDS_MAX = 180.0
 UP_STOP_SECONDS_MAX = 20.0
 WEDGE_SECONDS_MAX = 30.0
 NEAR_LIMIT_BYTES = 1_048_400
@@ -686,47 +683,12 @@ NEAR_LIMIT_BYTES = 1_048_400
 copy gains five headers."""
 
 
-@dataclass(frozen=True)
-class Private:
-    kafka: str
-    state_dir: Path
-
-
 @pytest.fixture(scope="module")
-def private_homeward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
+def private_homeward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A `homeward up` of this module's own, so that a message that wedges a service cannot take the
-    session's instance down for the tests after this one. Started in its own process group, so
-    that everything it started can be stopped even when it cannot stop itself."""
-    state_dir = tmp_path_factory.mktemp("homeward-fuzz-private")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--state-dir", str(state_dir),
-         "--kafka-port", str(free_port()), "--partitions", "3"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-    )  # fmt: skip
-    ready: list[str] = []
-    seen = threading.Event()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("homeward ready"):
-                ready.append(line.strip())
-                seen.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        if not seen.wait(UP_READY_SECONDS_MAX):
-            raise RuntimeError(f"`homeward up` printed no ready line; logs in {state_dir / 'logs'}")
-        yield Private(ready[0].split("kafka=", 1)[1].split()[0], state_dir)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(UP_STOP_SECONDS_MAX)
-        except subprocess.TimeoutExpired:
-            # `up` could not stop its children: end the whole group it started.
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    session's instance down for the tests after this one."""
+    with homeward_up(tmp_path_factory.mktemp("homeward-fuzz-private"), UP_STOP_SECONDS_MAX) as running:
+        yield running
 
 
 def wedges() -> list[Fuzzed]:
