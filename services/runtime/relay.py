@@ -5,17 +5,37 @@ deduplicate by envelope id, which is what at-least-once delivery asks of them.
 """
 
 import asyncio
+import contextlib
 from typing import Any
 
 import asyncpg
 import structlog
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from faststream.kafka import KafkaBroker
 
 from services.runtime.db import TRANSIENT_ERRORS, fetch_all
 
 logger = structlog.get_logger("homeward.relay")
 PARK_REASON_CHARS_MAX = 300
+# Enough to reach any sensible cap; more would only overflow a float during a long outage.
+BACKOFF_DOUBLINGS_MAX = 30
+# What the broker refuses because of the record itself: it would be refused on every try, so that
+# row is parked (kept, with the reason, for an operator) and the rows behind it keep moving. Any
+# other failure is retried, however the broker words it: parking a hand-over event strands its case
+# (a re-drive skips parked rows), and a broker recovering its storage after a restart answers
+# UnknownError for a while.
+REFUSED_FOR_GOOD: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    InvalidTopicError,
+)
 
 
 class OutboxRelay:
@@ -27,12 +47,16 @@ class OutboxRelay:
         runtime_queries: Any,
         batch_size_max: int,
         poll_interval_seconds: float,
+        retry_backoff_seconds: float = 0.5,
+        retry_backoff_max_seconds: float = 10.0,
     ) -> None:
         self.pool = pool
         self.broker = broker
         self.queries = runtime_queries
         self.batch_size_max = batch_size_max
         self.poll_interval_seconds = poll_interval_seconds
+        self.retry_backoff_seconds = retry_backoff_seconds
+        self.retry_backoff_max_seconds = retry_backoff_max_seconds
         self.published_total = 0
 
     async def publish_batch(self) -> int:
@@ -45,9 +69,7 @@ class OutboxRelay:
                 return 0
             try:
                 await asyncio.gather(*[await self._publish(row) for row in rows])
-            except KafkaError as error:
-                if error.retriable:
-                    raise
+            except REFUSED_FOR_GOOD:
                 # One row the broker refuses for good must not hold up the rest: find and park it.
                 rows = await self._publish_one_by_one(connection, rows)
             await self.queries.mark_sent(connection, ids=[row["id"] for row in rows])
@@ -65,9 +87,7 @@ class OutboxRelay:
         for row in rows:
             try:
                 await (await self._publish(row))
-            except KafkaError as error:
-                if error.retriable:
-                    raise
+            except REFUSED_FOR_GOOD as error:
                 reason = f"{type(error).__name__}: {error}"[:PARK_REASON_CHARS_MAX]
                 await self.queries.park(connection, id=row["id"], reason=reason)
                 logger.error("relay.parked", outbox_id=row["id"], event_type=row["topic"], reason=reason)
@@ -76,17 +96,27 @@ class OutboxRelay:
         return sent
 
     async def run(self, stopping: asyncio.Event) -> None:
+        failures = 0
         while not stopping.is_set():
             try:
                 sent = await self.publish_batch()
-            except TRANSIENT_ERRORS:
-                logger.warning("relay.transient_failure", exc_info=True)
+                failures = 0
+            except (*TRANSIENT_ERRORS, KafkaError) as error:
+                failures += 1
+                logger.warning("relay.publish_failed", error=type(error).__name__, failures=failures, exc_info=True)
                 sent = 0
             except Exception:
-                logger.exception("relay.failed")
+                failures += 1
+                logger.exception("relay.failed", failures=failures)
                 sent = 0
             if sent < self.batch_size_max:
-                try:
-                    await asyncio.wait_for(stopping.wait(), self.poll_interval_seconds)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self._pause(failures))
+
+    def _pause(self, failures: int) -> float:
+        """The poll interval while all is well; after failures, a pause that doubles up to a cap, so
+        that a broker that is away is not hammered (nor the log flooded)."""
+        if not failures:
+            return self.poll_interval_seconds
+        doublings = min(failures - 1, BACKOFF_DOUBLINGS_MAX)
+        return min(self.retry_backoff_max_seconds, self.retry_backoff_seconds * 2.0**doublings)

@@ -171,6 +171,8 @@ def create_app(service: str, settings: Settings) -> FastStream:
             runtime_queries=runtime_queries(),
             batch_size_max=settings.relay_batch_size_max,
             poll_interval_seconds=settings.relay_poll_interval_ms / 1000,
+            retry_backoff_seconds=settings.relay_retry_backoff_ms / 1000,
+            retry_backoff_max_seconds=settings.relay_retry_backoff_max_ms / 1000,
         )
         state.update(pool=pool, definition=definition, relay=relay)
 

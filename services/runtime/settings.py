@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     )
     relay_batch_size_max: int = Field(default=1000, ge=1, le=10_000)
     relay_poll_interval_ms: int = Field(default=20, ge=1, le=60_000)
+    relay_retry_backoff_ms: int = Field(
+        default=500, ge=1, le=60_000, description="First pause after the relay failed to publish (doubles)"
+    )
+    relay_retry_backoff_max_ms: int = Field(
+        default=10_000, ge=1, le=600_000, description="Longest pause between two failed publishing passes"
+    )
     database_pool_size_max: int = Field(default=8, ge=2, le=100)
     database_connect_timeout_seconds: float = Field(default=10.0, gt=0)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)

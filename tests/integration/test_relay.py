@@ -1,0 +1,99 @@
+"""The outbox relay on a real PostgreSQL: what the broker refuses for good is parked, anything else
+(however the broker words it) is retried, so no hand-over event is stranded.
+
+The broker here is a stand-in that answers as the embedded broker did in a chaos run: right after a
+restart it answered some produce requests with UnknownError, and a relay that parked those rows
+stranded their cases (a re-drive does not resend parked rows)."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, UnknownError
+
+from services.runtime.db import runtime_queries
+from services.runtime.migrate import migrate
+from services.runtime.relay import OutboxRelay
+from tests.conftest import Infra
+from tests.integration.helpers import new_database
+
+pytestmark = [pytest.mark.integration]
+
+RELAY_SECONDS_MAX = 10.0
+
+
+class Broker:
+    """Publishes into a list; `refusals` maps a key to the errors its next tries get, in order."""
+
+    def __init__(self, refusals: dict[str, list[KafkaError]]) -> None:
+        self.refusals = refusals
+        self.published: list[str] = []
+
+    async def publish(self, value: bytes, topic: str, *, key: bytes, **_: Any) -> "asyncio.Future[None]":
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pending = self.refusals.get(key.decode(), [])
+        if pending:
+            future.set_exception(pending.pop(0))
+        else:
+            self.published.append(key.decode())
+            future.set_result(None)
+        return future
+
+
+@pytest.fixture
+async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
+    database_url = new_database(infra, "relay")
+    await asyncio.to_thread(migrate, database_url, "registration")
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=2, server_settings={"search_path": "registration"}
+    )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def add_rows(pool: asyncpg.Pool, keys: list[str]) -> None:
+    async with pool.acquire() as connection:
+        for key in keys:
+            await connection.execute(
+                "INSERT INTO outbox (topic, key, value) VALUES ('registration.accepted.v1', $1, $2)", key, b"{}"
+            )
+
+
+async def relay_until(pool: asyncpg.Pool, broker: Broker, done: Any) -> list[asyncpg.Record]:
+    relay = OutboxRelay(
+        pool=pool, broker=broker, runtime_queries=runtime_queries(), batch_size_max=100,  # type: ignore[arg-type]
+        poll_interval_seconds=0.01, retry_backoff_seconds=0.01, retry_backoff_max_seconds=0.05,
+    )  # fmt: skip
+    stopping = asyncio.Event()
+    running = asyncio.create_task(relay.run(stopping))
+    try:
+        async with asyncio.timeout(RELAY_SECONDS_MAX):
+            while True:
+                rows = await pool.fetch("SELECT key, sent_at, parked_at, park_reason FROM outbox ORDER BY id")
+                if done(rows):
+                    return rows
+                await asyncio.sleep(0.05)
+    finally:
+        stopping.set()
+        await running
+
+
+async def test_an_unknown_broker_error_is_retried_not_parked(pool: asyncpg.Pool) -> None:
+    await add_rows(pool, ["case-a", "case-b", "case-c"])
+    broker = Broker({"case-b": [UnknownError(), UnknownError()]})
+    rows = await relay_until(pool, broker, lambda rows: all(row["sent_at"] for row in rows))
+    assert [row["parked_at"] for row in rows] == [None, None, None]
+    assert "case-b" in broker.published
+
+
+async def test_a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_on(pool: asyncpg.Pool) -> None:
+    await add_rows(pool, ["case-a", "too-large", "case-c"])
+    broker = Broker({"too-large": [MessageSizeTooLargeError()] * 5})
+    rows = await relay_until(pool, broker, lambda rows: all(row["sent_at"] or row["parked_at"] for row in rows))
+    parked = {row["key"]: row["park_reason"] for row in rows if row["parked_at"]}
+    assert list(parked) == ["too-large"] and parked["too-large"].startswith("MessageSizeTooLargeError")
+    assert sorted(set(broker.published)) == ["case-a", "case-c"]
