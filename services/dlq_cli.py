@@ -1,7 +1,9 @@
-"""`homeward dlq …`: see dead letters with their reason and age, and send them back to their topic.
+"""`homeward dlq …`: see dead letters with their reason and age, and send them back to their topic;
+see the outbox rows the broker refused for good (parked), and hand them back to the relay.
 
 A dead letter is named by `<dlq partition>:<dlq offset>` or by its envelope id. Replaying is safe
-to repeat: consumers deduplicate by envelope id, so a letter replayed twice is applied once.
+to repeat: consumers deduplicate by envelope id, so a letter replayed twice is applied once. The
+same holds for an unparked outbox row: it goes out with its original envelope id.
 """
 
 import asyncio
@@ -18,9 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.registry import PAYLOAD_TYPES, dlq_topic
-from services.runtime.settings import Settings
+from services.ledger_cli import _locate
+from services.runtime.settings import SERVICE_NAMES, Settings
 
-dlq_app = typer.Typer(help="Dead letters: list them, replay them to their original topic.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters (list, replay) and parked outbox rows (list, unpark).", no_args_is_help=True)
 
 READ_TIMEOUT_MS = 500
 READ_ROUNDS_MAX = 10_000
@@ -169,3 +172,79 @@ def replay(
         return len(chosen)
 
     typer.echo(f"replayed {asyncio.run(main())} dead letter(s) to {topic.removesuffix('.dlq')}")
+
+
+def _services(service: str | None) -> tuple[str, ...]:
+    if service is None:
+        return SERVICE_NAMES
+    if service not in SERVICE_NAMES:
+        raise typer.BadParameter(f"unknown service {service!r}; one of: {', '.join(SERVICE_NAMES)}")
+    return (service,)
+
+
+async def read_parked(database_url: str, services: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
+    """Parked outbox rows of each service, oldest first."""
+    from services.runtime.db import connect, fetch_all, runtime_queries
+
+    rows: list[dict[str, Any]] = []
+    for service in services:
+        connection = await connect(database_url, schema=service)
+        try:
+            found = await fetch_all(runtime_queries().parked_outbox(connection, limit=limit))
+        finally:
+            await connection.close()
+        rows += [{"service": service, **dict(row)} for row in found]
+    return sorted(rows, key=lambda row: row["parked_at"])[:limit]
+
+
+@dlq_app.command()
+def parked(
+    service: Annotated[str | None, typer.Option(help="Only this service's outbox (default: all four)")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many")] = LIST_LIMIT_DEFAULT,
+    state_dir: StateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+) -> None:
+    """Outbox rows the broker refused for good (e.g. larger than it accepts), oldest first: their
+    events were never published, so their cases wait. Fix the cause, then `homeward dlq unpark`."""
+    database_url, _ = _locate(state_dir)
+    rows = asyncio.run(read_parked(database_url, _services(service), limit))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title=f"Parked outbox rows ({len(rows)} shown)")
+    for column in ("service", "id", "topic", "key", "parked at", "reason"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["service"], str(row["id"]), row["topic"], row["key"],
+                      f"{row['parked_at']:%Y-%m-%d %H:%M:%S}", (row["park_reason"] or "")[:80])  # fmt: skip
+    Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(table)
+
+
+@dlq_app.command()
+def unpark(
+    service: Annotated[str, typer.Option(help="The service whose outbox holds the rows")],
+    row_id: Annotated[int | None, typer.Option("--id", help="One row, by the id `dlq parked` shows")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every parked row of the service")] = False,
+    state_dir: StateDir = None,
+) -> None:
+    """Hand parked outbox rows back to the relay, which publishes them on its next pass (consumers
+    deduplicate by envelope id, so this is safe to repeat). A row the broker still refuses is parked
+    again, with the new reason."""
+    if (row_id is None) == (not every):
+        raise typer.BadParameter("name one row with --id, or pass --all")
+    database_url, _ = _locate(state_dir)
+    (schema,) = _services(service)
+
+    async def main() -> int:
+        from services.runtime.db import connect, fetch_all, runtime_queries
+
+        connection = await connect(database_url, schema=schema)
+        try:
+            return len(await fetch_all(runtime_queries().unpark(connection, id=row_id)))
+        finally:
+            await connection.close()
+
+    released = asyncio.run(main())
+    if row_id is not None and not released:
+        raise typer.BadParameter(f"no parked row {row_id} in {schema}'s outbox; `homeward dlq parked` lists them")
+    typer.echo(f"unparked {released} outbox row(s) of {schema}; its relay publishes them on its next pass")

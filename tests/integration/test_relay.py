@@ -6,6 +6,10 @@ restart it answered some produce requests with UnknownError, and a relay that pa
 stranded their cases (a re-drive does not resend parked rows)."""
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +26,7 @@ from tests.integration.helpers import new_database
 pytestmark = [pytest.mark.integration]
 
 RELAY_SECONDS_MAX = 10.0
+CLI_SECONDS_MAX = 60.0
 
 
 class Broker:
@@ -43,9 +48,14 @@ class Broker:
 
 
 @pytest.fixture
-async def pool(infra: Infra) -> AsyncIterator[asyncpg.Pool]:
-    database_url = new_database(infra, "relay")
-    await asyncio.to_thread(migrate, database_url, "registration")
+async def database_url(infra: Infra) -> str:
+    url = new_database(infra, "relay")
+    await asyncio.to_thread(migrate, url, "registration")
+    return url
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(
         database_url, min_size=1, max_size=2, server_settings={"search_path": "registration"}
     )
@@ -97,3 +107,42 @@ async def test_a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_on
     parked = {row["key"]: row["park_reason"] for row in rows if row["parked_at"]}
     assert list(parked) == ["too-large"] and parked["too-large"].startswith("MessageSizeTooLargeError")
     assert sorted(set(broker.published)) == ["case-a", "case-c"]
+
+
+def homeward(database_url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "dlq", *arguments],
+        env={**env, "HOMEWARD_DATABASE_URL": database_url}, capture_output=True, text=True, timeout=CLI_SECONDS_MAX,
+    )  # fmt: skip
+
+
+async def test_an_operator_lists_parked_rows_and_hands_them_back_to_the_relay(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    await add_rows(pool, ["too-large", "case-b"])
+    broker = Broker({"too-large": [MessageSizeTooLargeError()] * 5})
+    await relay_until(pool, broker, lambda rows: all(row["sent_at"] or row["parked_at"] for row in rows))
+
+    listed = await asyncio.to_thread(homeward, database_url, "parked", "--service", "registration", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert (row["service"], row["key"]) == ("registration", "too-large")
+    assert row["park_reason"].startswith("MessageSizeTooLargeError")
+
+    refused = await asyncio.to_thread(homeward, database_url, "unpark", "--service", "registration")
+    assert refused.returncode != 0 and "--id" in refused.stderr
+    released = await asyncio.to_thread(
+        homeward, database_url, "unpark", "--service", "registration", "--id", str(row["id"])
+    )
+    assert released.returncode == 0 and "unparked 1" in released.stdout, released.stderr
+
+    # The operator raised the broker's limit, so it takes the record now: the relay publishes it.
+    broker.refusals.clear()
+    rows = await relay_until(pool, broker, lambda rows: all(row["sent_at"] for row in rows))
+    assert [row["parked_at"] for row in rows] == [None, None]
+    assert broker.published.count("too-large") == 1
+    again = await asyncio.to_thread(
+        homeward, database_url, "unpark", "--service", "registration", "--id", str(row["id"])
+    )
+    assert again.returncode != 0 and "no parked row" in again.stderr

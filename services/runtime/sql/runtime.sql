@@ -59,3 +59,17 @@ UPDATE open_cases SET progressed_at = now(), redrives = redrives + 1 WHERE case_
 DELETE FROM outbox o
 WHERE o.sent_at < now() - make_interval(hours => :retention_hours)
   AND NOT EXISTS (SELECT 1 FROM open_cases c WHERE c.case_key = o.key AND c.closed_at IS NULL);
+
+-- name: parked_outbox
+-- Rows the broker refused for good, for an operator to look at (`homeward dlq parked`).
+SELECT id, topic, key, event_id, created_at, parked_at, park_reason
+FROM outbox
+WHERE parked_at IS NOT NULL
+ORDER BY id
+LIMIT :limit;
+
+-- name: unpark
+-- Hands parked rows back to the relay (`homeward dlq unpark`); all of them when :id is null.
+UPDATE outbox SET parked_at = NULL, park_reason = NULL, sent_at = NULL
+WHERE parked_at IS NOT NULL AND (:id::bigint IS NULL OR id = :id::bigint)
+RETURNING id;
