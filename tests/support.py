@@ -162,6 +162,24 @@ class Kafka(KafkaPump):
         return [(headers, value) for seen, headers, value in self.received if seen == f"{topic}.dlq"]
 
 
+CLI_SECONDS_MAX = 120.0
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This process's environment without the developer's own HOMEWARD_* settings, plus `settings`."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")} | settings
+
+
+def homeward_cli(
+    *arguments: str, timeout_seconds: float = CLI_SECONDS_MAX, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """`homeward …` as a user runs it, configured only by the HOMEWARD_* `settings` given."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *arguments],
+        env=clean_env(**settings), capture_output=True, text=True, timeout=timeout_seconds,
+    )  # fmt: skip
+
+
 def outbound_and_dlq_topics() -> list[str]:
     return [*PAYLOAD_TYPES, *(f"{topic}.dlq" for topic in PAYLOAD_TYPES)]
 

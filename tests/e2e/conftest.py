@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.runtime.embedded import free_port
+from tests.support import clean_env
 
 UP_READY_SECONDS_MAX = 180.0
 UP_STOP_SECONDS_MAX = 60.0
@@ -36,7 +37,7 @@ class Running:
 def homeward_up(state_dir: Path, stop_seconds_max: float = UP_STOP_SECONDS_MAX) -> Iterator[Running]:
     """A `homeward up` (3 partitions a topic) until the block ends. It runs in its own process group,
     so that everything it started can be stopped even when it cannot stop itself."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
+    env = clean_env()
     process = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--state-dir", str(state_dir),
          "--kafka-port", str(free_port()), "--partitions", "3"],

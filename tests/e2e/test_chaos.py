@@ -1,16 +1,20 @@
 """The chaos harness, small: a cohort flows while processes are SIGKILLed, the database restarts and
 the broker is wiped; everyone owed a stipend is paid exactly once and the ledger stays sound."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import clean_env
 
 COHORT_SECONDS_MAX = 400
 CHAOS_SECONDS_MAX = COHORT_SECONDS_MAX + 200  # plus starting `up`, judging and stopping everything
@@ -22,32 +26,35 @@ STOP_AFTER_SIGTERM_SECONDS_MAX = 90
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(CHAOS_SECONDS_MAX + 2 * STOP_SECONDS_MAX)]
 
 
-def run_chaos(arguments: list[str]) -> subprocess.CompletedProcess[str]:
-    """Runs `homeward chaos` in its own process group. If it overruns, SIGTERM asks it to stop its
-    `up` (services, broker, database); whatever is left of the group is then killed, so that no
-    process outlives the test."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
+@contextlib.contextmanager
+def chaos(arguments: list[str], **output: Any) -> Iterator[subprocess.Popen[str]]:
+    """`homeward chaos` in its own process group; whatever is left of the group when the block ends
+    is killed (a normal exit has stopped everything already: this only catches a leak)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "chaos", *arguments],
-        env={**env, "COLUMNS": "200"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
+        env=clean_env(COLUMNS="200"), text=True, start_new_session=True, **output,
     )  # fmt: skip
     try:
-        stdout, stderr = process.communicate(timeout=CHAOS_SECONDS_MAX)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGTERM)
-        try:
-            stdout, stderr = process.communicate(timeout=STOP_SECONDS_MAX)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-        pytest.fail(f"`homeward chaos` overran {CHAOS_SECONDS_MAX} s:\n{stdout[-4000:]}\n{stderr[-2000:]}")
+        yield process
     finally:
-        # A normal exit has stopped everything already; this only catches a leak.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+
+
+def run_chaos(arguments: list[str]) -> subprocess.CompletedProcess[str]:
+    """Runs `homeward chaos`. If it overruns, SIGTERM asks it to stop its `up` (services, broker,
+    database); whatever is left of its group is then killed, so that no process outlives the test."""
+    with chaos(arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=CHAOS_SECONDS_MAX)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGTERM)
+            try:
+                stdout, stderr = process.communicate(timeout=STOP_SECONDS_MAX)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                stdout, stderr = process.communicate()
+            pytest.fail(f"`homeward chaos` overran {CHAOS_SECONDS_MAX} s:\n{stdout[-4000:]}\n{stderr[-2000:]}")
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
@@ -69,24 +76,14 @@ def test_a_small_cohort_survives_kills_a_database_restart_and_a_broker_wipe(tmp_
 
 def test_sigterm_stops_the_run_and_everything_it_started(tmp_path: Path) -> None:
     state_dir = tmp_path / "chaos"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "chaos", "--participants", "100000", "--kill-every", "60",
-         "--state-dir", str(state_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
+    arguments = ["--participants", "100000", "--kill-every", "60", "--state-dir", str(state_dir)]
+    with chaos(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
         runtime = wait_for_file(state_dir / "runtime.json", UP_READY_SECONDS_MAX)
         processes = json.loads((state_dir / "status.json").read_text())["processes"]
         started = [runtime["pid"], *(p["pid"] for p in processes)]
         process.send_signal(signal.SIGTERM)
         assert process.wait(STOP_AFTER_SIGTERM_SECONDS_MAX) == 128 + signal.SIGTERM
         assert [pid for pid in started if alive(pid)] == [], "processes left running after SIGTERM"
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def wait_for_file(path: Path, seconds: float) -> dict[str, Any]:

@@ -12,9 +12,6 @@ shuffled again, so that copies of early events (a case opening, a booking) arriv
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
@@ -30,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from contracts.registry import PAYLOAD_TYPES, dlq_topic
-from tests.support import KafkaPump, envelope, eventually, submission
+from tests.support import KafkaPump, envelope, eventually, homeward_cli, submission
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -163,13 +160,6 @@ def evidence_for(case: dict[str, Any], index: int, flight_number: str) -> list[d
         record("carrier", flight_number=flight_number, status="landed"),
         record("participant_app", identity_match_score=0.91, latitude=14.07, longitude=-87.19),
     ]
-
-
-def homeward_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *arguments], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 def runtime(state_dir: Path) -> dict[str, Any]:

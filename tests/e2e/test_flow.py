@@ -1,16 +1,13 @@
 """Whole cases through `homeward up`: what an integrator publishes and what comes back."""
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
 import pytest
 
-from tests.support import Kafka, envelope, eventually, outbound_and_dlq_topics, submission
+from tests.support import Kafka, envelope, eventually, homeward_cli, outbound_and_dlq_topics, submission
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -191,13 +188,6 @@ async def test_no_personal_data_in_any_log_line(homeward):
     assert sample and {"service", "event_type", "correlationid", "application_id"} <= set(sample[0])
 
 
-def _homeward(*arguments: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *arguments], env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 async def test_ready_line_names_the_payout_sandbox(homeward):
     assert " payouts=http://127.0.0.1:" in homeward.ready_line
 
@@ -205,31 +195,31 @@ async def test_ready_line_names_the_payout_sandbox(homeward):
 async def test_ledger_verifies_and_reconciles_after_the_flows(homeward):
     """After every case above was paid, the operator's checks are clean, by exit code and in JSON."""
     state = ["--state-dir", str(homeward.state_dir), "--json"]
-    verify = _homeward("ledger", "verify", *state)
+    verify = homeward_cli("ledger", "verify", *state)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert json.loads(verify.stdout) == {"clean": True, "breaches": []}
-    reconcile = _homeward("ledger", "reconcile", *state)
+    reconcile = homeward_cli("ledger", "reconcile", *state)
     assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
     report = json.loads(reconcile.stdout)
     assert report["clean"] and not report["missing"] and not report["extra"]
-    balances = {row["code"]: row for row in json.loads(_homeward("ledger", "balance", *state).stdout)}
+    balances = {row["code"]: row for row in json.loads(homeward_cli("ledger", "balance", *state).stdout)}
     assert float(balances["stipends_paid"]["credits_posted"]) >= 3 * 1000  # three cases above were paid
     assert float(balances["program_budget"]["available"]) >= 0
 
 
 async def test_dead_letters_are_listed_and_can_be_replayed(homeward):
     state = ["--state-dir", str(homeward.state_dir)]
-    listed = _homeward("dlq", "list", "--topic", SUBMITTED, "--json", *state)
+    listed = homeward_cli("dlq", "list", "--topic", SUBMITTED, "--json", *state)
     assert listed.returncode == 0, listed.stderr
     letters = json.loads(listed.stdout)
     garbage = [letter for letter in letters if letter["error_code"] == "invalid_json"]
     assert garbage and all(letter["original_topic"] == SUBMITTED and letter["age_seconds"] >= 0 for letter in letters)
-    replayed = _homeward("dlq", "replay", "--topic", SUBMITTED, "--id", garbage[0]["name"], *state)
+    replayed = homeward_cli("dlq", "replay", "--topic", SUBMITTED, "--id", garbage[0]["name"], *state)
     assert replayed.returncode == 0, replayed.stderr
     assert "replayed 1 dead letter(s)" in replayed.stdout
 
     def more_letters() -> bool:
-        again = json.loads(_homeward("dlq", "list", "--topic", SUBMITTED, "--json", *state).stdout)
+        again = json.loads(homeward_cli("dlq", "list", "--topic", SUBMITTED, "--json", *state).stdout)
         return len([letter for letter in again if letter["error_code"] == "invalid_json"]) > len(garbage)
 
     # Still not JSON, so it comes back to the dead-letter topic: nothing is lost on the way.

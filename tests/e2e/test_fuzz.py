@@ -16,9 +16,6 @@ import asyncio
 import copy
 import itertools
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -36,7 +33,7 @@ from hypothesis import strategies as st
 
 from tests.e2e.conftest import Running, homeward_up
 from tests.e2e.test_flow import accepted_case, evidence, submit
-from tests.support import Kafka, KafkaPump, envelope, eventually, outbound_and_dlq_topics, submission
+from tests.support import Kafka, KafkaPump, envelope, eventually, homeward_cli, outbound_and_dlq_topics, submission
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -605,13 +602,6 @@ async def stored_evidence(database_url: str, messages: list[Fuzzed]) -> set[str]
 
 
 # The running system ---------------------------------------------------------------------------
-
-
-def homeward_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *arguments], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 def processes(state_dir: Path) -> dict[str, dict[str, Any]]:

@@ -3,13 +3,11 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from tests.e2e.test_flow import accepted_case, submit
-from tests.support import Kafka, eventually, outbound_and_dlq_topics, submission
+from tests.support import Kafka, eventually, homeward_cli, outbound_and_dlq_topics, submission
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -17,11 +15,7 @@ RESTART_SECONDS_MAX = 90.0
 
 
 def status(homeward) -> tuple[int, dict]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "status", "--json", "--state-dir", str(homeward.state_dir)],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = homeward_cli("status", "--json", "--state-dir", str(homeward.state_dir), timeout_seconds=60)
     return done.returncode, json.loads(done.stdout)
 
 

@@ -7,9 +7,7 @@ stranded their cases (a re-drive does not resend parked rows)."""
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,11 +20,11 @@ from services.runtime.migrate import migrate
 from services.runtime.relay import OutboxRelay
 from tests.conftest import Infra
 from tests.integration.helpers import new_database
+from tests.support import homeward_cli
 
 pytestmark = [pytest.mark.integration]
 
 RELAY_SECONDS_MAX = 10.0
-CLI_SECONDS_MAX = 60.0
 
 
 class Broker:
@@ -110,11 +108,7 @@ async def test_a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_on
 
 
 def homeward(database_url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HOMEWARD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", "dlq", *arguments],
-        env={**env, "HOMEWARD_DATABASE_URL": database_url}, capture_output=True, text=True, timeout=CLI_SECONDS_MAX,
-    )  # fmt: skip
+    return homeward_cli("dlq", *arguments, HOMEWARD_DATABASE_URL=database_url)
 
 
 async def test_an_operator_lists_parked_rows_and_hands_them_back_to_the_relay(
