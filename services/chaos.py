@@ -32,6 +32,7 @@ WORLD_RETRY_SECONDS = 10.0
 LEDGER_CHECK_SECONDS = 2.0
 SETTLE_SECONDS_MAX = 120.0
 SETTLE_POLL_SECONDS = 1.0
+PROVIDER_ATTEMPTS_MAX = 10
 # The embedded default re-drives in minutes; under chaos it should notice lost events in seconds.
 # A SIGKILLed consumer leaves a dead member in its group that holds its partitions until its session
 # times out; the replacement process reads nothing until then. With a kill every few seconds, Kafka's
@@ -104,13 +105,16 @@ class World(Demo):
         if time.monotonic() - self.ledger_checked_at < LEDGER_CHECK_SECONDS:
             return False
         self.ledger_checked_at = time.monotonic()
-        from services.runtime.db import connect
+        from services.runtime.db import TRANSIENT_ERRORS, connect
 
-        connection = await connect(self.runtime.database_url, schema="disbursement")
         try:
-            paid = await connection.fetchval("SELECT count(*) FROM payments WHERE status = 'disbursed'")
-        finally:
-            await connection.close()
+            connection = await connect(self.runtime.database_url, schema="disbursement")
+            try:
+                paid = await connection.fetchval("SELECT count(*) FROM payments WHERE status = 'disbursed'")
+            finally:
+                await connection.close()
+        except TRANSIENT_ERRORS:
+            return False  # the database is restarting (the drill); ask again on the next check
         decided = len(self.tally.decided) >= len(self.cohort)
         return decided and paid >= Counter(p.expected for p in self.cohort)["accepted"]
 
@@ -149,7 +153,11 @@ async def judge(runtime: Runtime, world: World) -> Verdict:
     from services.runtime.db import connect
 
     eligible = Counter(p.expected for p in world.cohort)["accepted"]
-    provider = HttpPayoutProvider(runtime.payouts, timeout_seconds=30, attempts_max=5, backoff_initial_seconds=0.5)
+    # The monkey may have just killed the payouts sandbox, and the supervisor backs off up to
+    # 30 s when a process keeps dying young: the audit asks the provider for up to about a minute.
+    provider = HttpPayoutProvider(
+        runtime.payouts, timeout_seconds=30, attempts_max=PROVIDER_ATTEMPTS_MAX, backoff_initial_seconds=0.5
+    )
     connection = await connect(runtime.database_url, schema="disbursement")
     try:
         deadline = time.monotonic() + SETTLE_SECONDS_MAX

@@ -53,9 +53,15 @@ def _run(state_dir: Path | None, work: Callable[[Any, Any, str | None], Awaitabl
     database_url, payouts = _locate(state_dir)
 
     async def main() -> T:
+        import asyncpg
+
         connection = await connect(database_url, schema="disbursement")
         try:
             return await work(connection, queries(), payouts)
+        except asyncpg.UndefinedTableError as error:
+            typer.echo(f"error: the database has no ledger yet ({error}).", err=True)
+            typer.echo("Run `homeward migrate` (or start the disbursement service) against it first.", err=True)
+            raise typer.Exit(2) from error
         finally:
             await connection.close()
 
@@ -63,13 +69,17 @@ def _run(state_dir: Path | None, work: Callable[[Any, Any, str | None], Awaitabl
 
 
 async def _provider_payouts(payouts_url: str | None) -> list[Any]:
-    from services.disbursement.adapters.provider import HttpPayoutProvider
+    from services.disbursement.adapters.provider import HttpPayoutProvider, ProviderUnavailableError
 
     if not payouts_url:
         raise typer.BadParameter("no payout provider: HOMEWARD_PAYOUT_PROVIDER_URL is not set and no `up` is running")
     provider = HttpPayoutProvider(payouts_url, timeout_seconds=30, attempts_max=3, backoff_initial_seconds=0.2)
     try:
         return await provider.list_payouts()
+    except ProviderUnavailableError as error:
+        typer.echo(f"error: the payout provider at {payouts_url} did not answer ({error}).", err=True)
+        typer.echo("Check that it is running (`homeward status`), or pass --skip-provider to verify.", err=True)
+        raise typer.Exit(2) from error
     finally:
         await provider.close()
 

@@ -17,6 +17,7 @@ from uuid import uuid4
 import httpx
 import pytest
 
+from services.disbursement.adapters.provider import HttpPayoutProvider, ProviderUnavailableError
 from services.runtime import signing
 from services.runtime.embedded import free_port
 from services.sandbox.payouts import LISTENING_PREFIX
@@ -30,6 +31,7 @@ CALLBACK_WAIT_SECONDS_MAX = 20.0
 CLIENT_TIMEOUT_SECONDS = 10.0
 SECRET = "test-callback-secret"
 CANARY_MSISDN = "+50499112233"
+LATE_START_SECONDS = 0.5
 
 
 def payout_body(**overrides: Any) -> dict[str, Any]:
@@ -391,3 +393,34 @@ async def test_logs_carry_ids_but_never_the_instrument(start_sandbox: StartSandb
     )
     assert json.loads(lines[0])["event"] == "payout.created"
     assert not [line for line in logged.lines if CANARY_MSISDN in line]
+
+
+async def test_the_payout_list_is_asked_again_while_the_provider_restarts(tmp_path: Path) -> None:
+    """`ledger reconcile` and the chaos audit may ask just after the provider was killed: a read
+    changes nothing, so it waits (bounded) for the provider to come back instead of failing."""
+    late = Sandbox(tmp_path / "payouts.sqlite3", {})
+    provider = HttpPayoutProvider(late.url, timeout_seconds=CLIENT_TIMEOUT_SECONDS, attempts_max=10,
+                                  backoff_initial_seconds=0.2)  # fmt: skip
+
+    def start_late() -> None:
+        time.sleep(LATE_START_SECONDS)
+        late.start()
+
+    starting = asyncio.create_task(asyncio.to_thread(start_late))
+    try:
+        payouts = await provider.list_payouts()
+    finally:
+        await starting
+        late.stop()
+        await provider.close()
+    assert payouts == []
+
+
+async def test_a_provider_that_never_answers_is_reported_unavailable() -> None:
+    provider = HttpPayoutProvider(f"http://127.0.0.1:{free_port()}", timeout_seconds=CLIENT_TIMEOUT_SECONDS,
+                                  attempts_max=2, backoff_initial_seconds=0.05)  # fmt: skip
+    try:
+        with pytest.raises(ProviderUnavailableError):
+            await provider.list_payouts()
+    finally:
+        await provider.close()

@@ -127,9 +127,24 @@ class HttpPayoutProvider:
         return _payout(response.json())
 
     async def list_payouts(self) -> list[Payout]:
-        response = await self.client.get("/payouts")
-        response.raise_for_status()
-        return [_payout(document) for document in response.json()["payouts"]]
+        """Every payout the provider holds. Reading changes nothing, so an unreachable or failing
+        provider (one restarting, say) is simply asked again, within the same bounded retries."""
+        async for attempt in stamina.retry_context(
+            on=ProviderUnavailableError,
+            attempts=self.attempts_max,
+            wait_initial=self.backoff_initial_seconds,
+            wait_max=self.backoff_initial_seconds * 16,
+        ):
+            with attempt:
+                try:
+                    response = await self.client.get("/payouts")
+                except httpx.TransportError as error:
+                    raise ProviderUnavailableError(f"payout provider unreachable: {type(error).__name__}") from error
+                if response.status_code >= 500:
+                    raise ProviderUnavailableError(f"payout provider answered {response.status_code}")
+                response.raise_for_status()
+                return [_payout(document) for document in response.json()["payouts"]]
+        raise AssertionError("stamina either returns or raises")  # pragma: no cover
 
 
 def _error_code(response: httpx.Response) -> str:
