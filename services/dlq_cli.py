@@ -1,5 +1,6 @@
 """`homeward dlq …`: see dead letters with their reason and age, and send them back to their topic;
-see the outbox rows the broker refused for good (parked), and hand them back to the relay.
+see the outbox rows the broker refused for good (parked), and hand them back to the relay; send
+again every event published since a given time (after the broker lost its data).
 
 A dead letter is named by `<dlq partition>:<dlq offset>` or by its envelope id. Replaying is safe
 to repeat: consumers deduplicate by envelope id, so a letter replayed twice is applied once. The
@@ -8,9 +9,11 @@ same holds for an unparked outbox row: it goes out with its original envelope id
 
 import asyncio
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,11 +26,20 @@ from contracts.registry import PAYLOAD_TYPES, dlq_topic
 from services.ledger_cli import _locate
 from services.runtime.settings import SERVICE_NAMES, Settings
 
-dlq_app = typer.Typer(help="Dead letters (list, replay) and parked outbox rows (list, unpark).", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="Dead letters (list, replay), parked outbox rows (parked, unpark), and sending published events again "
+    "(republish).",
+    no_args_is_help=True,
+)
 
 READ_TIMEOUT_MS = 500
 READ_ROUNDS_MAX = 10_000
 LIST_LIMIT_DEFAULT = 100
+AGO = re.compile(r"(?P<amount>\d+)(?P<unit>[smhd])")
+AGO_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+SINCE_HELP = (
+    "Send again what was published since: an age (30m, 6h, 2d) or an ISO 8601 time, UTC unless it names its offset"
+)
 PIPED_WIDTH = 160
 StateDir = Annotated[Path | None, typer.Option(help="State dir of a running `homeward up` [default .homeward]")]
 
@@ -248,3 +260,78 @@ def unpark(
     if row_id is not None and not released:
         raise typer.BadParameter(f"no parked row {row_id} in {schema}'s outbox; `homeward dlq parked` lists them")
     typer.echo(f"unparked {released} outbox row(s) of {schema}; its relay publishes them on its next pass")
+
+
+def since_moment(since: str, now: datetime) -> datetime:
+    """`--since`: an ISO 8601 time (UTC unless it names its offset) or an age such as 90m, 6h, 2d."""
+    if match := AGO.fullmatch(since.strip()):
+        return now - timedelta(**{AGO_UNITS[match["unit"]]: int(match["amount"])})
+    try:
+        moment = datetime.fromisoformat(since.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{since!r} is neither an age (30m, 6h, 2d) nor an ISO 8601 time (2026-11-29T10:00:00Z)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dlq_app.command()
+def republish(
+    since: Annotated[str, typer.Option(help=SINCE_HELP)],
+    service: Annotated[str | None, typer.Option(help="Only this service's events (default: all four)")] = None,
+    topic: Annotated[str | None, typer.Option(help="Only this topic's events (default: every topic)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be sent; change nothing")] = False,
+    state_dir: StateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+) -> None:
+    """After the broker lost its data (or a consumer lost its place), hand every event the services
+    published since a time back to their relays, which publish them again on their next pass: same
+    bytes and envelope ids, so consumers that already have an event deduplicate it, and those that
+    lost it (integrators reading stipend outcomes, say) get it back. Reaches back as far as the
+    outbox retention (HOMEWARD_OUTBOX_RETENTION_HOURS) keeps rows of closed cases."""
+    if topic is not None and topic not in PAYLOAD_TYPES:
+        raise typer.BadParameter(f"unknown topic {topic!r}; one of: {', '.join(PAYLOAD_TYPES)}")
+    moment = since_moment(since, datetime.now(UTC))
+    database_url, _ = _locate(state_dir)
+    services = _services(service)
+
+    notes: list[str] = []
+
+    async def main() -> list[dict[str, Any]]:
+        from services.runtime.db import connect, fetch_all, runtime_queries
+
+        queries, counted = runtime_queries(), []
+        for schema in services:
+            connection = await connect(database_url, schema=schema)
+            try:
+                select = queries.sent_since if dry_run else queries.republish_since
+                rows = await fetch_all(select(connection, since=moment, topic=topic))
+                oldest = await queries.oldest_sent(connection)
+            finally:
+                await connection.close()
+            counted += [{"service": schema, "topic": row["topic"], "events": row["events"],
+                         "oldest_still_held": oldest} for row in rows]  # fmt: skip
+            if oldest is not None and oldest > moment:
+                notes.append(f"note: {schema}'s outbox holds nothing sent before {oldest:%Y-%m-%d %H:%M:%S %Z}")
+        return counted
+
+    counted = asyncio.run(main())
+    total = sum(row["events"] for row in counted)
+    if as_json:
+        typer.echo(json.dumps({"since": moment, "dry_run": dry_run, "events": total, "by_topic": counted},
+                              indent=2, default=str))  # fmt: skip
+        return
+    table = Table(
+        title=f"{'Would republish' if dry_run else 'Republishing'} events sent since {moment:%Y-%m-%d %H:%M:%S %Z}"
+    )
+    for column in ("service", "topic", "events"):
+        table.add_column(column)
+    for row in counted:
+        table.add_row(row["service"], row["topic"], f"{row['events']:,}")
+    Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(table)
+    for note in notes:
+        typer.echo(note, err=True)
+    verb = "would hand" if dry_run else "handed"
+    typer.echo(
+        f"{verb} {total:,} event(s) back to the relays" + ("" if dry_run else "; they publish them on their next pass")
+    )

@@ -73,3 +73,25 @@ LIMIT :limit;
 UPDATE outbox SET parked_at = NULL, park_reason = NULL, sent_at = NULL
 WHERE parked_at IS NOT NULL AND (:id::bigint IS NULL OR id = :id::bigint)
 RETURNING id;
+
+-- name: sent_since
+-- What `homeward dlq republish --dry-run` would send again, per topic.
+SELECT topic, count(*) AS events
+FROM outbox
+WHERE sent_at >= :since AND parked_at IS NULL AND (:topic::text IS NULL OR topic = :topic::text)
+GROUP BY topic
+ORDER BY topic;
+
+-- name: republish_since
+-- Hands every event sent since :since back to the relay (after the broker lost its data): same
+-- bytes, same envelope ids, so consumers that already have them deduplicate.
+WITH requeued AS (
+    UPDATE outbox SET sent_at = NULL
+    WHERE sent_at >= :since AND parked_at IS NULL AND (:topic::text IS NULL OR topic = :topic::text)
+    RETURNING topic
+)
+SELECT topic, count(*) AS events FROM requeued GROUP BY topic ORDER BY topic;
+
+-- name: oldest_sent$
+-- How far back a republish can reach: older sent rows are gone past the retention.
+SELECT min(sent_at) FROM outbox WHERE sent_at IS NOT NULL;
