@@ -18,6 +18,7 @@ between the two loses nothing.
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import random
@@ -35,6 +36,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import aiosql
 import httpx
 import structlog
 import uvicorn
@@ -79,81 +81,13 @@ NotificationType = Literal["payout.settled", "payout.returned", "payout.declined
 
 logger = structlog.get_logger("homeward.sandbox.payouts")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS payouts (
-    idempotency_key TEXT PRIMARY KEY,
-    provider_ref TEXT NOT NULL UNIQUE,
-    body_hash TEXT NOT NULL,
-    amount TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    method TEXT NOT NULL,
-    reference TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('paid', 'declined', 'returned')),
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    return_due_at REAL
-);
-CREATE INDEX IF NOT EXISTS payouts_created_at ON payouts (created_at);
-CREATE INDEX IF NOT EXISTS payouts_return_due_at ON payouts (return_due_at) WHERE return_due_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS notifications (
-    id TEXT PRIMARY KEY,
-    payout_key TEXT NOT NULL REFERENCES payouts (idempotency_key),
-    type TEXT NOT NULL,
-    body TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    sent_at TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS notifications_due ON notifications (next_attempt_at) WHERE sent_at IS NULL;
-CREATE INDEX IF NOT EXISTS notifications_payout_key ON notifications (payout_key);
-"""
+SQL = Path(__file__).parent / "sql" / "payouts.sql"
 
-# Payout columns are always selected in the order of StoredPayout's fields.
-SELECT_PAYOUT = """
-SELECT idempotency_key, provider_ref, body_hash, amount, currency, method, reference, status, created_at, updated_at
-FROM payouts WHERE idempotency_key = :key
-"""
-INSERT_PAYOUT = """
-INSERT INTO payouts (idempotency_key, provider_ref, body_hash, amount, currency, method, reference, status,
-                     created_at, updated_at, return_due_at)
-VALUES (:key, :provider_ref, :body_hash, :amount, :currency, :method, :reference, :status,
-        :created_at, :created_at, :return_due_at)
-"""
-LIST_PAYOUTS = """
-SELECT idempotency_key, provider_ref, body_hash, amount, currency, method, reference, status, created_at, updated_at
-FROM payouts WHERE :status IS NULL OR status = :status
-ORDER BY created_at, rowid LIMIT :limit
-"""
-SELECT_DUE_RETURNS = """
-SELECT idempotency_key FROM payouts
-WHERE status = 'paid' AND return_due_at IS NOT NULL AND return_due_at <= :now
-ORDER BY return_due_at LIMIT :limit
-"""
-MARK_RETURNED = """
-UPDATE payouts SET status = 'returned', updated_at = :updated_at, return_due_at = NULL
-WHERE idempotency_key = :key AND status = 'paid'
-"""
-INSERT_NOTIFICATION = """
-INSERT INTO notifications (id, payout_key, type, body, created_at, attempts, next_attempt_at)
-VALUES (:id, :key, :type, :body, :created_at, 0, :next_attempt_at)
-"""
-# A notification waits while an earlier one about the same payout is still being delivered, so
-# that the receiver sees `payout.settled` before `payout.returned`.
-SELECT_DUE_NOTIFICATIONS = """
-SELECT n.id, n.payout_key, n.type, n.body, n.attempts FROM notifications AS n
-WHERE n.sent_at IS NULL AND n.attempts < :attempts_max AND n.next_attempt_at <= :now
-  AND NOT EXISTS (
-    SELECT 1 FROM notifications AS earlier
-    WHERE earlier.payout_key = n.payout_key AND earlier.rowid < n.rowid
-      AND earlier.sent_at IS NULL AND earlier.attempts < :attempts_max
-  )
-ORDER BY n.rowid LIMIT :limit
-"""
-MARK_NOTIFICATION_SENT = "UPDATE notifications SET sent_at = :sent_at, attempts = attempts + 1 WHERE id = :id"
-MARK_NOTIFICATION_FAILED = (
-    "UPDATE notifications SET attempts = :attempts, next_attempt_at = :next_attempt_at WHERE id = :id"
-)
+
+@functools.cache
+def store_queries() -> Any:
+    """The store's named statements (aiosql, sqlite3 driver)."""
+    return aiosql.from_path(SQL, "sqlite3", mandatory_parameters=False)
 
 
 def rfc3339(unix_seconds: float) -> str:
@@ -251,7 +185,8 @@ class PayoutStore:
         # A payout the sandbox answered for must survive a power cut, like at a real provider.
         self._connection.execute("PRAGMA synchronous=FULL")
         self._connection.execute("PRAGMA foreign_keys=ON")
-        self._connection.executescript(SCHEMA)
+        self._queries = store_queries()
+        self._queries.create_schema(self._connection)
 
     def close(self) -> None:
         with self._lock:
@@ -273,89 +208,85 @@ class PayoutStore:
     ) -> tuple[StoredPayout, bool]:
         """The payout for `key`: the one already stored (False), or a new one with its notification (True)."""
         with self._transaction() as connection:
-            row = connection.execute(SELECT_PAYOUT, {"key": key}).fetchone()
+            row = self._queries.payout(connection, key=key)
             if row is not None:
                 return StoredPayout.from_row(row), False
-            connection.execute(
-                INSERT_PAYOUT,
-                {
-                    "key": key,
-                    "provider_ref": f"SBXPAY-{secrets.token_hex(8).upper()}",
-                    "body_hash": request.body_hash(),
-                    "amount": request.amount,
-                    "currency": request.currency,
-                    "method": request.method,
-                    "reference": request.reference,
-                    "status": status,
-                    "created_at": rfc3339(now),
-                    "return_due_at": return_due_at,
-                },
+            self._queries.insert_payout(
+                connection,
+                key=key,
+                provider_ref=f"SBXPAY-{secrets.token_hex(8).upper()}",
+                body_hash=request.body_hash(),
+                amount=request.amount,
+                currency=request.currency,
+                method=request.method,
+                reference=request.reference,
+                status=status,
+                created_at=rfc3339(now),
+                return_due_at=return_due_at,
             )
-            payout = StoredPayout.from_row(connection.execute(SELECT_PAYOUT, {"key": key}).fetchone())
+            payout = StoredPayout.from_row(self._queries.payout(connection, key=key))
             kind: NotificationType = "payout.settled" if status == "paid" else "payout.declined"
             self._notify(connection, kind, payout, now)
             return payout, True
 
     def _notify(self, connection: sqlite3.Connection, kind: NotificationType, payout: StoredPayout, now: float) -> None:
         notification_id = str(uuid.uuid4())
-        connection.execute(
-            INSERT_NOTIFICATION,
-            {
-                "id": notification_id,
-                "key": payout.key,
-                "type": kind,
-                "created_at": rfc3339(now),
-                "body": notification_body(notification_id, kind, payout, payout.updated_at),
-                "next_attempt_at": now,
-            },
+        self._queries.insert_notification(
+            connection,
+            id=notification_id,
+            key=payout.key,
+            type=kind,
+            created_at=rfc3339(now),
+            body=notification_body(notification_id, kind, payout, payout.updated_at),
+            next_attempt_at=now,
         )
 
     def get(self, key: str) -> StoredPayout | None:
         with self._lock:
-            row = self._connection.execute(SELECT_PAYOUT, {"key": key}).fetchone()
+            row = self._queries.payout(self._connection, key=key)
         return None if row is None else StoredPayout.from_row(row)
 
     def list_payouts(self, status: Status | None) -> list[StoredPayout]:
         with self._lock:
-            parameters = {"status": status, "limit": PAYOUT_LIST_SIZE_MAX}
-            rows = self._connection.execute(LIST_PAYOUTS, parameters).fetchall()
+            rows = list(self._queries.list_payouts(self._connection, status=status, limit=PAYOUT_LIST_SIZE_MAX))
         return [StoredPayout.from_row(row) for row in rows]
 
     def return_due(self, *, now: float) -> list[StoredPayout]:
         """Marks paid payouts whose return is due as returned, each with its notification."""
         returned: list[StoredPayout] = []
-        parameters = {"now": now, "limit": RETURN_BATCH_SIZE_MAX}
         # Looking first, outside a write transaction, keeps the idle loop from taking the write lock.
         with self._lock:
-            if self._connection.execute(SELECT_DUE_RETURNS, parameters).fetchone() is None:
+            if not list(self._queries.due_returns(self._connection, now=now, limit=1)):
                 return returned
         with self._transaction() as connection:
-            rows = connection.execute(SELECT_DUE_RETURNS, parameters).fetchall()
-            for row in rows:
-                connection.execute(MARK_RETURNED, {"key": row["idempotency_key"], "updated_at": rfc3339(now)})
-                payout = StoredPayout.from_row(
-                    connection.execute(SELECT_PAYOUT, {"key": row["idempotency_key"]}).fetchone()
-                )
+            keys = [row["idempotency_key"] for row in self._queries.due_returns(
+                connection, now=now, limit=RETURN_BATCH_SIZE_MAX
+            )]  # fmt: skip
+            for key in keys:
+                self._queries.mark_returned(connection, key=key, updated_at=rfc3339(now))
+                payout = StoredPayout.from_row(self._queries.payout(connection, key=key))
                 self._notify(connection, "payout.returned", payout, now)
                 returned.append(payout)
         return returned
 
     def due_notifications(self, *, now: float) -> list[PendingNotification]:
-        parameters = {"now": now, "attempts_max": NOTIFICATION_ATTEMPTS_MAX, "limit": NOTIFICATION_BATCH_SIZE_MAX}
         with self._lock:
-            rows = self._connection.execute(SELECT_DUE_NOTIFICATIONS, parameters).fetchall()
+            rows = list(self._queries.due_notifications(
+                self._connection, now=now, attempts_max=NOTIFICATION_ATTEMPTS_MAX, limit=NOTIFICATION_BATCH_SIZE_MAX
+            ))  # fmt: skip
         return [
             PendingNotification(row["id"], row["payout_key"], row["type"], row["body"], row["attempts"]) for row in rows
         ]
 
     def mark_sent(self, notification_id: str, *, now: float) -> None:
         with self._transaction() as connection:
-            connection.execute(MARK_NOTIFICATION_SENT, {"id": notification_id, "sent_at": rfc3339(now)})
+            self._queries.mark_notification_sent(connection, id=notification_id, sent_at=rfc3339(now))
 
     def mark_failed(self, notification_id: str, *, attempts: int, next_attempt_at: float) -> None:
         with self._transaction() as connection:
-            parameters = {"id": notification_id, "attempts": attempts, "next_attempt_at": next_attempt_at}
-            connection.execute(MARK_NOTIFICATION_FAILED, parameters)
+            self._queries.mark_notification_failed(
+                connection, id=notification_id, attempts=attempts, next_attempt_at=next_attempt_at
+            )
 
 
 @dataclass(frozen=True)
