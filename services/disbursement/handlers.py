@@ -20,7 +20,7 @@ from services.disbursement.adapters.provider import (
     ProviderUnavailableError,
 )
 from services.disbursement.stipends import Queries
-from services.runtime import crypto
+from services.runtime import crypto, metrics
 from services.runtime.db import fetch_all
 from services.runtime.messages import now
 from services.runtime.uow import UnitOfWork
@@ -130,6 +130,8 @@ class PayoutWorker:
                 ):
                     await self._settle(uow, payment, outcome)
             await uow.flush()
+        for outcome in outcomes:  # committed
+            metrics.PAYOUTS.labels(_payout_outcome(outcome)).inc()
         return len(payments)
 
     async def _pay(self, payment: Any, limiter: asyncio.Semaphore) -> tuple[str, Payout] | Exception:
@@ -166,6 +168,14 @@ class PayoutWorker:
     async def release_held(self) -> int:
         async with self.pool.acquire() as connection, connection.transaction():
             return await stipends.release_held(connection, self.queries, limit=self.batch_size_max)
+
+
+def _payout_outcome(outcome: tuple[str, Payout] | Exception) -> str:
+    if isinstance(outcome, PermanentPayoutError):
+        return "refused"
+    if isinstance(outcome, Exception):
+        return "unresolved"
+    return outcome[1].status
 
 
 async def apply_provider_status(uow: UnitOfWork, queries: Queries, payment: Any, method: str, payout: Payout) -> None:

@@ -6,6 +6,7 @@ inbox turns the redelivery into a no-op.
 """
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from services.runtime import metrics
 from services.runtime.db import TRANSIENT_ERRORS, fetch_all
 from services.runtime.messages import ERROR_HANDLER, Decoded, Record, Undeliverable, decode
 from services.runtime.uow import UnitOfWork
@@ -123,6 +125,8 @@ class BatchConsumer:
 
     async def _apply(self, items: Sequence[Decoded | Undeliverable]) -> BatchResult:
         applied = duplicates = dead_lettered = 0
+        outcomes: list[tuple[str, str, str | None]] = []  # topic, outcome, dead-letter code
+        started = time.monotonic()
         async with self.pool.acquire() as connection, connection.transaction():
             uow = UnitOfWork(connection, self.service, self.runtime_queries)
             claimed = await fetch_all(
@@ -132,19 +136,29 @@ class BatchConsumer:
             )
             fresh = {row["event_id"] for row in claimed}
             for item in items:
+                topic = item.record.topic
                 if item.inbox_key not in fresh:
                     duplicates += 1
+                    outcomes.append((topic, "duplicate", None))
                     logger.info("event.duplicate_ignored", **_log_context(item))
                     continue
                 fresh.discard(item.inbox_key)  # a key twice in one batch is applied once
                 with structlog.contextvars.bound_contextvars(**_log_context(item)):
                     if isinstance(item, Decoded):
-                        await self.routes[item.record.topic].handler(item.envelope, uow)
+                        await self.routes[topic].handler(item.envelope, uow)
                         applied += 1
+                        outcomes.append((topic, "applied", None))
                     else:
                         await self._reject(item, uow)
                         dead_lettered += 1
+                        outcomes.append((topic, "dead_lettered", item.code))
             await uow.flush()
+        # Committed: only now does the batch count.
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+        for topic, outcome, code in outcomes:
+            metrics.EVENTS.labels(topic, outcome).inc()
+            if code is not None:
+                metrics.DEAD_LETTERS.labels(topic, code).inc()
         return BatchResult(applied, duplicates, dead_lettered)
 
     async def _reject(self, bad: Undeliverable, uow: UnitOfWork) -> None:

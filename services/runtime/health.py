@@ -1,5 +1,6 @@
 """Every service's HTTP side: `/health` (the process answers) and `/ready` (its database and
-broker are reachable and it owns partitions), plus any routes the service adds."""
+broker are reachable and it owns partitions), `/metrics` (Prometheus), plus any routes the service
+adds."""
 
 import asyncio
 import contextlib
@@ -14,6 +15,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
+
+from services.runtime import metrics
 
 CHECK_TIMEOUT_SECONDS = 1.0
 
@@ -61,6 +64,7 @@ class Readiness:
         routes: list[BaseRoute] = [
             Route("/health", self.health, methods=["GET"]),
             Route("/ready", self.ready, methods=["GET"]),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
             *extra_routes,
         ]
         return Starlette(routes=routes)

@@ -10,6 +10,7 @@ import asyncpg
 import structlog
 
 from contracts.envelope import Envelope
+from services.runtime import metrics
 from services.runtime.db import fetch_all
 from services.runtime.uow import UnitOfWork
 
@@ -56,6 +57,7 @@ class RedriveSweeper:
                 await self.runtime_queries.requeue_events(connection, keys=keys, topics=sorted(self.redrive.opens_on))
                 await self.runtime_queries.mark_redriven(connection, keys=keys)
                 logger.warning("redrive.resent", cases=len(keys))
+        metrics.REDRIVEN.inc(len(keys))
         return len(keys)
 
     async def forget_old_events(self) -> int:

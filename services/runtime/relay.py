@@ -19,6 +19,7 @@ from aiokafka.errors import (
 )
 from faststream.kafka import KafkaBroker
 
+from services.runtime import metrics
 from services.runtime.db import TRANSIENT_ERRORS, fetch_all
 
 logger = structlog.get_logger("homeward.relay")
@@ -67,13 +68,19 @@ class OutboxRelay:
             rows = await fetch_all(self.queries.unsent_outbox(connection, limit=self.batch_size_max))
             if not rows:
                 return 0
+            parked = []
             try:
                 await asyncio.gather(*[await self._publish(row) for row in rows])
             except REFUSED_FOR_GOOD:
                 # One row the broker refuses for good must not hold up the rest: find and park it.
-                rows = await self._publish_one_by_one(connection, rows)
+                sent = await self._publish_one_by_one(connection, rows)
+                parked, rows = [row for row in rows if row not in sent], sent
             await self.queries.mark_sent(connection, ids=[row["id"] for row in rows])
         self.published_total += len(rows)
+        for row in rows:
+            metrics.PUBLISHED.labels(row["topic"]).inc()
+        for row in parked:
+            metrics.PARKED.labels(row["topic"]).inc()
         return len(rows)
 
     async def _publish(self, row: Any) -> "asyncio.Future[Any]":
@@ -104,10 +111,12 @@ class OutboxRelay:
             except (*TRANSIENT_ERRORS, KafkaError) as error:
                 failures += 1
                 logger.warning("relay.publish_failed", error=type(error).__name__, failures=failures, exc_info=True)
+                metrics.RELAY_FAILURES.inc()
                 sent = 0
             except Exception:
                 failures += 1
                 logger.exception("relay.failed", failures=failures)
+                metrics.RELAY_FAILURES.inc()
                 sent = 0
             if sent < self.batch_size_max:
                 with contextlib.suppress(TimeoutError):

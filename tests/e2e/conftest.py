@@ -2,6 +2,7 @@
 through the public contract only."""
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -11,13 +12,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.runtime.embedded import free_port
 from tests.support import clean_env
 
 UP_READY_SECONDS_MAX = 180.0
 UP_STOP_SECONDS_MAX = 60.0
+METRICS_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,17 @@ class Running:
     kafka: str
     state_dir: Path
     ready_line: str
+
+    def metrics(self, process: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """One process's Prometheus samples, read from its `/metrics` as a scraper would."""
+        processes = json.loads((self.state_dir / "status.json").read_text())["processes"]
+        (url,) = [found["health_url"] for found in processes if found["name"] == process]
+        text = httpx.get(f"{url}/metrics", timeout=METRICS_TIMEOUT_SECONDS).raise_for_status().text
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     def log_lines(self) -> list[str]:
         lines = []

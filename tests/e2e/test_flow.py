@@ -63,6 +63,21 @@ async def test_happy_path_pays_once(homeward):
             assert event["correlationid"] == sent["correlationid"]
             assert event["causationid"]
 
+    # What an operator's dashboard sees: each service counts, after its commits, what it did.
+    def counted(process: str, name: str, **labels: str) -> float:
+        return homeward.metrics(process).get((name, frozenset(labels.items())), 0.0)
+
+    assert counted("registration", "homeward_events_total", topic=SUBMITTED, outcome="applied") >= 1
+    assert counted("registration", "homeward_outbox_published_total", topic="registration.accepted.v1") >= 1
+    assert counted("disbursement", "homeward_events_total", topic="arrival.verified.v1", outcome="applied") >= 1
+    assert counted("disbursement", "homeward_payouts_total", outcome="paid") >= 1
+    # The relay counts after marking the row sent, a moment after the broker took the event.
+    await eventually(
+        lambda: counted("disbursement", "homeward_outbox_published_total", topic="stipend.disbursed.v1") >= 1,
+        what="the published stipend counted",
+    )
+    assert counted("disbursement", "homeward_batch_seconds_count") >= 1
+
 
 async def test_duplicate_person_is_refused_and_named(homeward):
     async with Kafka(homeward.kafka, outbound_and_dlq_topics()) as kafka:

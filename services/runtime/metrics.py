@@ -1,0 +1,33 @@
+"""What each service counts, for operators: Prometheus metrics (prometheus_client) served at
+`/metrics` beside `/health` and `/ready`.
+
+Counters move only after the database commit that made them true, so a rolled-back batch counts
+nothing. Labels are topics, outcomes and error codes: never a participant's data, never an id.
+"""
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+EVENTS = Counter(
+    "homeward_events", "Inbound events, by topic and what became of them (applied, duplicate, dead_lettered)",
+    ["topic", "outcome"],
+)  # fmt: skip
+DEAD_LETTERS = Counter(
+    "homeward_dead_letters", "Inbound events copied to their dead-letter topic, by error code", ["topic", "code"]
+)
+BATCH_SECONDS = Histogram(
+    "homeward_batch_seconds", "Time to apply one consumed batch in one transaction (inbox, handlers, outbox)"
+)
+PUBLISHED = Counter("homeward_outbox_published", "Outbox events the relay published, by topic", ["topic"])
+PARKED = Counter("homeward_outbox_parked", "Outbox rows the broker refused for good, by topic", ["topic"])
+RELAY_FAILURES = Counter("homeward_relay_failures", "Relay passes that failed and will be retried")
+REDRIVEN = Counter("homeward_redriven_cases", "Stalled cases whose hand-over events were queued again")
+PAYOUTS = Counter(
+    "homeward_payouts", "Payout attempts at the provider, by outcome (paid, declined, returned, unresolved, refused)",
+    ["outcome"],
+)  # fmt: skip
+
+
+async def endpoint(_: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
