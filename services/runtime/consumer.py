@@ -140,7 +140,7 @@ class BatchConsumer:
                 if item.inbox_key not in fresh:
                     duplicates += 1
                     outcomes.append((topic, "duplicate", None))
-                    logger.info("event.duplicate_ignored", **_log_context(item))
+                    logger.debug("event.duplicate_ignored", **_log_context(item))  # counted in /metrics
                     continue
                 fresh.discard(item.inbox_key)  # a key twice in one batch is applied once
                 with structlog.contextvars.bound_contextvars(**_log_context(item)):
