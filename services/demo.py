@@ -224,10 +224,9 @@ class Demo:
         console: Console,
         rng: random.Random,
         *,
-        metadata_max_age_ms: int | None = None,
+        metadata_max_age_ms: int,
     ) -> None:
-        # The world's apps refresh their view of the topics like Homeward's services do.
-        metadata_max_age_ms = metadata_max_age_ms or Settings().kafka_metadata_max_age_ms
+        # The world's apps refresh their view of the topics (metadata_max_age_ms) like Homeward's services do.
         self.runtime = runtime
         self.cohort = make_cohort(participants, rng)
         self.by_application = {p.application_id: p for p in self.cohort}
@@ -546,13 +545,15 @@ async def main(settings: Settings, state_dir: Path, participants: int, timeout_s
     console = Console()
     runtime = Runtime.read(state_dir)
     if runtime is not None:
-        return await _demo(runtime, console, participants, timeout_seconds)
+        return await _demo(runtime, console, participants, timeout_seconds, settings)
     async with running_up(state_dir, console) as started:
-        return await _demo(started, console, participants, timeout_seconds)
+        return await _demo(started, console, participants, timeout_seconds, settings)
 
 
-async def _demo(runtime: Runtime, console: Console, participants: int, timeout_seconds: float) -> int:
-    demo = Demo(runtime, participants, console, random.Random())
+async def _demo(
+    runtime: Runtime, console: Console, participants: int, timeout_seconds: float, settings: Settings
+) -> int:
+    demo = Demo(runtime, participants, console, random.Random(), metadata_max_age_ms=settings.kafka_metadata_max_age_ms)
     wall = await demo.run(timeout_seconds)
     table, breaches = summarize(demo, wall, await read_ledger(runtime))
     console.print(table)
