@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -14,6 +15,7 @@ from services.runtime.supervisor import STATUS_FILE, Runtime
 
 PROBE_TIMEOUT_SECONDS = 2.0
 PIPED_WIDTH = 160
+EVENT_OUTCOMES = ("applied", "duplicate", "dead_lettered")
 
 
 def _health(process: dict[str, Any]) -> str:
@@ -35,6 +37,24 @@ def _health(process: dict[str, Any]) -> str:
     return f"not ready ({', '.join(failing)})"
 
 
+def _events(process: dict[str, Any]) -> dict[str, int] | None:
+    """A service's inbound events by outcome since it last started, from its /metrics."""
+    url = process.get("health_url")
+    if not process.get("alive") or not url or process["name"].startswith("sandbox"):
+        return None
+    try:
+        response = httpx.get(f"{url}/metrics", timeout=PROBE_TIMEOUT_SECONDS)
+        response.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    counts = dict.fromkeys(EVENT_OUTCOMES, 0)
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == "homeward_events_total" and sample.labels.get("outcome") in counts:
+                counts[sample.labels["outcome"]] += int(sample.value)
+    return counts
+
+
 def show(state_dir: Path, *, as_json: bool) -> int:
     """Prints the status table (or JSON); returns 1 when nothing runs or a part is unhealthy."""
     runtime = Runtime.read(state_dir)
@@ -46,6 +66,7 @@ def show(state_dir: Path, *, as_json: bool) -> int:
     now = time.time()
     for process in processes:
         process["health"] = _health(process)
+        process["events"] = _events(process)
         started = process.get("started_at")
         process["uptime_seconds"] = round(now - started, 1) if started else None
     if as_json:
@@ -54,11 +75,16 @@ def show(state_dir: Path, *, as_json: bool) -> int:
         table = Table(title=f"homeward up (pid {runtime.pid}) kafka={runtime.kafka}")
         for column in ("process", "pid", "uptime", "restarts", "health"):
             table.add_column(column)
+        for outcome in EVENT_OUTCOMES:
+            table.add_column(outcome.replace("_", " "), justify="right")
         for process in processes:
             uptime = process["uptime_seconds"]
+            events = process["events"]
+            counts = [f"{events[outcome]:,}" if events else "-" for outcome in EVENT_OUTCOMES]
             table.add_row(process["name"], str(process.get("pid") or "-"),
                           f"{uptime:,.0f} s" if uptime is not None else "-",
-                          str(process.get("restarts", "-")), process["health"])  # fmt: skip
+                          str(process.get("restarts", "-")), process["health"], *counts)  # fmt: skip
+        table.caption = "events: inbound since the process started (its /metrics)"
         Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(table)
     healthy = {"ready", "ok", "running"}
     return 0 if all(process["health"] in healthy for process in processes) else 1

@@ -29,6 +29,8 @@ async def test_status_shows_every_process_healthy(homeward):
     names = {entry["name"] for entry in report["processes"]}
     assert {"registration", "travel", "arrival", "disbursement", "sandbox-payouts", "postgres", "kafka"} <= names
     assert all(entry["health"] in ("ready", "ok", "running") for entry in report["processes"])
+    services = [entry for entry in report["processes"] if entry["name"] in ("registration", "disbursement")]
+    assert all(set(entry["events"]) == {"applied", "duplicate", "dead_lettered"} for entry in services)
 
 
 async def test_a_killed_service_is_restarted_and_the_flow_goes_on(homeward):
