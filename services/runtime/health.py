@@ -13,10 +13,11 @@ import uvicorn
 from faststream.kafka import KafkaBroker
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from services.runtime import metrics
+from services.runtime.db import runtime_queries
 
 CHECK_TIMEOUT_SECONDS = 1.0
 
@@ -55,6 +56,36 @@ class Readiness:
     async def health(self, _: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", **(self.details() if self.details else {})})
 
+    async def metrics(self, _: Request) -> Response:
+        """Prometheus exposition; the gauges are read now, and a failed read leaves them as they were
+        (the counters still answer, and /ready says what is down)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._read_backlog(), CHECK_TIMEOUT_SECONDS * 2)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._read_lag(), CHECK_TIMEOUT_SECONDS * 2)
+        return metrics.exposition()
+
+    async def _read_backlog(self) -> None:
+        async with self.pool.acquire(timeout=CHECK_TIMEOUT_SECONDS) as connection:
+            backlog = await runtime_queries().backlog(connection)
+        metrics.OUTBOX_UNSENT.set(backlog["unsent"])
+        metrics.OUTBOX_OLDEST_UNSENT_SECONDS.set(backlog["oldest_unsent_seconds"])
+        metrics.OUTBOX_PARKED.set(backlog["parked"])
+        metrics.OPEN_CASES.set(backlog["open_cases"])
+
+    async def _read_lag(self) -> None:
+        consumer = getattr(self.subscriber, "consumer", None)
+        if consumer is None:
+            return
+        lags = {}
+        for partition in consumer.assignment():
+            highwater = consumer.highwater(partition)  # known after the first fetch from that partition
+            if highwater is not None:
+                lags[partition] = max(0, highwater - await consumer.position(partition))
+        metrics.CONSUMER_LAG.clear()  # partitions this process no longer holds drop out
+        for partition, lag in lags.items():
+            metrics.CONSUMER_LAG.labels(partition.topic, str(partition.partition)).set(lag)
+
     async def ready(self, _: Request) -> JSONResponse:
         checks = await self.report()
         ready = all(checks.values())
@@ -64,7 +95,7 @@ class Readiness:
         routes: list[BaseRoute] = [
             Route("/health", self.health, methods=["GET"]),
             Route("/ready", self.ready, methods=["GET"]),
-            Route("/metrics", metrics.endpoint, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
             *extra_routes,
         ]
         return Starlette(routes=routes)

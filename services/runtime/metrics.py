@@ -5,8 +5,7 @@ Counters move only after the database commit that made them true, so a rolled-ba
 nothing. Labels are topics, outcomes and error codes: never a participant's data, never an id.
 """
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from starlette.requests import Request
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.responses import Response
 
 EVENTS = Counter(
@@ -28,6 +27,16 @@ PAYOUTS = Counter(
     ["outcome"],
 )  # fmt: skip
 
+# Read at each scrape (the database's and the consumer's view at that moment).
+CONSUMER_LAG = Gauge(
+    "homeward_consumer_lag", "Records on an assigned partition not yet consumed (high-water mark minus position)",
+    ["topic", "partition"],
+)  # fmt: skip
+OUTBOX_UNSENT = Gauge("homeward_outbox_unsent", "Outbox events waiting for the relay")
+OUTBOX_OLDEST_UNSENT_SECONDS = Gauge("homeward_outbox_oldest_unsent_seconds", "Age of the oldest event waiting")
+OUTBOX_PARKED = Gauge("homeward_outbox_parked_rows", "Outbox rows parked now (`homeward dlq parked`)")
+OPEN_CASES = Gauge("homeward_open_cases", "Cases handed downstream and not yet seen to move on (re-drive candidates)")
 
-async def endpoint(_: Request) -> Response:
+
+def exposition() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

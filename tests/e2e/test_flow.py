@@ -77,6 +77,11 @@ async def test_happy_path_pays_once(homeward):
         what="the published stipend counted",
     )
     assert counted("disbursement", "homeward_batch_seconds_count") >= 1
+    # Read at the scrape: every service reports its backlog and, per partition it holds, its lag.
+    scraped = homeward.metrics("arrival")
+    assert ("homeward_outbox_unsent", frozenset()) in scraped
+    assert ("homeward_open_cases", frozenset()) in scraped
+    assert any(name == "homeward_consumer_lag" and dict(labels)["topic"] == EVIDENCE for name, labels in scraped)
 
 
 async def test_duplicate_person_is_refused_and_named(homeward):

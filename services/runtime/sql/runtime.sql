@@ -95,3 +95,14 @@ SELECT topic, count(*) AS events FROM requeued GROUP BY topic ORDER BY topic;
 -- name: oldest_sent$
 -- How far back a republish can reach: older sent rows are gone past the retention.
 SELECT min(sent_at) FROM outbox WHERE sent_at IS NOT NULL;
+
+-- name: backlog^
+-- What /metrics reports at each scrape: events waiting for the relay (the partial index of unsent
+-- rows keeps this cheap), rows parked, and cases handed downstream and not yet seen to move on.
+SELECT count(*) FILTER (WHERE o.parked_at IS NULL) AS unsent,
+       count(*) FILTER (WHERE o.parked_at IS NOT NULL) AS parked,
+       coalesce(extract(epoch FROM now() - min(o.created_at) FILTER (WHERE o.parked_at IS NULL)), 0)::float8
+           AS oldest_unsent_seconds,
+       (SELECT count(*) FROM open_cases WHERE closed_at IS NULL) AS open_cases
+FROM outbox o
+WHERE o.sent_at IS NULL;
