@@ -71,4 +71,5 @@ def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
         on_start=partial(handlers.fund_initial_budget, pool, named, settings.program_budget, settings.program_currency),
         http_routes=callbacks.routes(),
         health_details=callbacks.stats,
+        scrape=partial(handlers.read_gauges, queries=named),
     )

@@ -188,3 +188,13 @@ async def apply_provider_status(uow: UnitOfWork, queries: Queries, payment: Any,
         await stipends.reverse(uow, queries, payment, domain.FAILED_RETURNED)
     elif payout.status == "declined" and status == "reserved":
         await stipends.void(uow, queries, payment, domain.FAILED_DECLINED)
+
+
+async def read_gauges(connection: Any, *, queries: Queries) -> None:
+    """Disbursement's part of /metrics: what waits for the provider or for money, and the budget left."""
+    waiting = await queries.payments.waiting_payments(connection)
+    metrics.PAYMENTS_WAITING.labels("reserved").set(waiting["reserved"])
+    metrics.PAYMENTS_WAITING.labels("held").set(waiting["held"])
+    available = await queries.ledger.available(connection, code=domain.BUDGET_ACCOUNT)
+    if available is not None:
+        metrics.BUDGET_AVAILABLE.set(float(available))

@@ -28,6 +28,7 @@ class Readiness:
     broker: KafkaBroker
     subscriber: Any
     details: Callable[[], dict[str, Any]] | None = None
+    scrape: Callable[[Any], Awaitable[None]] | None = None
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +69,8 @@ class Readiness:
     async def _read_backlog(self) -> None:
         async with self.pool.acquire(timeout=CHECK_TIMEOUT_SECONDS) as connection:
             backlog = await runtime_queries().backlog(connection)
+            if self.scrape is not None:
+                await self.scrape(connection)
         metrics.OUTBOX_UNSENT.set(backlog["unsent"])
         metrics.OUTBOX_OLDEST_UNSENT_SECONDS.set(backlog["oldest_unsent_seconds"])
         metrics.OUTBOX_PARKED.set(backlog["parked"])

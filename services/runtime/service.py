@@ -57,6 +57,8 @@ class ServiceDefinition:
     http_routes: list[Any] = field(default_factory=list)
     """Routes served beside /health and /ready (e.g. disbursement's payout callbacks)."""
     health_details: Callable[[], dict[str, Any]] | None = None
+    # Sets the service's own gauges from the database at each /metrics scrape (e.g. the budget left).
+    scrape: Callable[[Any], Awaitable[None]] | None = None
     redrive: Redrive | None = None
 
     def __post_init__(self) -> None:
@@ -205,7 +207,9 @@ def create_app(service: str, settings: Settings) -> FastStream:
             tasks.append(asyncio.create_task(run_worker(worker, stopping), name=worker.name))
         tasks.append(asyncio.create_task(_announce_consuming(state["subscriber"], logger)))
         if settings.http_port:
-            readiness = Readiness(state["pool"], broker, state["subscriber"], definition.health_details)
+            readiness = Readiness(
+                state["pool"], broker, state["subscriber"], definition.health_details, definition.scrape
+            )
             server = http_server(readiness.app(definition.http_routes), settings.http_host, settings.http_port)
             state["http_server"] = server
             tasks.append(asyncio.create_task(server.serve(), name="http"))

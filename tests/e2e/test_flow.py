@@ -82,6 +82,9 @@ async def test_happy_path_pays_once(homeward):
     assert ("homeward_outbox_unsent", frozenset()) in scraped
     assert ("homeward_open_cases", frozenset()) in scraped
     assert any(name == "homeward_consumer_lag" and dict(labels)["topic"] == EVIDENCE for name, labels in scraped)
+    disbursement = homeward.metrics("disbursement")
+    assert disbursement[("homeward_budget_available", frozenset())] > 0
+    assert ("homeward_payments_waiting", frozenset({("status", "held")})) in disbursement
 
 
 async def test_duplicate_person_is_refused_and_named(homeward):

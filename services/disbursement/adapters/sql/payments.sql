@@ -83,3 +83,8 @@ SELECT count(*) FROM (
     SELECT p.identity_key FROM payments p JOIN transfers t ON t.payment_id = p.payment_id
     WHERE t.kind = 'post_pending' GROUP BY p.identity_key HAVING count(*) > 1
 ) AS repeated;
+
+-- name: waiting_payments^
+-- For /metrics: stipends reserved and waiting for the provider, and held until the budget is topped up.
+SELECT count(*) FILTER (WHERE status = 'reserved') AS reserved, count(*) FILTER (WHERE status = 'held') AS held
+FROM payments WHERE status IN ('reserved', 'held');
