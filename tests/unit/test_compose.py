@@ -18,6 +18,7 @@ from services.runtime.settings import SERVICE_NAMES, Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+PROMETHEUS_FILE = ROOT / "deploy" / "prometheus.yml"
 
 # Commands the containers rely on, used when services/cli.py does not exist yet.
 FALLBACK_CLI_COMMANDS = frozenset({"run", "migrate"})
@@ -218,6 +219,32 @@ def test_services_reach_the_kafka_and_postgres_defined_here() -> None:
         partitions = environment.get("HOMEWARD_TOPIC_PARTITIONS")
         if partitions is not None:
             assert partitions == kafka_env["KAFKA_NUM_PARTITIONS"]
+
+
+def test_every_service_serves_http_where_prometheus_and_the_payout_provider_look() -> None:
+    prometheus = yaml.safe_load(PROMETHEUS_FILE.read_text(encoding="utf-8"))
+    targets = {target for job in prometheus["scrape_configs"] for group in job["static_configs"]
+               for target in group["targets"]}  # fmt: skip
+    expected = set()
+    for container, svc in _run_services().items():
+        environment = _environment(svc)
+        port = environment.get("HOMEWARD_HTTP_PORT") or ""
+        assert port.isdigit() and int(port) > 0, f"{container}: no HTTP port, so no /ready and no /metrics"
+        assert environment.get("HOMEWARD_HTTP_HOST") == "0.0.0.0", (
+            f"{container}: HTTP unreachable from other containers"
+        )
+        assert f"127.0.0.1:{port}/ready" in " ".join(svc["healthcheck"]["test"]), f"{container}: healthcheck"
+        expected.add(f"{container}:{port}")
+    assert targets == expected, "deploy/prometheus.yml must scrape every service at its HTTP port"
+    mounts = [str(volume) for volume in SERVICES["prometheus"]["volumes"]]
+    assert any(mount.startswith("./deploy/prometheus.yml:") for mount in mounts)
+    callback = urlsplit(_environment(SERVICES["payout-sandbox"])["HOMEWARD_PAYOUT_CALLBACK_URL"] or "")
+    disbursement_port = _environment(SERVICES["disbursement"])["HOMEWARD_HTTP_PORT"]
+    assert (callback.hostname, str(callback.port), callback.path) == (
+        "disbursement",
+        disbursement_port,
+        "/callbacks/payouts",
+    )
 
 
 def test_dockerfile_runs_the_cli_as_non_root() -> None:
