@@ -1,6 +1,7 @@
 """Whole cases through `homeward up`: what an integrator publishes and what comes back."""
 
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -247,3 +248,21 @@ async def test_dead_letters_are_listed_and_can_be_replayed(homeward):
 
     # Still not JSON, so it comes back to the dead-letter topic: nothing is lost on the way.
     await eventually(more_letters, what="the replayed letter to be dead-lettered again")
+
+
+async def test_stipend_outcomes_are_republished_with_their_envelope_ids(homeward):
+    """What an operator does after the broker lost its data: the outcomes go out again, and an
+    integrator that already has them sees the same envelope ids (so it deduplicates them)."""
+    state = ["--state-dir", str(homeward.state_dir)]
+    async with Kafka(homeward.kafka, ["stipend.disbursed.v1"]) as kafka:
+        before = await eventually(lambda: kafka.events("stipend.disbursed.v1"), what="the stipends paid above")
+        ids = {event["id"] for event in before}
+        done = homeward_cli("dlq", "republish", "--since", "1h", "--service", "disbursement",
+                            "--topic", "stipend.disbursed.v1", *state)  # fmt: skip
+        assert done.returncode == 0 and "back to the relays" in done.stdout, done.stdout + done.stderr
+
+        def sent_twice() -> bool:
+            copies = Counter(event["id"] for event in kafka.events("stipend.disbursed.v1"))
+            return all(copies[envelope_id] >= 2 for envelope_id in ids)
+
+        await eventually(sent_twice, what="every stipend outcome published again")
