@@ -8,6 +8,7 @@ sees the person). It then reports what Homeward decided and paid.
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import sys
@@ -178,6 +179,17 @@ def _envelope(topic_payload: Any, correlationid: UUID, source: str) -> bytes:
     return encode(build_envelope(topic_payload, source=source, correlationid=correlationid, causationid=None))
 
 
+async def _stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stops a client. With the broker gone, aiokafka's consumer re-raises the cancellation of its
+    own fetch task from `stop()`; that is not this task being cancelled, so it is not passed on."""
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
 def evidence_for(booking: TravelBooked, country: str, correlationid: UUID, rng: random.Random) -> list[bytes]:
     """What the world reports after a flight: a landing and an app check-in, or a partner-office visit."""
     from contracts.registry import envelope_adapter
@@ -261,8 +273,8 @@ class Demo:
                 await asyncio.gather(self._publish(progress), self._follow(progress, started + timeout_seconds))
         finally:
             await asyncio.gather(*self.answering, return_exceptions=True)
-            await self.consumer.stop()
-            await self.producer.stop()
+            for client in (self.consumer, self.producer):
+                await _stop(client)
         return time.monotonic() - started
 
     def _progress(self) -> Progress:
@@ -317,6 +329,9 @@ class Demo:
             if time.monotonic() > deadline:
                 self.console.print("[red]gave up waiting: the demo's time limit passed[/red]")
                 return
+            if not self.up_alive():
+                self.console.print(f"[red]`homeward up` (pid {self.runtime.pid}) stopped; nothing more will come[/red]")
+                return
             try:
                 batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
             except KafkaError as error:
@@ -331,6 +346,13 @@ class Demo:
 
     async def finished(self) -> bool:
         return self.tally.finished(len(self.cohort))
+
+    def up_alive(self) -> bool:
+        try:
+            os.kill(self.runtime.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
     async def _observe(self, topic: str, envelope: dict[str, Any]) -> None:
         data, tally = envelope["data"], self.tally
@@ -555,6 +577,9 @@ async def _demo(
 ) -> int:
     demo = Demo(runtime, participants, console, random.Random(), metadata_max_age_ms=settings.kafka_metadata_max_age_ms)
     wall = await demo.run(timeout_seconds)
+    if not demo.up_alive():
+        console.print("Start it again (`homeward up`, or let `homeward demo` start one) and rerun the demo.")
+        return 1
     table, breaches = summarize(demo, wall, await read_ledger(runtime))
     console.print(table)
     for breach in breaches:
