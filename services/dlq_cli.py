@@ -10,7 +10,6 @@ same holds for an unparked outbox row: it goes out with its original envelope id
 import asyncio
 import json
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,11 +18,10 @@ from typing import Annotated, Any
 
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from rich.console import Console
 from rich.table import Table
 
 from contracts.registry import PAYLOAD_TYPES, dlq_topic
-from services.ledger_cli import _locate
+from services.ledger_cli import AsJson, StateDir, _emit, _locate
 from services.runtime.settings import SERVICE_NAMES, Settings
 
 dlq_app = typer.Typer(
@@ -40,8 +38,6 @@ AGO_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 SINCE_HELP = (
     "Send again what was published since: an age (30m, 6h, 2d) or an ISO 8601 time, UTC unless it names its offset"
 )
-PIPED_WIDTH = 160
-StateDir = Annotated[Path | None, typer.Option(help="State dir of a running `homeward up` [default .homeward]")]
 
 
 @dataclass(frozen=True)
@@ -137,21 +133,18 @@ def list_letters(
     topic: Annotated[str | None, typer.Option(help="Only this topic's dead letters (default: every topic)")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many")] = LIST_LIMIT_DEFAULT,
     state_dir: StateDir = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Dead letters with their reason and age, oldest first."""
     letters = asyncio.run(read_dead_letters(_bootstrap(state_dir), _topics(topic)))[:limit]
-    if as_json:
-        rows = [{k: v for k, v in asdict(letter).items() if k != "value"} | {"name": letter.name} for letter in letters]
-        typer.echo(json.dumps(rows, indent=2))
-        return
+    rows = [{k: v for k, v in asdict(letter).items() if k != "value"} | {"name": letter.name} for letter in letters]
     table = Table(title=f"Dead letters ({len(letters)} shown)")
     for column in ("topic", "name", "code", "age", "envelope id", "detail"):
         table.add_column(column)
     for letter in letters:
         table.add_row(letter.original_topic, letter.name, letter.error_code, f"{letter.age_seconds:,.0f} s",
                       letter.envelope_id or "-", letter.detail[:80])  # fmt: skip
-    Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(table)
+    _emit(as_json, rows, table)
 
 
 @dlq_app.command()
@@ -214,22 +207,19 @@ def parked(
     service: Annotated[str | None, typer.Option(help="Only this service's outbox (default: all four)")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many")] = LIST_LIMIT_DEFAULT,
     state_dir: StateDir = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Outbox rows the broker refused for good (e.g. larger than it accepts), oldest first: their
     events were never published, so their cases wait. Fix the cause, then `homeward dlq unpark`."""
     database_url, _ = _locate(state_dir)
     rows = asyncio.run(read_parked(database_url, _services(service), limit))
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
-        return
     table = Table(title=f"Parked outbox rows ({len(rows)} shown)")
     for column in ("service", "id", "topic", "key", "parked at", "reason"):
         table.add_column(column)
     for row in rows:
         table.add_row(row["service"], str(row["id"]), row["topic"], row["key"],
                       f"{row['parked_at']:%Y-%m-%d %H:%M:%S}", (row["park_reason"] or "")[:80])  # fmt: skip
-    Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(table)
+    _emit(as_json, rows, table)
 
 
 @dlq_app.command()
@@ -282,7 +272,7 @@ def republish(
     topic: Annotated[str | None, typer.Option(help="Only this topic's events (default: every topic)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be sent; change nothing")] = False,
     state_dir: StateDir = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """After the broker lost its data (or a consumer lost its place), hand every event the services
     published since a time back to their relays, which publish them again on their next pass: same
@@ -317,10 +307,6 @@ def republish(
 
     counted = asyncio.run(main())
     total = sum(row["events"] for row in counted)
-    if as_json:
-        typer.echo(json.dumps({"since": moment, "dry_run": dry_run, "events": total, "by_topic": counted},
-                              indent=2, default=str))  # fmt: skip
-        return
     table = Table(
         title=f"{'Would republish' if dry_run else 'Republishing'} events sent since {moment:%Y-%m-%d %H:%M:%S %Z}"
     )
@@ -328,7 +314,9 @@ def republish(
         table.add_column(column)
     for row in counted:
         table.add_row(row["service"], row["topic"], f"{row['events']:,}")
-    Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(table)
+    _emit(as_json, {"since": moment, "dry_run": dry_run, "events": total, "by_topic": counted}, table)
+    if as_json:
+        return
     for note in notes:
         typer.echo(note, err=True)
     verb = "would hand" if dry_run else "handed"

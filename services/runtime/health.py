@@ -61,12 +61,12 @@ class Readiness:
         """Prometheus exposition; the gauges are read now, and a failed read leaves them as they were
         (the counters still answer, and /ready says what is down)."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._read_backlog(), CHECK_TIMEOUT_SECONDS * 2)
+            await asyncio.wait_for(self._read_gauges(), CHECK_TIMEOUT_SECONDS * 2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._read_lag(), CHECK_TIMEOUT_SECONDS * 2)
         return metrics.exposition()
 
-    async def _read_backlog(self) -> None:
+    async def _read_gauges(self) -> None:
         async with self.pool.acquire(timeout=CHECK_TIMEOUT_SECONDS) as connection:
             backlog = await runtime_queries().backlog(connection)
             if self.scrape is not None:

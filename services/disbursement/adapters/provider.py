@@ -75,6 +75,16 @@ class HttpPayoutProvider:
     async def close(self) -> None:
         await self.client.aclose()
 
+    def _retrying(self, on: tuple[type[Exception], ...]) -> Any:
+        """The bounded retries every call shares: `attempts_max` tries, the pause doubling from
+        `backoff_initial_seconds` up to 16 times it."""
+        return stamina.retry_context(
+            on=on,
+            attempts=self.attempts_max,
+            wait_initial=self.backoff_initial_seconds,
+            wait_max=self.backoff_initial_seconds * 16,
+        )
+
     async def pay(
         self, *, key: str, amount: Decimal, currency: str, method: str, instrument: dict[str, Any], resolve_first: bool
     ) -> Payout:
@@ -82,12 +92,7 @@ class HttpPayoutProvider:
         body = {"amount": f"{amount:.2f}", "currency": currency, "method": method, "instrument": instrument,
                 "reference": key}  # fmt: skip
         ambiguous = resolve_first
-        async for attempt in stamina.retry_context(
-            on=(ProviderUnavailableError, AmbiguousPayoutError),
-            attempts=self.attempts_max,
-            wait_initial=self.backoff_initial_seconds,
-            wait_max=self.backoff_initial_seconds * 16,
-        ):
+        async for attempt in self._retrying((ProviderUnavailableError, AmbiguousPayoutError)):
             with attempt:
                 if ambiguous and (found := await self.lookup(key)) is not None:
                     return found
@@ -129,12 +134,7 @@ class HttpPayoutProvider:
     async def list_payouts(self) -> list[Payout]:
         """Every payout the provider holds. Reading changes nothing, so an unreachable or failing
         provider (one restarting, say) is simply asked again, within the same bounded retries."""
-        async for attempt in stamina.retry_context(
-            on=ProviderUnavailableError,
-            attempts=self.attempts_max,
-            wait_initial=self.backoff_initial_seconds,
-            wait_max=self.backoff_initial_seconds * 16,
-        ):
+        async for attempt in self._retrying((ProviderUnavailableError,)):
             with attempt:
                 try:
                     response = await self.client.get("/payouts")
