@@ -26,6 +26,7 @@ from rich.table import Table
 from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
 from services.demo import Demo, running_up
 from services.runtime.embedded import free_port
+from services.runtime.settings import Settings
 from services.runtime.supervisor import STATUS_FILE, Runtime
 
 # Fault drills: restart the database after the first kill, wipe the broker after the second.
@@ -255,7 +256,10 @@ async def main(participants: int, kill_every: float, timeout_seconds: float, sta
     async with running_up(state, console, arguments=arguments, env={**env, **CHAOS_ENV}) as runtime:
         rng = random.Random()
         metadata_max_age_ms = int(CHAOS_ENV["HOMEWARD_KAFKA_METADATA_MAX_AGE_MS"])
-        world = World(runtime, participants, console, rng, metadata_max_age_ms=metadata_max_age_ms)
+        world = World(
+            runtime, participants, console, rng,
+            metadata_max_age_ms=metadata_max_age_ms, compression_type=Settings().kafka_compression_type,
+        )  # fmt: skip
         monkey = Monkey(runtime.pid, state, kill_every, rng)
         world.monkey = monkey
         stopping = asyncio.Event()

@@ -42,10 +42,12 @@ StateDir = Annotated[
 @app.callback()
 def _configure_logging() -> None:
     """Operator commands log to stderr, so their tables and --json output stay clean on stdout;
-    `run` and `up` configure their own logging."""
-    from services.runtime import logs
+    `run` and `up` configure their own logging. Every Kafka consumer of the process steps over
+    record batches it cannot read instead of stopping on them."""
+    from services.runtime import logs, unreadable
 
     logs.configure("cli", Settings().log_level, stream=sys.stderr)
+    unreadable.install()
 
 
 def _service(name: str) -> str:

@@ -237,6 +237,7 @@ class Demo:
         rng: random.Random,
         *,
         metadata_max_age_ms: int,
+        compression_type: str | None = None,
     ) -> None:
         # The world's apps refresh their view of the topics (metadata_max_age_ms) like Homeward's services do.
         self.runtime = runtime
@@ -254,6 +255,7 @@ class Demo:
             acks="all",
             linger_ms=5,
             metadata_max_age_ms=metadata_max_age_ms,
+            compression_type=compression_type,
         )
         self.consumer = AIOKafkaConsumer(
             *OUTBOUND_TOPICS,
@@ -575,7 +577,10 @@ async def main(settings: Settings, state_dir: Path, participants: int, timeout_s
 async def _demo(
     runtime: Runtime, console: Console, participants: int, timeout_seconds: float, settings: Settings
 ) -> int:
-    demo = Demo(runtime, participants, console, random.Random(), metadata_max_age_ms=settings.kafka_metadata_max_age_ms)
+    demo = Demo(
+        runtime, participants, console, random.Random(),
+        metadata_max_age_ms=settings.kafka_metadata_max_age_ms, compression_type=settings.kafka_compression_type,
+    )  # fmt: skip
     wall = await demo.run(timeout_seconds)
     if not demo.up_alive():
         console.print("Start it again (`homeward up`, or let `homeward demo` start one) and rerun the demo.")

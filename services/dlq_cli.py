@@ -4,7 +4,8 @@ again every event published since a given time (after the broker lost its data).
 
 A dead letter is named by `<dlq partition>:<dlq offset>` or by its envelope id. Replaying is safe
 to repeat: consumers deduplicate by envelope id, so a letter replayed twice is applied once. The
-same holds for an unparked outbox row: it goes out with its original envelope id.
+same holds for an unparked outbox row: it goes out with its original envelope id. A record batch
+that a consumer could not read at all (`unreadable`) has no dead letter: its records never arrived.
 """
 
 import asyncio
@@ -25,8 +26,8 @@ from services.ledger_cli import AsJson, StateDir, _emit, _locate
 from services.runtime.settings import SERVICE_NAMES, Settings
 
 dlq_app = typer.Typer(
-    help="Dead letters (list, replay), parked outbox rows (parked, unpark), and sending published events again "
-    "(republish).",
+    help="Dead letters (list, replay), parked outbox rows (parked, unpark), record batches no consumer could read "
+    "(unreadable), and sending published events again (republish).",
     no_args_is_help=True,
 )
 
@@ -163,7 +164,10 @@ def replay(
         chosen = [letter for letter in letters if letter_id in (None, letter.name, letter.envelope_id)]
         if letter_id is not None and not chosen:
             raise typer.BadParameter(f"no dead letter {letter_id!r} on {dlq_topic(topic.removesuffix('.dlq'))}")
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, enable_idempotence=False, acks="all",
+            compression_type=Settings().kafka_compression_type,
+        )  # fmt: skip
         await producer.start()
         try:
             for letter in chosen:
@@ -187,18 +191,26 @@ def _services(service: str | None) -> tuple[str, ...]:
     return (service,)
 
 
-async def read_parked(database_url: str, services: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
-    """Parked outbox rows of each service, oldest first."""
+async def read_each_service(
+    database_url: str, services: tuple[str, ...], query: str, limit: int
+) -> list[dict[str, Any]]:
+    """The rows one runtime query returns in each service's schema, labelled with the service."""
     from services.runtime.db import connect, fetch_all, runtime_queries
 
     rows: list[dict[str, Any]] = []
     for service in services:
         connection = await connect(database_url, schema=service)
         try:
-            found = await fetch_all(runtime_queries().parked_outbox(connection, limit=limit))
+            found = await fetch_all(getattr(runtime_queries(), query)(connection, limit=limit))
         finally:
             await connection.close()
         rows += [{"service": service, **dict(row)} for row in found]
+    return rows
+
+
+async def read_parked(database_url: str, services: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
+    """Parked outbox rows of each service, oldest first."""
+    rows = await read_each_service(database_url, services, "parked_outbox", limit)
     return sorted(rows, key=lambda row: row["parked_at"])[:limit]
 
 
@@ -219,6 +231,30 @@ def parked(
     for row in rows:
         table.add_row(row["service"], str(row["id"]), row["topic"], row["key"],
                       f"{row['parked_at']:%Y-%m-%d %H:%M:%S}", (row["park_reason"] or "")[:80])  # fmt: skip
+    _emit(as_json, rows, table)
+
+
+@dlq_app.command()
+def unreadable(
+    service: Annotated[str | None, typer.Option(help="Only this service's consumer (default: all four)")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many")] = LIST_LIMIT_DEFAULT,
+    state_dir: StateDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Record batches a service's consumer stepped over because it could not read them (a codec
+    whose library it lacks, damaged bytes), newest first. Their records were never decoded, so
+    they have no dead letter: ask their producer to send them again, or read those offsets with a
+    client that has the codec (they stay on the broker until its retention) and publish them anew."""
+    database_url, _ = _locate(state_dir)
+    rows = asyncio.run(read_each_service(database_url, _services(service), "unreadable_batches", limit))
+    rows = sorted(rows, key=lambda row: row["last_seen_at"], reverse=True)[:limit]
+    table = Table(title=f"Unreadable record batches ({len(rows)} shown)")
+    for column in ("service", "topic", "partition", "offsets", "codec", "reason", "last seen", "times"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["service"], row["topic"], str(row["partition"]),
+                      f"{row['first_offset']}-{row['last_offset']}", row["codec"], row["reason"],
+                      f"{row['last_seen_at']:%Y-%m-%d %H:%M:%S}", str(row["times_seen"]))  # fmt: skip
     _emit(as_json, rows, table)
 
 

@@ -22,6 +22,14 @@ PUBLISHED = Counter("homeward_outbox_published", "Outbox events the relay publis
 PARKED = Counter("homeward_outbox_parked", "Outbox rows the broker refused for good, by topic", ["topic"])
 RELAY_FAILURES = Counter("homeward_relay_failures", "Relay passes that failed and will be retried")
 REDRIVEN = Counter("homeward_redriven_cases", "Stalled cases whose hand-over events were queued again")
+UNREADABLE_BATCHES = Counter(
+    "homeward_unreadable_batches", "Record batches stepped over because no library here reads them "
+    "(codec_unavailable) or their bytes are damaged (corrupt_batch); `homeward dlq unreadable` lists them",
+    ["topic", "reason"],
+)  # fmt: skip
+UNREADABLE_RECORDS = Counter(
+    "homeward_unreadable_records", "Offsets inside the unreadable batches stepped over", ["topic"]
+)
 PAYOUTS = Counter(
     "homeward_payouts", "Payout attempts at the provider, by outcome (paid, declined, returned, unresolved, refused)",
     ["outcome"],

@@ -19,6 +19,7 @@ from faststream.kafka import KafkaBroker
 from faststream.message import StreamMessage
 
 from contracts.registry import PAYLOAD_TYPES
+from services.runtime import unreadable
 from services.runtime.consumer import BatchConsumer, Route
 from services.runtime.db import TRANSIENT_ERRORS, create_pool, runtime_queries
 from services.runtime.health import Readiness, http_server
@@ -31,6 +32,7 @@ from services.runtime.uow import UnitOfWork
 
 ASSIGNMENT_WAIT_SECONDS_MAX = 60.0
 RETENTION_INTERVAL_SECONDS = 3600.0
+UNREADABLE_RECORD_INTERVAL_SECONDS = 1.0
 PRODUCER_REQUEST_BYTES_MAX = 4 * 1024 * 1024
 ASSIGNMENT_POLL_SECONDS = 0.1
 
@@ -124,6 +126,7 @@ def load_builder(service: str) -> Builder:
 
 def create_app(service: str, settings: Settings) -> FastStream:
     builder = load_builder(service)
+    unreadable.install()
     database_url, bootstrap = settings.require_infrastructure()
     logger = structlog.get_logger("homeward.service")
     broker = KafkaBroker(
@@ -133,6 +136,7 @@ def create_app(service: str, settings: Settings) -> FastStream:
         enable_idempotence=False,  # tansu does not implement it; the inbox deduplicates instead
         request_timeout_ms=30_000,
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
+        compression_type=settings.kafka_compression_type,
         logger=logger,
         # FastStream's own "Received"/"Processed" lines describe whole batches and carry no case
         # ids; the consumer logs each event with its ids instead, so these drop to DEBUG.
@@ -177,6 +181,14 @@ def create_app(service: str, settings: Settings) -> FastStream:
             retry_backoff_max_seconds=settings.relay_retry_backoff_max_ms / 1000,
         )
         state.update(pool=pool, definition=definition, relay=relay)
+        definition.workers.append(
+            Worker(
+                "unreadable-batches",
+                lambda: unreadable.record(pool, runtime_queries()),
+                UNREADABLE_RECORD_INTERVAL_SECONDS,
+                unreadable.PENDING_REPORTS_MAX,
+            )
+        )
 
         subscriber = broker.subscriber(
             *definition.routes,

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     kafka_metadata_max_age_ms: int = Field(
         default=300_000, ge=1_000, le=3_600_000, description="Clients refresh topic and partition metadata this often"
     )
+    # Consumers read every codec Kafka defines whatever this says; this chooses only how Homeward's
+    # own producers (relays, dead letters, operator commands, the demo's apps) write. Measured on
+    # one 2-core machine with broker and services beside each other: see the README.
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        default="none", description="Codec Homeward's producers compress record batches with"
+    )
     redrive_after_seconds: int = Field(
         default=300, ge=1, description="An open case with no downstream progress this long has its events resent"
     )
@@ -172,6 +178,11 @@ class Settings(BaseSettings):
                 "(a third of it is usual)"
             )
         return self
+
+    @property
+    def kafka_compression_type(self) -> Literal["gzip", "snappy", "lz4", "zstd"] | None:
+        """The codec in the form Kafka clients take it (None for no compression)."""
+        return None if self.kafka_compression == "none" else self.kafka_compression
 
     def require_infrastructure(self) -> tuple[str, str]:
         if not self.database_url or not self.kafka_bootstrap:

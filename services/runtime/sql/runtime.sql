@@ -106,3 +106,19 @@ SELECT count(*) FILTER (WHERE o.parked_at IS NULL) AS unsent,
        (SELECT count(*) FROM open_cases WHERE closed_at IS NULL) AS open_cases
 FROM outbox o
 WHERE o.sent_at IS NULL;
+
+-- name: record_unreadable!
+-- Batches the consumer stepped over; a batch met again (after a restart before the offsets moved
+-- past it) is counted, not listed twice.
+INSERT INTO unreadable_batches AS u (topic, partition, first_offset, last_offset, codec, reason, detail)
+SELECT * FROM unnest(:topics::text[], :partitions::int[], :first_offsets::bigint[], :last_offsets::bigint[],
+                     :codecs::text[], :reasons::text[], :details::text[])
+ON CONFLICT (topic, partition, first_offset) DO UPDATE
+SET last_seen_at = now(), times_seen = u.times_seen + 1;
+
+-- name: unreadable_batches
+-- For `homeward dlq unreadable`: what was stepped over, newest first.
+SELECT topic, partition, first_offset, last_offset, codec, reason, detail, first_seen_at, last_seen_at, times_seen
+FROM unreadable_batches
+ORDER BY last_seen_at DESC
+LIMIT :limit;
