@@ -14,7 +14,7 @@ import pytest
 
 from contracts.registry import all_topics
 from services.runtime.crypto import new_key_hex
-from tests.support import PayoutSandbox
+from tests.support import PayoutSandbox, TravelSandbox
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
@@ -30,6 +30,7 @@ class Infra:
     payouts_url: str
     callback_secret: str
     http_port: int
+    travel_url: str
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -40,6 +41,7 @@ class Infra:
             "HOMEWARD_LOG_LEVEL": "INFO",
             "HOMEWARD_PAYOUT_PROVIDER_URL": self.payouts_url,
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": self.callback_secret,
+            "HOMEWARD_TRAVEL_PROVIDER_URL": self.travel_url,
             "HOMEWARD_HTTP_PORT": str(self.http_port),
             # Modules start and stop services of the same consumer groups one after another; a member
             # that went away without leaving should free its partitions in seconds, not in 10 to 18.
@@ -57,7 +59,7 @@ def _database(tmp: Path) -> tuple[str, object | None]:
         with psycopg.connect(existing, autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
         return existing.rsplit("/", 1)[0] + f"/{name}", None
-    from services.runtime.embedded import EmbeddedPostgres, free_port
+    from services.devstack.embedded import EmbeddedPostgres, free_port
 
     server = EmbeddedPostgres(tmp / "postgres", free_port())
     server.start()
@@ -66,7 +68,7 @@ def _database(tmp: Path) -> tuple[str, object | None]:
 
 @pytest.fixture(scope="session")
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
-    from services.runtime.embedded import EmbeddedKafka, create_topics, free_port
+    from services.devstack.embedded import EmbeddedKafka, create_topics, free_port
 
     tmp = tmp_path_factory.mktemp("infra")
     database_url, postgres = _database(tmp)
@@ -78,13 +80,17 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         HOMEWARD_PAYOUT_CALLBACK_URL=f"http://127.0.0.1:{disbursement_port}/callbacks/payouts",
         HOMEWARD_PAYOUT_CALLBACK_SECRET=callback_secret,
     )
+    travel = TravelSandbox(tmp / "travel.sqlite3")
     try:
         asyncio.run(create_topics(kafka.bootstrap, all_topics(), TEST_PARTITIONS))
         sandbox.start()
+        travel.start()
         yield Infra(
-            database_url, kafka.bootstrap, new_key_hex(), new_key_hex(), sandbox.url, callback_secret, disbursement_port
-        )
+            database_url, kafka.bootstrap, new_key_hex(), new_key_hex(), sandbox.url, callback_secret,
+            disbursement_port, travel.url,
+        )  # fmt: skip
     finally:
+        travel.stop()
         sandbox.stop()
         kafka.stop()
         if postgres is not None:

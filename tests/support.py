@@ -175,7 +175,7 @@ def homeward_cli(
 ) -> subprocess.CompletedProcess[str]:
     """`homeward …` as a user runs it, configured only by the HOMEWARD_* `settings` given."""
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *arguments],
+        [sys.executable, "-m", "services.ops.cli", *arguments],
         env=clean_env(**settings), capture_output=True, text=True, timeout=timeout_seconds,
     )  # fmt: skip
 
@@ -196,7 +196,7 @@ class ServiceRunner:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run", self.service],
+            [sys.executable, "-m", "services.ops.cli", "run", self.service],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
@@ -220,11 +220,14 @@ class ServiceRunner:
                 self.process.kill()
 
 
-class PayoutSandbox:
-    """Runs `homeward sandbox payouts` as a child process; `env` carries fault injection and callbacks."""
+class Sandbox:
+    """Runs `homeward sandbox <kind>` as a child process; `env` carries its faults (and, for
+    payouts, where callbacks go)."""
+
+    kind = ""
 
     def __init__(self, store: Path, **env: str) -> None:
-        from services.runtime.embedded import free_port
+        from services.devstack.embedded import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -235,21 +238,22 @@ class PayoutSandbox:
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
+        self.listening.clear()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "sandbox", "payouts",
+            [sys.executable, "-m", "services.ops.cli", "sandbox", self.kind,
              "--port", str(self.port), "--store", str(self.store)],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
         if not self.listening.wait(SERVICE_START_SECONDS_MAX):
             self.stop()
-            raise RuntimeError("payout sandbox did not start:\n" + "\n".join(self.lines[-30:]))
+            raise RuntimeError(f"{self.kind} sandbox did not start:\n" + "\n".join(self.lines[-30:]))
 
     def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
-            if line.startswith("sandbox payouts listening on"):
+            if line.startswith(f"sandbox {self.kind} listening on"):
                 self.listening.set()
 
     def stop(self) -> None:
@@ -259,3 +263,11 @@ class PayoutSandbox:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+class PayoutSandbox(Sandbox):
+    kind = "payouts"
+
+
+class TravelSandbox(Sandbox):
+    kind = "travel"

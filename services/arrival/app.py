@@ -16,16 +16,19 @@ from contracts.events import (
     TravelBooked,
 )
 from services.arrival import handlers
+from services.arrival.settings import ArrivalSettings
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries, runtime_queries
 from services.runtime.redrive import Redrive
 from services.runtime.service import ServiceDefinition, Worker
-from services.runtime.settings import Settings
 
 SQL = Path(__file__).parent / "adapters" / "sql"
 
 
-def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
+SETTINGS = ArrivalSettings
+
+
+def build(settings: ArrivalSettings, pool: asyncpg.Pool) -> ServiceDefinition:
     queries = load_queries(SQL)
     window = timedelta(seconds=settings.arrival_window_seconds)
     routes = {

@@ -9,10 +9,10 @@ from contracts.events import ArrivalVerified, RegistrationAccepted
 from services.disbursement import handlers, stipends
 from services.disbursement.adapters.callbacks import CallbackEndpoint
 from services.disbursement.adapters.provider import HttpPayoutProvider
+from services.disbursement.settings import DisbursementSettings
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries, runtime_queries
 from services.runtime.service import ServiceDefinition, Worker
-from services.runtime.settings import Settings
 
 SQL = Path(__file__).parent / "adapters" / "sql"
 
@@ -21,7 +21,7 @@ def queries() -> stipends.Queries:
     return stipends.Queries(payments=load_queries(SQL / "payments.sql"), ledger=load_queries(SQL / "ledger.sql"))
 
 
-def provider(settings: Settings) -> HttpPayoutProvider:
+def provider(settings: DisbursementSettings) -> HttpPayoutProvider:
     if not settings.payout_provider_url:
         raise SystemExit("HOMEWARD_PAYOUT_PROVIDER_URL is not set; `homeward up` starts a sandbox provider.")
     return HttpPayoutProvider(
@@ -32,7 +32,10 @@ def provider(settings: Settings) -> HttpPayoutProvider:
     )
 
 
-def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
+SETTINGS = DisbursementSettings
+
+
+def build(settings: DisbursementSettings, pool: asyncpg.Pool) -> ServiceDefinition:
     named = queries()
     program = handlers.Program(settings.program_amount, settings.program_currency)
     data_key = settings.require_data_key()

@@ -163,7 +163,7 @@ class PayoutWorker:
             )
             logger.warning("stipend.payout_unresolved", payment_id=str(payment["payment_id"]), error=error)
         else:
-            await apply_provider_status(uow, self.queries, payment, *outcome)
+            await stipends.apply_provider_status(uow, self.queries, payment, *outcome)
 
     async def release_held(self) -> int:
         async with self.pool.acquire() as connection, connection.transaction():
@@ -176,18 +176,6 @@ def _payout_outcome(outcome: tuple[str, Payout] | Exception) -> str:
     if isinstance(outcome, Exception):
         return "unresolved"
     return outcome[1].status
-
-
-async def apply_provider_status(uow: UnitOfWork, queries: Queries, payment: Any, method: str, payout: Payout) -> None:
-    """What the provider says of a payout, applied to a locked payment; safe to repeat."""
-    status = payment["status"]
-    if payout.status in ("paid", "returned") and status == "reserved":
-        await stipends.settle(uow, queries, payment, method=method, provider_ref=payout.provider_ref)
-        status = "disbursed"
-    if payout.status == "returned" and status == "disbursed":
-        await stipends.reverse(uow, queries, payment, domain.FAILED_RETURNED)
-    elif payout.status == "declined" and status == "reserved":
-        await stipends.void(uow, queries, payment, domain.FAILED_DECLINED)
 
 
 async def read_gauges(connection: Any, *, queries: Queries) -> None:

@@ -12,6 +12,7 @@ import structlog
 
 from contracts.events import StipendDisbursed, StipendFailed, StipendHeld
 from services.disbursement import domain, ledger
+from services.disbursement.adapters.provider import Payout
 from services.runtime import crypto
 from services.runtime.db import Connection, fetch_all
 from services.runtime.messages import now
@@ -152,3 +153,15 @@ class LedgerInvariantBroken(RuntimeError):
 def _must(result: ledger.Result) -> None:
     if not result.ok:
         raise LedgerInvariantBroken(f"{result.transfer_id}: {result.code} {result.field or ''}".strip())
+
+
+async def apply_provider_status(uow: UnitOfWork, queries: Queries, payment: Any, method: str, payout: Payout) -> None:
+    """What the provider says of a payout, applied to a locked payment; safe to repeat."""
+    status = payment["status"]
+    if payout.status in ("paid", "returned") and status == "reserved":
+        await settle(uow, queries, payment, method=method, provider_ref=payout.provider_ref)
+        status = "disbursed"
+    if payout.status == "returned" and status == "disbursed":
+        await reverse(uow, queries, payment, domain.FAILED_RETURNED)
+    elif payout.status == "declined" and status == "reserved":
+        await void(uow, queries, payment, domain.FAILED_DECLINED)

@@ -15,16 +15,19 @@ from contracts.events import (
     TravelBookingFailed,
 )
 from services.registration import handlers
+from services.registration.settings import RegistrationSettings
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries
 from services.runtime.redrive import Redrive
 from services.runtime.service import ServiceDefinition
-from services.runtime.settings import Settings
 
 SQL = Path(__file__).parent / "adapters" / "sql"
 
 
-def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
+SETTINGS = RegistrationSettings
+
+
+def build(settings: RegistrationSettings, pool: asyncpg.Pool) -> ServiceDefinition:
     queries = load_queries(SQL)
     keys = handlers.Keys(settings.require_identity_secret(), settings.require_data_key())
     routes = {

@@ -9,7 +9,7 @@ from typing import Any
 import aiosql
 import asyncpg
 
-from services.runtime.settings import Settings
+from services.runtime.settings import ServiceSettings
 
 # Errors after which the same work may succeed if tried again: the database went away,
 # a deadlock or serialization failure picked this transaction as the victim, or a timeout.
@@ -60,7 +60,7 @@ async def connect(database_url: str, *, schema: str) -> asyncpg.Connection:
     return connection
 
 
-async def create_pool(settings: Settings, *, schema: str) -> asyncpg.Pool:
+async def create_pool(settings: ServiceSettings, *, schema: str) -> asyncpg.Pool:
     """A pool whose connections see only the service's own schema by default."""
     database_url, _ = settings.require_infrastructure()
     pool = await asyncpg.create_pool(

@@ -27,7 +27,7 @@ from services.runtime.messages import Record
 from services.runtime.migrate import migrate
 from services.runtime.redrive import Redrive, RedriveSweeper, close_case
 from services.runtime.relay import OutboxRelay
-from services.runtime.settings import Settings
+from services.runtime.settings import ServiceSettings
 from services.runtime.uow import UnitOfWork
 
 ASSIGNMENT_WAIT_SECONDS_MAX = 60.0
@@ -68,7 +68,8 @@ class ServiceDefinition:
         assert not unknown, f"routes for topics outside the contract: {unknown}"
 
 
-Builder = Callable[[Settings, asyncpg.Pool], ServiceDefinition]
+Builder = Callable[[Any, asyncpg.Pool], ServiceDefinition]
+"""`build(settings, pool)` of a service's app module; `settings` is of the module's `SETTINGS` class."""
 
 
 async def run_worker(worker: Worker, stopping: asyncio.Event) -> None:
@@ -96,7 +97,7 @@ def _record(raw: ConsumerRecord) -> Record:
     return Record(raw.topic, raw.partition, raw.offset, raw.key, raw.value or b"")
 
 
-def _enable_redrive(definition: ServiceDefinition, settings: Settings, pool: asyncpg.Pool) -> None:
+def _enable_redrive(definition: ServiceDefinition, settings: ServiceSettings, pool: asyncpg.Pool) -> None:
     """Subscribes to the closing topics and adds the sweepers that resend stalled cases' events."""
     assert definition.redrive is not None
     UnitOfWork.redrive_topics = definition.redrive.opens_on
@@ -117,15 +118,18 @@ def _enable_redrive(definition: ServiceDefinition, settings: Settings, pool: asy
     definition.workers.append(Worker("outbox-retention", sweeper.forget_old_events, RETENTION_INTERVAL_SECONDS, 1))
 
 
-def load_builder(service: str) -> Builder:
-    """Imports only the named service, so a process never loads another service's code."""
+def load_service(service: str) -> tuple[Builder, type[ServiceSettings]]:
+    """Imports only the named service, so a process never loads another service's code; returns
+    its builder and the settings class it reads (and nothing another service reads)."""
     module = importlib.import_module(f"services.{service}.app")
     builder: Builder = module.build
-    return builder
+    settings_class: type[ServiceSettings] = module.SETTINGS
+    return builder, settings_class
 
 
-def create_app(service: str, settings: Settings) -> FastStream:
-    builder = load_builder(service)
+def create_app(service: str) -> FastStream:
+    builder, settings_class = load_service(service)
+    settings = settings_class()
     unreadable.install()
     database_url, bootstrap = settings.require_infrastructure()
     logger = structlog.get_logger("homeward.service")

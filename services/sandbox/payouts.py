@@ -18,28 +18,22 @@ between the two loses nothing.
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import random
 import secrets
-import socket
 import sqlite3
-import sys
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import aiosql
 import httpx
 import structlog
-import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,18 +41,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from services.runtime import signing
-from services.runtime.settings import Settings
+from services.sandbox import server
+from services.sandbox.settings import PayoutSandboxSettings
+from services.sandbox.store import SqliteStore
 
-LISTENING_PREFIX = "sandbox payouts listening on"
 STATUSES: tuple[str, ...] = ("paid", "declined", "returned")
 
 # Request bounds.
-IDEMPOTENCY_KEY_CHARS_MAX = 200
 REFERENCE_CHARS_MAX = 200
-REQUEST_BODY_BYTES_MAX = 64 * 1024
 PAYOUT_LIST_SIZE_MAX = 100_000
-# How long a request waits for another writer (another process on the same file) to commit.
-SQLITE_BUSY_TIMEOUT_SECONDS = 5.0
 
 # Background loop: returns and notification delivery.
 BACKGROUND_POLL_INTERVAL_SECONDS = 0.05
@@ -71,10 +62,6 @@ NOTIFICATION_BACKOFF_MAX_SECONDS = 60.0
 NOTIFICATION_CONNECT_TIMEOUT_SECONDS = 2.0
 NOTIFICATION_TIMEOUT_SECONDS = 5.0
 
-# Server lifecycle.
-STARTUP_WAIT_SECONDS_MAX = 30.0
-STARTUP_POLL_INTERVAL_SECONDS = 0.01
-SHUTDOWN_GRACE_SECONDS = 5.0
 
 Status = Literal["paid", "declined", "returned"]
 NotificationType = Literal["payout.settled", "payout.returned", "payout.declined"]
@@ -82,12 +69,6 @@ NotificationType = Literal["payout.settled", "payout.returned", "payout.declined
 logger = structlog.get_logger("homeward.sandbox.payouts")
 
 SQL = Path(__file__).parent / "sql" / "payouts.sql"
-
-
-@functools.cache
-def store_queries() -> Any:
-    """The store's named statements (aiosql, sqlite3 driver)."""
-    return aiosql.from_path(SQL, "sqlite3", mandatory_parameters=False)
 
 
 def rfc3339(unix_seconds: float) -> str:
@@ -169,39 +150,11 @@ def notification_body(notification_id: str, kind: NotificationType, payout: Stor
     )
 
 
-class PayoutStore:
-    """The sandbox's durable state. One connection, used by one thread at a time; every write is a
-    short `BEGIN IMMEDIATE` transaction, so that two requests with the same key (even from two
-    processes on the same file) cannot both insert."""
+class PayoutStore(SqliteStore):
+    """The payout sandbox's durable state (see SqliteStore)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._connection = sqlite3.connect(
-            path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-        )
-        self._connection.row_factory = sqlite3.Row
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        # A payout the sandbox answered for must survive a power cut, like at a real provider.
-        self._connection.execute("PRAGMA synchronous=FULL")
-        self._connection.execute("PRAGMA foreign_keys=ON")
-        self._queries = store_queries()
-        self._queries.create_schema(self._connection)
-
-    def close(self) -> None:
-        with self._lock:
-            self._connection.close()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._connection
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
+        super().__init__(path, SQL)
 
     def record(
         self, *, key: str, request: PayoutRequest, status: Status, return_due_at: float | None, now: float
@@ -300,7 +253,7 @@ class Faults:
     return_delay_seconds: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Faults":
+    def from_settings(cls, settings: PayoutSandboxSettings) -> "Faults":
         return cls(
             latency_seconds=settings.sandbox_payout_latency_ms / 1000,
             error_rate=settings.sandbox_payout_error_rate,
@@ -322,31 +275,8 @@ class Draw:
     ambiguous: bool
 
 
-def _error(status_code: int, code: str, message: str, **extra: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status_code=status_code)
-
-
-def _invalid(error: ValidationError) -> JSONResponse:
-    """Names the field and the rule it broke, never the value that was sent."""
-    first = error.errors(include_url=False, include_context=False, include_input=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or "body"
-    return _error(422, "invalid_request", f"{field}: {first['type']}", field=field)
-
-
-async def _read_body(request: Request) -> bytes | None:
-    """The request body, or None if it is longer than REQUEST_BODY_BYTES_MAX."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > REQUEST_BODY_BYTES_MAX:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class PayoutSandbox:
-    def __init__(self, settings: Settings, store_path: Path) -> None:
+    def __init__(self, settings: PayoutSandboxSettings, store_path: Path) -> None:
         self.store_path = store_path
         self.faults = Faults.from_settings(settings)
         self.random = random.Random(settings.sandbox_payout_seed)
@@ -377,18 +307,14 @@ class PayoutSandbox:
                 self.store.close()
 
     def app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/health", self.health, methods=["GET"]),
+        return server.application(
+            [
                 Route("/payouts", self.create_payout, methods=["POST"]),
                 Route("/payouts", self.list_payouts, methods=["GET"]),
                 Route("/payouts/{key}", self.get_payout, methods=["GET"]),
             ],
-            lifespan=self.lifespan,
+            self.lifespan,
         )
-
-    async def health(self, _: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
 
     def _draw(self) -> Draw:
         faults = self.faults
@@ -400,24 +326,22 @@ class PayoutSandbox:
         )
 
     async def create_payout(self, request: Request) -> JSONResponse:
-        key = request.headers.get("Idempotency-Key")
-        if not key:
-            return _error(400, "missing_idempotency_key", "the Idempotency-Key header is required")
-        if len(key) > IDEMPOTENCY_KEY_CHARS_MAX:
-            return _error(400, "invalid_idempotency_key", f"Idempotency-Key: at most {IDEMPOTENCY_KEY_CHARS_MAX} chars")
-        raw = await _read_body(request)
+        key = server.idempotency_key(request)
+        if isinstance(key, JSONResponse):
+            return key
+        raw = await server.read_body(request)
         if raw is None:
-            return _error(413, "body_too_large", f"the body is limited to {REQUEST_BODY_BYTES_MAX} bytes")
+            return server.too_large()
         try:
             payout_request = PayoutRequest.model_validate_json(raw)
-        except ValidationError as error:
-            return _invalid(error)
+        except ValidationError as failure:
+            return server.invalid(failure)
         if self.faults.latency_seconds:
             await asyncio.sleep(self.faults.latency_seconds)
         draw = self._draw()
         if draw.error:
             logger.info("payout.fault_injected", key=key, fault="error")
-            response = _error(503, "unavailable", "transient error injected by the sandbox; nothing was paid")
+            response = server.error(503, "unavailable", "transient error injected by the sandbox; nothing was paid")
             response.headers["Retry-After"] = "1"
             return response
         return await self._pay(key, payout_request, draw)
@@ -431,7 +355,7 @@ class PayoutSandbox:
         )
         if payout.body_hash != payout_request.body_hash():
             logger.warning("payout.idempotency_key_reused", key=key, provider_ref=payout.provider_ref)
-            return _error(422, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+            return server.error(422, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
         event = "payout.created" if created else "payout.replayed"
         logger.info(event, key=key, provider_ref=payout.provider_ref, status=payout.status)
         if draw.ambiguous:
@@ -443,13 +367,13 @@ class PayoutSandbox:
     async def get_payout(self, request: Request) -> JSONResponse:
         payout = await asyncio.to_thread(self.store.get, request.path_params["key"])
         if payout is None:
-            return _error(404, "not_found", "no payout with this Idempotency-Key")
+            return server.error(404, "not_found", "no payout with this Idempotency-Key")
         return JSONResponse(payout.public())
 
     async def list_payouts(self, request: Request) -> JSONResponse:
         status = request.query_params.get("status")
         if status is not None and status not in STATUSES:
-            return _error(422, "invalid_status", f"status: one of {', '.join(STATUSES)}")
+            return server.error(422, "invalid_status", f"status: one of {', '.join(STATUSES)}")
         payouts = await asyncio.to_thread(self.store.list_payouts, cast(Status | None, status))
         return JSONResponse({"payouts": [payout.public() for payout in payouts]})
 
@@ -507,47 +431,6 @@ class PayoutSandbox:
             log.warning("notification.failed", attempts=attempts, outcome=outcome, retry_in_seconds=delay)
 
 
-def default_store(settings: Settings) -> Path:
-    return settings.sandbox_payout_store or settings.state_dir / "sandbox" / "payouts.sqlite3"
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # A restarted sandbox takes its old port back even while old connections linger in TIME_WAIT.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
-async def _announce(server: uvicorn.Server, host: str, port: int) -> None:
-    """Prints the listening line once uvicorn accepts connections; `homeward up` waits for it."""
-    deadline = time.monotonic() + STARTUP_WAIT_SECONDS_MAX
-    while not server.started:
-        if time.monotonic() > deadline:
-            logger.error("sandbox.start_timeout", waited_seconds=STARTUP_WAIT_SECONDS_MAX)
-            server.should_exit = True
-            return
-        await asyncio.sleep(STARTUP_POLL_INTERVAL_SECONDS)
-    sys.stdout.write(f"{LISTENING_PREFIX} http://{host}:{port}\n")
-    sys.stdout.flush()
-
-
-async def serve(settings: Settings, *, port: int, store_path: Path) -> None:
+async def serve(settings: PayoutSandboxSettings, *, port: int, store_path: Path) -> None:
     """Runs the sandbox on `HOMEWARD_HTTP_HOST`:`port` (0: a free port) until SIGINT or SIGTERM."""
-    sandbox = PayoutSandbox(settings, store_path)
-    config = uvicorn.Config(
-        sandbox.app(),
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
-    sock = _listening_socket(settings.http_host, port)
-    announcer = asyncio.create_task(_announce(server, settings.http_host, sock.getsockname()[1]))
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        announcer.cancel()
-        sock.close()
+    await server.serve(PayoutSandbox(settings, store_path).app(), name="payouts", host=settings.http_host, port=port)

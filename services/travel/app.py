@@ -1,7 +1,6 @@
 """Travel's route table and booking worker."""
 
 import random
-from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -12,21 +11,36 @@ from services.runtime.consumer import Route
 from services.runtime.db import load_queries, runtime_queries
 from services.runtime.redrive import Redrive
 from services.runtime.service import ServiceDefinition, Worker
-from services.runtime.settings import Settings
 from services.travel import handlers
-from services.travel.adapters.provider import SandboxTravelProvider
+from services.travel.adapters.provider import HttpTravelProvider
+from services.travel.settings import TravelSettings
 
 SQL = Path(__file__).parent / "adapters" / "sql"
 
 
-def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
-    queries = load_queries(SQL)
-    provider = SandboxTravelProvider(
-        pool,
-        failure_rate=settings.sandbox_travel_failure_rate,
-        departure_delay=timedelta(seconds=settings.sandbox_flight_departure_delay_seconds),
-        flight_duration=timedelta(seconds=settings.sandbox_flight_duration_seconds),
+SETTINGS = TravelSettings
+BOOKING_LEASE_MARGIN_SECONDS = 30.0
+"""Beyond the longest a provider call can take (its timeout times its tries), before a claimed
+request is taken up again by another pass."""
+
+
+def travel_provider(settings: TravelSettings) -> HttpTravelProvider:
+    if not settings.travel_provider_url:
+        raise SystemExit(
+            "HOMEWARD_TRAVEL_PROVIDER_URL is not set; `homeward up` starts a sandbox travel provider and sets it, "
+            "or run one with `homeward sandbox travel`."
+        )
+    return HttpTravelProvider(
+        settings.travel_provider_url,
+        timeout_seconds=settings.travel_provider_timeout_ms / 1000,
+        attempts_max=settings.travel_provider_attempts_max,
+        backoff_initial_seconds=settings.travel_provider_backoff_initial_ms / 1000,
     )
+
+
+def build(settings: TravelSettings, pool: asyncpg.Pool) -> ServiceDefinition:
+    queries = load_queries(SQL)
+    provider = travel_provider(settings)
     worker = handlers.BookingWorker(
         pool=pool,
         queries=queries,
@@ -37,6 +51,8 @@ def build(settings: Settings, pool: asyncpg.Pool) -> ServiceDefinition:
             attempts_max=settings.booking_attempts_max,
             backoff_base_ms=settings.booking_backoff_base_ms,
             backoff_max_ms=settings.booking_backoff_max_ms,
+            lease_seconds=settings.travel_provider_timeout_ms / 1000 * settings.travel_provider_attempts_max
+            + BOOKING_LEASE_MARGIN_SECONDS,
         ),
         batch_size_max=settings.worker_batch_size_max,
         concurrency_max=settings.worker_concurrency_max,

@@ -44,11 +44,14 @@ class RetryPolicy:
     attempts_max: int
     backoff_base_ms: int
     backoff_max_ms: int
+    lease_seconds: float
+    """How long a claimed request is left alone while the provider is asked (longer than any call)."""
 
 
 @dataclass
 class BookingWorker:
-    """Books due requests; each attempt's outcome is written with its outbox event in one transaction."""
+    """Books due requests: claim them (a short transaction), ask the provider (no transaction open),
+    then write every outcome with its outbox event in one transaction."""
 
     pool: asyncpg.Pool
     queries: Any
@@ -62,11 +65,16 @@ class BookingWorker:
 
     async def book_due(self) -> int:
         async with self.pool.acquire() as connection, connection.transaction():
-            due = await fetch_all(self.queries.due_bookings(connection, limit=self.batch_size_max))
-            if not due:
-                return 0
-            limiter = asyncio.Semaphore(self.concurrency_max)
-            outcomes = await asyncio.gather(*(self._attempt(request, limiter) for request in due))
+            due = await fetch_all(
+                self.queries.claim_due_bookings(
+                    connection, limit=self.batch_size_max, lease_seconds=self.policy.lease_seconds
+                )
+            )
+        if not due:
+            return 0
+        limiter = asyncio.Semaphore(self.concurrency_max)
+        outcomes = await asyncio.gather(*(self._attempt(request, limiter) for request in due))
+        async with self.pool.acquire() as connection, connection.transaction():
             uow = UnitOfWork(connection, "travel", self.runtime_queries)
             for request, outcome in zip(due, outcomes, strict=True):
                 with structlog.contextvars.bound_contextvars(
@@ -99,19 +107,20 @@ class BookingWorker:
         case_id, attempts = request["case_id"], request["attempts"] + 1
         correlation = {"correlationid": request["correlationid"], "causationid": request["cause_event_id"]}
         if isinstance(outcome, Ticket):
-            await self.queries.mark_booked(
+            booked = await self.queries.mark_booked(
                 uow.connection, case_id=case_id, booking_id=outcome.booking_id, flight_number=outcome.flight_number
             )
-            uow.emit(_booked(case_id, outcome), **correlation)
-            logger.info("travel.booked", attempts=attempts)
+            if booked:
+                uow.emit(_booked(case_id, outcome), **correlation)
+                logger.info("travel.booked", attempts=attempts)
             return
         reason = f"{type(outcome).__name__}: {outcome}"
         permanent = isinstance(outcome, PermanentProviderError)
         if permanent or domain.gives_up(attempts, attempts_max=self.policy.attempts_max):
-            await self.queries.mark_failed(uow.connection, case_id=case_id, error=reason)
-            failed = TravelBookingFailed(case_id=case_id, reason=reason, attempts=attempts, failed_at=now())
-            uow.emit(failed, **correlation)
-            logger.warning("travel.booking_failed", attempts=attempts, reason=reason)
+            if await self.queries.mark_failed(uow.connection, case_id=case_id, error=reason):
+                failed = TravelBookingFailed(case_id=case_id, reason=reason, attempts=attempts, failed_at=now())
+                uow.emit(failed, **correlation)
+                logger.warning("travel.booking_failed", attempts=attempts, reason=reason)
             return
         delay = domain.retry_delay_seconds(
             attempts, base_ms=self.policy.backoff_base_ms, max_ms=self.policy.backoff_max_ms, rng=self.rng

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.runtime.embedded import free_port
+from services.devstack.embedded import free_port
 from tests.support import clean_env
 
 UP_READY_SECONDS_MAX = 180.0
@@ -54,7 +54,7 @@ def homeward_up(state_dir: Path, stop_seconds_max: float = UP_STOP_SECONDS_MAX) 
     so that everything it started can be stopped even when it cannot stop itself."""
     env = clean_env()
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--state-dir", str(state_dir),
+        [sys.executable, "-m", "services.ops.cli", "up", "--state-dir", str(state_dir),
          "--kafka-port", str(free_port()), "--partitions", "3"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
     )  # fmt: skip

@@ -31,7 +31,7 @@ def chaos(arguments: list[str], **output: Any) -> Iterator[subprocess.Popen[str]
     """`homeward chaos` in its own process group; whatever is left of the group when the block ends
     is killed (a normal exit has stopped everything already: this only catches a leak)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "chaos", *arguments],
+        [sys.executable, "-m", "services.ops.cli", "chaos", *arguments],
         env=clean_env(COLUMNS="200"), text=True, start_new_session=True, **output,
     )  # fmt: skip
     try:

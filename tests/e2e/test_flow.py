@@ -212,8 +212,9 @@ async def test_no_personal_data_in_any_log_line(homeward):
     assert sample and {"service", "event_type", "correlationid", "application_id"} <= set(sample[0])
 
 
-async def test_ready_line_names_the_payout_sandbox(homeward):
+async def test_ready_line_names_the_payout_and_travel_sandboxes(homeward):
     assert " payouts=http://127.0.0.1:" in homeward.ready_line
+    assert " travel=http://127.0.0.1:" in homeward.ready_line
 
 
 async def test_ledger_verifies_and_reconciles_after_the_flows(homeward):

@@ -27,7 +27,16 @@ async def test_status_shows_every_process_healthy(homeward):
     code, report = status(homeward)
     assert code == 0, report
     names = {entry["name"] for entry in report["processes"]}
-    assert {"registration", "travel", "arrival", "disbursement", "sandbox-payouts", "postgres", "kafka"} <= names
+    assert {
+        "registration",
+        "travel",
+        "arrival",
+        "disbursement",
+        "sandbox-payouts",
+        "sandbox-travel",
+        "postgres",
+        "kafka",
+    } <= names
     assert all(entry["health"] in ("ready", "ok", "running") for entry in report["processes"])
     services = [entry for entry in report["processes"] if entry["name"] in ("registration", "disbursement")]
     assert all(set(entry["events"]) == {"applied", "duplicate", "dead_lettered"} for entry in services)

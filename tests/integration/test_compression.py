@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.runtime.embedded import free_port
+from services.devstack.embedded import free_port
 from tests.conftest import Infra
 from tests.integration.helpers import (
     ACCEPTED,

@@ -24,8 +24,8 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from services.devstack.embedded import free_port
 from services.disbursement import domain, ledger
-from services.runtime.embedded import free_port
 from tests.conftest import Infra
 from tests.integration.helpers import (
     DISBURSED,
@@ -87,7 +87,7 @@ async def homeward_ledger(infra: Infra, database_url: str, *arguments: str) -> C
     }
     completed = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "services.cli", "ledger", *arguments, "--json"],
+        [sys.executable, "-m", "services.ops.cli", "ledger", *arguments, "--json"],
         env=env, capture_output=True, text=True, timeout=CLI_SECONDS_MAX, check=False,
     )  # fmt: skip
     lines = completed.stdout.splitlines()

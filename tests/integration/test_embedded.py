@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.runtime.embedded import (
+from services.devstack.embedded import (
     EmbeddedKafka,
     EmbeddedPostgres,
     create_topics,

@@ -24,8 +24,8 @@ from uuid import uuid4
 import httpx
 import pytest
 
+from services.devstack.embedded import free_port
 from services.disbursement import domain
-from services.runtime.embedded import free_port
 from tests.conftest import Infra
 from tests.integration.helpers import (
     DISBURSED,

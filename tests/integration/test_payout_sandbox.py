@@ -17,10 +17,9 @@ from uuid import uuid4
 import httpx
 import pytest
 
+from services.devstack.embedded import free_port
 from services.disbursement.adapters.provider import HttpPayoutProvider, ProviderUnavailableError
 from services.runtime import signing
-from services.runtime.embedded import free_port
-from services.sandbox.payouts import LISTENING_PREFIX
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -61,7 +60,7 @@ class Sandbox:
         self.listening.clear()
         command = ["sandbox", "payouts", "--port", str(self.port), "--store", str(self.store)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *command],
+            [sys.executable, "-m", "services.ops.cli", *command],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
@@ -74,7 +73,7 @@ class Sandbox:
         assert process.stdout is not None
         for line in process.stdout:
             self.lines.append(line.rstrip("\n"))
-            if line.startswith(f"{LISTENING_PREFIX} {self.url}"):
+            if line.startswith(f"sandbox payouts listening on {self.url}"):
                 self.listening.set()
 
     def stop(self) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.embedded import EmbeddedPostgres, free_port
+from services.devstack.embedded import EmbeddedPostgres, free_port
 from tests.conftest import Infra
 from tests.support import Kafka, ServiceRunner, envelope, eventually, outbound_and_dlq_topics, submission
 

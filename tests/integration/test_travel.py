@@ -5,6 +5,7 @@ from datetime import datetime
 from uuid import uuid4
 
 import asyncpg
+import httpx
 import pytest
 
 from tests.conftest import Infra
@@ -80,7 +81,12 @@ async def test_duplicate_accepted_events_book_once(infra: Infra, database: async
     assert event["correlationid"] == sent["correlationid"]
     assert await outbox_count(database, "travel", BOOKED, str(case_id)) == 1
     assert await database.fetchval("SELECT count(*) FROM travel.bookings WHERE case_id = $1", case_id) == 1
-    tickets = await database.fetchval(
-        "SELECT count(*) FROM travel.sandbox_tickets WHERE idempotency_key = $1", str(case_id)
-    )
-    assert tickets == 1
+    # The provider issued one ticket for the case, the one travel announced.
+    async with httpx.AsyncClient(base_url=infra.travel_url) as provider:
+        ticket = (await provider.get(f"/bookings/{case_id}")).json()
+    assert ticket["booking_id"] == event["data"]["booking_id"]
+
+
+async def test_travel_keeps_no_provider_table_and_no_names(database: asyncpg.Connection):
+    tables = await database.fetch("SELECT table_name FROM information_schema.tables WHERE table_schema = 'travel'")
+    assert "sandbox_tickets" not in {row["table_name"] for row in tables}

@@ -6,10 +6,12 @@ Joining the group again takes tansu about 18 s, hence `slow`. The unreadable-cas
 until the bug it shows is fixed, that case stalls the booking worker for good.
 """
 
+import json
 from collections.abc import Iterator
 from uuid import uuid4
 
 import asyncpg
+import httpx
 import pytest
 
 from tests.conftest import Infra
@@ -24,7 +26,7 @@ from tests.integration.helpers import (
     sealed_for,
     start_service,
 )
-from tests.support import ServiceRunner, envelope, eventually, outbound_and_dlq_topics
+from tests.support import ServiceRunner, TravelSandbox, envelope, eventually, outbound_and_dlq_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("failing_travel")]
 
@@ -33,18 +35,31 @@ OUTCOME_WAIT_SECONDS = 20.0
 
 
 @pytest.fixture(scope="module")
-def failing_travel(infra: Infra) -> Iterator[ServiceRunner]:
+def failing_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TravelSandbox]:
+    """A travel provider that answers every booking 503 and books nothing."""
+    provider = TravelSandbox(tmp_path_factory.mktemp("failing-travel") / "travel.sqlite3",
+                             HOMEWARD_SANDBOX_TRAVEL_FAILURE_RATE="1.0")  # fmt: skip
+    provider.start()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="module")
+def failing_travel(infra: Infra, failing_provider: TravelSandbox) -> Iterator[ServiceRunner]:
     yield from start_service(
         "travel",
         infra,
-        HOMEWARD_SANDBOX_TRAVEL_FAILURE_RATE="1.0",
+        HOMEWARD_TRAVEL_PROVIDER_URL=failing_provider.url,
+        HOMEWARD_TRAVEL_PROVIDER_ATTEMPTS_MAX="1",
         HOMEWARD_BOOKING_ATTEMPTS_MAX=str(ATTEMPTS_MAX),
         HOMEWARD_BOOKING_BACKOFF_BASE_MS="10",
         HOMEWARD_BOOKING_BACKOFF_MAX_MS="50",
     )
 
 
-async def test_booking_gives_up_after_the_configured_attempts(infra: Infra, database: asyncpg.Connection):
+async def test_booking_gives_up_after_the_configured_attempts(
+    infra: Infra, database: asyncpg.Connection, failing_provider: TravelSandbox
+):
     case_id = uuid4()
     sent = envelope(ACCEPTED, accepted(infra, case_id=case_id))
     async with Collector(infra.kafka_bootstrap, outbound_and_dlq_topics()) as kafka:
@@ -64,10 +79,13 @@ async def test_booking_gives_up_after_the_configured_attempts(infra: Infra, data
     assert (row["status"], row["attempts"]) == ("failed", ATTEMPTS_MAX)
     assert await outbox_count(database, "travel", BOOKING_FAILED, str(case_id)) == 1
     assert await outbox_count(database, "travel", BOOKED, str(case_id)) == 0
-    tickets = await database.fetchval(
-        "SELECT count(*) FROM travel.sandbox_tickets WHERE idempotency_key = $1", str(case_id)
-    )
-    assert tickets == 0
+    assert ["booking.fault_injected"] * ATTEMPTS_MAX == [
+        entry["event"]
+        for entry in (json.loads(line) for line in failing_provider.lines if line.startswith("{"))
+        if entry.get("key") == str(case_id)
+    ]
+    async with httpx.AsyncClient(base_url=failing_provider.url) as provider:
+        assert (await provider.get(f"/bookings/{case_id}")).status_code == 404
 
 
 async def test_a_case_whose_sealed_data_cannot_be_opened_does_not_stop_other_bookings(

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import typer
 
-from services.dlq_cli import since_moment
+from services.ops.dlq import since_moment
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

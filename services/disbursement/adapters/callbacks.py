@@ -19,7 +19,6 @@ from starlette.routing import BaseRoute, Route
 
 from services.disbursement import stipends
 from services.disbursement.adapters.provider import Payout
-from services.disbursement.handlers import apply_provider_status
 from services.runtime import signing
 from services.runtime.db import fetch_all
 from services.runtime.uow import UnitOfWork
@@ -97,7 +96,7 @@ class CallbackEndpoint:
                 event_type="payout.callback",
             ):
                 method = stipends.method_of(payment, self.data_key)
-                await apply_provider_status(uow, self.queries, payment, method, payout)
+                await stipends.apply_provider_status(uow, self.queries, payment, method, payout)
             await uow.flush()
         self.applied += 1
         return True

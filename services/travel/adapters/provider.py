@@ -1,18 +1,14 @@
-"""The travel-provider boundary, and a sandbox provider that behaves like a remote one."""
+"""The travel provider over HTTP (httpx), with bounded retries (stamina). The case id is the
+booking's idempotency key, so asking again after a timeout can only return the same ticket."""
 
-import random
-import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
-import asyncpg
+import httpx
+import stamina
 
-from services.runtime.db import load_queries
-
-SANDBOX_SQL = Path(__file__).parent / "sandbox_sql.sql"
-SANDBOX_CARRIERS = ("XH", "HW", "RT")
+CONNECT_TIMEOUT_SECONDS = 2.0
 
 
 class TransientProviderError(Exception):
@@ -42,54 +38,63 @@ class TravelProvider(Protocol):
         ...
 
 
-class SandboxTravelProvider:
-    """Keeps its tickets in its own table, as a remote provider keeps them on its side.
+def _ticket(document: dict[str, Any]) -> Ticket:
+    return Ticket(
+        booking_id=document["booking_id"],
+        carrier=document["carrier"],
+        flight_number=document["flight_number"],
+        origin_airport=document["origin_airport"],
+        destination_airport=document["destination_airport"],
+        scheduled_departure=datetime.fromisoformat(document["scheduled_departure"]),
+        scheduled_arrival=datetime.fromisoformat(document["scheduled_arrival"]),
+    )
 
-    It fails transiently at `failure_rate` before recording anything, like a provider
-    that timed out before doing the work.
-    """
 
+class HttpTravelProvider:
     def __init__(
-        self,
-        pool: asyncpg.Pool,
-        *,
-        failure_rate: float,
-        departure_delay: timedelta,
-        flight_duration: timedelta,
-        rng: random.Random | None = None,
+        self, base_url: str, *, timeout_seconds: float, attempts_max: int, backoff_initial_seconds: float
     ) -> None:
-        self.pool = pool
-        self.failure_rate = failure_rate
-        self.departure_delay = departure_delay
-        self.flight_duration = flight_duration
-        self.rng = rng or random.Random()
-        self.queries = load_queries(SANDBOX_SQL)
+        self.client = httpx.AsyncClient(
+            base_url=base_url, timeout=httpx.Timeout(timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS)
+        )
+        self.attempts_max = attempts_max
+        self.backoff_initial_seconds = backoff_initial_seconds
+
+    async def close(self) -> None:
+        await self.client.aclose()
 
     async def book(
         self, *, idempotency_key: str, traveler_name: str, origin_airport: str, destination_airport: str
     ) -> Ticket:
-        if self.rng.random() < self.failure_rate:
-            raise TransientProviderError("sandbox provider: injected transient failure")
-        carrier = self.rng.choice(SANDBOX_CARRIERS)
-        departure = datetime.now(UTC) + self.departure_delay
-        async with self.pool.acquire() as connection:
-            row = await self.queries.issue_ticket(
-                connection,
-                idempotency_key=idempotency_key,
-                booking_id=f"SBX-{secrets.token_hex(6).upper()}",
-                carrier=carrier,
-                flight_number=f"{carrier}{self.rng.randint(100, 9999)}",
-                origin_airport=origin_airport,
-                destination_airport=destination_airport,
-                scheduled_departure=departure,
-                scheduled_arrival=departure + self.flight_duration,
-            )
-        return Ticket(
-            booking_id=row["booking_id"],
-            carrier=row["carrier"],
-            flight_number=row["flight_number"],
-            origin_airport=row["origin_airport"],
-            destination_airport=row["destination_airport"],
-            scheduled_departure=row["scheduled_departure"],
-            scheduled_arrival=row["scheduled_arrival"],
+        """Books once per key. A timeout is retried like an outage: the key makes a repeat harmless.
+        After `attempts_max` tries the error goes to the booking worker, which schedules the case again."""
+        body = {"traveler_name": traveler_name, "origin_airport": origin_airport,
+                "destination_airport": destination_airport}  # fmt: skip
+        retrying = stamina.retry_context(
+            on=TransientProviderError,
+            attempts=self.attempts_max,
+            wait_initial=self.backoff_initial_seconds,
+            wait_max=self.backoff_initial_seconds * 16,
         )
+        async for attempt in retrying:
+            with attempt:
+                return await self._post(idempotency_key, body)
+        raise AssertionError("stamina either returns or raises")  # pragma: no cover
+
+    async def _post(self, key: str, body: dict[str, str]) -> Ticket:
+        try:
+            response = await self.client.post("/bookings", json=body, headers={"Idempotency-Key": key})
+        except httpx.TransportError as error:
+            raise TransientProviderError(f"travel provider unreachable or silent: {type(error).__name__}") from error
+        if response.status_code >= 500:
+            raise TransientProviderError(f"travel provider answered {response.status_code}")
+        if response.status_code in (200, 201):
+            return _ticket(response.json())
+        raise PermanentProviderError(f"travel provider refused the booking: {response.status_code} {_code(response)}")
+
+
+def _code(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", ""))
+    except ValueError:
+        return ""

@@ -17,16 +17,3 @@ CREATE TABLE bookings (
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX bookings_due ON bookings (next_attempt_at) WHERE status = 'pending';
-
--- The sandbox travel provider's own store: what a remote provider would keep on its side.
-CREATE TABLE sandbox_tickets (
-    idempotency_key     text        PRIMARY KEY,
-    booking_id          text        NOT NULL UNIQUE,
-    carrier             text        NOT NULL,
-    flight_number       text        NOT NULL,
-    origin_airport      text        NOT NULL,
-    destination_airport text        NOT NULL,
-    scheduled_departure timestamptz NOT NULL,
-    scheduled_arrival   timestamptz NOT NULL,
-    issued_at           timestamptz NOT NULL DEFAULT now()
-);

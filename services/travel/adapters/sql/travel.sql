@@ -3,28 +3,48 @@ INSERT INTO bookings (case_id, correlationid, cause_event_id, origin_airport, de
 VALUES (:case_id, :correlationid, :cause_event_id, :origin_airport, :destination_airport, :sealed)
 ON CONFLICT (case_id) DO NOTHING;
 
--- name: due_bookings
--- Locks the due requests so that two workers never book the same case at once.
-SELECT case_id, correlationid, cause_event_id, origin_airport, destination_airport, sealed, attempts
-FROM bookings
-WHERE status = 'pending' AND next_attempt_at <= now()
-ORDER BY next_attempt_at
-LIMIT :limit
-FOR UPDATE SKIP LOCKED;
+-- name: claim_due_bookings
+-- Takes the due requests for one pass, in a short transaction of its own: moving their next
+-- attempt past the lease keeps other workers off them while the provider is asked, with no
+-- transaction open. A worker that dies mid-pass leaves them due again when the lease ends, and
+-- the idempotency key (the case id) makes the repeated request return the same ticket.
+UPDATE bookings b
+SET next_attempt_at = now() + make_interval(secs => :lease_seconds), updated_at = now()
+FROM (
+    SELECT case_id FROM bookings
+    WHERE status = 'pending' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE b.case_id = due.case_id
+RETURNING b.case_id, b.correlationid, b.cause_event_id, b.origin_airport, b.destination_airport, b.sealed,
+          b.attempts;
 
--- name: mark_booked!
-UPDATE bookings
-SET status = 'booked', attempts = attempts + 1, booking_id = :booking_id,
-    flight_number = :flight_number, last_error = NULL, updated_at = now()
-WHERE case_id = :case_id;
+-- The outcomes below apply only to a request still pending: a late second answer (after a lease
+-- ran out) changes nothing and emits nothing.
+
+-- name: mark_booked$
+WITH booked AS (
+    UPDATE bookings
+    SET status = 'booked', attempts = attempts + 1, booking_id = :booking_id,
+        flight_number = :flight_number, last_error = NULL, updated_at = now()
+    WHERE case_id = :case_id AND status = 'pending'
+    RETURNING 1
+)
+SELECT count(*) FROM booked;
 
 -- name: schedule_retry!
 UPDATE bookings
 SET attempts = attempts + 1, last_error = :error,
     next_attempt_at = now() + make_interval(secs => :delay_seconds), updated_at = now()
-WHERE case_id = :case_id;
+WHERE case_id = :case_id AND status = 'pending';
 
--- name: mark_failed!
-UPDATE bookings
-SET status = 'failed', attempts = attempts + 1, last_error = :error, updated_at = now()
-WHERE case_id = :case_id;
+-- name: mark_failed$
+WITH failed AS (
+    UPDATE bookings
+    SET status = 'failed', attempts = attempts + 1, last_error = :error, updated_at = now()
+    WHERE case_id = :case_id AND status = 'pending'
+    RETURNING 1
+)
+SELECT count(*) FROM failed;

@@ -14,7 +14,6 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -22,8 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.table import Table
 
 from contracts.registry import PAYLOAD_TYPES, dlq_topic
-from services.ledger_cli import AsJson, StateDir, _emit, _locate
-from services.runtime.settings import SERVICE_NAMES, Settings
+from services.ops.common import AsJson, OpsSettings, StateDir, chosen_services, emit, locate, locate_kafka
 
 dlq_app = typer.Typer(
     help="Dead letters (list, replay), parked outbox rows (parked, unpark), record batches no consumer could read "
@@ -56,17 +54,6 @@ class DeadLetter:
     @property
     def name(self) -> str:
         return f"{self.partition}:{self.offset}"
-
-
-def _bootstrap(state_dir: Path | None) -> str:
-    from services.runtime.supervisor import Runtime
-
-    settings = Settings()
-    runtime = Runtime.read(state_dir or settings.state_dir)
-    bootstrap = settings.kafka_bootstrap or (runtime.kafka if runtime else None)
-    if not bootstrap:
-        raise typer.BadParameter("no running `homeward up` and HOMEWARD_KAFKA_BOOTSTRAP is not set; pass --state-dir")
-    return bootstrap
 
 
 def _topics(topic: str | None) -> list[str]:
@@ -137,7 +124,7 @@ def list_letters(
     as_json: AsJson = False,
 ) -> None:
     """Dead letters with their reason and age, oldest first."""
-    letters = asyncio.run(read_dead_letters(_bootstrap(state_dir), _topics(topic)))[:limit]
+    letters = asyncio.run(read_dead_letters(locate_kafka(state_dir), _topics(topic)))[:limit]
     rows = [{k: v for k, v in asdict(letter).items() if k != "value"} | {"name": letter.name} for letter in letters]
     table = Table(title=f"Dead letters ({len(letters)} shown)")
     for column in ("topic", "name", "code", "age", "envelope id", "detail"):
@@ -145,7 +132,7 @@ def list_letters(
     for letter in letters:
         table.add_row(letter.original_topic, letter.name, letter.error_code, f"{letter.age_seconds:,.0f} s",
                       letter.envelope_id or "-", letter.detail[:80])  # fmt: skip
-    _emit(as_json, rows, table)
+    emit(as_json, rows, table)
 
 
 @dlq_app.command()
@@ -157,7 +144,7 @@ def replay(
     state_dir: StateDir = None,
 ) -> None:
     """Send dead letters back to their original topic, bytes unchanged (safe to repeat)."""
-    bootstrap = _bootstrap(state_dir)
+    bootstrap = locate_kafka(state_dir)
 
     async def main() -> int:
         letters = await read_dead_letters(bootstrap, _topics(topic))
@@ -166,7 +153,7 @@ def replay(
             raise typer.BadParameter(f"no dead letter {letter_id!r} on {dlq_topic(topic.removesuffix('.dlq'))}")
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, enable_idempotence=False, acks="all",
-            compression_type=Settings().kafka_compression_type,
+            compression_type=OpsSettings().kafka_compression_type,
         )  # fmt: skip
         await producer.start()
         try:
@@ -181,14 +168,6 @@ def replay(
         return len(chosen)
 
     typer.echo(f"replayed {asyncio.run(main())} dead letter(s) to {topic.removesuffix('.dlq')}")
-
-
-def _services(service: str | None) -> tuple[str, ...]:
-    if service is None:
-        return SERVICE_NAMES
-    if service not in SERVICE_NAMES:
-        raise typer.BadParameter(f"unknown service {service!r}; one of: {', '.join(SERVICE_NAMES)}")
-    return (service,)
 
 
 async def read_each_service(
@@ -223,15 +202,15 @@ def parked(
 ) -> None:
     """Outbox rows the broker refused for good (e.g. larger than it accepts), oldest first: their
     events were never published, so their cases wait. Fix the cause, then `homeward dlq unpark`."""
-    database_url, _ = _locate(state_dir)
-    rows = asyncio.run(read_parked(database_url, _services(service), limit))
+    database_url, _ = locate(state_dir)
+    rows = asyncio.run(read_parked(database_url, chosen_services(service), limit))
     table = Table(title=f"Parked outbox rows ({len(rows)} shown)")
     for column in ("service", "id", "topic", "key", "parked at", "reason"):
         table.add_column(column)
     for row in rows:
         table.add_row(row["service"], str(row["id"]), row["topic"], row["key"],
                       f"{row['parked_at']:%Y-%m-%d %H:%M:%S}", (row["park_reason"] or "")[:80])  # fmt: skip
-    _emit(as_json, rows, table)
+    emit(as_json, rows, table)
 
 
 @dlq_app.command()
@@ -245,8 +224,8 @@ def unreadable(
     whose library it lacks, damaged bytes), newest first. Their records were never decoded, so
     they have no dead letter: ask their producer to send them again, or read those offsets with a
     client that has the codec (they stay on the broker until its retention) and publish them anew."""
-    database_url, _ = _locate(state_dir)
-    rows = asyncio.run(read_each_service(database_url, _services(service), "unreadable_batches", limit))
+    database_url, _ = locate(state_dir)
+    rows = asyncio.run(read_each_service(database_url, chosen_services(service), "unreadable_batches", limit))
     rows = sorted(rows, key=lambda row: row["last_seen_at"], reverse=True)[:limit]
     table = Table(title=f"Unreadable record batches ({len(rows)} shown)")
     for column in ("service", "topic", "partition", "offsets", "codec", "reason", "last seen", "times"):
@@ -255,7 +234,7 @@ def unreadable(
         table.add_row(row["service"], row["topic"], str(row["partition"]),
                       f"{row['first_offset']}-{row['last_offset']}", row["codec"], row["reason"],
                       f"{row['last_seen_at']:%Y-%m-%d %H:%M:%S}", str(row["times_seen"]))  # fmt: skip
-    _emit(as_json, rows, table)
+    emit(as_json, rows, table)
 
 
 @dlq_app.command()
@@ -270,8 +249,8 @@ def unpark(
     again, with the new reason."""
     if (row_id is None) == (not every):
         raise typer.BadParameter("name one row with --id, or pass --all")
-    database_url, _ = _locate(state_dir)
-    (schema,) = _services(service)
+    database_url, _ = locate(state_dir)
+    (schema,) = chosen_services(service)
 
     async def main() -> int:
         from services.runtime.db import connect, fetch_all, runtime_queries
@@ -318,8 +297,8 @@ def republish(
     if topic is not None and topic not in PAYLOAD_TYPES:
         raise typer.BadParameter(f"unknown topic {topic!r}; one of: {', '.join(PAYLOAD_TYPES)}")
     moment = since_moment(since, datetime.now(UTC))
-    database_url, _ = _locate(state_dir)
-    services = _services(service)
+    database_url, _ = locate(state_dir)
+    services = chosen_services(service)
 
     notes: list[str] = []
 
@@ -350,7 +329,7 @@ def republish(
         table.add_column(column)
     for row in counted:
         table.add_row(row["service"], row["topic"], f"{row['events']:,}")
-    _emit(as_json, {"since": moment, "dry_run": dry_run, "events": total, "by_topic": counted}, table)
+    emit(as_json, {"since": moment, "dry_run": dry_run, "events": total, "by_topic": counted}, table)
     if as_json:
         return
     for note in notes:

@@ -24,15 +24,15 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
-from services.demo import Demo, running_up
-from services.runtime.embedded import free_port
-from services.runtime.settings import Settings
-from services.runtime.supervisor import STATUS_FILE, Runtime
+from services.devstack.embedded import free_port
+from services.devstack.supervisor import STATUS_FILE, Runtime
+from services.ops.common import OpsSettings
+from services.ops.world import Demo, running_up
 
 # Fault drills: restart the database after the first kill, wipe the broker after the second.
 POSTGRES_RESTART_AFTER_KILLS = 1
 BROKER_WIPE_AFTER_KILLS = 2
-KILLABLE = ("registration", "travel", "arrival", "disbursement", "sandbox-payouts")
+KILLABLE = ("registration", "travel", "arrival", "disbursement", "sandbox-payouts", "sandbox-travel")
 WORLD_RETRY_SECONDS = 10.0
 RESEND_CONCURRENCY_MAX = 200
 RESEND_WAIT_SECONDS = 10.0
@@ -258,7 +258,7 @@ async def main(participants: int, kill_every: float, timeout_seconds: float, sta
         metadata_max_age_ms = int(CHAOS_ENV["HOMEWARD_KAFKA_METADATA_MAX_AGE_MS"])
         world = World(
             runtime, participants, console, rng,
-            metadata_max_age_ms=metadata_max_age_ms, compression_type=Settings().kafka_compression_type,
+            metadata_max_age_ms=metadata_max_age_ms, compression_type=OpsSettings().kafka_compression_type,
         )  # fmt: skip
         monkey = Monkey(runtime.pid, state, kill_every, rng)
         world.monkey = monkey

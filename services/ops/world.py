@@ -1,4 +1,5 @@
-"""`homeward demo`: a cohort of realistic participants through the public contract, end to end.
+"""The world around Homeward, for `homeward demo` and `homeward chaos`: a cohort of realistic
+participants through the public contract, end to end, and the `homeward up` it runs against.
 
 It plays the systems around Homeward: the participant app publishes registrations, and when a
 ticket is issued the carrier reports the landing and the app checks in (or a partner office
@@ -42,9 +43,8 @@ from contracts.events import (
     TravelBooked,
     TravelBookingFailed,
 )
+from services.devstack.supervisor import READY_PREFIX, Runtime
 from services.runtime.messages import build_envelope, encode
-from services.runtime.settings import Settings
-from services.runtime.supervisor import READY_PREFIX, Runtime
 
 UP_START_TIMEOUT_SECONDS = 180.0
 UP_STOP_SECONDS_MAX = 60.0
@@ -495,7 +495,7 @@ async def running_up(
     is stopped on the way out, so no database, broker or service is left running behind the command."""
     console.print(f"[bold]starting `homeward up` in {state_dir}…[/bold]")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "up", "--state-dir", str(state_dir), *arguments,
+        sys.executable, "-m", "services.ops.cli", "up", "--state-dir", str(state_dir), *arguments,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
     )  # fmt: skip
     drain: asyncio.Task[None] | None = None
@@ -563,32 +563,3 @@ async def stoppable(command: Coroutine[Any, Any, int]) -> int:
         return SIGTERM_EXIT_CODE
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
-
-
-async def main(settings: Settings, state_dir: Path, participants: int, timeout_seconds: float) -> int:
-    console = Console()
-    runtime = Runtime.read(state_dir)
-    if runtime is not None:
-        return await _demo(runtime, console, participants, timeout_seconds, settings)
-    async with running_up(state_dir, console) as started:
-        return await _demo(started, console, participants, timeout_seconds, settings)
-
-
-async def _demo(
-    runtime: Runtime, console: Console, participants: int, timeout_seconds: float, settings: Settings
-) -> int:
-    demo = Demo(
-        runtime, participants, console, random.Random(),
-        metadata_max_age_ms=settings.kafka_metadata_max_age_ms, compression_type=settings.kafka_compression_type,
-    )  # fmt: skip
-    wall = await demo.run(timeout_seconds)
-    if not demo.up_alive():
-        console.print("Start it again (`homeward up`, or let `homeward demo` start one) and rerun the demo.")
-        return 1
-    table, breaches = summarize(demo, wall, await read_ledger(runtime))
-    console.print(table)
-    for breach in breaches:
-        console.print(f"[red]breach:[/red] {breach}")
-    if not breaches:
-        console.print("[green]every eligible participant was paid exactly once[/green]")
-    return 1 if breaches else 0

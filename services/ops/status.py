@@ -8,13 +8,12 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Console
 from rich.table import Table
 
-from services.runtime.supervisor import STATUS_FILE, Runtime
+from services.devstack.supervisor import STATUS_FILE, Runtime
+from services.ops.common import console
 
 PROBE_TIMEOUT_SECONDS = 2.0
-PIPED_WIDTH = 160
 EVENT_OUTCOMES = ("applied", "duplicate", "dead_lettered")
 
 
@@ -85,6 +84,6 @@ def show(state_dir: Path, *, as_json: bool) -> int:
                           f"{uptime:,.0f} s" if uptime is not None else "-",
                           str(process.get("restarts", "-")), process["health"], *counts)  # fmt: skip
         table.caption = "events: inbound since the process started (its /metrics)"
-        Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(table)
+        console().print(table)
     healthy = {"ready", "ok", "running"}
     return 0 if all(process["health"] in healthy for process in processes) else 1

@@ -5,8 +5,6 @@ HOMEWARD_DATABASE_URL and HOMEWARD_PAYOUT_PROVIDER_URL; they print tables, or JS
 """
 
 import asyncio
-import json
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from decimal import Decimal, InvalidOperation
@@ -15,42 +13,23 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from services.runtime.settings import Settings
+from services.disbursement.settings import ProgramCurrency
+from services.ops.common import AsJson, StateDir, emit, locate
 
 ledger_app = typer.Typer(help="The stipend ledger: fund, balances, verify, reconcile.", no_args_is_help=True)
 
 T = TypeVar("T")
 RELEASE_BATCH_SIZE_MAX = 200
-PIPED_WIDTH = 160
 RELEASE_ROUNDS_MAX = 1000
-StateDir = Annotated[Path | None, typer.Option(help="State dir of a running `homeward up` [default .homeward]")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table")]
-
-
-def _locate(state_dir: Path | None) -> tuple[str, str | None]:
-    """The database URL and payout-provider URL: from the environment, else from a running `up`."""
-    from services.runtime.supervisor import Runtime
-
-    settings = Settings()
-    runtime = Runtime.read(state_dir or settings.state_dir)
-    database_url = settings.database_url or (runtime.database_url if runtime else None)
-    payouts = settings.payout_provider_url or (getattr(runtime, "payouts", None) if runtime else None)
-    if not database_url:
-        raise typer.BadParameter(
-            f"no running `homeward up` in {state_dir or settings.state_dir} and HOMEWARD_DATABASE_URL is not set; "
-            "start `homeward up` or pass --state-dir"
-        )
-    return database_url, payouts
 
 
 def _run(state_dir: Path | None, work: Callable[[Any, Any, str | None], Awaitable[T]]) -> T:
     from services.disbursement.app import queries
     from services.runtime.db import connect
 
-    database_url, payouts = _locate(state_dir)
+    database_url, payouts = locate(state_dir)
 
     async def main() -> T:
         import asyncpg
@@ -84,14 +63,6 @@ async def _provider_payouts(payouts_url: str | None) -> list[Any]:
         await provider.close()
 
 
-def _emit(as_json: bool, document: Any, table: Table | None) -> None:
-    if as_json:
-        typer.echo(json.dumps(document, indent=2, default=str))
-    elif table is not None:
-        # Piped output gets a wide console, so ids and amounts are not cut to fit 80 columns.
-        Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(table)
-
-
 @ledger_app.command()
 def fund(
     amount: Annotated[str, typer.Option(help="Amount to add to the program budget, e.g. 250000.00")],
@@ -108,7 +79,7 @@ def fund(
         raise typer.BadParameter(f"amount must be a decimal number such as 250000.00, not {amount!r}") from error
     if value <= 0:
         raise typer.BadParameter("amount must be positive")
-    currency = Settings().program_currency
+    currency = ProgramCurrency().program_currency
 
     async def work(connection: Any, named: Any, _: str | None) -> dict[str, Any]:
         async with connection.transaction():
@@ -128,7 +99,7 @@ def fund(
         table.add_column(key)
     columns = ("status", "transfer_id", "amount", "currency", "held_released", "code", "field")
     table.add_row(*("" if outcome.get(key) is None else str(outcome[key]) for key in columns))
-    _emit(as_json, outcome, table)
+    emit(as_json, outcome, table)
     if outcome["status"] == "refused":
         raise typer.Exit(1)
 
@@ -149,7 +120,7 @@ def balance(state_dir: StateDir = None, as_json: AsJson = False) -> None:
         table.add_row(account.code, account.currency, f"{account.posted:,.2f}", f"{account.debits_pending:,.2f}",
                       f"{account.credits_pending:,.2f}", f"{account.available:,.2f}")  # fmt: skip
     document = [{**asdict(a), "posted": str(a.posted), "available": str(a.available)} for a in accounts]
-    _emit(as_json, document, table)
+    emit(as_json, document, table)
 
 
 @ledger_app.command()
@@ -172,7 +143,7 @@ def verify(
     table.add_column("breach")
     for breach in breaches or ["none: the ledger is sound"]:
         table.add_row(breach)
-    _emit(as_json, {"clean": not breaches, "breaches": breaches}, table)
+    emit(as_json, {"clean": not breaches, "breaches": breaches}, table)
     raise typer.Exit(1 if breaches else 0)
 
 
@@ -194,5 +165,5 @@ def reconcile(state_dir: StateDir = None, as_json: AsJson = False) -> None:
     for kind in ("missing", "extra", "mismatched"):
         items = getattr(report, kind)
         table.add_row(kind, str(len(items)), ", ".join(items[:5]))
-    _emit(as_json, {"clean": report.clean, **asdict(report)}, table)
+    emit(as_json, {"clean": report.clean, **asdict(report)}, table)
     raise typer.Exit(0 if report.clean else 1)

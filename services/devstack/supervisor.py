@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 
 from contracts.registry import all_topics
+from services.devstack.embedded import EmbeddedKafka, EmbeddedPostgres, create_topics, free_port
+from services.devstack.settings import DevstackSettings
 from services.runtime import crypto
-from services.runtime.embedded import EmbeddedKafka, EmbeddedPostgres, create_topics, free_port
 from services.runtime.migrate import migrate
-from services.runtime.settings import SERVICE_NAMES, Settings
-from services.sandbox.payouts import LISTENING_PREFIX
+from services.runtime.settings import SERVICE_NAMES
 
 READY_TIMEOUT_SECONDS = 120.0
 READY_POLL_SECONDS = 0.1
@@ -34,7 +35,9 @@ CONSUMING_MARK = '"event": "service.consuming"'
 READY_PREFIX = "homeward ready"
 STATUS_FILE = "status.json"
 SANDBOX_PAYOUTS = "sandbox-payouts"
+SANDBOX_TRAVEL = "sandbox-travel"
 SANDBOX_READY_TIMEOUT_SECONDS = 30.0
+SANDBOX_PROBE_TIMEOUT_SECONDS = 1.0
 LOCALHOST = "127.0.0.1"
 
 # Which program secrets each service holds: arrival needs none, only registration derives identities.
@@ -45,8 +48,14 @@ SECRETS_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "disbursement": ("HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET"),
 }
 PROGRAM_SECRETS = ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET")
-# How disbursement reaches the payout provider and receives its callbacks; `up` sets these for it alone.
-PAYOUT_WIRING = ("HOMEWARD_PAYOUT_PROVIDER_URL", "HOMEWARD_PAYOUT_CALLBACK_URL", "HOMEWARD_HTTP_PORT")
+# How the services reach their providers and where callbacks arrive; `up` sets these itself, for
+# the one process that needs each.
+PROVIDER_WIRING = (
+    "HOMEWARD_PAYOUT_PROVIDER_URL",
+    "HOMEWARD_PAYOUT_CALLBACK_URL",
+    "HOMEWARD_TRAVEL_PROVIDER_URL",
+    "HOMEWARD_HTTP_PORT",
+)
 
 logger = structlog.get_logger("homeward.up")
 
@@ -59,8 +68,9 @@ class Runtime:
     kafka: str
     database_url: str
     state_dir: str
-    # Base URL of the sandbox payout provider; empty in a runtime.json written before it existed.
+    # Base URLs of the sandbox providers; empty in a runtime.json written before they existed.
     payouts: str = ""
+    travel: str = ""
 
     @staticmethod
     def path(state_dir: Path) -> Path:
@@ -129,13 +139,14 @@ class ServiceProcess:
     def command(self) -> tuple[str, ...]:
         return ("run", self.name)
 
-    def ready_mark(self) -> str:
+    def ready_mark(self) -> str | None:
+        """The log line that says the process is ready, or None when readiness is probed instead."""
         return CONSUMING_MARK
 
     async def start(self) -> None:
         self.consuming.clear()
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", *self.command(),
+            sys.executable, "-m", "services.ops.cli", *self.command(),
             env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         self.started_at = time.time()
@@ -145,12 +156,13 @@ class ServiceProcess:
         """Copies the process's output to its log file, in chunks (a line may be any length), and
         notices its ready mark. It never stops draining: a full pipe would freeze the process."""
         assert process.stdout is not None
-        marker, window = self.ready_mark().encode(), b""
+        mark = self.ready_mark()
+        marker, window = (mark or "").encode(), b""
         with self.log_path.open("ab") as log:
             while chunk := await process.stdout.read(PUMP_CHUNK_BYTES):
                 log.write(chunk)
                 log.flush()
-                if not self.consuming.is_set():
+                if mark is not None and not self.consuming.is_set():
                     window = (window + chunk)[-(len(chunk) + len(marker)) :]
                     if marker in window:
                         self.consuming.set()
@@ -168,18 +180,20 @@ class ServiceProcess:
 
 @dataclass
 class SandboxProcess(ServiceProcess):
-    """The sandbox payout provider, supervised like a service: `consuming` is set once it listens.
+    """A sandbox provider (`homeward sandbox KIND`), supervised like a service. It is ready once its
+    /health answers, as a load balancer would see it; `consuming` is set then.
 
-    A restart reuses the port and the store, so disbursement keeps reaching the same payouts."""
+    A restart reuses the port and the store, so the services keep reaching the same provider state."""
 
+    kind: str = ""
     port: int = 0
     store: Path = field(default_factory=Path)
 
     def command(self) -> tuple[str, ...]:
-        return ("sandbox", "payouts", "--port", str(self.port), "--store", str(self.store))
+        return ("sandbox", self.kind, "--port", str(self.port), "--store", str(self.store))
 
-    def ready_mark(self) -> str:
-        return LISTENING_PREFIX
+    def ready_mark(self) -> str | None:
+        return None
 
     @property
     def url(self) -> str:
@@ -188,9 +202,17 @@ class SandboxProcess(ServiceProcess):
     def status(self) -> dict[str, object]:
         return {**super().status(), "health_url": self.url}
 
+    async def answers(self) -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=SANDBOX_PROBE_TIMEOUT_SECONDS) as client:
+                response = await client.get(f"{self.url}/health")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
 
 class Supervisor:
-    def __init__(self, settings: Settings, *, state_dir: Path, kafka_port: int, partitions: int) -> None:
+    def __init__(self, settings: DevstackSettings, *, state_dir: Path, kafka_port: int, partitions: int) -> None:
         self.settings = settings
         self.state_dir = state_dir.resolve()
         self.kafka_port = kafka_port
@@ -198,7 +220,7 @@ class Supervisor:
         self.postgres: EmbeddedPostgres | None = None
         self.kafka: EmbeddedKafka | None = None
         self.services: list[ServiceProcess] = []
-        self.sandbox: SandboxProcess | None = None
+        self.sandboxes: list[SandboxProcess] = []
         self.stopping = asyncio.Event()
         self.drills: list[asyncio.Task[None]] = []
         self.announced = False
@@ -235,59 +257,66 @@ class Supervisor:
         await create_topics(bootstrap, all_topics(), self.partitions)
         for service in SERVICE_NAMES:
             await asyncio.to_thread(migrate, database_url, service)
-        sandbox, payout_wiring = await self._sandbox(secrets)
+        # Disbursement's HTTP port is where the payout sandbox sends its callbacks.
+        disbursement_port = free_port()
+        payouts, travel = await self._sandboxes(secrets, disbursement_port)
+        wiring = {
+            "disbursement": {"HOMEWARD_PAYOUT_PROVIDER_URL": payouts.url, "HOMEWARD_HTTP_PORT": str(disbursement_port)},
+            "travel": {"HOMEWARD_TRAVEL_PROVIDER_URL": travel.url},
+        }
         base_env = {**os.environ, "HOMEWARD_DATABASE_URL": database_url, "HOMEWARD_KAFKA_BOOTSTRAP": bootstrap}
-        for secret in (*PROGRAM_SECRETS, *PAYOUT_WIRING):
+        for secret in (*PROGRAM_SECRETS, *PROVIDER_WIRING):
             base_env.pop(secret, None)
         for name in SERVICE_NAMES:
-            port = payout_wiring["HOMEWARD_HTTP_PORT"] if name == "disbursement" else str(free_port())
-            wiring = payout_wiring if name == "disbursement" else {"HOMEWARD_HTTP_PORT": port}
-            env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}, **wiring}
-            process = ServiceProcess(name, env, self.state_dir / "logs" / f"{name}.log", http_port=int(port))
+            own = {"HOMEWARD_HTTP_PORT": str(free_port()), **wiring.get(name, {})}
+            env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}, **own}
+            log = self.state_dir / "logs" / f"{name}.log"
+            process = ServiceProcess(name, env, log, http_port=int(own["HOMEWARD_HTTP_PORT"]))
             await process.start()
             self.services.append(process)
         await self._wait_until_consuming()
         self._write_status()
-        runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir), sandbox.url)
+        runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir), payouts.url, travel.url)
         Runtime.path(self.state_dir).write_text(json.dumps(runtime.__dict__))
         self.announced = True
         ready = f"{READY_PREFIX} kafka={bootstrap} database={database_url} state_dir={self.state_dir}"
-        print(f"{ready} payouts={sandbox.url}", flush=True)
+        print(f"{ready} payouts={payouts.url} travel={travel.url}", flush=True)
 
-    async def _sandbox(self, secrets: dict[str, str]) -> tuple[SandboxProcess, dict[str, str]]:
-        """Starts the sandbox payout provider before the services and waits until it listens; returns
-        it and the variables that tell disbursement where it is and where its callbacks arrive.
-
-        It inherits the environment, so HOMEWARD_SANDBOX_PAYOUT_* fault settings reach it, but not
-        the program secrets: it holds only the key that signs its callbacks to disbursement."""
-        disbursement_port = free_port()
-        env = {
-            **os.environ,
+    async def _sandboxes(
+        self, secrets: dict[str, str], disbursement_port: int
+    ) -> tuple[SandboxProcess, SandboxProcess]:
+        """Starts the sandbox payout and travel providers before the services and waits until both
+        answer. They inherit the environment, so HOMEWARD_SANDBOX_* fault settings reach them, but
+        no program secret: the payout sandbox holds only the key that signs its callbacks."""
+        base = {key: value for key, value in os.environ.items() if key not in (*PROGRAM_SECRETS, *PROVIDER_WIRING)}
+        callbacks = {
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": secrets["HOMEWARD_PAYOUT_CALLBACK_SECRET"],
             "HOMEWARD_PAYOUT_CALLBACK_URL": f"http://{LOCALHOST}:{disbursement_port}/callbacks/payouts",
         }
-        for secret in ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY"):
-            env.pop(secret, None)
-        store = self.settings.sandbox_payout_store or self.state_dir / "sandbox" / "payouts.sqlite3"
-        self.sandbox = SandboxProcess(
-            SANDBOX_PAYOUTS,
-            env,
-            self.state_dir / "logs" / f"{SANDBOX_PAYOUTS}.log",
-            port=self.settings.sandbox_payout_port or free_port(),
-            store=store.resolve(),
-        )
-        await self.sandbox.start()
-        self.services.append(self.sandbox)
-        await self._wait_until_listening(self.sandbox)
-        wiring = {
-            "HOMEWARD_PAYOUT_PROVIDER_URL": self.sandbox.url,
-            "HOMEWARD_HTTP_PORT": str(disbursement_port),
-        }
-        return self.sandbox, wiring
+        sandbox_dir = self.state_dir / "sandbox"
+        payouts = self._sandbox(
+            SANDBOX_PAYOUTS, "payouts", {**base, **callbacks},
+            self.settings.sandbox_payout_port, self.settings.sandbox_payout_store or sandbox_dir / "payouts.sqlite3",
+        )  # fmt: skip
+        travel = self._sandbox(
+            SANDBOX_TRAVEL, "travel", base,
+            self.settings.sandbox_travel_port, self.settings.sandbox_travel_store or sandbox_dir / "travel.sqlite3",
+        )  # fmt: skip
+        for sandbox in (payouts, travel):
+            await sandbox.start()
+            self.services.append(sandbox)
+        await asyncio.gather(*(self._wait_until_listening(sandbox) for sandbox in (payouts, travel)))
+        return payouts, travel
+
+    def _sandbox(self, name: str, kind: str, env: dict[str, str], port: int, store: Path) -> SandboxProcess:
+        log = self.state_dir / "logs" / f"{name}.log"
+        sandbox = SandboxProcess(name, env, log, kind=kind, port=port or free_port(), store=store.resolve())
+        self.sandboxes.append(sandbox)
+        return sandbox
 
     async def _wait_until_listening(self, sandbox: SandboxProcess) -> None:
         deadline = time.monotonic() + SANDBOX_READY_TIMEOUT_SECONDS
-        while not sandbox.consuming.is_set():
+        while not await sandbox.answers():
             assert sandbox.process is not None
             if sandbox.process.returncode is not None:
                 raise RuntimeError(
@@ -297,6 +326,7 @@ class Supervisor:
             if time.monotonic() > deadline or self.stopping.is_set():
                 raise RuntimeError(f"{sandbox.name} not listening after {SANDBOX_READY_TIMEOUT_SECONDS:.0f} s")
             await asyncio.sleep(READY_POLL_SECONDS)
+        sandbox.consuming.set()
 
     async def _database(self) -> str:
         if self.settings.database_url:
@@ -391,11 +421,10 @@ class Supervisor:
         _write_private(self.state_dir / STATUS_FILE, json.dumps(status))
 
     async def _stop(self) -> None:
-        # The payout provider stops last, so that a payout in flight at shutdown still gets its answer.
-        services = [service for service in self.services if service is not self.sandbox]
+        # The providers stop last, so that a payout or booking in flight at shutdown still gets its answer.
+        services = [service for service in self.services if service not in self.sandboxes]
         await asyncio.gather(*(service.stop() for service in services), return_exceptions=True)
-        if self.sandbox is not None:
-            await self.sandbox.stop()
+        await asyncio.gather(*(sandbox.stop() for sandbox in self.sandboxes), return_exceptions=True)
         for server in (self.kafka, self.postgres):
             if server is not None:
                 await asyncio.to_thread(server.stop)

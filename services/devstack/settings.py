@@ -1,0 +1,21 @@
+"""What `homeward up` reads: where the database and broker are (unset: embedded), where it keeps
+its state, how many partitions its topics get, and where the sandbox providers listen and store."""
+
+from pathlib import Path
+
+from pydantic import Field
+
+from services.runtime.settings import Infrastructure, StateDirectory
+
+
+class DevstackSettings(Infrastructure, StateDirectory):
+    kafka_port: int = Field(default=19092, description="Port of the embedded broker")
+    topic_partitions: int = Field(default=12, ge=1, le=1024, description="Partitions per topic created by `up`")
+    sandbox_payout_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the sandbox payout provider; 0 picks a free one"
+    )
+    sandbox_payout_store: Path | None = Field(default=None, description="SQLite file of the sandbox payout provider")
+    sandbox_travel_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the sandbox travel provider; 0 picks a free one"
+    )
+    sandbox_travel_store: Path | None = Field(default=None, description="SQLite file of the sandbox travel provider")

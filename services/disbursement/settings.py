@@ -1,0 +1,32 @@
+"""What only disbursement reads: the program's money, the payout provider and its signed callbacks."""
+
+from decimal import Decimal
+
+from pydantic import Field
+
+from services.runtime.settings import HomewardSettings, PayoutCallbacks, SealedData, ServiceSettings
+
+
+class ProgramCurrency(HomewardSettings):
+    """The program's currency; `homeward ledger fund` reads it too."""
+
+    program_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+
+
+class ProgramSettings(ProgramCurrency):
+    """The program's money."""
+
+    program_amount: Decimal = Field(default=Decimal("1000.00"), description="Stipend per verified arrival")
+    program_budget: Decimal = Field(
+        default=Decimal("10000000.00"), description="Budget funded once when the ledger is created"
+    )
+
+
+class DisbursementSettings(ServiceSettings, SealedData, PayoutCallbacks, ProgramSettings):
+    payout_provider_url: str | None = Field(
+        default=None, description="Base URL of the payout provider, e.g. http://127.0.0.1:8090"
+    )
+    payout_timeout_ms: int = Field(default=2_000, ge=1, description="How long disbursement waits for a payout answer")
+    payout_attempts_max: int = Field(default=4, ge=1, le=20, description="Payout tries per pass before leaving it")
+    payout_backoff_initial_ms: int = Field(default=100, ge=1, description="First pause between payout tries")
+    callback_tolerance_seconds: int = Field(default=300, ge=1, description="Oldest signed callback accepted")

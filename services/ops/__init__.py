@@ -1,0 +1,1 @@
+"""The `homeward` command: one module per command group, sharing helpers through `common`."""

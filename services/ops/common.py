@@ -1,0 +1,83 @@
+"""What the operator commands share: the options every command takes, where a running
+`homeward up` (or the configured database, broker and providers) is, and table/JSON output."""
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import Field
+from rich.console import Console
+from rich.table import Table
+
+from services.devstack.supervisor import Runtime
+from services.runtime.settings import SERVICE_NAMES, Infrastructure, KafkaClients, StateDirectory
+
+PIPED_WIDTH = 160
+"""Piped output gets a wide console, so ids and amounts are not cut to fit 80 columns."""
+
+
+class OpsSettings(Infrastructure, KafkaClients, StateDirectory):
+    """What the operator commands read; unset database, broker and provider come from a running `up`."""
+
+    payout_provider_url: str | None = Field(default=None, description="Base URL of the payout provider")
+
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="State dir of `homeward up`: where it keeps PostgreSQL data, secrets and logs "
+        "[env: HOMEWARD_STATE_DIR; default .homeward]"
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table")]
+
+
+def console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+
+
+def emit(as_json: bool, document: Any, table: Table | None) -> None:
+    """Prints `document` as JSON for scripts, or `table` for people."""
+    if as_json:
+        typer.echo(json.dumps(document, indent=2, default=str))
+    elif table is not None:
+        console().print(table)
+
+
+def running(state_dir: Path | None) -> Runtime | None:
+    """The `homeward up` running in `state_dir` (default: HOMEWARD_STATE_DIR), if any."""
+    return Runtime.read(state_dir or OpsSettings().state_dir)
+
+
+def locate(state_dir: Path | None) -> tuple[str, str | None]:
+    """The database URL and payout-provider URL: from the environment, else from a running `up`."""
+    settings = OpsSettings()
+    runtime = running(state_dir)
+    database_url = settings.database_url or (runtime.database_url if runtime else None)
+    payouts = settings.payout_provider_url or (runtime.payouts if runtime else None) or None
+    if not database_url:
+        raise typer.BadParameter(
+            f"no running `homeward up` in {state_dir or settings.state_dir} and HOMEWARD_DATABASE_URL is not set; "
+            "start `homeward up` or pass --state-dir"
+        )
+    return database_url, payouts
+
+
+def locate_kafka(state_dir: Path | None) -> str:
+    """The Kafka bootstrap servers: from the environment, else from a running `up`."""
+    runtime = running(state_dir)
+    found = OpsSettings().kafka_bootstrap or (runtime.kafka if runtime else None)
+    if not found:
+        raise typer.BadParameter("no running `homeward up` and HOMEWARD_KAFKA_BOOTSTRAP is not set; pass --state-dir")
+    return found
+
+
+def chosen_services(service: str | None) -> tuple[str, ...]:
+    """The services a `--service` option names: that one, or all four."""
+    if service is None:
+        return SERVICE_NAMES
+    if service not in SERVICE_NAMES:
+        raise typer.BadParameter(f"unknown service {service!r}; one of: {', '.join(SERVICE_NAMES)}")
+    return (service,)

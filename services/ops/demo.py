@@ -1,0 +1,40 @@
+"""`homeward demo`: a cohort of realistic participants through the public contract, end to end,
+then what Homeward decided and paid, and every breach of the payment rules it can see."""
+
+import random
+from pathlib import Path
+
+from rich.console import Console
+
+from services.devstack.supervisor import Runtime
+from services.ops.common import OpsSettings
+from services.ops.world import Demo, read_ledger, running_up, summarize
+
+
+async def main(settings: OpsSettings, state_dir: Path, participants: int, timeout_seconds: float) -> int:
+    console = Console()
+    runtime = Runtime.read(state_dir)
+    if runtime is not None:
+        return await _demo(runtime, console, participants, timeout_seconds, settings)
+    async with running_up(state_dir, console) as started:
+        return await _demo(started, console, participants, timeout_seconds, settings)
+
+
+async def _demo(
+    runtime: Runtime, console: Console, participants: int, timeout_seconds: float, settings: OpsSettings
+) -> int:
+    demo = Demo(
+        runtime, participants, console, random.Random(),
+        metadata_max_age_ms=settings.kafka_metadata_max_age_ms, compression_type=settings.kafka_compression_type,
+    )  # fmt: skip
+    wall = await demo.run(timeout_seconds)
+    if not demo.up_alive():
+        console.print("Start it again (`homeward up`, or let `homeward demo` start one) and rerun the demo.")
+        return 1
+    table, breaches = summarize(demo, wall, await read_ledger(runtime))
+    console.print(table)
+    for breach in breaches:
+        console.print(f"[red]breach:[/red] {breach}")
+    if not breaches:
+        console.print("[green]every eligible participant was paid exactly once[/green]")
+    return 1 if breaches else 0

@@ -1,0 +1,27 @@
+-- The sandbox travel provider's own store (SQLite), loaded by aiosql's sqlite3 driver. It keeps
+-- tickets, not travellers: the name a booking carries is checked and forgotten.
+-- Ticket columns are always selected in the order of Ticket's fields.
+
+-- name: create_schema#
+CREATE TABLE IF NOT EXISTS tickets (
+    idempotency_key TEXT PRIMARY KEY,
+    booking_id TEXT NOT NULL UNIQUE,
+    carrier TEXT NOT NULL,
+    flight_number TEXT NOT NULL,
+    origin_airport TEXT NOT NULL,
+    destination_airport TEXT NOT NULL,
+    scheduled_departure TEXT NOT NULL,
+    scheduled_arrival TEXT NOT NULL,
+    issued_at TEXT NOT NULL
+);
+
+-- name: ticket^
+SELECT idempotency_key, booking_id, carrier, flight_number, origin_airport, destination_airport,
+       scheduled_departure, scheduled_arrival, issued_at
+FROM tickets WHERE idempotency_key = :key;
+
+-- name: insert_ticket!
+INSERT INTO tickets (idempotency_key, booking_id, carrier, flight_number, origin_airport, destination_airport,
+                     scheduled_departure, scheduled_arrival, issued_at)
+VALUES (:key, :booking_id, :carrier, :flight_number, :origin_airport, :destination_airport,
+        :scheduled_departure, :scheduled_arrival, :issued_at);
