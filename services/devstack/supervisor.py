@@ -38,6 +38,10 @@ SANDBOX_PAYOUTS = "sandbox-payouts"
 SANDBOX_TRAVEL = "sandbox-travel"
 SANDBOX_READY_TIMEOUT_SECONDS = 30.0
 SANDBOX_PROBE_TIMEOUT_SECONDS = 1.0
+# What `homeward sandbox KIND` prints once it accepts connections (its --help says so). The line
+# proves this child bound the port; the /health probe then proves it answers.
+SANDBOX_LISTENING_MARK = " listening on http://"
+SANDBOX_SETTINGS = ("HOMEWARD_LOG_LEVEL", "HOMEWARD_HTTP_HOST")
 LOCALHOST = "127.0.0.1"
 
 # Which program secrets each service holds: arrival needs none, only registration derives identities.
@@ -139,8 +143,8 @@ class ServiceProcess:
     def command(self) -> tuple[str, ...]:
         return ("run", self.name)
 
-    def ready_mark(self) -> str | None:
-        """The log line that says the process is ready, or None when readiness is probed instead."""
+    def ready_mark(self) -> str:
+        """What the process writes once it is ready."""
         return CONSUMING_MARK
 
     async def start(self) -> None:
@@ -156,13 +160,12 @@ class ServiceProcess:
         """Copies the process's output to its log file, in chunks (a line may be any length), and
         notices its ready mark. It never stops draining: a full pipe would freeze the process."""
         assert process.stdout is not None
-        mark = self.ready_mark()
-        marker, window = (mark or "").encode(), b""
+        marker, window = self.ready_mark().encode(), b""
         with self.log_path.open("ab") as log:
             while chunk := await process.stdout.read(PUMP_CHUNK_BYTES):
                 log.write(chunk)
                 log.flush()
-                if mark is not None and not self.consuming.is_set():
+                if not self.consuming.is_set():
                     window = (window + chunk)[-(len(chunk) + len(marker)) :]
                     if marker in window:
                         self.consuming.set()
@@ -180,8 +183,8 @@ class ServiceProcess:
 
 @dataclass
 class SandboxProcess(ServiceProcess):
-    """A sandbox provider (`homeward sandbox KIND`), supervised like a service. It is ready once its
-    /health answers, as a load balancer would see it; `consuming` is set then.
+    """A sandbox provider (`homeward sandbox KIND`), supervised like a service. It is ready once it
+    says it listens and its /health answers, as a load balancer would see it.
 
     A restart reuses the port and the store, so the services keep reaching the same provider state."""
 
@@ -192,8 +195,8 @@ class SandboxProcess(ServiceProcess):
     def command(self) -> tuple[str, ...]:
         return ("sandbox", self.kind, "--port", str(self.port), "--store", str(self.store))
 
-    def ready_mark(self) -> str | None:
-        return None
+    def ready_mark(self) -> str:
+        return SANDBOX_LISTENING_MARK
 
     @property
     def url(self) -> str:
@@ -209,6 +212,16 @@ class SandboxProcess(ServiceProcess):
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+
+
+def _for_sandboxes(variable: str) -> bool:
+    """What a sandbox provider is handed of `up`'s environment: its own HOMEWARD_SANDBOX_* settings,
+    the log level and listening interface, and nothing else of Homeward's (no database URL, no secret)."""
+    return (
+        not variable.startswith("HOMEWARD_")
+        or variable.startswith("HOMEWARD_SANDBOX_")
+        or (variable in SANDBOX_SETTINGS)
+    )
 
 
 class Supervisor:
@@ -288,7 +301,7 @@ class Supervisor:
         """Starts the sandbox payout and travel providers before the services and waits until both
         answer. They inherit the environment, so HOMEWARD_SANDBOX_* fault settings reach them, but
         no program secret: the payout sandbox holds only the key that signs its callbacks."""
-        base = {key: value for key, value in os.environ.items() if key not in (*PROGRAM_SECRETS, *PROVIDER_WIRING)}
+        base = {key: value for key, value in os.environ.items() if _for_sandboxes(key)}
         callbacks = {
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": secrets["HOMEWARD_PAYOUT_CALLBACK_SECRET"],
             "HOMEWARD_PAYOUT_CALLBACK_URL": f"http://{LOCALHOST}:{disbursement_port}/callbacks/payouts",
@@ -316,7 +329,7 @@ class Supervisor:
 
     async def _wait_until_listening(self, sandbox: SandboxProcess) -> None:
         deadline = time.monotonic() + SANDBOX_READY_TIMEOUT_SECONDS
-        while not await sandbox.answers():
+        while not (sandbox.consuming.is_set() and await sandbox.answers()):
             assert sandbox.process is not None
             if sandbox.process.returncode is not None:
                 raise RuntimeError(
@@ -326,7 +339,6 @@ class Supervisor:
             if time.monotonic() > deadline or self.stopping.is_set():
                 raise RuntimeError(f"{sandbox.name} not listening after {SANDBOX_READY_TIMEOUT_SECONDS:.0f} s")
             await asyncio.sleep(READY_POLL_SECONDS)
-        sandbox.consuming.set()
 
     async def _database(self) -> str:
         if self.settings.database_url:

@@ -19,7 +19,7 @@ range in pyproject.toml and by the unit tests of this module).
 """
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +27,15 @@ from typing import Any
 import structlog
 from aiokafka import codec
 from aiokafka.consumer import fetcher
+from aiokafka.errors import CorruptRecordException
 
 from services.runtime import metrics
 
 PENDING_REPORTS_MAX = 10_000
 """Skips waiting to be written to the database; past this the oldest go (still logged and counted)."""
+REPORTED_KEYS_MAX = 10_000
+"""Batches this process remembers having reported: a rewind (a batch retried after a failed
+transaction) fetches the same batch again, and that is the same occurrence, not a new one."""
 
 CODEC_MASK = 0x07
 CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
@@ -62,6 +66,7 @@ class UnreadableBatch:
 
 
 _pending: deque[UnreadableBatch] = deque(maxlen=PENDING_REPORTS_MAX)
+_reported: OrderedDict[tuple[str, int, int], None] = OrderedDict()
 _pending_lock = threading.Lock()
 
 
@@ -74,9 +79,22 @@ def drain() -> list[UnreadableBatch]:
 
 
 def requeue(batches: list[UnreadableBatch]) -> None:
-    """Puts back skips that could not be recorded (the database was away), ahead of newer ones."""
+    """Puts back skips that could not be recorded (the database was away), ahead of newer ones;
+    if that is more than the queue holds, the oldest go."""
+    global _pending
     with _pending_lock:
-        _pending.extendleft(reversed(batches))
+        _pending = deque([*batches, *_pending], maxlen=PENDING_REPORTS_MAX)
+
+
+def _first_report(key: tuple[str, int, int]) -> bool:
+    """Whether this process has not reported the batch at `key` before (and remembers it now)."""
+    with _pending_lock:
+        if key in _reported:
+            return False
+        _reported[key] = None
+        if len(_reported) > REPORTED_KEYS_MAX:
+            _reported.popitem(last=False)
+        return True
 
 
 def _codec_name(batch: Any) -> str:
@@ -85,6 +103,8 @@ def _codec_name(batch: Any) -> str:
 
 
 def _report(tp: Any, batch: Any, reason: str, detail: str) -> None:
+    if not _first_report((tp.topic, tp.partition, batch.base_offset)):
+        return
     skipped = UnreadableBatch(
         topic=tp.topic,
         partition=tp.partition,
@@ -118,15 +138,23 @@ class _GuardedBatch:
     def __init__(self, tp: Any, batch: Any) -> None:
         self._batch = batch
         self._records: list[Any] = []
+        self._error: Exception | None = None
         self.unreadable = False
-        if batch.is_control_batch:
-            self._crc_valid = bool(batch.validate_crc())
+        # Message formats v0 and v1 (before Kafka 0.11) carry no batch header to step by; they
+        # pass through unguarded, as aiokafka reads them.
+        self._legacy = not hasattr(batch, "base_offset")
+        if self._legacy or batch.is_control_batch:
+            self._crc_valid = self._legacy or bool(batch.validate_crc())
             return
         reason, detail = self._problem()
-        if reason is not None and batch.next_offset > batch.base_offset:
-            # An end offset at or before the start cannot be trusted to move forward: let aiokafka raise.
-            self.unreadable = True
-            _report(tp, batch, reason, detail)
+        if reason is None:
+            return
+        if batch.next_offset <= batch.base_offset:
+            # No end to step to: the batch is refused as aiokafka refuses it, not dropped as empty.
+            self._error = CorruptRecordException(f"{detail}; the batch's end offset cannot be trusted")
+            return
+        self.unreadable = True
+        _report(tp, batch, reason, detail)
 
     def _problem(self) -> tuple[str | None, str]:
         # aiokafka's C batch checks its CRC only before iteration, so the answer is kept for later.
@@ -144,6 +172,8 @@ class _GuardedBatch:
         return None, ""
 
     def validate_crc(self) -> bool:
+        if self._legacy:
+            return bool(self._batch.validate_crc())
         return self.unreadable or self._crc_valid
 
     @property
@@ -155,8 +185,10 @@ class _GuardedBatch:
         return None if self.unreadable else self._batch.producer_id
 
     def __iter__(self) -> Iterator[Any]:
-        if self._batch.is_control_batch:
+        if self._legacy or self._batch.is_control_batch:
             return iter(self._batch)
+        if self._error is not None:
+            raise self._error
         return iter(self._records)
 
     def __next__(self) -> Any:
@@ -202,7 +234,8 @@ def installed() -> bool:
 
 async def record(pool: Any, runtime_queries: Any) -> int:
     """Writes the skips seen so far to the service's `unreadable_batches` table; one worker step."""
-    batches = drain()
+    # One row per batch in a statement: ON CONFLICT cannot touch the same row twice.
+    batches = list({(batch.topic, batch.partition, batch.first_offset): batch for batch in drain()}.values())
     if not batches:
         return 0
     try:

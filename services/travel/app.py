@@ -20,8 +20,7 @@ SQL = Path(__file__).parent / "adapters" / "sql"
 
 SETTINGS = TravelSettings
 BOOKING_LEASE_MARGIN_SECONDS = 30.0
-"""Beyond the longest a provider call can take (its timeout times its tries), before a claimed
-request is taken up again by another pass."""
+"""Beyond the longest a whole booking pass can take, before its requests are taken up again."""
 
 
 def travel_provider(settings: TravelSettings) -> HttpTravelProvider:
@@ -51,8 +50,8 @@ def build(settings: TravelSettings, pool: asyncpg.Pool) -> ServiceDefinition:
             attempts_max=settings.booking_attempts_max,
             backoff_base_ms=settings.booking_backoff_base_ms,
             backoff_max_ms=settings.booking_backoff_max_ms,
-            lease_seconds=settings.travel_provider_timeout_ms / 1000 * settings.travel_provider_attempts_max
-            + BOOKING_LEASE_MARGIN_SECONDS,
+            call_seconds_max=settings.travel_provider_timeout_ms / 1000 * settings.travel_provider_attempts_max,
+            lease_margin_seconds=BOOKING_LEASE_MARGIN_SECONDS,
         ),
         batch_size_max=settings.worker_batch_size_max,
         concurrency_max=settings.worker_concurrency_max,

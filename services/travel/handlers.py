@@ -4,9 +4,11 @@ import asyncio
 import random
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID, uuid4
 
 import asyncpg
 import structlog
+from pydantic import ValidationError
 
 from contracts.envelope import Envelope
 from contracts.events import RegistrationAccepted, TravelBooked, TravelBookingFailed
@@ -44,8 +46,9 @@ class RetryPolicy:
     attempts_max: int
     backoff_base_ms: int
     backoff_max_ms: int
-    lease_seconds: float
-    """How long a claimed request is left alone while the provider is asked (longer than any call)."""
+    call_seconds_max: float
+    """The longest one booking call can take (the provider's timeout times its tries)."""
+    lease_margin_seconds: float
 
 
 @dataclass
@@ -64,10 +67,11 @@ class BookingWorker:
     rng: random.Random
 
     async def book_due(self) -> int:
+        lease_id = uuid4()
         async with self.pool.acquire() as connection, connection.transaction():
             due = await fetch_all(
                 self.queries.claim_due_bookings(
-                    connection, limit=self.batch_size_max, lease_seconds=self.policy.lease_seconds
+                    connection, limit=self.batch_size_max, lease_seconds=self.lease_seconds(), lease_id=lease_id
                 )
             )
         if not due:
@@ -82,11 +86,16 @@ class BookingWorker:
                     correlationid=str(request["correlationid"]),
                     event_type=TravelBooked.TOPIC,
                 ):
-                    await self._record(uow, request, outcome)
+                    await self._record(uow, request, outcome, lease_id)
             await uow.flush()
         return len(due)
 
-    async def _attempt(self, request: Any, limiter: asyncio.Semaphore) -> Ticket | Exception:
+    def lease_seconds(self) -> float:
+        """Long enough for a whole pass: every wave of `concurrency_max` calls, each at its longest."""
+        waves = -(-self.batch_size_max // self.concurrency_max)
+        return self.policy.call_seconds_max * waves + self.policy.lease_margin_seconds
+
+    async def _attempt(self, request: Any, limiter: asyncio.Semaphore) -> TravelBooked | Exception:
         try:
             traveler = crypto.unseal(self.data_key, request["sealed"], bound_to=str(request["case_id"]))
         except crypto.UNSEAL_ERRORS:
@@ -94,7 +103,7 @@ class BookingWorker:
             return PermanentProviderError("traveler data cannot be opened with this data key")
         async with limiter:
             try:
-                return await self.provider.book(
+                ticket = await self.provider.book(
                     idempotency_key=str(request["case_id"]),
                     traveler_name=f"{traveler['given_name']} {traveler['family_name']}",
                     origin_airport=request["origin_airport"],
@@ -102,22 +111,29 @@ class BookingWorker:
                 )
             except (TransientProviderError, PermanentProviderError, TimeoutError, OSError) as error:
                 return error
+        try:
+            return _booked(request["case_id"], ticket)
+        except ValidationError as error:
+            # One odd ticket fails its own case (after its retries), never the rest of the pass.
+            fields = ", ".join(".".join(map(str, problem["loc"])) for problem in error.errors(include_input=False))
+            return TransientProviderError(f"the provider's ticket does not fit travel.booked.v1: {fields}")
 
-    async def _record(self, uow: UnitOfWork, request: Any, outcome: Ticket | Exception) -> None:
+    async def _record(self, uow: UnitOfWork, request: Any, outcome: TravelBooked | Exception, lease_id: UUID) -> None:
         case_id, attempts = request["case_id"], request["attempts"] + 1
         correlation = {"correlationid": request["correlationid"], "causationid": request["cause_event_id"]}
-        if isinstance(outcome, Ticket):
+        held = {"case_id": case_id, "lease_id": lease_id}
+        if isinstance(outcome, TravelBooked):
             booked = await self.queries.mark_booked(
-                uow.connection, case_id=case_id, booking_id=outcome.booking_id, flight_number=outcome.flight_number
+                uow.connection, **held, booking_id=outcome.booking_id, flight_number=outcome.flight_number
             )
             if booked:
-                uow.emit(_booked(case_id, outcome), **correlation)
+                uow.emit(outcome, **correlation)
                 logger.info("travel.booked", attempts=attempts)
             return
         reason = f"{type(outcome).__name__}: {outcome}"
         permanent = isinstance(outcome, PermanentProviderError)
         if permanent or domain.gives_up(attempts, attempts_max=self.policy.attempts_max):
-            if await self.queries.mark_failed(uow.connection, case_id=case_id, error=reason):
+            if await self.queries.mark_failed(uow.connection, **held, error=reason):
                 failed = TravelBookingFailed(case_id=case_id, reason=reason, attempts=attempts, failed_at=now())
                 uow.emit(failed, **correlation)
                 logger.warning("travel.booking_failed", attempts=attempts, reason=reason)
@@ -125,7 +141,7 @@ class BookingWorker:
         delay = domain.retry_delay_seconds(
             attempts, base_ms=self.policy.backoff_base_ms, max_ms=self.policy.backoff_max_ms, rng=self.rng
         )
-        await self.queries.schedule_retry(uow.connection, case_id=case_id, error=reason, delay_seconds=delay)
+        await self.queries.schedule_retry(uow.connection, **held, error=reason, delay_seconds=delay)
         logger.info("travel.booking_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 3))
 
 

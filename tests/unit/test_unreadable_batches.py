@@ -52,8 +52,10 @@ def unpack(raw: bytes, *, check_crcs: bool = True) -> tuple[list[bytes], int]:
 def guarded() -> Iterator[None]:
     unreadable.install()
     unreadable.drain()
+    unreadable._reported.clear()
     yield
     unreadable.drain()
+    unreadable._reported.clear()
 
 
 def hide_cramjam(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,3 +139,21 @@ def test_install_is_idempotent():
     unreadable.install()
     assert unreadable.installed()
     assert fetcher.PartitionRecords.__mro__[1] is unreadable._UNGUARDED
+
+
+def test_a_batch_fetched_again_after_a_rewind_is_reported_once(monkeypatch: pytest.MonkeyPatch):
+    """A failed transaction rewinds the partition, so the same batch comes back: the same occurrence."""
+    raw = batch(0, 1, "none") + batch(1, 2, "lz4") + batch(3, 1, "none")
+    hide_cramjam(monkeypatch)
+    assert unpack(raw) == unpack(raw) == (values(0, 0) + values(3, 3), 4)
+    assert [skipped.first_offset for skipped in unreadable.drain()] == [1]
+
+
+def test_put_back_skips_beyond_the_bound_drop_the_oldest(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(unreadable, "_pending", unreadable.deque(maxlen=3))
+    monkeypatch.setattr(unreadable, "PENDING_REPORTS_MAX", 3)
+    older = [unreadable.UnreadableBatch("t", 0, offset, offset, "lz4", "codec_unavailable", "") for offset in (0, 1)]
+    newer = [unreadable.UnreadableBatch("t", 0, offset, offset, "lz4", "codec_unavailable", "") for offset in (2, 3)]
+    unreadable._pending.extend(newer)
+    unreadable.requeue(older)
+    assert [skipped.first_offset for skipped in unreadable.drain()] == [1, 2, 3]

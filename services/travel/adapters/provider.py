@@ -89,7 +89,11 @@ class HttpTravelProvider:
         if response.status_code >= 500:
             raise TransientProviderError(f"travel provider answered {response.status_code}")
         if response.status_code in (200, 201):
-            return _ticket(response.json())
+            try:
+                return _ticket(response.json())
+            except (ValueError, KeyError, TypeError) as error:
+                # Asking again with the same key returns the same ticket, perhaps readable then.
+                raise TransientProviderError(f"travel provider's answer unreadable: {type(error).__name__}") from error
         raise PermanentProviderError(f"travel provider refused the booking: {response.status_code} {_code(response)}")
 
 

@@ -9,7 +9,7 @@ ON CONFLICT (case_id) DO NOTHING;
 -- transaction open. A worker that dies mid-pass leaves them due again when the lease ends, and
 -- the idempotency key (the case id) makes the repeated request return the same ticket.
 UPDATE bookings b
-SET next_attempt_at = now() + make_interval(secs => :lease_seconds), updated_at = now()
+SET next_attempt_at = now() + make_interval(secs => :lease_seconds), lease_id = :lease_id, updated_at = now()
 FROM (
     SELECT case_id FROM bookings
     WHERE status = 'pending' AND next_attempt_at <= now()
@@ -21,15 +21,15 @@ WHERE b.case_id = due.case_id
 RETURNING b.case_id, b.correlationid, b.cause_event_id, b.origin_airport, b.destination_airport, b.sealed,
           b.attempts;
 
--- The outcomes below apply only to a request still pending: a late second answer (after a lease
--- ran out) changes nothing and emits nothing.
+-- The outcomes below apply only to a request still pending and still held by the pass that
+-- claimed it: a pass that outlived its lease changes nothing and emits nothing.
 
 -- name: mark_booked$
 WITH booked AS (
     UPDATE bookings
     SET status = 'booked', attempts = attempts + 1, booking_id = :booking_id,
         flight_number = :flight_number, last_error = NULL, updated_at = now()
-    WHERE case_id = :case_id AND status = 'pending'
+    WHERE case_id = :case_id AND status = 'pending' AND lease_id = :lease_id
     RETURNING 1
 )
 SELECT count(*) FROM booked;
@@ -38,13 +38,13 @@ SELECT count(*) FROM booked;
 UPDATE bookings
 SET attempts = attempts + 1, last_error = :error,
     next_attempt_at = now() + make_interval(secs => :delay_seconds), updated_at = now()
-WHERE case_id = :case_id AND status = 'pending';
+WHERE case_id = :case_id AND status = 'pending' AND lease_id = :lease_id;
 
 -- name: mark_failed$
 WITH failed AS (
     UPDATE bookings
     SET status = 'failed', attempts = attempts + 1, last_error = :error, updated_at = now()
-    WHERE case_id = :case_id AND status = 'pending'
+    WHERE case_id = :case_id AND status = 'pending' AND lease_id = :lease_id
     RETURNING 1
 )
 SELECT count(*) FROM failed;
