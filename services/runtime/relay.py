@@ -21,6 +21,7 @@ from faststream.kafka import KafkaBroker
 
 from services.runtime import metrics
 from services.runtime.db import TRANSIENT_ERRORS, fetch_all
+from services.runtime.wakeup import Wakeup
 
 logger = structlog.get_logger("homeward.relay")
 PARK_REASON_CHARS_MAX = 300
@@ -50,6 +51,7 @@ class OutboxRelay:
         poll_interval_seconds: float,
         retry_backoff_seconds: float = 0.5,
         retry_backoff_max_seconds: float = 10.0,
+        wakeup: Wakeup | None = None,
     ) -> None:
         self.pool = pool
         self.broker = broker
@@ -58,6 +60,9 @@ class OutboxRelay:
         self.poll_interval_seconds = poll_interval_seconds
         self.retry_backoff_seconds = retry_backoff_seconds
         self.retry_backoff_max_seconds = retry_backoff_max_seconds
+        # Woken by the commits that write outbox rows; `poll_interval_seconds` is then only the
+        # fallback pace. Without one, the relay polls at that interval.
+        self.wakeup = wakeup
         self.published_total = 0
 
     async def publish_batch(self) -> int:
@@ -118,7 +123,11 @@ class OutboxRelay:
                 logger.exception("relay.failed", failures=failures)
                 metrics.RELAY_FAILURES.inc()
                 sent = 0
-            if sent < self.batch_size_max:
+            if sent >= self.batch_size_max:
+                continue
+            if self.wakeup is not None and not failures:
+                await self.wakeup.wait(stopping, self.poll_interval_seconds)
+            else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), self._pause(failures))
 

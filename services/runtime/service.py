@@ -29,6 +29,7 @@ from services.runtime.redrive import Redrive, RedriveSweeper, close_case
 from services.runtime.relay import OutboxRelay
 from services.runtime.settings import ServiceSettings
 from services.runtime.uow import UnitOfWork
+from services.runtime.wakeup import Wakeup, outbox_channel
 
 ASSIGNMENT_WAIT_SECONDS_MAX = 60.0
 RETENTION_INTERVAL_SECONDS = 3600.0
@@ -175,6 +176,7 @@ def create_app(service: str) -> FastStream:
             handler_attempts_max=settings.handler_attempts_max,
             handler_backoff_seconds=settings.handler_backoff_ms / 1000,
         )
+        wakeup = Wakeup(database_url, outbox_channel(service))
         relay = OutboxRelay(
             pool=pool,
             broker=broker,
@@ -183,8 +185,9 @@ def create_app(service: str) -> FastStream:
             poll_interval_seconds=settings.relay_poll_interval_ms / 1000,
             retry_backoff_seconds=settings.relay_retry_backoff_ms / 1000,
             retry_backoff_max_seconds=settings.relay_retry_backoff_max_ms / 1000,
+            wakeup=wakeup,
         )
-        state.update(pool=pool, definition=definition, relay=relay)
+        state.update(pool=pool, definition=definition, relay=relay, wakeup=wakeup)
         definition.workers.append(
             Worker(
                 "unreadable-batches",
@@ -218,6 +221,7 @@ def create_app(service: str) -> FastStream:
     @app.after_startup
     async def start_background() -> None:
         definition: ServiceDefinition = state["definition"]
+        tasks.append(asyncio.create_task(state["wakeup"].listen(stopping), name="outbox-wakeup"))
         tasks.append(asyncio.create_task(state["relay"].run(stopping), name="outbox-relay"))
         for worker in definition.workers:
             tasks.append(asyncio.create_task(run_worker(worker, stopping), name=worker.name))

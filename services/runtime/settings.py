@@ -122,7 +122,9 @@ class ServiceSettings(Infrastructure, KafkaClients, HttpListener):
         default=100, ge=1, description="First pause between tries of a failing event (doubles)"
     )
     relay_batch_size_max: int = Field(default=1000, ge=1, le=10_000)
-    relay_poll_interval_ms: int = Field(default=20, ge=1, le=60_000)
+    relay_poll_interval_ms: int = Field(
+        default=1_000, ge=1, le=60_000, description="How often the relay looks unwoken (commits wake it at once)"
+    )
     relay_retry_backoff_ms: int = Field(
         default=500, ge=1, le=60_000, description="First pause after the relay failed to publish (doubles)"
     )
