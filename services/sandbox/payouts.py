@@ -34,7 +34,7 @@ from typing import Any, Literal, cast
 
 import httpx
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -326,24 +326,16 @@ class PayoutSandbox:
         )
 
     async def create_payout(self, request: Request) -> JSONResponse:
-        key = server.idempotency_key(request)
-        if isinstance(key, JSONResponse):
-            return key
-        raw = await server.read_body(request)
-        if raw is None:
-            return server.too_large()
-        try:
-            payout_request = PayoutRequest.model_validate_json(raw)
-        except ValidationError as failure:
-            return server.invalid(failure)
+        parsed = await server.keyed_request(request, PayoutRequest)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        key, payout_request = parsed
         if self.faults.latency_seconds:
             await asyncio.sleep(self.faults.latency_seconds)
         draw = self._draw()
         if draw.error:
             logger.info("payout.fault_injected", key=key, fault="error")
-            response = server.error(503, "unavailable", "transient error injected by the sandbox; nothing was paid")
-            response.headers["Retry-After"] = "1"
-            return response
+            return server.injected_unavailable("nothing was paid")
         return await self._pay(key, payout_request, draw)
 
     async def _pay(self, key: str, payout_request: PayoutRequest, draw: Draw) -> JSONResponse:

@@ -6,11 +6,11 @@ import asyncio
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 import uvicorn
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -21,6 +21,8 @@ IDEMPOTENCY_KEY_CHARS_MAX = 200
 STARTUP_WAIT_SECONDS_MAX = 30.0
 STARTUP_POLL_INTERVAL_SECONDS = 0.01
 SHUTDOWN_GRACE_SECONDS = 5.0
+
+Body = TypeVar("Body", bound=BaseModel)
 
 logger = structlog.get_logger("homeward.sandbox")
 
@@ -45,7 +47,7 @@ def invalid(failure: ValidationError) -> JSONResponse:
     return error(422, "invalid_request", f"{field}: {first['type']}", field=field)
 
 
-def idempotency_key(request: Request) -> str | JSONResponse:
+def _idempotency_key(request: Request) -> str | JSONResponse:
     """The request's Idempotency-Key, or the error answer when it is missing or too long."""
     key = request.headers.get("Idempotency-Key")
     if not key:
@@ -55,7 +57,7 @@ def idempotency_key(request: Request) -> str | JSONResponse:
     return key
 
 
-async def read_body(request: Request) -> bytes | None:
+async def _read_body(request: Request) -> bytes | None:
     """The request body, or None if it is longer than REQUEST_BODY_BYTES_MAX."""
     chunks: list[bytes] = []
     size = 0
@@ -67,8 +69,26 @@ async def read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def too_large() -> JSONResponse:
-    return error(413, "body_too_large", f"the body is limited to {REQUEST_BODY_BYTES_MAX} bytes")
+async def keyed_request(request: Request, model: type[Body]) -> tuple[str, Body] | JSONResponse:
+    """A POST's Idempotency-Key and its body parsed as `model`, or the error answer: a missing or
+    too long key (400), a body over REQUEST_BODY_BYTES_MAX (413), a body `model` refuses (422)."""
+    key = _idempotency_key(request)
+    if isinstance(key, JSONResponse):
+        return key
+    raw = await _read_body(request)
+    if raw is None:
+        return error(413, "body_too_large", f"the body is limited to {REQUEST_BODY_BYTES_MAX} bytes")
+    try:
+        return key, model.model_validate_json(raw)
+    except ValidationError as failure:
+        return invalid(failure)
+
+
+def injected_unavailable(nothing_done: str) -> JSONResponse:
+    """The 503 a sandbox answers when it injects a transient fault, before doing anything."""
+    response = error(503, "unavailable", f"transient error injected by the sandbox; {nothing_done}")
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -65,6 +65,8 @@ class StoredTicket:
 
 
 class TicketStore(SqliteStore):
+    """The travel sandbox's tickets (see SqliteStore); never a traveller's name."""
+
     def __init__(self, path: Path) -> None:
         super().__init__(path, SQL)
 
@@ -131,21 +133,13 @@ class TravelSandbox:
         )
 
     async def book(self, request: Request) -> JSONResponse:
-        key = server.idempotency_key(request)
-        if isinstance(key, JSONResponse):
-            return key
-        raw = await server.read_body(request)
-        if raw is None:
-            return server.too_large()
-        try:
-            booking = BookingRequest.model_validate_json(raw)
-        except ValidationError as failure:
-            return server.invalid(failure)
+        parsed = await server.keyed_request(request, BookingRequest)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        key, booking = parsed
         if self.random.random() < self.failure_rate:
             logger.info("booking.fault_injected", key=key, fault="error")
-            response = server.error(503, "unavailable", "transient error injected by the sandbox; nothing was booked")
-            response.headers["Retry-After"] = "1"
-            return response
+            return server.injected_unavailable("nothing was booked")
         ticket, created = await asyncio.to_thread(self.store.issue, key, self._new_ticket(key, booking))
         if (ticket.origin_airport, ticket.destination_airport) != (booking.origin_airport, booking.destination_airport):
             logger.warning("booking.idempotency_key_reused", key=key, booking_id=ticket.booking_id)
