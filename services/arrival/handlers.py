@@ -74,9 +74,9 @@ async def handle_evidence(
         document_checked=getattr(evidence, "document_checked", None),
     )
     if new is None:
-        logger.info("arrival.evidence_duplicate")
+        logger.debug("arrival.evidence_duplicate")
         return
-    logger.info("arrival.evidence_received", source=evidence.source)
+    logger.debug("arrival.evidence_received", source=evidence.source)
     await evaluate(uow, queries, evidence.case_id, cause=event.id, window=window)
 
 
@@ -99,7 +99,7 @@ async def evaluate(uow: UnitOfWork, queries: Any, case_id: UUID, *, cause: UUID,
         return
     verified = ArrivalVerified(case_id=case_id, evidence_ids=verdict.evidence_ids, rule=verdict.rule, verified_at=now())
     uow.emit(verified, correlationid=case["correlationid"], causationid=cause)
-    logger.info("arrival.verified", case_id=str(case_id), rule=verdict.rule)
+    logger.debug("arrival.verified", case_id=str(case_id), rule=verdict.rule)
 
 
 @dataclass

@@ -32,6 +32,14 @@ def provider(settings: DisbursementSettings) -> HttpPayoutProvider:
     )
 
 
+def call_seconds_max(settings: DisbursementSettings) -> float:
+    """The longest one payout batch call takes: each try may look keys up and post, both timing
+    out, then pause at most 16 times the first pause (the provider's retry bound)."""
+    timeout_seconds = settings.payout_timeout_ms / 1000
+    pause_max_seconds = settings.payout_backoff_initial_ms / 1000 * 16
+    return settings.payout_attempts_max * (2 * timeout_seconds + pause_max_seconds)
+
+
 SETTINGS = DisbursementSettings
 
 
@@ -46,7 +54,9 @@ def build(settings: DisbursementSettings, pool: asyncpg.Pool) -> ServiceDefiniti
         provider=provider(settings),
         data_key=data_key,
         batch_size_max=settings.worker_batch_size_max,
+        batch_items_max=settings.payout_batch_items_max,
         concurrency_max=settings.worker_concurrency_max,
+        call_seconds_max=call_seconds_max(settings),
     )
     if settings.payout_callback_secret is None:
         raise SystemExit("HOMEWARD_PAYOUT_CALLBACK_SECRET is not set; `homeward up` generates one.")
@@ -57,15 +67,18 @@ def build(settings: DisbursementSettings, pool: asyncpg.Pool) -> ServiceDefiniti
         secret=settings.payout_callback_secret.get_secret_value().encode(),
         data_key=data_key,
         tolerance_seconds=settings.callback_tolerance_seconds,
+        batch_size_max=settings.worker_batch_size_max,
     )
     routes = {
         RegistrationAccepted.TOPIC: Route(partial(handlers.handle_accepted, queries=named, program=program)),
         ArrivalVerified.TOPIC: Route(partial(handlers.handle_verified, queries=named, program=program)),
     }
-    interval = settings.worker_poll_interval_ms / 1000
+    interval, fallback = settings.worker_poll_interval_ms / 1000, settings.worker_fallback_poll_ms / 1000
+    batch = settings.worker_batch_size_max
     workers = [
-        Worker("payout", worker.pay_reserved, interval, settings.worker_batch_size_max),
-        Worker("release-held", worker.release_held, interval * 20, settings.worker_batch_size_max),
+        Worker("payout", worker.pay_reserved, fallback, batch, wakes_on="payouts"),
+        Worker("payout-callbacks", callbacks.apply_recorded, fallback, batch, wakes_on="callbacks"),
+        Worker("release-held", worker.release_held, interval * 20, batch),
     ]
     return ServiceDefinition(
         name="disbursement",

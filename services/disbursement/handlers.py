@@ -1,10 +1,11 @@
 """Disbursement: one stipend per verified arrival and per identity, reserved, paid, recorded."""
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import structlog
@@ -14,10 +15,11 @@ from contracts.events import ArrivalVerified, RegistrationAccepted, StipendDisbu
 from services.disbursement import domain, stipends
 from services.disbursement.adapters.provider import (
     AmbiguousPayoutError,
+    ItemOutcome,
     Payout,
+    PayoutItem,
     PayoutProvider,
     PermanentPayoutError,
-    ProviderUnavailableError,
 )
 from services.disbursement.stipends import Queries
 from services.runtime import crypto, metrics
@@ -77,7 +79,7 @@ async def open_payment(uow: UnitOfWork, queries: Queries, case_id: UUID, program
         return
     payment = await queries.payments.lock_payment(uow.connection, payment_id=payment_id)
     if await stipends.reserve(uow.connection, queries, payment):
-        logger.info("stipend.reserved", payment_id=str(payment_id))
+        logger.debug("stipend.reserved", payment_id=str(payment_id))
     else:
         stipends.emit_held(uow, payment)
 
@@ -99,83 +101,124 @@ async def fund_initial_budget(pool: asyncpg.Pool, queries: Queries, amount: Deci
         )
 
 
+LEASE_MARGIN_SECONDS = 10.0
+
+
 @dataclass
 class PayoutWorker:
-    """Pays reserved stipends through the provider; a payment's failure never holds up the others."""
+    """Pays reserved stipends in three steps, so that no transaction is open while the provider is
+    asked: claim a pass of them (one short transaction), pay them in batches (no transaction), then
+    write every outcome with its outbox event (one short transaction). A payment's failure never
+    holds up the others."""
 
     pool: asyncpg.Pool
     queries: Queries
-    runtime_queries: Any
     provider: PayoutProvider
+    runtime_queries: Any
     data_key: bytes
     batch_size_max: int
+    """Stipends claimed per pass."""
+    batch_items_max: int
+    """Stipends per provider batch call."""
     concurrency_max: int
+    """Provider batch calls in flight at once."""
+    call_seconds_max: float
+    """The longest one batch call can take (its lookups, posts and pauses, at their longest)."""
+
+    def lease_seconds(self) -> float:
+        """Long enough for a whole pass: every wave of `concurrency_max` calls, each at its longest."""
+        calls = -(-self.batch_size_max // self.batch_items_max)
+        waves = -(-calls // self.concurrency_max)
+        return self.call_seconds_max * waves + LEASE_MARGIN_SECONDS
 
     async def pay_reserved(self) -> int:
+        lease_id = uuid4()
         async with self.pool.acquire() as connection, connection.transaction():
-            due = await fetch_all(self.queries.payments.reserved_payments(connection, limit=self.batch_size_max))
-            payments = [
-                await self.queries.payments.lock_payment(connection, payment_id=row["payment_id"]) for row in due
-            ]
-            if not payments:
-                return 0
-            limiter = asyncio.Semaphore(self.concurrency_max)
-            outcomes = await asyncio.gather(*(self._pay(payment, limiter) for payment in payments))
+            claimed = await fetch_all(
+                self.queries.payments.claim_reserved(
+                    connection, lease_id=lease_id, lease_seconds=self.lease_seconds(), limit=self.batch_size_max
+                )
+            )
+        if not claimed:
+            return 0
+        outcomes, methods = await self._pay(claimed)
+        payment_ids = [row["payment_id"] for row in claimed]
+        async with self.pool.acquire() as connection, connection.transaction():
+            held = await fetch_all(
+                self.queries.payments.lock_claimed(connection, payment_ids=payment_ids, lease_id=lease_id)
+            )
             uow = UnitOfWork(connection, "disbursement", self.runtime_queries)
-            for payment, outcome in zip(payments, outcomes, strict=True):
+            for payment in held:
+                key = str(payment["payment_id"])
                 with structlog.contextvars.bound_contextvars(
                     case_id=str(payment["case_id"]),
                     correlationid=str(payment["correlationid"]),
                     event_type=StipendDisbursed.TOPIC,
                 ):
-                    await self._settle(uow, payment, outcome)
+                    await self._settle(uow, payment, outcomes.get(key, _UNANSWERED), methods.get(key, ""))
+            await self.queries.payments.release_claims(connection, payment_ids=payment_ids, lease_id=lease_id)
             await uow.flush()
-        for outcome in outcomes:  # committed
-            metrics.PAYOUTS.labels(_payout_outcome(outcome)).inc()
-        return len(payments)
+        counted = Counter(_payout_outcome(outcomes.get(str(payment["payment_id"]), _UNANSWERED)) for payment in held)
+        for outcome, count in counted.items():  # committed
+            metrics.PAYOUTS.labels(outcome).inc(count)
+        logger.info("payout.pass", claimed=len(claimed), settled=len(held), **counted)
+        return len(claimed)
 
-    async def _pay(self, payment: Any, limiter: asyncio.Semaphore) -> tuple[str, Payout] | Exception:
-        """One payout; its failure is returned, not raised."""
-        try:
-            person = crypto.unseal(self.data_key, payment["sealed"], bound_to=str(payment["case_id"]))
-        except crypto.UNSEAL_ERRORS:
-            return PermanentPayoutError(domain.FAILED_INSTRUMENT_UNREADABLE)
-        instrument, method = person["payout"], person["payout"]["method"]
-        try:
+    async def _pay(self, claimed: list[Any]) -> tuple[dict[str, ItemOutcome], dict[str, str]]:
+        """Every claimed payment's outcome and payout method, keyed by payment id."""
+        outcomes: dict[str, ItemOutcome] = {}
+        methods: dict[str, str] = {}
+        items: list[PayoutItem] = []
+        for row in claimed:
+            key = str(row["payment_id"])
+            try:
+                person = crypto.unseal(self.data_key, row["sealed"], bound_to=str(row["case_id"]))
+            except crypto.UNSEAL_ERRORS:
+                outcomes[key] = PermanentPayoutError(domain.FAILED_INSTRUMENT_UNREADABLE)
+                continue
+            instrument = person["payout"]
+            methods[key] = instrument["method"]
+            items.append(PayoutItem(key, row["amount"], row["currency"], instrument["method"], instrument))
+        sent_before = {str(row["payment_id"]) for row in claimed if row["earlier_claims"] > 0}
+        limiter = asyncio.Semaphore(self.concurrency_max)
+
+        async def pay(batch: list[PayoutItem]) -> dict[str, ItemOutcome]:
             async with limiter:
-                payout = await self.provider.pay(
-                    key=str(payment["payment_id"]), amount=payment["amount"], currency=payment["currency"],
-                    method=method, instrument=instrument, resolve_first=payment["payout_attempts"] > 0,
-                )  # fmt: skip
-        except (PermanentPayoutError, ProviderUnavailableError, AmbiguousPayoutError) as error:
-            return error
-        return method, payout
+                return await self.provider.pay_batch(batch, resolve_first=sent_before)
 
-    async def _settle(self, uow: UnitOfWork, payment: Any, outcome: tuple[str, Payout] | Exception) -> None:
-        if isinstance(outcome, PermanentPayoutError):
+        batches = [items[first : first + self.batch_items_max] for first in range(0, len(items), self.batch_items_max)]
+        for answered in await asyncio.gather(*(pay(batch) for batch in batches)):
+            outcomes.update(answered)
+        return outcomes, methods
+
+    async def _settle(self, uow: UnitOfWork, payment: Any, outcome: ItemOutcome, method: str) -> None:
+        if isinstance(outcome, Payout):
+            await stipends.apply_provider_status(uow, self.queries, payment, method, outcome)
+        elif payment["status"] != "reserved":
+            return  # a callback settled it meanwhile
+        elif isinstance(outcome, PermanentPayoutError):
             logger.error("stipend.payout_refused", payment_id=str(payment["payment_id"]), detail=str(outcome))
             await stipends.void(uow, self.queries, payment, outcome.code)
-        elif isinstance(outcome, Exception):
+        else:
             # Still reserved; the next pass asks the provider about this key before paying.
             error = f"{type(outcome).__name__}: {outcome}"
-            await self.queries.payments.count_payout_attempt(
-                uow.connection, payment_id=payment["payment_id"], error=error
-            )
+            await self.queries.payments.note_payout_error(uow.connection, payment_id=payment["payment_id"], error=error)
             logger.warning("stipend.payout_unresolved", payment_id=str(payment["payment_id"]), error=error)
-        else:
-            await stipends.apply_provider_status(uow, self.queries, payment, *outcome)
 
     async def release_held(self) -> int:
         async with self.pool.acquire() as connection, connection.transaction():
             return await stipends.release_held(connection, self.queries, limit=self.batch_size_max)
 
 
-def _payout_outcome(outcome: tuple[str, Payout] | Exception) -> str:
+_UNANSWERED = AmbiguousPayoutError("the provider's answer left this key out")
+
+
+def _payout_outcome(outcome: ItemOutcome) -> str:
     if isinstance(outcome, PermanentPayoutError):
         return "refused"
     if isinstance(outcome, Exception):
         return "unresolved"
-    return outcome[1].status
+    return outcome.status
 
 
 async def read_gauges(connection: Any, *, queries: Queries) -> None:
@@ -183,6 +226,7 @@ async def read_gauges(connection: Any, *, queries: Queries) -> None:
     waiting = await queries.payments.waiting_payments(connection)
     metrics.PAYMENTS_WAITING.labels("reserved").set(waiting["reserved"])
     metrics.PAYMENTS_WAITING.labels("held").set(waiting["held"])
+    metrics.PAYMENTS_WAITING.labels("callback").set(await queries.payments.unapplied_callbacks(connection))
     available = await queries.ledger.available(connection, code=domain.BUDGET_ACCOUNT)
     if available is not None:
         metrics.BUDGET_AVAILABLE.set(float(available))

@@ -29,4 +29,7 @@ class DisbursementSettings(ServiceSettings, SealedData, PayoutCallbacks, Program
     payout_timeout_ms: int = Field(default=2_000, ge=1, description="How long disbursement waits for a payout answer")
     payout_attempts_max: int = Field(default=4, ge=1, le=20, description="Payout tries per pass before leaving it")
     payout_backoff_initial_ms: int = Field(default=100, ge=1, description="First pause between payout tries")
+    payout_batch_items_max: int = Field(
+        default=200, ge=1, le=500, description="Stipends per payout batch call (the provider takes at most 500)"
+    )
     callback_tolerance_seconds: int = Field(default=300, ge=1, description="Oldest signed callback accepted")

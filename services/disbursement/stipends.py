@@ -84,7 +84,7 @@ async def settle(uow: UnitOfWork, queries: Queries, payment: Any, *, method: str
         currency=payment["currency"], method=method, provider_ref=provider_ref, disbursed_at=now(),
     )  # fmt: skip
     uow.emit(disbursed, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
-    logger.info("stipend.disbursed", payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]))
+    logger.debug("stipend.disbursed", payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]))
 
 
 async def void(uow: UnitOfWork, queries: Queries, payment: Any, reason: str) -> None:

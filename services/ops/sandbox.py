@@ -37,7 +37,8 @@ def sandbox_payouts(
     http://127.0.0.1:PORT` once it accepts connections; Ctrl-C or SIGTERM stops it.
 
     \b
-    Fault injection (POST /payouts only; rates are shares from 0 to 1):
+    Fault injection (POST /payouts and POST /payout-batches only; rates are shares from 0 to 1;
+    a batch is answered 503 or late as a whole, each item declined or returned on its own draw):
       HOMEWARD_SANDBOX_PAYOUT_LATENCY_MS          pause before every answer
       HOMEWARD_SANDBOX_PAYOUT_ERROR_RATE          answer 503 and record nothing
       HOMEWARD_SANDBOX_PAYOUT_AMBIGUOUS_RATE      pay, then answer only after the ambiguous delay
@@ -48,7 +49,8 @@ def sandbox_payouts(
       HOMEWARD_SANDBOX_PAYOUT_SEED                seed of the fault draws, for repeatable runs
 
     \b
-    Callbacks (payout.settled, payout.declined, payout.returned):
+    Callbacks (payout.settled, payout.declined, payout.returned), POSTed in signed batches
+    {"notifications": [...]} of up to 100:
       HOMEWARD_PAYOUT_CALLBACK_URL     where they are POSTed (unset: recorded, not sent)
       HOMEWARD_PAYOUT_CALLBACK_SECRET  HMAC-SHA256 key of the X-Homeward-Signature header
     """

@@ -66,7 +66,7 @@ async def handle_submitted(
         accepted_at=now(),
     )
     await _decide(uow, queries, accepted, event.correlationid, event.id)
-    logger.info("registration.accepted", case_id=str(case_id))
+    logger.debug("registration.accepted", case_id=str(case_id))
 
 
 async def handle_invalid_submission(bad: Undeliverable, uow: UnitOfWork, *, queries: Any) -> None:
@@ -92,7 +92,7 @@ async def _first_sight(
     first = await queries.application_outcome(uow.connection, application_id=application_id)
     payload = PAYLOAD_TYPES[first["outcome_topic"]].model_validate(first["outcome_data"])
     uow.emit(payload, correlationid=first["correlationid"], causationid=cause)
-    logger.info("registration.resubmission_answered", outcome=first["outcome_topic"])
+    logger.debug("registration.resubmission_answered", outcome=first["outcome_topic"])
     return False
 
 
@@ -112,7 +112,7 @@ async def _reject(
         rejected_at=now(),
     )
     await _decide(uow, queries, rejected, correlationid, cause)
-    logger.info("registration.rejected", codes=[r.code for r in refusals])
+    logger.debug("registration.rejected", codes=[r.code for r in refusals])
 
 
 async def _decide(

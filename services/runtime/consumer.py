@@ -154,7 +154,14 @@ class BatchConsumer:
                         outcomes.append((topic, "dead_lettered", item.code))
             await uow.flush()
         # Committed: only now does the batch count.
-        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        metrics.BATCH_SECONDS.observe(elapsed)
+        # One line per batch; each event's own line (with its case fields) is at DEBUG.
+        logger.info(
+            "consumer.batch", events=len(items), applied=applied, duplicates=duplicates,
+            dead_lettered=dead_lettered, topics=sorted({item.record.topic for item in items}),
+            seconds=round(elapsed, 4),
+        )  # fmt: skip
         for topic, outcome, code in outcomes:
             metrics.EVENTS.labels(topic, outcome).inc()
             if code is not None:

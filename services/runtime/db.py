@@ -49,14 +49,15 @@ async def fetch_all(selected: AsyncIterator[asyncpg.Record]) -> list[asyncpg.Rec
     return [row async for row in selected]
 
 
-async def _init_connection(connection: asyncpg.Connection) -> None:
+async def init_connection(connection: asyncpg.Connection) -> None:
+    """What every connection of ours decodes: jsonb as Python values."""
     await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
 async def connect(database_url: str, *, schema: str) -> asyncpg.Connection:
     """One connection for operator commands, seeing one service's schema, with JSON decoding."""
     connection = await asyncpg.connect(database_url, server_settings={"search_path": schema})
-    await _init_connection(connection)
+    await init_connection(connection)
     return connection
 
 
@@ -70,7 +71,7 @@ async def create_pool(settings: ServiceSettings, *, schema: str) -> asyncpg.Pool
         timeout=settings.database_connect_timeout_seconds,
         command_timeout=60,
         server_settings={"search_path": schema, "application_name": f"homeward-{schema}"},
-        init=_init_connection,
+        init=init_connection,
     )
     assert pool is not None
     return pool

@@ -125,6 +125,19 @@ def decode(record: Record) -> Decoded | Undeliverable:
     if record.topic not in PAYLOAD_TYPES:
         return Undeliverable(record, ERROR_UNKNOWN_TOPIC, f"no v1 contract for topic {record.topic}")
     try:
+        # The common case, parsed and validated once straight from the bytes.
+        envelope = envelope_adapter(record.topic).validate_json(record.value)
+    except ValidationError:
+        return _undeliverable(record)
+    if envelope.type != record.topic:
+        return _undeliverable(record)
+    return Decoded(record, envelope)
+
+
+def _undeliverable(record: Record) -> Decoded | Undeliverable:
+    """The slow path, only for a record the contract refused: which rule it broke, and what ids can
+    still be read from it for the dead letter's headers."""
+    try:
         # Strict UTF-8 first: json.loads on bytes would let encoded surrogates through.
         document = json.loads(record.value.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:

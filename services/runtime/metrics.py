@@ -44,7 +44,8 @@ OUTBOX_UNSENT = Gauge("homeward_outbox_unsent", "Outbox events waiting for the r
 OUTBOX_OLDEST_UNSENT_SECONDS = Gauge("homeward_outbox_oldest_unsent_seconds", "Age of the oldest event waiting")
 OUTBOX_PARKED = Gauge("homeward_outbox_parked_rows", "Outbox rows parked now (`homeward dlq parked`)")
 PAYMENTS_WAITING = Gauge(
-    "homeward_payments_waiting", "Stipends reserved and waiting for the provider, or held for want of budget",
+    "homeward_payments_waiting",
+    "Stipends reserved and waiting for the provider or held for want of budget; callbacks not yet applied",
     ["status"],
 )  # fmt: skip
 BUDGET_AVAILABLE = Gauge("homeward_budget_available", "Program budget not yet spent or reserved, in its currency")

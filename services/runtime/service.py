@@ -29,7 +29,7 @@ from services.runtime.redrive import Redrive, RedriveSweeper, close_case
 from services.runtime.relay import OutboxRelay
 from services.runtime.settings import ServiceSettings
 from services.runtime.uow import UnitOfWork
-from services.runtime.wakeup import Wakeup, outbox_channel
+from services.runtime.wakeup import Signal, Wakeup, outbox_channel
 
 ASSIGNMENT_WAIT_SECONDS_MAX = 60.0
 RETENTION_INTERVAL_SECONDS = 3600.0
@@ -48,7 +48,10 @@ class Worker:
     name: str
     step: Step
     interval_seconds: float
+    """The pause after a pass that did not fill its batch (for a woken worker: the fallback poll)."""
     batch_size_max: int
+    wakes_on: str | None = None
+    """A channel of the service's schema (`<schema>.<wakes_on>`) whose notifications wake the worker."""
 
 
 @dataclass
@@ -73,8 +76,9 @@ Builder = Callable[[Any, asyncpg.Pool], ServiceDefinition]
 """`build(settings, pool)` of a service's app module; `settings` is of the module's `SETTINGS` class."""
 
 
-async def run_worker(worker: Worker, stopping: asyncio.Event) -> None:
-    """Runs a step until stopped; a full batch runs again at once, anything less waits."""
+async def run_worker(worker: Worker, stopping: asyncio.Event, signal: Signal | None = None) -> None:
+    """Runs a step until stopped; a full batch runs again at once, anything less waits (until the
+    signal, if the worker has one, or the interval)."""
     log = structlog.get_logger("homeward.worker").bind(worker=worker.name)
     while not stopping.is_set():
         handled = 0
@@ -84,7 +88,11 @@ async def run_worker(worker: Worker, stopping: asyncio.Event) -> None:
             log.warning("worker.transient_failure", exc_info=True)
         except Exception:
             log.exception("worker.failed")
-        if handled < worker.batch_size_max:
+        if handled >= worker.batch_size_max:
+            continue
+        if signal is not None:
+            await signal.wait(stopping, worker.interval_seconds)
+        else:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), worker.interval_seconds)
 
@@ -221,10 +229,17 @@ def create_app(service: str) -> FastStream:
     @app.after_startup
     async def start_background() -> None:
         definition: ServiceDefinition = state["definition"]
-        tasks.append(asyncio.create_task(state["wakeup"].listen(stopping), name="outbox-wakeup"))
+        wakeup: Wakeup = state["wakeup"]
+        signals = {
+            worker.name: wakeup.signal(f"{service}.{worker.wakes_on}")
+            for worker in definition.workers
+            if worker.wakes_on is not None
+        }
+        tasks.append(asyncio.create_task(wakeup.listen(stopping), name="wakeup"))
         tasks.append(asyncio.create_task(state["relay"].run(stopping), name="outbox-relay"))
         for worker in definition.workers:
-            tasks.append(asyncio.create_task(run_worker(worker, stopping), name=worker.name))
+            signal = signals.get(worker.name)
+            tasks.append(asyncio.create_task(run_worker(worker, stopping, signal), name=worker.name))
         tasks.append(asyncio.create_task(_announce_consuming(state["subscriber"], logger)))
         if settings.http_port:
             readiness = Readiness(

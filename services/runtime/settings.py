@@ -137,6 +137,9 @@ class ServiceSettings(Infrastructure, KafkaClients, HttpListener):
 
     # Workers (travel booking, arrival sweep, payouts).
     worker_poll_interval_ms: int = Field(default=50, ge=1, le=60_000)
+    worker_fallback_poll_ms: int = Field(
+        default=1_000, ge=1, le=60_000, description="How often a worker woken by commits looks unwoken"
+    )
     worker_batch_size_max: int = Field(default=200, ge=1, le=10_000)
     worker_concurrency_max: int = Field(default=32, ge=1, le=1_000)
 

@@ -1,5 +1,6 @@
-"""Wake-ups instead of polls: a PostgreSQL LISTEN on one channel, so a loop (the outbox relay)
-runs when a commit gave it work rather than every few milliseconds in case one did.
+"""Wake-ups instead of polls: a PostgreSQL LISTEN, so a loop (the outbox relay, a worker) runs
+when a commit gave it work rather than every few milliseconds in case one did. One connection
+listens on every channel a service's loops wait on.
 
 PostgreSQL delivers a NOTIFY only when the transaction that sent it commits, so a wake-up never
 arrives before the work is visible. Nothing depends on it arriving: the waiter also wakes after a
@@ -24,16 +25,11 @@ LIVENESS_CHECK_SECONDS = 5.0
 logger = structlog.get_logger("homeward.wakeup")
 
 
-class Wakeup:
-    """Set by a notification on `channel`; `wait` returns when woken, stopping, or after a pause."""
+class Signal:
+    """Set by a notification on one channel; `wait` returns when woken, stopping, or after a pause."""
 
-    def __init__(self, database_url: str, channel: str) -> None:
-        self.database_url = database_url
-        self.channel = channel
+    def __init__(self) -> None:
         self._woken = asyncio.Event()
-        self.listening = False
-        self.sessions = 0
-        """How many times a listening connection was opened (for operators and tests)."""
 
     def wake(self, *_: Any) -> None:
         self._woken.set()
@@ -48,6 +44,24 @@ class Wakeup:
             woken.cancel()
             stopped.cancel()
         self._woken.clear()
+
+
+class Wakeup(Signal):
+    """The listener of a service, itself the signal of its first channel (the outbox's);
+    `signal(channel)` adds another channel, heard on the same connection."""
+
+    def __init__(self, database_url: str, channel: str) -> None:
+        super().__init__()
+        self.database_url = database_url
+        self.channel = channel
+        self.signals: dict[str, Signal] = {channel: self}
+        self.listening = False
+        self.sessions = 0
+        """How many times a listening connection was opened (for operators and tests)."""
+
+    def signal(self, channel: str) -> Signal:
+        """The signal of `channel`; ask before `listen` starts."""
+        return self.signals.setdefault(channel, Signal())
 
     async def listen(self, stopping: asyncio.Event) -> None:
         """Keeps a LISTEN connection open until stopping; reconnects with a doubling pause when it drops."""
@@ -67,15 +81,17 @@ class Wakeup:
         lost = asyncio.Event()
         try:
             connection.add_termination_listener(lambda _: lost.set())
-            await connection.add_listener(self.channel, self.wake)
+            for channel, signal in self.signals.items():
+                await connection.add_listener(channel, signal.wake)
             self.listening, self.sessions = True, self.sessions + 1
             # Whatever was committed while nobody listened is picked up by one pass now.
-            self.wake()
+            for signal in self.signals.values():
+                signal.wake()
             # The termination callback is the signal; the check is for a loss it missed.
             while not (stopping.is_set() or lost.is_set() or connection.is_closed()):
                 await _first(stopping.wait(), lost.wait(), asyncio.sleep(LIVENESS_CHECK_SECONDS))
         except TRANSIENT_ERRORS:
-            logger.warning("wakeup.listener_lost", channel=self.channel)
+            logger.warning("wakeup.listener_lost", channels=sorted(self.signals))
         finally:
             self.listening = False
             with contextlib.suppress(*TRANSIENT_ERRORS):

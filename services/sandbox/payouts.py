@@ -6,11 +6,24 @@ HTTP API (JSON):
                          201 new payout, 200 the payout already made for that key (never a second one),
                          400 missing key, 422 invalid body or the key reused with another body,
                          503 injected transient error (nothing was recorded)
+  POST /payout-batches   body {"items": [{key, amount, currency, method, instrument, reference}, ...]}, at
+                         most PAYOUT_BATCH_ITEMS_MAX items, all recorded in one store transaction;
+                         200 {"items": [{key, outcome, payout | error}]} in the order sent, where
+                         outcome is created, replayed (the payout already made for that key) or
+                         rejected (error: invalid_item, idempotency_key_reused, duplicate_key);
+                         422 a body that is not a batch, 503 injected transient error (nothing recorded)
   GET  /payouts/{key}    200 the payout, 404 {"error": "not_found"}
-  GET  /payouts          {"payouts": [...]} in creation order, optionally ?status=paid|declined|returned
+  GET  /payouts          {"payouts": [...]} in creation order, optionally ?status=paid|declined|returned,
+                         or only the payouts of ?keys=k1,k2,... (at most PAYOUT_LOOKUP_KEYS_MAX keys)
   GET  /health           200
 
-Faults (HOMEWARD_SANDBOX_PAYOUT_* settings) apply to POST only, so that a client can always resolve
+Notifications go out in batches: one signed POST {"notifications": [...]} of up to
+NOTIFICATION_BATCH_SIZE_MAX, never two about the same payout in one batch. The receiver answers
+{"accepted": [ids]}; the ids it does not accept (or every id, on an error status) are sent again
+later with a doubling pause.
+
+Faults (HOMEWARD_SANDBOX_PAYOUT_* settings) apply to the POSTs only: a batch is answered 503 or late
+as a whole, and each item is declined or returned on its own draw, so that a client can always resolve
 an ambiguous outcome by reading the payout back. Notifications are written to an outbox table in
 the same transaction as the change they describe, and a background loop delivers them, so a crash
 between the two loses nothing.
@@ -25,6 +38,7 @@ import secrets
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -50,11 +64,16 @@ STATUSES: tuple[str, ...] = ("paid", "declined", "returned")
 # Request bounds.
 REFERENCE_CHARS_MAX = 200
 PAYOUT_LIST_SIZE_MAX = 100_000
+PAYOUT_BATCH_ITEMS_MAX = server.BATCH_ITEMS_MAX
+PAYOUT_LOOKUP_KEYS_MAX = 200
+"""Keys per GET /payouts?keys=: 200 UUIDs keep the request line well under the HTTP server's limit."""
 
 # Background loop: returns and notification delivery.
 BACKGROUND_POLL_INTERVAL_SECONDS = 0.05
 RETURN_BATCH_SIZE_MAX = 100
 NOTIFICATION_BATCH_SIZE_MAX = 100
+NOTIFICATIONS_DUE_MAX = 1000
+"""Notifications taken per pass of the background loop, sent as batches of NOTIFICATION_BATCH_SIZE_MAX."""
 NOTIFICATION_CONCURRENCY_MAX = 16
 NOTIFICATION_ATTEMPTS_MAX = 20
 NOTIFICATION_BACKOFF_BASE_SECONDS = 0.5
@@ -98,6 +117,17 @@ class PayoutRequest(BaseModel):
         """sha256 of the canonical JSON of the body: how a reused key is told from a retry."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One readable item of a batch, with the status its draw gave it."""
+
+    index: int
+    key: str
+    request: PayoutRequest
+    status: Status
+    return_due_at: float | None
 
 
 @dataclass(frozen=True)
@@ -161,26 +191,44 @@ class PayoutStore(SqliteStore):
     ) -> tuple[StoredPayout, bool]:
         """The payout for `key`: the one already stored (False), or a new one with its notification (True)."""
         with self._transaction() as connection:
-            row = self._queries.payout(connection, key=key)
-            if row is not None:
-                return StoredPayout.from_row(row), False
-            self._queries.insert_payout(
-                connection,
-                key=key,
-                provider_ref=f"SBXPAY-{secrets.token_hex(8).upper()}",
-                body_hash=request.body_hash(),
-                amount=request.amount,
-                currency=request.currency,
-                method=request.method,
-                reference=request.reference,
-                status=status,
-                created_at=rfc3339(now),
-                return_due_at=return_due_at,
-            )
-            payout = StoredPayout.from_row(self._queries.payout(connection, key=key))
-            kind: NotificationType = "payout.settled" if status == "paid" else "payout.declined"
-            self._notify(connection, kind, payout, now)
-            return payout, True
+            return self._record(connection, key, request, status, return_due_at, now)
+
+    def record_batch(self, items: list["BatchEntry"], *, now: float) -> list[tuple[StoredPayout, bool]]:
+        """`record` for every item, in one transaction (one fsync for the whole batch)."""
+        with self._transaction() as connection:
+            return [
+                self._record(connection, item.key, item.request, item.status, item.return_due_at, now) for item in items
+            ]
+
+    def _record(
+        self,
+        connection: sqlite3.Connection,
+        key: str,
+        request: PayoutRequest,
+        status: Status,
+        return_due_at: float | None,
+        now: float,
+    ) -> tuple[StoredPayout, bool]:
+        row = self._queries.payout(connection, key=key)
+        if row is not None:
+            return StoredPayout.from_row(row), False
+        self._queries.insert_payout(
+            connection,
+            key=key,
+            provider_ref=f"SBXPAY-{secrets.token_hex(8).upper()}",
+            body_hash=request.body_hash(),
+            amount=request.amount,
+            currency=request.currency,
+            method=request.method,
+            reference=request.reference,
+            status=status,
+            created_at=rfc3339(now),
+            return_due_at=return_due_at,
+        )
+        payout = StoredPayout.from_row(self._queries.payout(connection, key=key))
+        kind: NotificationType = "payout.settled" if status == "paid" else "payout.declined"
+        self._notify(connection, kind, payout, now)
+        return payout, True
 
     def _notify(self, connection: sqlite3.Connection, kind: NotificationType, payout: StoredPayout, now: float) -> None:
         notification_id = str(uuid.uuid4())
@@ -204,6 +252,12 @@ class PayoutStore(SqliteStore):
             rows = list(self._queries.list_payouts(self._connection, status=status, limit=PAYOUT_LIST_SIZE_MAX))
         return [StoredPayout.from_row(row) for row in rows]
 
+    def get_many(self, keys: list[str]) -> list[StoredPayout]:
+        """The stored payouts among `keys`, in the order asked (unknown keys are left out)."""
+        with self._lock:
+            found = [self._queries.payout(self._connection, key=key) for key in keys]
+        return [StoredPayout.from_row(row) for row in found if row is not None]
+
     def return_due(self, *, now: float) -> list[StoredPayout]:
         """Marks paid payouts whose return is due as returned, each with its notification."""
         returned: list[StoredPayout] = []
@@ -225,21 +279,21 @@ class PayoutStore(SqliteStore):
     def due_notifications(self, *, now: float) -> list[PendingNotification]:
         with self._lock:
             rows = list(self._queries.due_notifications(
-                self._connection, now=now, attempts_max=NOTIFICATION_ATTEMPTS_MAX, limit=NOTIFICATION_BATCH_SIZE_MAX
+                self._connection, now=now, attempts_max=NOTIFICATION_ATTEMPTS_MAX, limit=NOTIFICATIONS_DUE_MAX
             ))  # fmt: skip
         return [
             PendingNotification(row["id"], row["payout_key"], row["type"], row["body"], row["attempts"]) for row in rows
         ]
 
-    def mark_sent(self, notification_id: str, *, now: float) -> None:
+    def mark_delivered(self, sent: list[str], failed: list[tuple[str, int, float]], *, now: float) -> None:
+        """One batch's outcome in one transaction: the ids sent, and (id, attempts, next attempt) of the rest."""
         with self._transaction() as connection:
-            self._queries.mark_notification_sent(connection, id=notification_id, sent_at=rfc3339(now))
-
-    def mark_failed(self, notification_id: str, *, attempts: int, next_attempt_at: float) -> None:
-        with self._transaction() as connection:
-            self._queries.mark_notification_failed(
-                connection, id=notification_id, attempts=attempts, next_attempt_at=next_attempt_at
-            )
+            for notification_id in sent:
+                self._queries.mark_notification_sent(connection, id=notification_id, sent_at=rfc3339(now))
+            for notification_id, attempts, next_attempt_at in failed:
+                self._queries.mark_notification_failed(
+                    connection, id=notification_id, attempts=attempts, next_attempt_at=next_attempt_at
+                )
 
 
 @dataclass(frozen=True)
@@ -310,6 +364,7 @@ class PayoutSandbox:
         return server.application(
             [
                 Route("/payouts", self.create_payout, methods=["POST"]),
+                Route("/payout-batches", self.create_batch, methods=["POST"]),
                 Route("/payouts", self.list_payouts, methods=["GET"]),
                 Route("/payouts/{key}", self.get_payout, methods=["GET"]),
             ],
@@ -356,6 +411,42 @@ class PayoutSandbox:
             await asyncio.sleep(self.faults.ambiguous_delay_seconds)
         return JSONResponse(payout.public(), status_code=201 if created else 200)
 
+    async def create_batch(self, request: Request) -> JSONResponse:
+        batch = await server.parsed_body(request, server.Batch, bytes_max=server.BATCH_BODY_BYTES_MAX)
+        if isinstance(batch, JSONResponse):
+            return batch
+        if self.faults.latency_seconds:
+            await asyncio.sleep(self.faults.latency_seconds)
+        draw = self._draw()
+        if draw.error:
+            logger.info("payout.fault_injected", items=len(batch.items), fault="error")
+            return server.injected_unavailable("nothing in the batch was paid")
+        items, answers = server.batch_items(batch, PayoutRequest)
+        entries = [self._entry(item, now=time.time()) for item in items]
+        stored = await asyncio.to_thread(self.store.record_batch, entries, now=time.time())
+        for entry, (payout, created) in zip(entries, stored, strict=True):
+            if payout.body_hash != entry.request.body_hash():
+                logger.warning("payout.idempotency_key_reused", key=entry.key, provider_ref=payout.provider_ref)
+                answers[entry.index] = server.rejected(
+                    entry.key, "idempotency_key_reused", "this key was used with a different body"
+                )
+                continue
+            answers[entry.index] = server.answered(entry.key, created, "payout", payout.public())
+            logger.debug("payout.created" if created else "payout.replayed", key=entry.key, status=payout.status)
+        outcomes = Counter(answer["outcome"] for answer in answers)
+        logger.info("payout.batch", items=len(answers), **outcomes)
+        if draw.ambiguous:
+            logger.info("payout.fault_injected", items=len(answers), fault="ambiguous")
+            await asyncio.sleep(self.faults.ambiguous_delay_seconds)
+        return JSONResponse({"items": answers})
+
+    def _entry(self, item: server.Item[PayoutRequest], *, now: float) -> BatchEntry:
+        """A readable item with the status its own draw gives it."""
+        draw = self._draw()
+        status: Status = "declined" if draw.decline else "paid"
+        return_due_at = now + self.faults.return_delay_seconds if status == "paid" and draw.returned else None
+        return BatchEntry(item.index, item.key, item.body, status, return_due_at)
+
     async def get_payout(self, request: Request) -> JSONResponse:
         payout = await asyncio.to_thread(self.store.get, request.path_params["key"])
         if payout is None:
@@ -363,6 +454,12 @@ class PayoutSandbox:
         return JSONResponse(payout.public())
 
     async def list_payouts(self, request: Request) -> JSONResponse:
+        if (asked := request.query_params.get("keys")) is not None:
+            keys = [key for key in asked.split(",") if key]
+            if len(keys) > PAYOUT_LOOKUP_KEYS_MAX:
+                return server.error(422, "too_many_keys", f"keys: at most {PAYOUT_LOOKUP_KEYS_MAX} per request")
+            found = await asyncio.to_thread(self.store.get_many, keys)
+            return JSONResponse({"payouts": [payout.public() for payout in found]})
         status = request.query_params.get("status")
         if status is not None and status not in STATUSES:
             return server.error(422, "invalid_status", f"status: one of {', '.join(STATUSES)}")
@@ -385,42 +482,61 @@ class PayoutSandbox:
 
     async def _deliver_due(self, client: httpx.AsyncClient, url: str) -> None:
         due = await asyncio.to_thread(self.store.due_notifications, now=time.time())
+        batches = [
+            due[first : first + NOTIFICATION_BATCH_SIZE_MAX]
+            for first in range(0, len(due), NOTIFICATION_BATCH_SIZE_MAX)
+        ]
         semaphore = asyncio.Semaphore(NOTIFICATION_CONCURRENCY_MAX)
 
-        async def deliver(notification: PendingNotification) -> None:
+        async def deliver(batch: list[PendingNotification]) -> None:
             async with semaphore:
-                await self._deliver(client, url, notification)
+                await self._deliver(client, url, batch)
 
-        await asyncio.gather(*(deliver(notification) for notification in due))
+        await asyncio.gather(*(deliver(batch) for batch in batches))
 
-    async def _deliver(self, client: httpx.AsyncClient, url: str, notification: PendingNotification) -> None:
-        body = notification.body.encode()
+    async def _deliver(self, client: httpx.AsyncClient, url: str, batch: list[PendingNotification]) -> None:
+        """Sends one batch; the receiver's `accepted` ids are done, the rest are tried again later."""
+        body = ('{"notifications":[' + ",".join(notification.body for notification in batch) + "]}").encode()
         timestamp = int(time.time())
         headers = {"Content-Type": "application/json"}
         if self.callback_secret is not None:
             headers[signing.TIMESTAMP_HEADER] = str(timestamp)
             headers[signing.SIGNATURE_HEADER] = signing.sign(self.callback_secret, timestamp, body)
         outcome: str
+        accepted: set[str] = set()
         try:
             response = await client.post(url, content=body, headers=headers)
             outcome = str(response.status_code)
-            delivered = response.is_success
+            if response.is_success:
+                accepted = _accepted(response, batch)
         except httpx.HTTPError as error:
-            outcome, delivered = type(error).__name__, False
-        attempts = notification.attempts + 1
-        log = logger.bind(notification_id=notification.id, type=notification.type, key=notification.key)
-        if delivered:
-            await asyncio.to_thread(self.store.mark_sent, notification.id, now=time.time())
-            log.info("notification.delivered", attempts=attempts)
-            return
-        delay = min(NOTIFICATION_BACKOFF_MAX_SECONDS, NOTIFICATION_BACKOFF_BASE_SECONDS * 2 ** (attempts - 1))
-        await asyncio.to_thread(
-            self.store.mark_failed, notification.id, attempts=attempts, next_attempt_at=time.time() + delay
-        )
-        if attempts >= NOTIFICATION_ATTEMPTS_MAX:
-            log.error("notification.abandoned", attempts=attempts, outcome=outcome)
-        else:
-            log.warning("notification.failed", attempts=attempts, outcome=outcome, retry_in_seconds=delay)
+            outcome = type(error).__name__
+        sent = [notification.id for notification in batch if notification.id in accepted]
+        failed: list[tuple[str, int, float]] = []
+        for notification in batch:
+            if notification.id in accepted:
+                continue
+            attempts = notification.attempts + 1
+            delay = min(NOTIFICATION_BACKOFF_MAX_SECONDS, NOTIFICATION_BACKOFF_BASE_SECONDS * 2 ** (attempts - 1))
+            failed.append((notification.id, attempts, time.time() + delay))
+            log = logger.bind(notification_id=notification.id, type=notification.type, key=notification.key)
+            if attempts >= NOTIFICATION_ATTEMPTS_MAX:
+                log.error("notification.abandoned", attempts=attempts, outcome=outcome)
+            else:
+                log.warning("notification.failed", attempts=attempts, outcome=outcome, retry_in_seconds=delay)
+        await asyncio.to_thread(self.store.mark_delivered, sent, failed, now=time.time())
+        logger.info("notification.batch", notifications=len(batch), delivered=len(sent), outcome=outcome)
+
+
+def _accepted(response: httpx.Response, batch: list[PendingNotification]) -> set[str]:
+    """The ids a 2xx answer accepted: those it lists, or all of them if it lists none (a bare 204)."""
+    try:
+        listed = response.json().get("accepted") if response.content else None
+    except (ValueError, AttributeError):
+        listed = None
+    if not isinstance(listed, list):
+        return {notification.id for notification in batch}
+    return {str(notification_id) for notification_id in listed}
 
 
 async def serve(settings: PayoutSandboxSettings, *, port: int, store_path: Path) -> None:

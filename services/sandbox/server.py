@@ -6,11 +6,12 @@ import asyncio
 import socket
 import sys
 import time
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import structlog
 import uvicorn
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -18,6 +19,8 @@ from starlette.routing import BaseRoute, Route
 
 REQUEST_BODY_BYTES_MAX = 64 * 1024
 IDEMPOTENCY_KEY_CHARS_MAX = 200
+BATCH_ITEMS_MAX = 500
+BATCH_BODY_BYTES_MAX = 1024 * 1024
 STARTUP_WAIT_SECONDS_MAX = 30.0
 STARTUP_POLL_INTERVAL_SECONDS = 0.01
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -40,11 +43,17 @@ def error(status_code: int, code: str, message: str, **extra: str) -> JSONRespon
     return JSONResponse({"error": code, "message": message, **extra}, status_code=status_code)
 
 
-def invalid(failure: ValidationError) -> JSONResponse:
-    """Names the field and the rule it broke, never the value that was sent."""
+def problem(failure: ValidationError) -> tuple[str, str]:
+    """The first field a body got wrong and "field: rule", never the value that was sent."""
     first = failure.errors(include_url=False, include_context=False, include_input=False)[0]
     field = ".".join(str(part) for part in first["loc"]) or "body"
-    return error(422, "invalid_request", f"{field}: {first['type']}", field=field)
+    return field, f"{field}: {first['type']}"
+
+
+def invalid(failure: ValidationError) -> JSONResponse:
+    """Names the field and the rule it broke, never the value that was sent."""
+    field, message = problem(failure)
+    return error(422, "invalid_request", message, field=field)
 
 
 def _idempotency_key(request: Request) -> str | JSONResponse:
@@ -57,13 +66,13 @@ def _idempotency_key(request: Request) -> str | JSONResponse:
     return key
 
 
-async def _read_body(request: Request) -> bytes | None:
-    """The request body, or None if it is longer than REQUEST_BODY_BYTES_MAX."""
+async def _read_body(request: Request, bytes_max: int) -> bytes | None:
+    """The request body, or None if it is longer than `bytes_max`."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > REQUEST_BODY_BYTES_MAX:
+        if size > bytes_max:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
@@ -75,13 +84,70 @@ async def keyed_request(request: Request, model: type[Body]) -> tuple[str, Body]
     key = _idempotency_key(request)
     if isinstance(key, JSONResponse):
         return key
-    raw = await _read_body(request)
+    body = await parsed_body(request, model, bytes_max=REQUEST_BODY_BYTES_MAX)
+    return body if isinstance(body, JSONResponse) else (key, body)
+
+
+async def parsed_body(request: Request, model: type[Body], *, bytes_max: int) -> Body | JSONResponse:
+    """A POST's body parsed as `model`, or the error answer: over `bytes_max` (413), refused (422)."""
+    raw = await _read_body(request, bytes_max)
     if raw is None:
-        return error(413, "body_too_large", f"the body is limited to {REQUEST_BODY_BYTES_MAX} bytes")
+        return error(413, "body_too_large", f"the body is limited to {bytes_max} bytes")
     try:
-        return key, model.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as failure:
         return invalid(failure)
+
+
+class Batch(BaseModel):
+    """The body of a batch POST: items read one by one, so that one bad item is refused alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=BATCH_ITEMS_MAX)
+
+
+@dataclass(frozen=True)
+class Item(Generic[Body]):
+    """One readable item of a batch: where it stands in the batch, its key and its body."""
+
+    index: int
+    key: str
+    body: Body
+
+
+def rejected(key: Any, code: str, message: str) -> dict[str, Any]:
+    """A batch item's answer when it is refused (the others in its batch are not affected)."""
+    return {"key": key, "outcome": "rejected", "error": code, "message": message}
+
+
+def answered(key: str, created: bool, name: str, document: dict[str, Any]) -> dict[str, Any]:
+    """A batch item's answer when it was done now (created) or before under its key (replayed)."""
+    return {"key": key, "outcome": "created" if created else "replayed", name: document}
+
+
+def batch_items(batch: Batch, model: type[Body]) -> tuple[list[Item[Body]], list[dict[str, Any]]]:
+    """The readable items of a batch, and an answer slot per item (filled in for refused ones:
+    a missing or too long key, a key that appears earlier in the batch, a body `model` refuses)."""
+    items: list[Item[Body]] = []
+    answers: list[dict[str, Any]] = [{} for _ in batch.items]
+    seen: set[str] = set()
+    for index, item in enumerate(batch.items):
+        key = item.get("key")
+        if not isinstance(key, str) or not 0 < len(key) <= IDEMPOTENCY_KEY_CHARS_MAX:
+            answers[index] = rejected(key, "invalid_item", f"key: 1 to {IDEMPOTENCY_KEY_CHARS_MAX} chars")
+            continue
+        if key in seen:
+            answers[index] = rejected(key, "duplicate_key", "the key appears earlier in this batch")
+            continue
+        seen.add(key)
+        try:
+            body = model.model_validate({name: value for name, value in item.items() if name != "key"})
+        except ValidationError as failure:
+            answers[index] = rejected(key, "invalid_item", problem(failure)[1])
+            continue
+        items.append(Item(index, key, body))
+    return items, answers
 
 
 def injected_unavailable(nothing_done: str) -> JSONResponse:

@@ -10,7 +10,7 @@ from services.runtime.settings import HttpListener, PayoutCallbacks, StateDirect
 
 
 class PayoutSandboxSettings(HttpListener, PayoutCallbacks, StateDirectory):
-    """`homeward sandbox payouts`. Faults apply to POST /payouts only."""
+    """`homeward sandbox payouts`. Faults apply to POST /payouts and POST /payout-batches only."""
 
     sandbox_payout_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the sandbox payout provider; 0 picks a free one"

@@ -6,21 +6,29 @@ HTTP API (JSON):
                         201 a new ticket, 200 the ticket already issued for that key (never a second one),
                         400 missing key, 422 invalid body or the key reused for another route,
                         503 injected transient failure (nothing was booked)
+  POST /booking-batches body {"items": [{key, traveler_name, origin_airport, destination_airport}, ...]},
+                        at most 500 items, all issued in one store transaction; 200 {"items": [{key,
+                        outcome, ticket | error}]} in the order sent, where outcome is created,
+                        replayed or rejected (error: invalid_item, idempotency_key_reused,
+                        duplicate_key); 422 a body that is not a batch, 503 injected transient
+                        failure of the whole batch (nothing was booked)
   GET  /bookings/{key}  200 the ticket, 404 {"error": "not_found"}
   GET  /health          200
 
 The traveller's name is required, as a real provider needs it on the ticket, but the sandbox
-neither stores nor logs it. Faults (HOMEWARD_SANDBOX_TRAVEL_FAILURE_RATE) apply to POST only.
+neither stores nor logs it. Faults (HOMEWARD_SANDBOX_TRAVEL_FAILURE_RATE) apply to the POSTs only.
 """
 
 import asyncio
 import contextlib
 import random
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,12 +80,21 @@ class TicketStore(SqliteStore):
 
     def issue(self, key: str, new_ticket: StoredTicket) -> tuple[StoredTicket, bool]:
         """The ticket for `key`: the one already issued (False), or `new_ticket` stored now (True)."""
+        assert new_ticket.key == key
         with self._transaction() as connection:
-            row = self._queries.ticket(connection, key=key)
-            if row is not None:
-                return StoredTicket(*tuple(row)), False
-            self._queries.insert_ticket(connection, **asdict(new_ticket))
-            return new_ticket, True
+            return self._issue(connection, new_ticket)
+
+    def issue_batch(self, tickets: list[StoredTicket]) -> list[tuple[StoredTicket, bool]]:
+        """`issue` for every ticket (each under its own key), in one transaction."""
+        with self._transaction() as connection:
+            return [self._issue(connection, ticket) for ticket in tickets]
+
+    def _issue(self, connection: Any, new_ticket: StoredTicket) -> tuple[StoredTicket, bool]:
+        row = self._queries.ticket(connection, key=new_ticket.key)
+        if row is not None:
+            return StoredTicket(*tuple(row)), False
+        self._queries.insert_ticket(connection, **asdict(new_ticket))
+        return new_ticket, True
 
     def get(self, key: str) -> StoredTicket | None:
         with self._lock:
@@ -111,6 +128,7 @@ class TravelSandbox:
         return server.application(
             [
                 Route("/bookings", self.book, methods=["POST"]),
+                Route("/booking-batches", self.book_batch, methods=["POST"]),
                 Route("/bookings/{key}", self.get_booking, methods=["GET"]),
             ],
             self.lifespan,
@@ -146,6 +164,30 @@ class TravelSandbox:
             return server.error(422, "idempotency_key_reused", "this Idempotency-Key was used for another route")
         logger.info("booking.issued" if created else "booking.replayed", key=key, booking_id=ticket.booking_id)
         return JSONResponse(ticket.public(), status_code=201 if created else 200)
+
+    async def book_batch(self, request: Request) -> JSONResponse:
+        batch = await server.parsed_body(request, server.Batch, bytes_max=server.BATCH_BODY_BYTES_MAX)
+        if isinstance(batch, JSONResponse):
+            return batch
+        if self.random.random() < self.failure_rate:
+            keys = [item.get("key") for item in batch.items]
+            logger.info("booking.fault_injected", items=len(keys), keys=keys, fault="error")
+            return server.injected_unavailable("nothing in the batch was booked")
+        items, answers = server.batch_items(batch, BookingRequest)
+        issued = await asyncio.to_thread(
+            self.store.issue_batch, [self._new_ticket(item.key, item.body) for item in items]
+        )
+        for item, (ticket, created) in zip(items, issued, strict=True):
+            route = (item.body.origin_airport, item.body.destination_airport)
+            if (ticket.origin_airport, ticket.destination_airport) != route:
+                logger.warning("booking.idempotency_key_reused", key=item.key, booking_id=ticket.booking_id)
+                answers[item.index] = server.rejected(
+                    item.key, "idempotency_key_reused", "this key was used for another route"
+                )
+                continue
+            answers[item.index] = server.answered(item.key, created, "ticket", ticket.public())
+        logger.info("booking.batch", items=len(answers), **Counter(answer["outcome"] for answer in answers))
+        return JSONResponse({"items": answers})
 
     async def get_booking(self, request: Request) -> JSONResponse:
         ticket = await asyncio.to_thread(self.store.get, request.path_params["key"])

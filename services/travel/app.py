@@ -54,6 +54,7 @@ def build(settings: TravelSettings, pool: asyncpg.Pool) -> ServiceDefinition:
             lease_margin_seconds=BOOKING_LEASE_MARGIN_SECONDS,
         ),
         batch_size_max=settings.worker_batch_size_max,
+        batch_items_max=settings.travel_batch_items_max,
         concurrency_max=settings.worker_concurrency_max,
         rng=random.Random(),
     )

@@ -18,6 +18,8 @@ from services.runtime.messages import now
 from services.runtime.uow import UnitOfWork
 from services.travel import domain
 from services.travel.adapters.provider import (
+    BookingItem,
+    BookingOutcome,
     PermanentProviderError,
     Ticket,
     TransientProviderError,
@@ -38,7 +40,7 @@ async def handle_accepted(event: Envelope[RegistrationAccepted], uow: UnitOfWork
         destination_airport=case.destination_airport,
         sealed=case.sealed,
     )
-    logger.info("travel.booking_requested")
+    logger.debug("travel.booking_requested")
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,11 @@ class BookingWorker:
     data_key: bytes
     policy: RetryPolicy
     batch_size_max: int
+    """Requests claimed per pass."""
+    batch_items_max: int
+    """Requests per provider batch call."""
     concurrency_max: int
+    """Provider batch calls in flight at once."""
     rng: random.Random
 
     async def book_due(self) -> int:
@@ -76,8 +82,7 @@ class BookingWorker:
             )
         if not due:
             return 0
-        limiter = asyncio.Semaphore(self.concurrency_max)
-        outcomes = await asyncio.gather(*(self._attempt(request, limiter) for request in due))
+        outcomes = await self._attempt_all(due)
         async with self.pool.acquire() as connection, connection.transaction():
             uow = UnitOfWork(connection, "travel", self.runtime_queries)
             for request, outcome in zip(due, outcomes, strict=True):
@@ -88,35 +93,45 @@ class BookingWorker:
                 ):
                     await self._record(uow, request, outcome, lease_id)
             await uow.flush()
+        booked = sum(isinstance(outcome, TravelBooked) for outcome in outcomes)
+        logger.info("booking.pass", claimed=len(due), booked=booked, not_booked=len(due) - booked)
         return len(due)
 
     def lease_seconds(self) -> float:
-        """Long enough for a whole pass: every wave of `concurrency_max` calls, each at its longest."""
-        waves = -(-self.batch_size_max // self.concurrency_max)
+        """Long enough for a whole pass: every wave of `concurrency_max` batch calls, each at its longest."""
+        calls = -(-self.batch_size_max // self.batch_items_max)
+        waves = -(-calls // self.concurrency_max)
         return self.policy.call_seconds_max * waves + self.policy.lease_margin_seconds
 
-    async def _attempt(self, request: Any, limiter: asyncio.Semaphore) -> TravelBooked | Exception:
-        try:
-            traveler = crypto.unseal(self.data_key, request["sealed"], bound_to=str(request["case_id"]))
-        except crypto.UNSEAL_ERRORS:
-            # One unreadable case fails alone; it must not hold up the rest of the batch.
-            return PermanentProviderError("traveler data cannot be opened with this data key")
-        async with limiter:
+    async def _attempt_all(self, due: list[Any]) -> list[TravelBooked | Exception]:
+        """Every due request's outcome, in order: the provider is asked in batches, a few at once."""
+        items: list[BookingItem] = []
+        unreadable: dict[str, Exception] = {}
+        for request in due:
+            key = str(request["case_id"])
             try:
-                ticket = await self.provider.book(
-                    idempotency_key=str(request["case_id"]),
-                    traveler_name=f"{traveler['given_name']} {traveler['family_name']}",
-                    origin_airport=request["origin_airport"],
-                    destination_airport=request["destination_airport"],
-                )
-            except (TransientProviderError, PermanentProviderError, TimeoutError, OSError) as error:
-                return error
-        try:
-            return _booked(request["case_id"], ticket)
-        except ValidationError as error:
-            # One odd ticket fails its own case (after its retries), never the rest of the pass.
-            fields = ", ".join(".".join(map(str, problem["loc"])) for problem in error.errors(include_input=False))
-            return TransientProviderError(f"the provider's ticket does not fit travel.booked.v1: {fields}")
+                traveler = crypto.unseal(self.data_key, request["sealed"], bound_to=key)
+            except crypto.UNSEAL_ERRORS:
+                # One unreadable case fails alone; it must not hold up the rest of the batch.
+                unreadable[key] = PermanentProviderError("traveler data cannot be opened with this data key")
+                continue
+            name = f"{traveler['given_name']} {traveler['family_name']}"
+            items.append(BookingItem(key, name, request["origin_airport"], request["destination_airport"]))
+        limiter = asyncio.Semaphore(self.concurrency_max)
+
+        async def book(batch: list[BookingItem]) -> dict[str, BookingOutcome]:
+            async with limiter:
+                return await self.provider.book_batch(batch)
+
+        answered: dict[str, BookingOutcome] = {}
+        batches = [items[first : first + self.batch_items_max] for first in range(0, len(items), self.batch_items_max)]
+        for outcomes in await asyncio.gather(*(book(batch) for batch in batches)):
+            answered.update(outcomes)
+        return [
+            unreadable.get(str(request["case_id"]))
+            or _outcome(request["case_id"], answered.get(str(request["case_id"])))
+            for request in due
+        ]
 
     async def _record(self, uow: UnitOfWork, request: Any, outcome: TravelBooked | Exception, lease_id: UUID) -> None:
         case_id, attempts = request["case_id"], request["attempts"] + 1
@@ -128,7 +143,7 @@ class BookingWorker:
             )
             if booked:
                 uow.emit(outcome, **correlation)
-                logger.info("travel.booked", attempts=attempts)
+                logger.debug("travel.booked", attempts=attempts)
             return
         reason = f"{type(outcome).__name__}: {outcome}"
         permanent = isinstance(outcome, PermanentProviderError)
@@ -143,6 +158,19 @@ class BookingWorker:
         )
         await self.queries.schedule_retry(uow.connection, **held, error=reason, delay_seconds=delay)
         logger.info("travel.booking_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 3))
+
+
+def _outcome(case_id: Any, answered: BookingOutcome | None) -> TravelBooked | Exception:
+    if answered is None:
+        return TransientProviderError("the provider's answer left this booking out")
+    if isinstance(answered, Exception):
+        return answered
+    try:
+        return _booked(case_id, answered)
+    except ValidationError as error:
+        # One odd ticket fails its own case (after its retries), never the rest of the pass.
+        fields = ", ".join(".".join(map(str, problem["loc"])) for problem in error.errors(include_input=False))
+        return TransientProviderError(f"the provider's ticket does not fit travel.booked.v1: {fields}")
 
 
 def _booked(case_id: Any, ticket: Ticket) -> TravelBooked:

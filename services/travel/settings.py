@@ -19,3 +19,6 @@ class TravelSettings(ServiceSettings, SealedData):
         default=3, ge=1, le=20, description="Booking tries within one attempt before it is scheduled again"
     )
     travel_provider_backoff_initial_ms: int = Field(default=100, ge=1, description="First pause between those tries")
+    travel_batch_items_max: int = Field(
+        default=200, ge=1, le=500, description="Bookings per batch call to the provider (the sandbox takes at most 500)"
+    )

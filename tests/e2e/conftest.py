@@ -49,10 +49,14 @@ class Running:
 
 
 @contextlib.contextmanager
-def homeward_up(state_dir: Path, stop_seconds_max: float = UP_STOP_SECONDS_MAX) -> Iterator[Running]:
+def homeward_up(
+    state_dir: Path, stop_seconds_max: float = UP_STOP_SECONDS_MAX, log_level: str | None = None
+) -> Iterator[Running]:
     """A `homeward up` (3 partitions a topic) until the block ends. It runs in its own process group,
     so that everything it started can be stopped even when it cannot stop itself."""
     env = clean_env()
+    if log_level is not None:
+        env["HOMEWARD_LOG_LEVEL"] = log_level
     process = subprocess.Popen(
         [sys.executable, "-m", "services.ops.cli", "up", "--state-dir", str(state_dir),
          "--kafka-port", str(free_port()), "--partitions", "3"],
@@ -86,5 +90,6 @@ def homeward_up(state_dir: Path, stop_seconds_max: float = UP_STOP_SECONDS_MAX) 
 
 @pytest.fixture(scope="session")
 def homeward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    with homeward_up(tmp_path_factory.mktemp("homeward-up")) as running:
+    # DEBUG: the per-event lines too, so that the log checks (no personal data) read every line.
+    with homeward_up(tmp_path_factory.mktemp("homeward-up"), log_level="DEBUG") as running:
         yield running

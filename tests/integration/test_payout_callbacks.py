@@ -74,6 +74,15 @@ async def refused_counts(endpoint: httpx.AsyncClient) -> dict[str, int]:
     return counts
 
 
+async def paid_stipend(kafka: Any, infra: Infra, case_id: UUID) -> dict[str, Any]:
+    """Sends a case's acceptance and verified arrival; its `stipend.disbursed.v1`, once paid."""
+    await send_pair(kafka, infra, case_id)
+    [paid] = await eventually(
+        lambda: kafka.events(DISBURSED, case_id=str(case_id)), timeout=STIPEND_WAIT_SECONDS, what="the stipend"
+    )
+    return paid
+
+
 async def post(endpoint: httpx.AsyncClient, body: bytes, headers: dict[str, str]) -> httpx.Response:
     return await endpoint.post("/callbacks/payouts", content=body, headers=headers)
 
@@ -129,10 +138,7 @@ async def test_a_returned_payout_reverses_the_stipend_once(
 ):
     case_id = uuid4()
     async with Collector(infra.kafka_bootstrap, outbound_and_dlq_topics()) as kafka:
-        await send_pair(kafka, infra, case_id)
-        [paid] = await eventually(
-            lambda: kafka.events(DISBURSED, case_id=str(case_id)), timeout=STIPEND_WAIT_SECONDS, what="the stipend"
-        )
+        paid = await paid_stipend(kafka, infra, case_id)
         payment_id, provider_ref = paid["data"]["payment_id"], paid["data"]["provider_ref"]
         applied_before = (await health(endpoint))["callbacks_applied"]
         body = notification("payout.returned", payment_id, provider_ref)
@@ -172,6 +178,35 @@ async def test_a_callback_for_an_unknown_payment_changes_nothing(
         await database.fetchval("SELECT count(*) FROM disbursement.payments WHERE payment_id = $1", UUID(payment_id))
         == 0
     )
+
+
+async def test_a_batch_of_callbacks_is_recorded_at_once_and_unknown_payments_are_named(
+    infra: Infra, endpoint: httpx.AsyncClient, database: asyncpg.Connection
+):
+    case_id = uuid4()
+    async with Collector(infra.kafka_bootstrap, outbound_and_dlq_topics()) as kafka:
+        paid = await paid_stipend(kafka, infra, case_id)
+        payment_id, provider_ref = paid["data"]["payment_id"], paid["data"]["provider_ref"]
+        returned = json.loads(notification("payout.returned", payment_id, provider_ref))
+        stranger = json.loads(notification("payout.settled", str(uuid4()), "SBXPAY-STRANGER"))
+        body = json.dumps({"notifications": [returned, stranger]}).encode()
+
+        response = await post(endpoint, body, signed_headers(infra.callback_secret, body))
+        assert (response.status_code, response.json()) == (
+            200, {"accepted": [returned["id"]], "unknown": [stranger["id"]]},
+        )  # fmt: skip
+        again = await post(endpoint, body, signed_headers(infra.callback_secret, body))
+        assert again.json()["accepted"] == [returned["id"]]
+        [failed] = await eventually(
+            lambda: kafka.events(STIPEND_FAILED, case_id=str(case_id)), timeout=STIPEND_WAIT_SECONDS, what="failed"
+        )
+    assert failed["data"]["reason"] == domain.FAILED_RETURNED
+    recorded = await database.fetch(
+        "SELECT notification_id, applied_at IS NOT NULL AS applied FROM disbursement.payout_callbacks"
+        " WHERE notification_id = ANY($1::text[])",
+        [returned["id"], stranger["id"]],
+    )
+    assert [(row["notification_id"], row["applied"]) for row in recorded] == [(returned["id"], True)]
 
 
 async def transfer_kinds(database: asyncpg.Connection, payment_id: str) -> list[tuple[str, str]]:

@@ -61,6 +61,8 @@ IMPATIENT_PAYER = {
     "HOMEWARD_PAYOUT_TIMEOUT_MS": "500",
     "HOMEWARD_PAYOUT_BACKOFF_INITIAL_MS": "20",
     "HOMEWARD_WORKER_BATCH_SIZE_MAX": "200",
+    # Small batches: many provider calls, so that the injected faults land (they are drawn per call).
+    "HOMEWARD_PAYOUT_BATCH_ITEMS_MAX": "20",
 }
 
 

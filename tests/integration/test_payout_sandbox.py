@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from services.devstack.embedded import free_port
-from services.disbursement.adapters.provider import HttpPayoutProvider, ProviderUnavailableError
+from services.disbursement.adapters.provider import HttpPayoutProvider, Payout, PayoutItem, ProviderUnavailableError
 from services.runtime import signing
 from tests.support import eventually
 
@@ -117,7 +118,9 @@ class CallbackReceiver:
         self.server.server_close()
 
     def notifications(self, key: str) -> list[dict[str, Any]]:
-        return [json.loads(body) for _, body in self.received if json.loads(body)["key"] == key]
+        """The notifications about `key`, in the order received (the sandbox sends them in batches)."""
+        sent = [notification for _, body in self.received for notification in json.loads(body)["notifications"]]
+        return [notification for notification in sent if notification["key"] == key]
 
     def signed_with(self, secret: str) -> bool:
         return all(
@@ -265,6 +268,50 @@ async def test_an_unknown_key_is_not_found_and_the_list_filters_by_status(sandbo
     assert [payout["created_at"] for payout in paid] == sorted(payout["created_at"] for payout in paid)
     assert invalid.status_code == 422
     assert health.status_code == 200
+
+
+async def test_a_batch_pays_each_key_once_and_refuses_a_bad_item_alone(sandbox: Sandbox) -> None:
+    keys = [str(uuid4()) for _ in range(3)]
+    good = [{"key": key, **payout_body()} for key in keys]
+    bad = {"key": str(uuid4()), **payout_body(currency="usd")}
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_SECONDS) as client:
+        first = await client.post(f"{sandbox.url}/payout-batches", json={"items": [*good, bad, good[0]]})
+        again = await client.post(f"{sandbox.url}/payout-batches", json={"items": good})
+        reused = await client.post(f"{sandbox.url}/payout-batches", json={"items": [{**good[1], "amount": "1.00"}]})
+        looked_up = await client.get(f"{sandbox.url}/payouts", params={"keys": ",".join([*keys, bad["key"]])})
+        too_many = await client.get(f"{sandbox.url}/payouts", params={"keys": ",".join(["k"] * 201)})
+        empty = await client.post(f"{sandbox.url}/payout-batches", json={"items": []})
+    assert first.status_code == 200
+    answers = first.json()["items"]
+    assert [(answer["key"], answer["outcome"]) for answer in answers] == [
+        *((key, "created") for key in keys), (bad["key"], "rejected"), (keys[0], "rejected"),
+    ]  # fmt: skip
+    assert (answers[3]["error"], answers[3]["message"]) == ("invalid_item", "currency: string_pattern_mismatch")
+    assert answers[4]["error"] == "duplicate_key"
+    assert [answer["outcome"] for answer in again.json()["items"]] == ["replayed"] * 3
+    assert [answer["payout"] for answer in again.json()["items"]] == [answer["payout"] for answer in answers[:3]]
+    assert reused.json()["items"][0]["error"] == "idempotency_key_reused"
+    assert [payout["key"] for payout in looked_up.json()["payouts"]] == keys
+    assert too_many.status_code == 422
+    assert empty.status_code == 422
+    assert CANARY_MSISDN not in first.text
+
+
+async def test_an_ambiguous_batch_is_looked_up_before_anything_is_sent_again(start_sandbox: StartSandbox) -> None:
+    slow = start_sandbox(HOMEWARD_SANDBOX_PAYOUT_AMBIGUOUS_RATE="1", HOMEWARD_SANDBOX_PAYOUT_AMBIGUOUS_DELAY_MS="3000")
+    items = [
+        PayoutItem(str(uuid4()), Decimal("1000.00"), "USD", "mobile_money", {"msisdn": CANARY_MSISDN}) for _ in range(5)
+    ]
+    provider = HttpPayoutProvider(slow.url, timeout_seconds=0.5, attempts_max=3, backoff_initial_seconds=0.05)
+    try:
+        outcomes = await provider.pay_batch(items, resolve_first=set())
+    finally:
+        await provider.close()
+    assert {key: (outcome.status if isinstance(outcome, Payout) else outcome) for key, outcome in outcomes.items()} == {
+        item.key: "paid" for item in items
+    }
+    batches = [line for line in slow.lines if '"payout.batch"' in line]
+    assert len(batches) == 1, "the batch was sent once; the second try found every key already paid"
 
 
 async def test_an_injected_error_records_nothing(start_sandbox: StartSandbox) -> None:

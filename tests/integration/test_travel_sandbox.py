@@ -8,7 +8,13 @@ from uuid import uuid4
 import httpx
 import pytest
 
-from services.travel.adapters.provider import HttpTravelProvider, PermanentProviderError, TransientProviderError
+from services.travel.adapters.provider import (
+    BookingItem,
+    HttpTravelProvider,
+    PermanentProviderError,
+    Ticket,
+    TransientProviderError,
+)
 from tests.support import TravelSandbox
 
 pytestmark = pytest.mark.integration
@@ -46,6 +52,27 @@ async def test_one_ticket_per_key_however_often_it_is_asked(sandbox: TravelSandb
     assert (first.origin_airport, first.destination_airport) == ("IAH", "TGU")
     assert (first.scheduled_arrival - first.scheduled_departure).total_seconds() == 14400
     assert first.flight_number.startswith(first.carrier)
+
+
+async def test_a_batch_books_each_key_once_and_refuses_a_bad_item_alone(sandbox: TravelSandbox):
+    keys = [str(uuid4()) for _ in range(3)]
+    items = [BookingItem(key, TRAVELER, "IAH", "TGU") for key in keys]
+    bad = BookingItem(str(uuid4()), TRAVELER, "houston", "TGU")
+    reused = BookingItem(keys[0], TRAVELER, "IAH", "GUA")
+    provider = adapter(sandbox.url)
+    try:
+        first = await provider.book_batch([*items, bad])
+        again = await provider.book_batch([reused, *items[1:]])
+        single = await provider.book(idempotency_key=keys[1], traveler_name=TRAVELER, **ROUTE)
+    finally:
+        await provider.close()
+    assert [type(first[key]) for key in keys] == [Ticket] * 3
+    assert isinstance(first[bad.key], PermanentProviderError) and "invalid_item" in str(first[bad.key])
+    assert "houston" not in str(first[bad.key])
+    # A batch of keys already booked answers the same tickets, whichever way they are asked;
+    # the key asked for another route is refused, and its ticket does not change.
+    assert isinstance(again[keys[0]], PermanentProviderError) and "idempotency_key_reused" in str(again[keys[0]])
+    assert [again[key] for key in keys[1:]] == [first[key] for key in keys[1:]] == [single, first[keys[2]]]
 
 
 async def test_bad_requests_are_answered_with_a_code(sandbox: TravelSandbox):

@@ -1,7 +1,7 @@
-"""One booking attempt, with a fake provider: what the worker settles for the case. A ticket
-that breaks the contract fails its own case (as a retryable error), never the whole pass."""
+"""A pass's booking attempts, with a fake provider: what the worker settles for each case. A ticket
+that breaks the contract fails its own case (as a retryable error), never the whole pass; the
+provider is asked in batches of `batch_items_max`."""
 
-import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -9,7 +9,13 @@ from uuid import uuid4
 
 from contracts.events import TravelBooked
 from services.runtime import crypto
-from services.travel.adapters.provider import Ticket, TransientProviderError
+from services.travel.adapters.provider import (
+    BookingItem,
+    BookingOutcome,
+    PermanentProviderError,
+    Ticket,
+    TransientProviderError,
+)
 from services.travel.handlers import BookingWorker, RetryPolicy
 
 KEY = bytes.fromhex(crypto.new_key_hex())
@@ -17,38 +23,56 @@ POLICY = RetryPolicy(attempts_max=3, backoff_base_ms=10, backoff_max_ms=50, call
 
 
 class FakeProvider:
-    def __init__(self, carrier: str) -> None:
+    def __init__(self, carrier: str, *, leaves_out: int = 0) -> None:
         self.carrier = carrier
+        self.leaves_out = leaves_out
+        self.batches: list[int] = []
 
     async def book(self, **request: str) -> Ticket:
+        raise NotImplementedError
+
+    async def book_batch(self, items: list[BookingItem]) -> dict[str, BookingOutcome]:
+        self.batches.append(len(items))
         departure = datetime.now(UTC)
-        return Ticket("SBX-1", self.carrier, f"{self.carrier}123", request["origin_airport"],
-                      request["destination_airport"], departure, departure + timedelta(hours=4))  # fmt: skip
+        return {
+            item.key: Ticket("SBX-1", self.carrier, f"{self.carrier}123", item.origin_airport,
+                             item.destination_airport, departure, departure + timedelta(hours=4))
+            for item in items[self.leaves_out:]
+        }  # fmt: skip
 
 
-def worker(provider: FakeProvider) -> BookingWorker:
+def worker(provider: FakeProvider, batch_items_max: int = 50) -> BookingWorker:
     return BookingWorker(pool=None, queries=None, runtime_queries=None, provider=provider, data_key=KEY,  # type: ignore[arg-type]
-                         policy=POLICY, batch_size_max=200, concurrency_max=32, rng=random.Random(1))  # fmt: skip
+                         policy=POLICY, batch_size_max=200, batch_items_max=batch_items_max, concurrency_max=2,
+                         rng=random.Random(1))  # fmt: skip
 
 
-def request() -> dict[str, Any]:
+def request(sealed_for: Any = None) -> dict[str, Any]:
     case_id = uuid4()
     traveler = {"given_name": "Ana", "family_name": "Reyes"}
-    return {"case_id": case_id, "sealed": crypto.seal(KEY, traveler, bound_to=str(case_id)),
+    return {"case_id": case_id, "sealed": crypto.seal(KEY, traveler, bound_to=str(sealed_for or case_id)),
             "origin_airport": "IAH", "destination_airport": "TGU"}  # fmt: skip
 
 
-async def test_a_ticket_becomes_the_booked_event():
-    outcome = await worker(FakeProvider("XH"))._attempt(request(), asyncio.Semaphore(1))
-    assert isinstance(outcome, TravelBooked) and outcome.carrier == "XH"
+async def test_tickets_become_booked_events_asked_in_batches():
+    provider = FakeProvider("XH")
+    outcomes = await worker(provider, batch_items_max=2)._attempt_all([request() for _ in range(5)])
+    assert all(isinstance(outcome, TravelBooked) and outcome.carrier == "XH" for outcome in outcomes)
+    assert sorted(provider.batches) == [1, 2, 2]
 
 
 async def test_a_ticket_that_breaks_the_contract_is_a_retryable_failure_of_its_case():
-    outcome = await worker(FakeProvider("not a carrier"))._attempt(request(), asyncio.Semaphore(1))
+    [outcome] = await worker(FakeProvider("not a carrier"))._attempt_all([request()])
     assert isinstance(outcome, TransientProviderError)
     assert "carrier" in str(outcome) and "not a carrier" not in str(outcome)
 
 
+async def test_an_unreadable_case_and_a_left_out_answer_fail_alone():
+    unreadable, left_out, fine = request(sealed_for=uuid4()), request(), request()
+    outcomes = await worker(FakeProvider("XH", leaves_out=1))._attempt_all([unreadable, left_out, fine])
+    assert [type(outcome) for outcome in outcomes] == [PermanentProviderError, TransientProviderError, TravelBooked]
+
+
 def test_the_lease_covers_a_whole_pass():
-    # 200 requests, 32 at a time: 7 waves of calls of up to 5 s each, plus the margin.
-    assert worker(FakeProvider("XH")).lease_seconds() == 7 * 5 + 30
+    # 200 requests in batches of 50, 2 calls at a time: 2 waves of calls of up to 5 s each, plus the margin.
+    assert worker(FakeProvider("XH")).lease_seconds() == 2 * 5 + 30

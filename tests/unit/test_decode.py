@@ -7,6 +7,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from contracts.events import CarrierRecord, RegistrationSubmitted
+from services.runtime import messages
 from services.runtime.messages import (
     DETAIL_CHARS_MAX,
     ERROR_INVALID_ENVELOPE,
@@ -39,6 +40,17 @@ def _submitted(**overrides: Any) -> dict[str, Any]:
 
 
 # Valid records ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["carrier", "partner_office"])
+def test_the_one_pass_decode_and_the_detailed_path_agree_on_a_valid_record(source: str) -> None:
+    """Valid records are validated once from bytes; the detailed path (run only for refused ones)
+    must read a valid record exactly the same way."""
+    for topic, document in ((SUBMITTED, _submitted()), (EVIDENCE, envelope(EVIDENCE, evidence_data(source)))):
+        raw = record(topic, document)
+        fast, detailed = decode(raw), messages._undeliverable(raw)
+        assert isinstance(fast, Decoded) and isinstance(detailed, Decoded)
+        assert fast.envelope == detailed.envelope
 
 
 def test_valid_submission_decodes_to_its_envelope() -> None:

@@ -1,6 +1,9 @@
-"""Payout notifications from the provider, over HTTP: signed, fresh, deduplicated, then applied.
+"""Payout notifications from the provider, over HTTP: signed, fresh, recorded, then applied.
 
-Unsigned, mis-signed and stale callbacks are refused (401) and counted by reason.
+Unsigned, mis-signed and stale callbacks are refused (401) and counted by reason. A signed one,
+or a signed batch `{"notifications": [...]}`, is recorded by one insert into `payout_callbacks`
+and answered at once, so that a callback never waits on a payment's row lock; `apply_recorded`
+(a worker) then applies what was recorded, many notifications per transaction.
 """
 
 import json
@@ -19,15 +22,52 @@ from starlette.routing import BaseRoute, Route
 
 from services.disbursement import stipends
 from services.disbursement.adapters.provider import Payout
-from services.runtime import signing
+from services.runtime import crypto, signing
 from services.runtime.db import fetch_all
 from services.runtime.uow import UnitOfWork
 
 logger = structlog.get_logger("homeward.disbursement.callbacks")
 
-CALLBACK_CONSUMER = "payout-callbacks"
-BODY_BYTES_MAX = 64 * 1024
+BODY_BYTES_MAX = 1024 * 1024
+NOTIFICATIONS_PER_CALLBACK_MAX = 500
 NOTIFICATION_STATUS = {"payout.settled": "paid", "payout.returned": "returned", "payout.declined": "declined"}
+
+
+class MalformedNotification(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Notification:
+    id: str
+    payment_id: UUID
+    payout: Payout
+
+
+def _notification(document: Any) -> Notification:
+    try:
+        payout = Payout(
+            key=str(document["key"]), provider_ref=str(document["provider_ref"]),
+            status=NOTIFICATION_STATUS[document["type"]], amount=Decimal(document["amount"]),
+            currency=str(document["currency"]),
+        )  # fmt: skip
+        return Notification(str(document["id"]), UUID(document["key"]), payout)
+    except (ValueError, KeyError, TypeError, ArithmeticError) as error:
+        raise MalformedNotification from error
+
+
+def parse(body: bytes) -> tuple[list[Notification], bool]:
+    """The notifications of a callback body, and whether it was a batch (or one notification alone)."""
+    try:
+        document = json.loads(body)
+    except ValueError as error:
+        raise MalformedNotification from error
+    if isinstance(document, dict) and isinstance(document.get("notifications"), list):
+        listed = document["notifications"]
+        if not 0 < len(listed) <= NOTIFICATIONS_PER_CALLBACK_MAX:
+            raise MalformedNotification
+        return [_notification(item) for item in listed], True
+    return [_notification(document)], False
 
 
 @dataclass
@@ -38,6 +78,7 @@ class CallbackEndpoint:
     secret: bytes
     data_key: bytes
     tolerance_seconds: int
+    batch_size_max: int
     refused: Counter[str] = field(default_factory=Counter)
     applied: int = 0
 
@@ -63,40 +104,76 @@ class CallbackEndpoint:
             logger.warning("callback.refused", reason=reason, refused_total=sum(self.refused.values()))
             return JSONResponse({"error": reason}, status_code=401)
         try:
-            notification = json.loads(body)
-            kind, payment_id = notification["type"], UUID(notification["key"])
-            payout = Payout(
-                key=notification["key"], provider_ref=notification["provider_ref"], status=NOTIFICATION_STATUS[kind],
-                amount=Decimal(notification["amount"]), currency=notification["currency"],
-            )  # fmt: skip
-        except (ValueError, KeyError, TypeError):
+            notifications, batch = parse(body)
+        except MalformedNotification:
             self.refused["malformed_notification"] += 1
             return JSONResponse({"error": "malformed_notification"}, status_code=400)
-        if not await self._apply(str(notification["id"]), payment_id, payout):
-            # Not claimed: the provider keeps the notification and sends it again later.
+        recorded = await self._record(notifications)
+        unknown = [notification.id for notification in notifications if notification.id not in recorded]
+        if unknown:
+            # Not recorded: the provider keeps these and sends them again later.
+            logger.warning("callback.unknown_payment", notifications=len(unknown))
+        if batch:
+            accepted = [notification.id for notification in notifications if notification.id in recorded]
+            return JSONResponse({"accepted": accepted, "unknown": unknown})
+        if unknown:
             return JSONResponse({"error": "unknown_payment"}, status_code=404)
         return JSONResponse({"status": "accepted"})
 
-    async def _apply(self, notification_id: str, payment_id: UUID, payout: Payout) -> bool:
-        """Applies a notification once; False if its payment is unknown here (nothing is recorded)."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            payment = await self.queries.payments.lock_payment(connection, payment_id=payment_id)
-            if payment is None:
-                logger.warning("callback.unknown_payment", payment_id=str(payment_id))
-                return False
-            fresh = await fetch_all(
-                self.runtime_queries.claim_events(connection, consumer=CALLBACK_CONSUMER, event_ids=[notification_id])
+    async def _record(self, notifications: list[Notification]) -> set[str]:
+        """Records the notifications of known payments (once each); returns the ids on record."""
+        rows = await fetch_all(
+            self.queries.payments.record_callbacks(
+                self.pool,
+                notification_ids=[notification.id for notification in notifications],
+                payment_ids=[notification.payment_id for notification in notifications],
+                statuses=[notification.payout.status for notification in notifications],
+                provider_refs=[notification.payout.provider_ref for notification in notifications],
+                amounts=[notification.payout.amount for notification in notifications],
+                currencies=[notification.payout.currency for notification in notifications],
             )
-            if not fresh:
-                return True
+        )
+        return {row["notification_id"] for row in rows}
+
+    async def apply_recorded(self) -> int:
+        """Applies recorded notifications, oldest first, in one transaction; safe to repeat."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            callbacks = await fetch_all(self.queries.payments.claim_callbacks(connection, limit=self.batch_size_max))
+            if not callbacks:
+                return 0
+            locked = await fetch_all(
+                self.queries.payments.lock_payments(
+                    connection, payment_ids=[callback["payment_id"] for callback in callbacks]
+                )
+            )
+            payments = {payment["payment_id"]: payment for payment in locked}
             uow = UnitOfWork(connection, "disbursement", self.runtime_queries)
-            with structlog.contextvars.bound_contextvars(
-                case_id=str(payment["case_id"]),
-                correlationid=str(payment["correlationid"]),
-                event_type="payout.callback",
-            ):
-                method = stipends.method_of(payment, self.data_key)
-                await stipends.apply_provider_status(uow, self.queries, payment, method, payout)
+            applied: list[str] = []
+            for callback in callbacks:
+                if await self._apply(uow, payments[callback["payment_id"]], callback):
+                    applied.append(callback["notification_id"])
+            await self.queries.payments.mark_callbacks_applied(connection, notification_ids=applied)
             await uow.flush()
-        self.applied += 1
+        self.applied += len(applied)
+        logger.info("callback.applied", notifications=len(applied), left=len(callbacks) - len(applied))
+        return len(callbacks)
+
+    async def _apply(self, uow: UnitOfWork, payment: Any, callback: Any) -> bool:
+        with structlog.contextvars.bound_contextvars(
+            case_id=str(payment["case_id"]),
+            correlationid=str(payment["correlationid"]),
+            event_type="payout.callback",
+        ):
+            try:
+                method = payment["method"] or stipends.method_of(payment, self.data_key)
+            except crypto.UNSEAL_ERRORS:
+                # Left unapplied (and counted as waiting): an operator must look at this payment.
+                logger.error("callback.instrument_unreadable", payment_id=str(payment["payment_id"]))
+                return False
+            payout = Payout(
+                key=str(callback["payment_id"]), provider_ref=callback["provider_ref"], status=callback["status"],
+                amount=callback["amount"], currency=callback["currency"],
+            )  # fmt: skip
+            await stipends.apply_provider_status(uow, self.queries, payment, method, payout)
+            logger.debug("callback.applied", notification_id=callback["notification_id"], status=callback["status"])
         return True

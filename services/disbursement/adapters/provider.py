@@ -1,5 +1,9 @@
 """The payout provider over HTTP (httpx), with bounded retries (stamina) and ambiguity resolved
-by asking the provider before any new attempt: never a second payout."""
+by asking the provider before any new attempt: never a second payout.
+
+Payouts go in batches (`POST /payout-batches`, each item with its own idempotency key); an
+ambiguous batch is resolved by looking its keys up (`GET /payouts?keys=`) before anything is
+sent again. The single `POST /payouts` stays for callers that pay one at a time."""
 
 from dataclasses import dataclass
 from decimal import Decimal
@@ -13,6 +17,8 @@ logger = structlog.get_logger("homeward.disbursement.provider")
 
 CONNECT_TIMEOUT_SECONDS = 2.0
 PAYOUT_REFUSED = "payout_refused"
+LOOKUP_KEYS_MAX = 200
+"""Keys per `GET /payouts?keys=` (the sandbox's PAYOUT_LOOKUP_KEYS_MAX)."""
 
 
 class PermanentPayoutError(Exception):
@@ -42,10 +48,31 @@ class Payout:
     currency: str
 
 
+@dataclass(frozen=True)
+class PayoutItem:
+    """One payout of a batch; the instrument is sent to the provider and never logged or kept."""
+
+    key: str
+    amount: Decimal
+    currency: str
+    method: str
+    instrument: dict[str, Any]
+
+    def body(self) -> dict[str, Any]:
+        return {"amount": f"{self.amount:.2f}", "currency": self.currency, "method": self.method,
+                "instrument": self.instrument, "reference": self.key}  # fmt: skip
+
+
+ItemOutcome = Payout | PermanentPayoutError | ProviderUnavailableError | AmbiguousPayoutError
+"""What became of one item: its payout, a refusal, or (still unknown) why nobody could tell."""
+
+
 class PayoutProvider(Protocol):
     async def pay(
         self, *, key: str, amount: Decimal, currency: str, method: str, instrument: dict[str, Any], resolve_first: bool
     ) -> Payout: ...
+
+    async def pay_batch(self, items: list[PayoutItem], *, resolve_first: set[str]) -> dict[str, ItemOutcome]: ...
 
     async def lookup(self, key: str) -> Payout | None: ...
 
@@ -103,31 +130,84 @@ class HttpPayoutProvider:
                     raise
         raise AssertionError("stamina either returns or raises")  # pragma: no cover
 
-    async def _post(self, key: str, body: dict[str, Any]) -> Payout:
+    async def pay_batch(self, items: list[PayoutItem], *, resolve_first: set[str]) -> dict[str, ItemOutcome]:
+        """Pays every item once per key, as one batch; returns an outcome for every key.
+
+        Keys in `resolve_first` (sent on an earlier pass) and every key of a batch that timed out
+        are looked up before anything is sent again; what the provider already holds is its answer."""
+        outcomes: dict[str, ItemOutcome] = {}
+        pending = {item.key: item for item in items}
+        unsure = resolve_first & pending.keys()
         try:
-            response = await self.client.post("/payouts", json=body, headers={"Idempotency-Key": key})
+            async for attempt in self._retrying((ProviderUnavailableError, AmbiguousPayoutError)):
+                with attempt:
+                    if unsure:
+                        for found in await self.lookup_many(sorted(unsure)):
+                            outcomes[found.key] = found
+                            pending.pop(found.key, None)
+                        unsure = set()
+                    if pending:
+                        try:
+                            answered = await self._post_batch(list(pending.values()))
+                        except AmbiguousPayoutError:
+                            unsure = set(pending)
+                            raise
+                        outcomes.update(answered)
+                        pending.clear()
+        except (ProviderUnavailableError, AmbiguousPayoutError) as error:
+            # Out of tries: these stay reserved, and the next pass asks about them first.
+            outcomes.update(dict.fromkeys(pending, error))
+        return outcomes
+
+    async def _post_batch(self, items: list[PayoutItem]) -> dict[str, ItemOutcome]:
+        body = {"items": [{"key": item.key, **item.body()} for item in items]}
+        response = await self._send("POST", "/payout-batches", json=body)
+        if response.status_code != 200:
+            # The batch itself was refused, so nothing in it was paid: each item is refused.
+            refusal = PermanentPayoutError(PAYOUT_REFUSED, f"{response.status_code} {_error_code(response)}")
+            return dict.fromkeys((item.key for item in items), refusal)
+        outcomes: dict[str, ItemOutcome] = {}
+        for answer in response.json()["items"]:
+            if answer["outcome"] in ("created", "replayed"):
+                outcomes[answer["key"]] = _payout(answer["payout"])
+            else:
+                outcomes[answer["key"]] = PermanentPayoutError(PAYOUT_REFUSED, str(answer.get("error", "")))
+        return outcomes
+
+    async def lookup_many(self, keys: list[str]) -> list[Payout]:
+        """The payouts the provider holds for `keys` (unknown keys: nothing was paid for them)."""
+        found: list[Payout] = []
+        for first in range(0, len(keys), LOOKUP_KEYS_MAX):
+            asked = ",".join(keys[first : first + LOOKUP_KEYS_MAX])
+            response = await self._send("GET", "/payouts", params={"keys": asked})
+            response.raise_for_status()
+            found.extend(_payout(document) for document in response.json()["payouts"])
+        return found
+
+    async def _send(self, method: str, url: str, **request: Any) -> httpx.Response:
+        """One request. Unreachable, or answered 5xx: ProviderUnavailableError (nothing was done).
+        A timeout or a connection lost midway: AmbiguousPayoutError, for the request may have been
+        received and acted on, and only the provider can tell."""
+        try:
+            response = await self.client.request(method, url, **request)
         except httpx.ConnectError as error:
             raise ProviderUnavailableError("payout provider unreachable") from error
         except (httpx.TimeoutException, httpx.TransportError) as error:
-            # The request may have been received and acted on; only the provider can tell.
             raise AmbiguousPayoutError(type(error).__name__) from error
         if response.status_code >= 500:
             raise ProviderUnavailableError(f"payout provider answered {response.status_code}")
+        return response
+
+    async def _post(self, key: str, body: dict[str, Any]) -> Payout:
+        response = await self._send("POST", "/payouts", json=body, headers={"Idempotency-Key": key})
         if response.status_code in (200, 201):
             return _payout(response.json())
         raise PermanentPayoutError(PAYOUT_REFUSED, f"{response.status_code} {_error_code(response)}")
 
     async def lookup(self, key: str) -> Payout | None:
-        try:
-            response = await self.client.get(f"/payouts/{key}")
-        except httpx.ConnectError as error:
-            raise ProviderUnavailableError("payout provider unreachable") from error
-        except (httpx.TimeoutException, httpx.TransportError) as error:
-            raise AmbiguousPayoutError(type(error).__name__) from error
+        response = await self._send("GET", f"/payouts/{key}")
         if response.status_code == 404:
             return None
-        if response.status_code >= 500:
-            raise ProviderUnavailableError(f"payout provider answered {response.status_code}")
         response.raise_for_status()
         return _payout(response.json())
 

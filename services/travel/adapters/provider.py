@@ -1,5 +1,8 @@
 """The travel provider over HTTP (httpx), with bounded retries (stamina). The case id is the
-booking's idempotency key, so asking again after a timeout can only return the same ticket."""
+booking's idempotency key, so asking again after a timeout can only return the same ticket.
+
+Bookings go in batches (`POST /booking-batches`, each item with its own key); the single
+`POST /bookings` stays for callers that book one at a time."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,11 +33,28 @@ class Ticket:
     scheduled_arrival: datetime
 
 
+@dataclass(frozen=True)
+class BookingItem:
+    """One booking of a batch; the traveller's name goes to the provider and is never kept."""
+
+    key: str
+    traveler_name: str
+    origin_airport: str
+    destination_airport: str
+
+
+BookingOutcome = Ticket | TransientProviderError | PermanentProviderError
+
+
 class TravelProvider(Protocol):
     async def book(
         self, *, idempotency_key: str, traveler_name: str, origin_airport: str, destination_airport: str
     ) -> Ticket:
         """Issues one ticket per idempotency key; asking again returns the same ticket."""
+        ...
+
+    async def book_batch(self, items: list[BookingItem]) -> dict[str, BookingOutcome]:
+        """`book` for every item in one call; an outcome for every key."""
         ...
 
 
@@ -63,6 +83,45 @@ class HttpTravelProvider:
     async def close(self) -> None:
         await self.client.aclose()
 
+    def _retrying(self) -> Any:
+        return stamina.retry_context(
+            on=TransientProviderError,
+            attempts=self.attempts_max,
+            wait_initial=self.backoff_initial_seconds,
+            wait_max=self.backoff_initial_seconds * 16,
+        )
+
+    async def book_batch(self, items: list[BookingItem]) -> dict[str, BookingOutcome]:
+        """Books every item once per key, as one batch; a batch that could not be answered is asked
+        again whole (the keys make a repeat harmless), and after `attempts_max` tries every item
+        gets the error."""
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    return await self._post_batch(items)
+        except TransientProviderError as error:
+            return dict.fromkeys((item.key for item in items), error)
+        raise AssertionError("stamina either returns or raises")  # pragma: no cover
+
+    async def _post_batch(self, items: list[BookingItem]) -> dict[str, BookingOutcome]:
+        body = {"items": [{"key": item.key, "traveler_name": item.traveler_name, "origin_airport": item.origin_airport,
+                           "destination_airport": item.destination_airport} for item in items]}  # fmt: skip
+        try:
+            response = await self.client.post("/booking-batches", json=body)
+        except httpx.TransportError as error:
+            raise TransientProviderError(f"travel provider unreachable or silent: {type(error).__name__}") from error
+        if response.status_code >= 500:
+            raise TransientProviderError(f"travel provider answered {response.status_code}")
+        if response.status_code != 200:
+            refusal = PermanentProviderError(
+                f"travel provider refused the batch: {response.status_code} {_code(response)}"
+            )
+            return dict.fromkeys((item.key for item in items), refusal)
+        outcomes: dict[str, BookingOutcome] = {}
+        for answer in response.json()["items"]:
+            outcomes[answer["key"]] = _item_outcome(answer)
+        return outcomes
+
     async def book(
         self, *, idempotency_key: str, traveler_name: str, origin_airport: str, destination_airport: str
     ) -> Ticket:
@@ -70,13 +129,7 @@ class HttpTravelProvider:
         After `attempts_max` tries the error goes to the booking worker, which schedules the case again."""
         body = {"traveler_name": traveler_name, "origin_airport": origin_airport,
                 "destination_airport": destination_airport}  # fmt: skip
-        retrying = stamina.retry_context(
-            on=TransientProviderError,
-            attempts=self.attempts_max,
-            wait_initial=self.backoff_initial_seconds,
-            wait_max=self.backoff_initial_seconds * 16,
-        )
-        async for attempt in retrying:
+        async for attempt in self._retrying():
             with attempt:
                 return await self._post(idempotency_key, body)
         raise AssertionError("stamina either returns or raises")  # pragma: no cover
@@ -95,6 +148,16 @@ class HttpTravelProvider:
                 # Asking again with the same key returns the same ticket, perhaps readable then.
                 raise TransientProviderError(f"travel provider's answer unreadable: {type(error).__name__}") from error
         raise PermanentProviderError(f"travel provider refused the booking: {response.status_code} {_code(response)}")
+
+
+def _item_outcome(answer: dict[str, Any]) -> BookingOutcome:
+    if answer.get("outcome") not in ("created", "replayed"):
+        return PermanentProviderError(f"travel provider refused the booking: {answer.get('error', '')}")
+    try:
+        return _ticket(answer["ticket"])
+    except (ValueError, KeyError, TypeError) as error:
+        # Asking again with the same key returns the same ticket, perhaps readable then.
+        return TransientProviderError(f"travel provider's answer unreadable: {type(error).__name__}")
 
 
 def _code(response: httpx.Response) -> str:

@@ -67,3 +67,53 @@ SELECT code, currency FROM accounts WHERE code = ANY(:codes::text[]);
 -- name: available$
 -- What a limited account can still spend: posted credits less posted and pending debits.
 SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE code = :code;
+
+-- The batch path (ledger.create_transfers): a handful of statements for any number of transfers.
+
+-- name: lock_head^
+-- Taken first by every writer, so that what the batch reads next cannot change under it and the
+-- journal stays a line; held until commit.
+SELECT seq, hash FROM ledger_head WHERE singleton FOR UPDATE;
+
+-- name: get_transfers
+SELECT seq, transfer_id, kind, debit_account, credit_account, amount, currency, pending_id, payment_id
+FROM transfers WHERE transfer_id = ANY(:transfer_ids::text[]);
+
+-- name: get_refusals
+SELECT transfer_id, code, request FROM transfer_refusals WHERE transfer_id = ANY(:transfer_ids::text[]);
+
+-- name: resolutions_of
+SELECT pending_id FROM transfers WHERE pending_id = ANY(:pending_ids::text[]);
+
+-- name: lock_accounts
+SELECT code, currency, debits_must_not_exceed_credits, debits_pending, debits_posted,
+       credits_pending, credits_posted
+FROM accounts WHERE code = ANY(:codes::text[]) ORDER BY code FOR UPDATE;
+
+-- name: append_transfers!
+INSERT INTO transfers (seq, transfer_id, kind, debit_account, credit_account, amount, currency,
+                       pending_id, payment_id, prev_hash, hash)
+SELECT * FROM unnest(:seqs::bigint[], :transfer_ids::text[], :kinds::text[], :debit_accounts::text[],
+                     :credit_accounts::text[], :amounts::numeric[], :currencies::text[], :pending_ids::text[],
+                     :payment_ids::uuid[], :prev_hashes::text[], :hashes::text[]);
+
+-- name: record_refusals!
+INSERT INTO transfer_refusals (transfer_id, code, request)
+SELECT transfer_id, code, request::jsonb
+FROM unnest(:transfer_ids::text[], :codes::text[], :requests::text[]) AS r (transfer_id, code, request)
+ON CONFLICT (transfer_id) DO NOTHING;
+
+-- name: move_balances!
+-- One update per touched account; the table's CHECKs still refuse a budget spent beyond its credits.
+UPDATE accounts a
+SET debits_pending = a.debits_pending + m.debits_pending,
+    debits_posted = a.debits_posted + m.debits_posted,
+    credits_pending = a.credits_pending + m.credits_pending,
+    credits_posted = a.credits_posted + m.credits_posted
+FROM unnest(:codes::text[], :debits_pending::numeric[], :debits_posted::numeric[],
+            :credits_pending::numeric[], :credits_posted::numeric[])
+     AS m (code, debits_pending, debits_posted, credits_pending, credits_posted)
+WHERE a.code = m.code;
+
+-- name: move_head!
+UPDATE ledger_head SET seq = :seq, hash = :hash WHERE singleton;

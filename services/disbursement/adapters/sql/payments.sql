@@ -50,18 +50,87 @@ WHERE payment_id = :payment_id;
 -- name: mark_status!
 UPDATE payments SET status = :status, last_error = :reason, updated_at = now() WHERE payment_id = :payment_id;
 
--- name: count_payout_attempt!
-UPDATE payments
-SET payout_attempts = payout_attempts + 1, last_error = :error, updated_at = now()
-WHERE payment_id = :payment_id;
+-- name: note_payout_error!
+-- The provider could not say: the payment stays reserved and due again once its lease is released.
+UPDATE payments SET last_error = :error, updated_at = now() WHERE payment_id = :payment_id;
 
--- name: reserved_payments
--- Fewest tries first, so payments the provider keeps failing cannot crowd out newer ones.
-SELECT payment_id FROM payments
-WHERE status = 'reserved'
-ORDER BY payout_attempts, created_at
-LIMIT :limit
-FOR UPDATE SKIP LOCKED;
+-- name: claim_reserved
+-- Takes reserved stipends for one payout pass, in a short transaction of its own: the lease keeps
+-- other passes off them while the provider is asked with no transaction open. Fewest tries first,
+-- so payments the provider keeps failing cannot crowd out newer ones. `payout_attempts` counts the
+-- claims; a payment claimed before may already be at the provider, so its key is looked up first.
+UPDATE payments p
+SET lease_id = :lease_id, leased_until = now() + make_interval(secs => :lease_seconds),
+    payout_attempts = p.payout_attempts + 1, updated_at = now()
+FROM (
+    SELECT payment_id FROM payments
+    WHERE status = 'reserved' AND (leased_until IS NULL OR leased_until < now())
+    ORDER BY payout_attempts, created_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+) due, cases c
+WHERE p.payment_id = due.payment_id AND c.case_id = p.case_id
+RETURNING p.payment_id, p.case_id, p.amount, p.currency, p.payout_attempts - 1 AS earlier_claims,
+          p.correlationid, c.sealed;
+
+-- name: lock_claimed
+-- The payments a pass claimed and still holds, locked in one order (the callback worker uses the
+-- same) for the short transaction that writes the pass's outcomes.
+SELECT p.payment_id, p.case_id, p.identity_key, p.amount, p.currency, p.status, p.reserve_attempts,
+       p.reserve_id, p.payout_attempts, p.correlationid, p.cause_event_id, p.method, p.provider_ref, c.sealed
+FROM payments p JOIN cases c USING (case_id)
+WHERE p.payment_id = ANY(:payment_ids::uuid[]) AND p.lease_id = :lease_id
+ORDER BY p.payment_id
+FOR UPDATE OF p;
+
+-- name: release_claims!
+UPDATE payments SET lease_id = NULL, leased_until = NULL
+WHERE payment_id = ANY(:payment_ids::uuid[]) AND lease_id = :lease_id;
+
+-- name: record_callbacks
+-- One insert for a whole delivery; a notification sent again is recorded once. Returns the ids
+-- now on record (new or already known); ids of unknown payments are not recorded.
+WITH sent AS (
+    SELECT * FROM unnest(:notification_ids::text[], :payment_ids::uuid[], :statuses::text[],
+                         :provider_refs::text[], :amounts::numeric[], :currencies::text[])
+        AS s (notification_id, payment_id, status, provider_ref, amount, currency)
+), recorded AS (
+    INSERT INTO payout_callbacks (notification_id, payment_id, status, provider_ref, amount, currency)
+    SELECT s.notification_id, s.payment_id, s.status, s.provider_ref, s.amount, s.currency
+    FROM sent s JOIN payments p USING (payment_id)
+    ON CONFLICT (notification_id) DO NOTHING
+    RETURNING notification_id
+)
+SELECT notification_id FROM recorded
+UNION
+SELECT c.notification_id FROM payout_callbacks c JOIN sent s USING (notification_id);
+
+-- name: claim_callbacks
+-- Unapplied notifications, oldest first, at most one per payment per pass (a settlement is applied
+-- before the return that follows it); the rows stay locked until the pass commits.
+SELECT DISTINCT ON (c.payment_id) c.notification_id, c.payment_id, c.status, c.provider_ref, c.amount,
+       c.currency
+FROM payout_callbacks c
+WHERE c.applied_at IS NULL
+  AND c.notification_id IN (
+      SELECT notification_id FROM payout_callbacks WHERE applied_at IS NULL
+      ORDER BY received_at LIMIT :limit FOR UPDATE SKIP LOCKED
+  )
+ORDER BY c.payment_id, c.received_at, c.notification_id;
+
+-- name: lock_payments
+SELECT p.payment_id, p.case_id, p.identity_key, p.amount, p.currency, p.status, p.reserve_attempts,
+       p.reserve_id, p.payout_attempts, p.correlationid, p.cause_event_id, p.method, p.provider_ref, c.sealed
+FROM payments p JOIN cases c USING (case_id)
+WHERE p.payment_id = ANY(:payment_ids::uuid[])
+ORDER BY p.payment_id
+FOR UPDATE OF p;
+
+-- name: mark_callbacks_applied!
+UPDATE payout_callbacks SET applied_at = now() WHERE notification_id = ANY(:notification_ids::text[]);
+
+-- name: unapplied_callbacks$
+SELECT count(*) FROM payout_callbacks WHERE applied_at IS NULL;
 
 -- name: held_payments
 SELECT payment_id, amount FROM payments

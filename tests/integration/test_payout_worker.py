@@ -1,0 +1,155 @@
+"""The payout worker in-process on a real database, with a provider that looks at the database
+while it is being asked: no transaction is open and no payment is locked during the call; a pass
+that dies after its claim leaves the payments to the next pass once the lease ends, and that pass
+asks about their keys before paying."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+
+from services.disbursement import handlers
+from services.disbursement.adapters.provider import ItemOutcome, Payout, PayoutItem
+from services.disbursement.app import queries
+from services.runtime.db import init_connection, runtime_queries
+from services.runtime.migrate import migrate
+from services.runtime.uow import UnitOfWork
+from tests.conftest import Infra
+from tests.integration.helpers import new_database, sealed_for
+
+pytestmark = pytest.mark.integration
+
+STIPENDS = 30
+WATCHER = "provider-watcher"
+PROGRAM = handlers.Program(Decimal("1000.00"), "USD")
+
+
+class WatchingProvider:
+    """Pays every item; during each call it records what the database shows of the worker."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.open_transactions: list[int] = []
+        self.lockable: list[bool] = []
+        self.resolve_first: list[set[str]] = []
+        self.fail_next = False
+
+    async def pay_batch(self, items: list[PayoutItem], *, resolve_first: set[str]) -> dict[str, ItemOutcome]:
+        self.resolve_first.append(resolve_first & {item.key for item in items})
+        watcher = await asyncpg.connect(self.database_url, server_settings={"application_name": WATCHER})
+        try:
+            self.open_transactions.append(
+                await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name <> $1 AND xact_start IS NOT NULL",
+                    WATCHER,
+                )
+            )
+            async with watcher.transaction():
+                locked = await watcher.fetch(
+                    "SELECT payment_id FROM disbursement.payments WHERE payment_id = ANY($1::uuid[]) FOR UPDATE NOWAIT",
+                    [UUID(item.key) for item in items],
+                )
+                self.lockable.append(len(locked) == len(items))
+        finally:
+            await watcher.close()
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("the worker dies mid-call")
+        return {item.key: Payout(item.key, f"REF-{item.key[:8]}", "paid", item.amount, item.currency) for item in items}
+
+    async def pay(self, **_: Any) -> Payout:
+        raise NotImplementedError
+
+    async def lookup(self, key: str) -> Payout | None:
+        raise NotImplementedError
+
+    async def list_payouts(self) -> list[Payout]:
+        raise NotImplementedError
+
+
+@pytest.fixture
+def database_url(infra: Infra) -> str:
+    return new_database(infra, "homeward_worker")
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    await asyncio.to_thread(migrate, database_url, "disbursement")
+    created = await asyncpg.create_pool(
+        database_url, server_settings={"search_path": "disbursement"}, init=init_connection
+    )
+    assert created is not None
+    await handlers.fund_initial_budget(created, queries(), Decimal("1000000.00"), "USD")
+    yield created
+    await created.close()
+
+
+async def reserve(pool: asyncpg.Pool, infra: Infra, count: int) -> list[UUID]:
+    """`count` accepted and verified cases, so `count` reserved stipends."""
+    named, cases = queries(), [uuid4() for _ in range(count)]
+    async with pool.acquire() as connection, connection.transaction():
+        uow = UnitOfWork(connection, "disbursement", runtime_queries())
+        for case_id in cases:
+            await named.payments.remember_case(
+                connection, case_id=case_id, identity_key=uuid4().hex, correlationid=uuid4(),
+                sealed=sealed_for(infra, case_id), accepted_event_id=uuid4(),
+            )  # fmt: skip
+            await named.payments.remember_verified(connection, case_id=case_id, verified_event_id=uuid4())
+            await handlers.open_payment(uow, named, case_id, PROGRAM)
+        await uow.flush()
+    return cases
+
+
+def worker(pool: asyncpg.Pool, infra: Infra, provider: WatchingProvider) -> handlers.PayoutWorker:
+    return handlers.PayoutWorker(
+        pool=pool, queries=queries(), provider=provider, runtime_queries=runtime_queries(),
+        data_key=bytes.fromhex(infra.data_key), batch_size_max=STIPENDS, batch_items_max=10,
+        concurrency_max=2, call_seconds_max=5.0,
+    )  # fmt: skip
+
+
+async def statuses(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch("SELECT status, count(*) AS n FROM payments GROUP BY status")
+    return {row["status"]: row["n"] for row in rows}
+
+
+async def test_no_transaction_is_open_and_no_payment_locked_while_the_provider_is_asked(
+    pool: asyncpg.Pool, infra: Infra, database_url: str
+) -> None:
+    await reserve(pool, infra, STIPENDS)
+    provider = WatchingProvider(database_url)
+
+    assert await worker(pool, infra, provider).pay_reserved() == STIPENDS
+
+    assert len(provider.lockable) == STIPENDS // 10
+    assert provider.open_transactions == [0] * len(provider.lockable)
+    assert all(provider.lockable)
+    assert await statuses(pool) == {"disbursed": STIPENDS}
+    assert await pool.fetchval("SELECT count(*) FROM payments WHERE lease_id IS NOT NULL") == 0
+
+
+async def test_a_pass_that_dies_after_its_claim_leaves_the_keys_to_be_looked_up_first(
+    pool: asyncpg.Pool, infra: Infra, database_url: str
+) -> None:
+    await reserve(pool, infra, 10)
+    provider = WatchingProvider(database_url)
+    provider.fail_next = True
+    payer = worker(pool, infra, provider)
+
+    with pytest.raises(RuntimeError):
+        await payer.pay_reserved()
+    assert await payer.pay_reserved() == 0, "the claim's lease keeps a second pass off"
+    await pool.execute("UPDATE payments SET leased_until = now() - interval '1 second'")  # the lease runs out
+    assert await payer.pay_reserved() == 10
+
+    first, second = provider.resolve_first
+    assert first == set()
+    payment_ids = {str(row["payment_id"]) for row in await pool.fetch("SELECT payment_id FROM payments")}
+    assert second == payment_ids
+    assert await statuses(pool) == {"disbursed": 10}
+    assert await pool.fetchval("SELECT count(*) FROM transfers WHERE kind = 'post_pending'") == 10
