@@ -70,8 +70,8 @@ def build(settings: DisbursementSettings, pool: asyncpg.Pool) -> ServiceDefiniti
         batch_size_max=settings.worker_batch_size_max,
     )
     routes = {
-        RegistrationAccepted.TOPIC: Route(partial(handlers.handle_accepted, queries=named, program=program)),
-        ArrivalVerified.TOPIC: Route(partial(handlers.handle_verified, queries=named, program=program)),
+        RegistrationAccepted.TOPIC: Route(batch=partial(handlers.handle_accepted, queries=named, program=program)),
+        ArrivalVerified.TOPIC: Route(batch=partial(handlers.handle_verified, queries=named, program=program)),
     }
     interval, fallback = settings.worker_poll_interval_ms / 1000, settings.worker_fallback_poll_ms / 1000
     batch = settings.worker_batch_size_max

@@ -11,7 +11,7 @@ import asyncpg
 import structlog
 
 from contracts.envelope import Envelope
-from contracts.events import ArrivalVerified, RegistrationAccepted, StipendDisbursed, StipendFailed
+from contracts.events import ArrivalVerified, RegistrationAccepted, StipendFailed
 from services.disbursement import domain, stipends
 from services.disbursement.adapters.provider import (
     AmbiguousPayoutError,
@@ -37,60 +37,75 @@ class Program:
 
 
 async def handle_accepted(
-    event: Envelope[RegistrationAccepted], uow: UnitOfWork, *, queries: Queries, program: Program
+    events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Queries, program: Program
 ) -> None:
-    case = event.data
-    await queries.payments.remember_case(
+    """A run of accepted cases, remembered by one insert; those already verified get their payment."""
+    cases = [event.data for event in events]
+    await queries.payments.remember_cases(
         uow.connection,
-        case_id=case.case_id,
-        identity_key=case.identity_key,
-        correlationid=event.correlationid,
-        sealed=case.sealed,
-        accepted_event_id=event.id,
+        case_ids=[case.case_id for case in cases],
+        identity_keys=[case.identity_key for case in cases],
+        correlationids=[event.correlationid for event in events],
+        sealed=[case.sealed for case in cases],
+        accepted_event_ids=[event.id for event in events],
     )
-    await open_payment(uow, queries, case.case_id, program)
+    await open_payments(uow, queries, [case.case_id for case in cases], program)
 
 
 async def handle_verified(
-    event: Envelope[ArrivalVerified], uow: UnitOfWork, *, queries: Queries, program: Program
+    events: list[Envelope[ArrivalVerified]], uow: UnitOfWork, *, queries: Queries, program: Program
 ) -> None:
-    await queries.payments.remember_verified(uow.connection, case_id=event.data.case_id, verified_event_id=event.id)
-    await open_payment(uow, queries, event.data.case_id, program)
-
-
-async def open_payment(uow: UnitOfWork, queries: Queries, case_id: UUID, program: Program) -> None:
-    """Once a case is both accepted and verified: one payment per identity, reserved or held."""
-    case = await queries.payments.payable_case(uow.connection, case_id=case_id)
-    if case is None:
-        return
-    payment_id = domain.payment_id_for(case_id)
-    created = await queries.payments.create_payment(
+    """A run of verified arrivals, remembered by one insert; those already accepted get their payment."""
+    await queries.payments.remember_verified(
         uow.connection,
-        payment_id=payment_id,
-        case_id=case_id,
-        identity_key=case["identity_key"],
-        amount=program.amount,
-        currency=program.currency,
-        correlationid=case["correlationid"],
-        cause_event_id=case["verified_event_id"],
+        case_ids=[event.data.case_id for event in events],
+        verified_event_ids=[event.id for event in events],
     )
-    if created is None:
-        await _refuse_second_stipend(uow, queries, case, payment_id)
+    await open_payments(uow, queries, [event.data.case_id for event in events], program)
+
+
+async def open_payments(uow: UnitOfWork, queries: Queries, case_ids: list[UUID], program: Program) -> None:
+    """Once a case is both accepted and verified: one payment per identity, reserved or held, in
+    the order the cases came (the budget goes to the earlier ones first)."""
+    cases = await fetch_all(queries.payments.payable_cases(uow.connection, case_ids=list(dict.fromkeys(case_ids))))
+    if not cases:
         return
-    payment = await queries.payments.lock_payment(uow.connection, payment_id=payment_id)
-    if await stipends.reserve(uow.connection, queries, payment):
-        logger.debug("stipend.reserved", payment_id=str(payment_id))
-    else:
-        stipends.emit_held(uow, payment)
-
-
-async def _refuse_second_stipend(uow: UnitOfWork, queries: Queries, case: Any, payment_id: UUID) -> None:
-    await queries.payments.refuse(uow.connection, case_id=case["case_id"], reason=domain.REFUSED_IDENTITY_PAID)
-    failed = StipendFailed(
-        case_id=case["case_id"], payment_id=payment_id, reason=domain.REFUSED_IDENTITY_PAID, failed_at=now()
+    payment_ids = [domain.payment_id_for(case["case_id"]) for case in cases]
+    created = await fetch_all(
+        queries.payments.create_payments(
+            uow.connection,
+            payment_ids=payment_ids,
+            case_ids=[case["case_id"] for case in cases],
+            identity_keys=[case["identity_key"] for case in cases],
+            correlationids=[case["correlationid"] for case in cases],
+            cause_event_ids=[case["verified_event_id"] for case in cases],
+            amount=program.amount,
+            currency=program.currency,
+        )
     )
-    uow.emit(failed, correlationid=case["correlationid"], causationid=case["verified_event_id"])
-    logger.warning("stipend.refused", reason=domain.REFUSED_IDENTITY_PAID)
+    by_id = {payment["payment_id"]: payment for payment in created}
+    payments = [by_id[payment_id] for payment_id in payment_ids if payment_id in by_id]
+    refused = [case for case, payment_id in zip(cases, payment_ids, strict=True) if payment_id not in by_id]
+    if refused:
+        _refuse_second_stipends(uow, refused)
+        await queries.payments.refuse(
+            uow.connection, case_ids=[case["case_id"] for case in refused], reason=domain.REFUSED_IDENTITY_PAID
+        )
+    for payment, reserved in zip(payments, await stipends.reserve(uow.connection, queries, payments), strict=True):
+        if reserved:
+            logger.debug("stipend.reserved", payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]))
+        else:
+            stipends.emit_held(uow, payment)
+
+
+def _refuse_second_stipends(uow: UnitOfWork, cases: list[Any]) -> None:
+    for case in cases:
+        payment_id = domain.payment_id_for(case["case_id"])
+        failed = StipendFailed(
+            case_id=case["case_id"], payment_id=payment_id, reason=domain.REFUSED_IDENTITY_PAID, failed_at=now()
+        )
+        uow.emit(failed, correlationid=case["correlationid"], causationid=case["verified_event_id"])
+        logger.warning("stipend.refused", case_id=str(case["case_id"]), reason=domain.REFUSED_IDENTITY_PAID)
 
 
 async def fund_initial_budget(pool: asyncpg.Pool, queries: Queries, amount: Decimal, currency: str) -> None:
@@ -148,14 +163,12 @@ class PayoutWorker:
                 self.queries.payments.lock_claimed(connection, payment_ids=payment_ids, lease_id=lease_id)
             )
             uow = UnitOfWork(connection, "disbursement", self.runtime_queries)
-            for payment in held:
-                key = str(payment["payment_id"])
-                with structlog.contextvars.bound_contextvars(
-                    case_id=str(payment["case_id"]),
-                    correlationid=str(payment["correlationid"]),
-                    event_type=StipendDisbursed.TOPIC,
-                ):
-                    await self._settle(uow, payment, outcomes.get(key, _UNANSWERED), methods.get(key, ""))
+            changes, unresolved = self._settle(held, outcomes, methods)
+            await stipends.apply(uow, self.queries, changes)
+            if unresolved:
+                await self.queries.payments.note_payout_errors(
+                    connection, payment_ids=list(unresolved), errors=list(unresolved.values())
+                )
             await self.queries.payments.release_claims(connection, payment_ids=payment_ids, lease_id=lease_id)
             await uow.flush()
         counted = Counter(_payout_outcome(outcomes.get(str(payment["payment_id"]), _UNANSWERED)) for payment in held)
@@ -191,19 +204,29 @@ class PayoutWorker:
             outcomes.update(answered)
         return outcomes, methods
 
-    async def _settle(self, uow: UnitOfWork, payment: Any, outcome: ItemOutcome, method: str) -> None:
-        if isinstance(outcome, Payout):
-            await stipends.apply_provider_status(uow, self.queries, payment, method, outcome)
-        elif payment["status"] != "reserved":
-            return  # a callback settled it meanwhile
-        elif isinstance(outcome, PermanentPayoutError):
-            logger.error("stipend.payout_refused", payment_id=str(payment["payment_id"]), detail=str(outcome))
-            await stipends.void(uow, self.queries, payment, outcome.code)
-        else:
-            # Still reserved; the next pass asks the provider about this key before paying.
-            error = f"{type(outcome).__name__}: {outcome}"
-            await self.queries.payments.note_payout_error(uow.connection, payment_id=payment["payment_id"], error=error)
-            logger.warning("stipend.payout_unresolved", payment_id=str(payment["payment_id"]), error=error)
+    def _settle(
+        self, held: list[Any], outcomes: dict[str, ItemOutcome], methods: dict[str, str]
+    ) -> tuple[list[stipends.Change], dict[UUID, str]]:
+        """The pass's changes, and the payments the provider could not answer for (with why)."""
+        changes: list[stipends.Change] = []
+        unresolved: dict[UUID, str] = {}
+        for payment in held:
+            key = str(payment["payment_id"])
+            outcome = outcomes.get(key, _UNANSWERED)
+            log = logger.bind(payment_id=key, case_id=str(payment["case_id"]))
+            if isinstance(outcome, Payout):
+                if (change := stipends.provider_status(payment, methods.get(key, ""), outcome)) is not None:
+                    changes.append(change)
+            elif payment["status"] != "reserved":
+                continue  # a callback settled it meanwhile
+            elif isinstance(outcome, PermanentPayoutError):
+                log.error("stipend.payout_refused", detail=str(outcome))
+                changes.append(stipends.voided(payment, outcome.code))
+            else:
+                # Still reserved; the next pass asks the provider about this key before paying.
+                unresolved[payment["payment_id"]] = f"{type(outcome).__name__}: {outcome}"
+                log.warning("stipend.payout_unresolved", error=unresolved[payment["payment_id"]])
+        return changes, unresolved
 
     async def release_held(self) -> int:
         async with self.pool.acquire() as connection, connection.transaction():

@@ -8,12 +8,12 @@ the field; a transfer refused for a state reason keeps being refused the same wa
 """
 
 import hashlib
-from dataclasses import asdict, dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
-
-import asyncpg
 
 from services.runtime.db import Connection, fetch_all
 
@@ -51,9 +51,24 @@ class Transfer:
 
     def fields(self) -> dict[str, str]:
         """The request as comparable text, in a fixed order (also what the hash covers)."""
-        values = asdict(self)
-        values["amount"] = f"{self.amount:.2f}"
-        return {key: "" if value is None else str(value) for key, value in values.items()}
+        return {
+            "transfer_id": self.transfer_id,
+            "kind": self.kind,
+            "debit_account": self.debit_account,
+            "credit_account": self.credit_account,
+            "amount": f"{self.amount:.2f}",
+            "currency": self.currency,
+            "pending_id": self.pending_id or "",
+            "payment_id": "" if self.payment_id is None else str(self.payment_id),
+        }
+
+    def row(self) -> dict[str, Any]:
+        """The request as journal columns."""
+        return {
+            "transfer_id": self.transfer_id, "kind": self.kind, "debit_account": self.debit_account,
+            "credit_account": self.credit_account, "amount": self.amount, "currency": self.currency,
+            "pending_id": self.pending_id, "payment_id": self.payment_id,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -113,75 +128,63 @@ def malformed(transfer: Transfer) -> str | None:
 
 async def create_transfer(connection: Connection, queries: Any, transfer: Transfer) -> Result:
     """Applies one transfer inside the caller's transaction; never raises for a refusal."""
-    earlier = await _earlier_outcome(connection, queries, transfer)
-    if earlier is not None:
-        return earlier
-    if (code := malformed(transfer)) is not None:
-        return Result("refused", transfer.transfer_id, code)
-    try:
-        async with connection.transaction():  # a savepoint: a refusal leaves no trace but its record
-            await _append(connection, queries, transfer)
-    except LedgerRefusal as refusal:
-        return await _refuse(connection, queries, transfer, refusal.code)
-    except asyncpg.UniqueViolationError:
-        # A concurrent transaction committed the same id or resolved the same pending transfer.
-        earlier = await _earlier_outcome(connection, queries, transfer)
-        return earlier or await _refuse(connection, queries, transfer, PENDING_ALREADY_RESOLVED)
-    return Result("created", transfer.transfer_id)
+    [result] = await create_transfers(connection, queries, [transfer])
+    return result
 
 
-async def _earlier_outcome(connection: Connection, queries: Any, transfer: Transfer) -> Result | None:
-    recorded = await queries.get_transfer(connection, transfer_id=transfer.transfer_id)
-    if recorded is not None:
-        field = first_difference(transfer, _recorded_fields(recorded))
-        if field is None:
-            return Result("exists", transfer.transfer_id)
-        return Result("refused", transfer.transfer_id, ID_REUSED, field)
-    refusal = await queries.get_refusal(connection, transfer_id=transfer.transfer_id)
-    if refusal is not None:
-        field = first_difference(transfer, refusal["request"])
-        if field is not None:
-            return Result("refused", transfer.transfer_id, ID_REUSED, field)
-        return Result("refused", transfer.transfer_id, refusal["code"])
-    return None
+async def create_transfers(connection: Connection, queries: Any, transfers: Sequence[Transfer]) -> list[Result]:
+    """Applies `transfers` in order inside the caller's transaction, each exactly as if it were
+    applied alone after the ones before it; never raises for a refusal.
+
+    A handful of statements whatever the batch's size: lock the chain head (every writer takes it
+    first, so nothing read next can change), read what the batch needs (earlier transfers and
+    refusals under its ids, the pending transfers it resolves, its accounts, locked), decide each
+    transfer in memory against a running state, then write the journal rows, the refusals, one
+    update per touched account and the head. The table constraints stay the last word: a decision
+    they contradict fails the whole transaction rather than being written."""
+    if not transfers:
+        return []
+    head = await queries.lock_head(connection)
+    ids = [transfer.transfer_id for transfer in transfers]
+    pending_ids = [transfer.pending_id for transfer in transfers if transfer.pending_id is not None]
+    codes = sorted({code for transfer in transfers for code in (transfer.debit_account, transfer.credit_account)})
+    batch = _Batch(
+        seq=head["seq"],
+        hash=head["hash"],
+        recorded={row["transfer_id"]: dict(row) for row in await fetch_all(
+            queries.get_transfers(connection, transfer_ids=ids + pending_ids)
+        )},
+        refusals={row["transfer_id"]: (row["code"], row["request"]) for row in await fetch_all(
+            queries.get_refusals(connection, transfer_ids=ids)
+        )},
+        resolved={row["pending_id"] for row in await fetch_all(
+            queries.resolutions_of(connection, pending_ids=pending_ids)
+        )} if pending_ids else set(),
+        accounts={row["code"]: _Account.of(row) for row in await fetch_all(
+            queries.lock_accounts(connection, codes=codes)
+        )},
+    )  # fmt: skip
+    results = [batch.apply(transfer) for transfer in transfers]
+    await batch.write(connection, queries)
+    return results
 
 
-async def _refuse(connection: Connection, queries: Any, transfer: Transfer, code: str) -> Result:
-    if code in STATE_REFUSALS:
-        await queries.record_refusal(connection, transfer_id=transfer.transfer_id, code=code, request=transfer.fields())
-    return Result("refused", transfer.transfer_id, code)
+@dataclass
+class _Account:
+    currency: str
+    limited: bool
+    debits_pending: Decimal
+    debits_posted: Decimal
+    credits_pending: Decimal
+    credits_posted: Decimal
 
+    def balances(self) -> tuple[Decimal, ...]:
+        return self.debits_pending, self.debits_posted, self.credits_pending, self.credits_posted
 
-async def _append(connection: Connection, queries: Any, transfer: Transfer) -> None:
-    await _check_accounts(connection, queries, transfer)
-    if transfer.kind in ("post_pending", "void_pending"):
-        await _check_pending(connection, queries, transfer)
-    head = await queries.advance_head(connection)
-    digest = chain_hash(head["hash"], head["seq"], transfer)
-    await queries.append_transfer(connection, seq=head["seq"], prev_hash=head["hash"], hash=digest, **asdict(transfer))
-    await queries.set_head(connection, hash=digest)
-    await _move_balances(connection, queries, transfer)
-
-
-async def _check_accounts(connection: Connection, queries: Any, transfer: Transfer) -> None:
-    codes = [transfer.debit_account, transfer.credit_account]
-    rows = await fetch_all(queries.account_currencies(connection, codes=codes))
-    currencies = {row["code"]: row["currency"] for row in rows}
-    if set(codes) - set(currencies):
-        raise LedgerRefusal(ACCOUNT_NOT_FOUND)
-    if any(currency != transfer.currency for currency in currencies.values()):
-        raise LedgerRefusal(CURRENCY_MISMATCH)
-
-
-async def _check_pending(connection: Connection, queries: Any, transfer: Transfer) -> None:
-    pending = await queries.get_transfer(connection, transfer_id=transfer.pending_id)
-    if pending is None or pending["kind"] != "pending":
-        raise LedgerRefusal(PENDING_NOT_FOUND)
-    same = (pending["debit_account"], pending["credit_account"], pending["amount"], pending["currency"])
-    if same != (transfer.debit_account, transfer.credit_account, transfer.amount, transfer.currency):
-        raise LedgerRefusal(PENDING_NOT_FOUND)
-    if await queries.resolution_of(connection, pending_id=transfer.pending_id) is not None:
-        raise LedgerRefusal(PENDING_ALREADY_RESOLVED)
+    @classmethod
+    def of(cls, row: Any) -> "_Account":
+        return cls(row["currency"], row["debits_must_not_exceed_credits"], row["debits_pending"],
+                   row["debits_posted"], row["credits_pending"], row["credits_posted"])  # fmt: skip
 
 
 # How each kind moves the four balances: (pending change, posted change) on both sides.
@@ -193,14 +196,131 @@ _MOVES: dict[str, tuple[int, int]] = {
 }
 
 
-async def _move_balances(connection: Connection, queries: Any, transfer: Transfer) -> None:
-    pending_sign, posted_sign = _MOVES[transfer.kind]
-    pending, posted = transfer.amount * pending_sign, transfer.amount * posted_sign
-    debited = await queries.debit(connection, code=transfer.debit_account, pending=pending, posted=posted)
-    if debited is None:
-        raise LedgerRefusal(EXCEEDS_CREDITS)
-    if await queries.credit(connection, code=transfer.credit_account, pending=pending, posted=posted) is None:
-        raise LedgerRefusal(ACCOUNT_NOT_FOUND)
+@dataclass
+class _Batch:
+    """The ledger as a batch sees it: what was read, plus what the batch decided so far."""
+
+    seq: int
+    hash: str
+    recorded: dict[str, dict[str, Any]]
+    refusals: dict[str, tuple[str, dict[str, str]]]
+    resolved: set[str]
+    accounts: dict[str, _Account]
+    appended: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    opening: dict[str, tuple[Decimal, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.opening = {code: account.balances() for code, account in self.accounts.items()}
+
+    def apply(self, transfer: Transfer) -> Result:
+        earlier = self._earlier_outcome(transfer)
+        if earlier is not None:
+            return earlier
+        if (code := malformed(transfer)) is not None:
+            return Result("refused", transfer.transfer_id, code)
+        if (code := self._refusal(transfer)) is not None:
+            if code in STATE_REFUSALS:
+                self.refusals[transfer.transfer_id] = (code, transfer.fields())
+                self.refused.append((transfer.transfer_id, code, transfer.fields()))
+            return Result("refused", transfer.transfer_id, code)
+        self._append(transfer)
+        return Result("created", transfer.transfer_id)
+
+    def _earlier_outcome(self, transfer: Transfer) -> Result | None:
+        recorded = self.recorded.get(transfer.transfer_id)
+        if recorded is not None:
+            field_name = first_difference(transfer, _recorded_fields(recorded))
+            if field_name is None:
+                return Result("exists", transfer.transfer_id)
+            return Result("refused", transfer.transfer_id, ID_REUSED, field_name)
+        refusal = self.refusals.get(transfer.transfer_id)
+        if refusal is not None:
+            code, request = refusal
+            field_name = first_difference(transfer, request)
+            if field_name is not None:
+                return Result("refused", transfer.transfer_id, ID_REUSED, field_name)
+            return Result("refused", transfer.transfer_id, code)
+        return None
+
+    def _refusal(self, transfer: Transfer) -> str | None:
+        """Why the ledger as it stands now refuses the transfer, or None."""
+        debit, credit = self.accounts.get(transfer.debit_account), self.accounts.get(transfer.credit_account)
+        if debit is None or credit is None:
+            return ACCOUNT_NOT_FOUND
+        if debit.currency != transfer.currency or credit.currency != transfer.currency:
+            return CURRENCY_MISMATCH
+        if transfer.kind in ("post_pending", "void_pending"):
+            pending = self.recorded.get(transfer.pending_id or "")
+            if pending is None or pending["kind"] != "pending":
+                return PENDING_NOT_FOUND
+            same = (pending["debit_account"], pending["credit_account"], pending["amount"], pending["currency"])
+            if same != (transfer.debit_account, transfer.credit_account, transfer.amount, transfer.currency):
+                return PENDING_NOT_FOUND
+            if transfer.pending_id in self.resolved:
+                return PENDING_ALREADY_RESOLVED
+        pending_sign, posted_sign = _MOVES[transfer.kind]
+        pending_change, posted_change = transfer.amount * pending_sign, transfer.amount * posted_sign
+        spent = debit.debits_pending + pending_change + debit.debits_posted + posted_change
+        if debit.limited and spent > debit.credits_posted:
+            return EXCEEDS_CREDITS
+        return None
+
+    def _append(self, transfer: Transfer) -> None:
+        self.seq += 1
+        digest = chain_hash(self.hash, self.seq, transfer)
+        row = {**transfer.row(), "seq": self.seq, "prev_hash": self.hash, "hash": digest}
+        self.appended.append(row)
+        self.recorded[transfer.transfer_id] = row
+        self.hash = digest
+        if transfer.pending_id is not None:
+            self.resolved.add(transfer.pending_id)
+        pending_sign, posted_sign = _MOVES[transfer.kind]
+        debit, credit = self.accounts[transfer.debit_account], self.accounts[transfer.credit_account]
+        debit.debits_pending += transfer.amount * pending_sign
+        debit.debits_posted += transfer.amount * posted_sign
+        credit.credits_pending += transfer.amount * pending_sign
+        credit.credits_posted += transfer.amount * posted_sign
+
+    async def write(self, connection: Connection, queries: Any) -> None:
+        if self.refused:
+            await queries.record_refusals(
+                connection,
+                transfer_ids=[transfer_id for transfer_id, _, _ in self.refused],
+                codes=[code for _, code, _ in self.refused],
+                requests=[json.dumps(request) for _, _, request in self.refused],
+            )
+        if not self.appended:
+            return
+        rows = self.appended
+        await queries.append_transfers(
+            connection,
+            seqs=[row["seq"] for row in rows],
+            transfer_ids=[row["transfer_id"] for row in rows],
+            kinds=[row["kind"] for row in rows],
+            debit_accounts=[row["debit_account"] for row in rows],
+            credit_accounts=[row["credit_account"] for row in rows],
+            amounts=[row["amount"] for row in rows],
+            currencies=[row["currency"] for row in rows],
+            pending_ids=[row["pending_id"] for row in rows],
+            payment_ids=[row["payment_id"] for row in rows],
+            prev_hashes=[row["prev_hash"] for row in rows],
+            hashes=[row["hash"] for row in rows],
+        )
+        changes = {
+            code: [now - before for now, before in zip(account.balances(), self.opening[code], strict=True)]
+            for code, account in self.accounts.items()
+            if account.balances() != self.opening[code]
+        }
+        await queries.move_balances(
+            connection,
+            codes=list(changes),
+            debits_pending=[change[0] for change in changes.values()],
+            debits_posted=[change[1] for change in changes.values()],
+            credits_pending=[change[2] for change in changes.values()],
+            credits_posted=[change[3] for change in changes.values()],
+        )
+        await queries.move_head(connection, seq=self.seq, hash=self.hash)
 
 
 def post_of(pending: Transfer, transfer_id: str) -> Transfer:

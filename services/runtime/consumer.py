@@ -20,6 +20,7 @@ from services.runtime.messages import ERROR_HANDLER, Decoded, Record, Undelivera
 from services.runtime.uow import UnitOfWork
 
 Handler = Callable[[Any, UnitOfWork], Awaitable[None]]
+BatchHandler = Callable[[list[Any], UnitOfWork], Awaitable[None]]
 InvalidHandler = Callable[[Undeliverable, UnitOfWork], Awaitable[None]]
 
 logger = structlog.get_logger("homeward.consumer")
@@ -27,10 +28,15 @@ logger = structlog.get_logger("homeward.consumer")
 
 @dataclass(frozen=True)
 class Route:
-    """Who handles a topic: the handler of valid events, and optionally one for bad input."""
+    """Who handles a topic: the handler of valid events (one at a time, or `batch`: a whole run of
+    consecutive events of the topic at once, in order), and optionally one for bad input."""
 
-    handler: Handler
+    handler: Handler | None = None
     on_invalid: InvalidHandler | None = None
+    batch: BatchHandler | None = None
+
+    def __post_init__(self) -> None:
+        assert (self.handler is None) != (self.batch is None), "a route has one handler or one batch handler"
 
 
 @dataclass(frozen=True)
@@ -135,23 +141,33 @@ class BatchConsumer:
                 )
             )
             fresh = {row["event_id"] for row in claimed}
+            run: list[Decoded] = []  # consecutive events for one batch handler, applied together
             for item in items:
                 topic = item.record.topic
+                if run and (topic != run[0].record.topic or not isinstance(item, Decoded)):
+                    await self._apply_run(run, uow)
+                    run = []
                 if item.inbox_key not in fresh:
                     duplicates += 1
                     outcomes.append((topic, "duplicate", None))
                     logger.debug("event.duplicate_ignored", **_log_context(item))  # counted in /metrics
                     continue
                 fresh.discard(item.inbox_key)  # a key twice in one batch is applied once
-                with structlog.contextvars.bound_contextvars(**_log_context(item)):
-                    if isinstance(item, Decoded):
-                        await self.routes[topic].handler(item.envelope, uow)
-                        applied += 1
-                        outcomes.append((topic, "applied", None))
-                    else:
+                if isinstance(item, Decoded):
+                    applied += 1
+                    outcomes.append((topic, "applied", None))
+                    if self.routes[topic].batch is not None:
+                        run.append(item)
+                        continue
+                    with structlog.contextvars.bound_contextvars(**_log_context(item)):
+                        await self._handler(topic)(item.envelope, uow)
+                else:
+                    with structlog.contextvars.bound_contextvars(**_log_context(item)):
                         await self._reject(item, uow)
-                        dead_lettered += 1
-                        outcomes.append((topic, "dead_lettered", item.code))
+                    dead_lettered += 1
+                    outcomes.append((topic, "dead_lettered", item.code))
+            if run:
+                await self._apply_run(run, uow)
             await uow.flush()
         # Committed: only now does the batch count.
         elapsed = time.monotonic() - started
@@ -167,6 +183,18 @@ class BatchConsumer:
             if code is not None:
                 metrics.DEAD_LETTERS.labels(topic, code).inc()
         return BatchResult(applied, duplicates, dead_lettered)
+
+    def _handler(self, topic: str) -> Handler:
+        handler = self.routes[topic].handler
+        assert handler is not None
+        return handler
+
+    async def _apply_run(self, run: list[Decoded], uow: UnitOfWork) -> None:
+        """A run of one topic's events to its batch handler; the handler logs each with its ids."""
+        handler = self.routes[run[0].record.topic].batch
+        assert handler is not None
+        with structlog.contextvars.bound_contextvars(event_type=run[0].record.topic):
+            await handler([item.envelope for item in run], uow)
 
     async def _reject(self, bad: Undeliverable, uow: UnitOfWork) -> None:
         logger.warning("event.dead_lettered", error_code=bad.code, field=bad.field)

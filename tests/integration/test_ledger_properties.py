@@ -30,10 +30,11 @@ from services.disbursement.ledger import (
     Result,
     Transfer,
     create_transfer,
+    create_transfers,
     post_of,
     void_of,
 )
-from services.runtime.db import connect
+from services.runtime.db import connect, fetch_all
 from services.runtime.migrate import migrate
 from tests.conftest import Infra
 
@@ -145,6 +146,10 @@ class Model:
     pendings: list[str] = field(default_factory=list)
     resolved: set[str] = field(default_factory=set)
     issued: int = 0
+    journal: list[tuple[int, str, str]] = field(default_factory=list)
+    submitted: list[tuple[Transfer, Result]] = field(default_factory=list)
+    """Every request in the order submitted, with its answer: the same list as one batch must
+    get the same answers."""
 
     def next_id(self, prefix: str) -> str:
         self.issued += 1
@@ -260,10 +265,11 @@ def _changed(transfer: Transfer, name: str) -> Transfer:
     return replace(transfer, **{name: values[name]})
 
 
-async def _submit(connection: asyncpg.Connection, transfer: Transfer) -> Result:
+async def _submit(connection: asyncpg.Connection, model: Model, transfer: Transfer) -> Result:
     note(f"submit {transfer}")
     result = await create_transfer(connection, QUERIES.ledger, transfer)
     event(f"{transfer.kind}: {result.status} {result.code or ''}".strip())  # see --hypothesis-show-statistics
+    model.submitted.append((transfer, result))
     return result
 
 
@@ -271,26 +277,26 @@ async def _apply(connection: asyncpg.Connection, model: Model, step: Any) -> Non
     match step:
         case Create(kind, (debit, credit), amount, payment_id):
             transfer = Transfer(model.next_id(kind), kind, debit, credit, amount, CURRENCY, None, payment_id)
-            assert await _submit(connection, transfer) == model.expect(transfer)
+            assert await _submit(connection, model, transfer) == model.expect(transfer)
         case Resolve(pick, post) if model.pendings:
             pending = model.created[model.pendings[pick % len(model.pendings)]]
             resolution = (post_of if post else void_of)(pending, model.next_id("post" if post else "void"))
             if pending.transfer_id in model.resolved:
                 event("a pending transfer resolved a second time")  # which the model expects refused
-            assert await _submit(connection, resolution) == model.expect(resolution)
+            assert await _submit(connection, model, resolution) == model.expect(resolution)
         case Resubmit(pick) if model.created:
             transfer = list(model.created.values())[pick % len(model.created)]
-            assert await _submit(connection, transfer) == Result("exists", transfer.transfer_id)
+            assert await _submit(connection, model, transfer) == Result("exists", transfer.transfer_id)
         case ResubmitChanged(pick, name) if model.recorded():
             recorded = model.recorded()
             changed = _changed(recorded[pick % len(recorded)], name)
-            assert await _submit(connection, changed) == Result("refused", changed.transfer_id, ID_REUSED, name)
+            assert await _submit(connection, model, changed) == Result("refused", changed.transfer_id, ID_REUSED, name)
         case ResubmitRefused(pick) if model.refused:
             request, code = list(model.refused.values())[pick % len(model.refused)]
             if code == EXCEEDS_CREDITS:
                 await _top_up_until_it_fits(connection, model, request)
                 event("an overdraft re-submitted after a top-up")
-            assert await _submit(connection, request) == Result("refused", request.transfer_id, code)
+            assert await _submit(connection, model, request) == Result("refused", request.transfer_id, code)
 
 
 async def _top_up_until_it_fits(connection: asyncpg.Connection, model: Model, request: Transfer) -> None:
@@ -298,7 +304,7 @@ async def _top_up_until_it_fits(connection: asyncpg.Connection, model: Model, re
     budget = model.balances[BUDGET]
     shortfall = budget["debits_pending"] + budget["debits_posted"] + request.amount - budget["credits_posted"]
     top_up = Transfer(model.next_id("top-up"), "single_phase", FUNDING, BUDGET, max(shortfall, CENT), CURRENCY)
-    assert await _submit(connection, top_up) == model.expect(top_up)
+    assert await _submit(connection, model, top_up) == model.expect(top_up)
     assert model.fits(request)
 
 
@@ -313,20 +319,41 @@ async def _check(connection: asyncpg.Connection, model: Model) -> None:
     assert budget["debits_pending"] + budget["debits_posted"] <= budget["credits_posted"]
 
 
-async def _example(connection: asyncpg.Connection, funding: Decimal, steps: list[Any]) -> None:
+async def _example(connection: asyncpg.Connection, funding: Decimal, steps: list[Any]) -> Model:
     transaction = connection.transaction()
     await transaction.start()
     try:
         await stipends.open_accounts(connection, QUERIES, CURRENCY)
         model = Model()
-        funded = await stipends.fund(connection, QUERIES, amount=funding, currency=CURRENCY, reference="initial")
         initial = Transfer(domain.funding_transfer_id("initial"), "single_phase", FUNDING, BUDGET, funding, CURRENCY)
-        assert funded == model.expect(initial)
+        assert await _submit(connection, model, initial) == model.expect(initial)
         await _check(connection, model)
         for step in steps:
             note(f"step {step}")
             await _apply(connection, model, step)
             await _check(connection, model)
+        model.journal = await _journal(connection)
+        return model
+    finally:
+        await transaction.rollback()
+
+
+async def _journal(connection: asyncpg.Connection) -> list[tuple[int, str, str]]:
+    return [
+        (row["seq"], row["transfer_id"], row["hash"]) for row in await fetch_all(QUERIES.ledger.journal(connection))
+    ]
+
+
+async def _as_one_batch(connection: asyncpg.Connection, model: Model) -> None:
+    """Every request of the example again, on an empty ledger, as one `create_transfers` call."""
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        await stipends.open_accounts(connection, QUERIES, CURRENCY)
+        requests = [transfer for transfer, _ in model.submitted]
+        assert await create_transfers(connection, QUERIES.ledger, requests) == [result for _, result in model.submitted]
+        await _check(connection, model)
+        assert await _journal(connection) == model.journal, "the same chain, hash for hash"
     finally:
         await transaction.rollback()
 
@@ -341,10 +368,11 @@ async def _example(connection: asyncpg.Connection, funding: Decimal, steps: list
     funding=st.decimals(min_value=AMOUNT_MIN, max_value=FUNDING_MAX, places=2),
     steps=st.lists(operation, min_size=OPERATIONS_MIN, max_size=OPERATIONS_MAX),
 )
-def test_every_sequence_of_transfers_keeps_the_ledger_sound(
+def test_every_sequence_of_transfers_keeps_the_ledger_sound_and_is_the_same_as_one_batch(
     session: Session, funding: Decimal, steps: list[Any]
 ) -> None:
-    session.loop.run_until_complete(_example(session.connection, funding, steps))
+    model = session.loop.run_until_complete(_example(session.connection, funding, steps))
+    session.loop.run_until_complete(_as_one_batch(session.connection, model))
 
 
 # Concurrency: separate connections, committed transactions --------------------------------------

@@ -94,13 +94,13 @@ async def reserve(pool: asyncpg.Pool, infra: Infra, count: int) -> list[UUID]:
     named, cases = queries(), [uuid4() for _ in range(count)]
     async with pool.acquire() as connection, connection.transaction():
         uow = UnitOfWork(connection, "disbursement", runtime_queries())
-        for case_id in cases:
-            await named.payments.remember_case(
-                connection, case_id=case_id, identity_key=uuid4().hex, correlationid=uuid4(),
-                sealed=sealed_for(infra, case_id), accepted_event_id=uuid4(),
-            )  # fmt: skip
-            await named.payments.remember_verified(connection, case_id=case_id, verified_event_id=uuid4())
-            await handlers.open_payment(uow, named, case_id, PROGRAM)
+        await named.payments.remember_cases(
+            connection, case_ids=cases, identity_keys=[uuid4().hex for _ in cases],
+            correlationids=[uuid4() for _ in cases], sealed=[sealed_for(infra, case_id) for case_id in cases],
+            accepted_event_ids=[uuid4() for _ in cases],
+        )  # fmt: skip
+        await named.payments.remember_verified(connection, case_ids=cases, verified_event_ids=[uuid4() for _ in cases])
+        await handlers.open_payments(uow, named, cases, PROGRAM)
         await uow.flush()
     return cases
 

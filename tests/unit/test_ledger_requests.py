@@ -1,6 +1,8 @@
 """Ledger requests that no ledger state could accept are refused before touching the database."""
 
+import dataclasses
 from decimal import Decimal
+from uuid import UUID
 
 import pytest
 
@@ -37,3 +39,14 @@ def test_the_chain_hash_covers_the_previous_hash_the_position_and_every_field() 
     assert base == chain_hash("genesis", 1, transfer())
     assert len({base, chain_hash("other", 1, transfer()), chain_hash("genesis", 2, transfer()),
                 chain_hash("genesis", 1, transfer("999.99"))}) == 4  # fmt: skip
+
+
+def test_the_hashed_text_keeps_every_field_in_declaration_order() -> None:
+    """Recorded hashes depend on this order (`ledger verify` recomputes them): it must not drift."""
+    uuid = UUID("00000000-0000-0000-0000-000000000001")
+    full = Transfer("t-2", "post_pending", "program_budget", "stipends_paid", Decimal("12.5"), "USD", "t-1", uuid)
+    assert list(full.fields()) == [field.name for field in dataclasses.fields(Transfer)]
+    assert list(full.fields().values()) == ["t-2", "post_pending", "program_budget", "stipends_paid", "12.50", "USD",
+                                            "t-1", str(uuid)]  # fmt: skip
+    assert list(transfer().fields().values())[-2:] == ["", ""]
+    assert list(full.row()) == list(full.fields())

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -149,31 +149,33 @@ class CallbackEndpoint:
             payments = {payment["payment_id"]: payment for payment in locked}
             uow = UnitOfWork(connection, "disbursement", self.runtime_queries)
             applied: list[str] = []
+            changes: list[stipends.Change] = []
             for callback in callbacks:
-                if await self._apply(uow, payments[callback["payment_id"]], callback):
+                change = self._change(payments[callback["payment_id"]], callback)
+                if change is not False:
                     applied.append(callback["notification_id"])
+                    if change is not None:
+                        changes.append(change)
+            await stipends.apply(uow, self.queries, changes)
             await self.queries.payments.mark_callbacks_applied(connection, notification_ids=applied)
             await uow.flush()
         self.applied += len(applied)
         logger.info("callback.applied", notifications=len(applied), left=len(callbacks) - len(applied))
         return len(callbacks)
 
-    async def _apply(self, uow: UnitOfWork, payment: Any, callback: Any) -> bool:
-        with structlog.contextvars.bound_contextvars(
-            case_id=str(payment["case_id"]),
-            correlationid=str(payment["correlationid"]),
-            event_type="payout.callback",
-        ):
-            try:
-                method = payment["method"] or stipends.method_of(payment, self.data_key)
-            except crypto.UNSEAL_ERRORS:
-                # Left unapplied (and counted as waiting): an operator must look at this payment.
-                logger.error("callback.instrument_unreadable", payment_id=str(payment["payment_id"]))
-                return False
-            payout = Payout(
-                key=str(callback["payment_id"]), provider_ref=callback["provider_ref"], status=callback["status"],
-                amount=callback["amount"], currency=callback["currency"],
-            )  # fmt: skip
-            await stipends.apply_provider_status(uow, self.queries, payment, method, payout)
-            logger.debug("callback.applied", notification_id=callback["notification_id"], status=callback["status"])
-        return True
+    def _change(self, payment: Any, callback: Any) -> stipends.Change | Literal[False] | None:
+        """What a recorded notification changes (None: nothing, it was applied before); False if it
+        cannot be applied now, and stays recorded for an operator."""
+        log = logger.bind(payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]))
+        try:
+            method = payment["method"] or stipends.method_of(payment, self.data_key)
+        except crypto.UNSEAL_ERRORS:
+            # Left unapplied (and counted as waiting): an operator must look at this payment.
+            log.error("callback.instrument_unreadable")
+            return False
+        payout = Payout(
+            key=str(callback["payment_id"]), provider_ref=callback["provider_ref"], status=callback["status"],
+            amount=callback["amount"], currency=callback["currency"],
+        )  # fmt: skip
+        log.debug("callback.applied", notification_id=callback["notification_id"], status=callback["status"])
+        return stipends.provider_status(payment, method, payout)

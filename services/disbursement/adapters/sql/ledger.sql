@@ -3,54 +3,6 @@ INSERT INTO accounts (code, currency, debits_must_not_exceed_credits)
 VALUES (:code, :currency, :debits_must_not_exceed_credits)
 ON CONFLICT (code) DO NOTHING;
 
--- name: get_transfer^
-SELECT seq, transfer_id, kind, debit_account, credit_account, amount, currency, pending_id, payment_id,
-       created_at, prev_hash, hash
-FROM transfers WHERE transfer_id = :transfer_id;
-
--- name: get_refusal^
-SELECT code, request FROM transfer_refusals WHERE transfer_id = :transfer_id;
-
--- name: record_refusal!
-INSERT INTO transfer_refusals (transfer_id, code, request)
-VALUES (:transfer_id, :code, :request::jsonb)
-ON CONFLICT (transfer_id) DO NOTHING;
-
--- name: resolution_of^
-SELECT transfer_id, kind FROM transfers WHERE pending_id = :pending_id;
-
--- name: advance_head^
--- Locks the chain head until commit: journal appends are serial, so the chain is a line.
-UPDATE ledger_head SET seq = seq + 1 WHERE singleton RETURNING seq, hash;
-
--- name: set_head!
-UPDATE ledger_head SET hash = :hash WHERE singleton;
-
--- name: append_transfer!
-INSERT INTO transfers (seq, transfer_id, kind, debit_account, credit_account, amount, currency,
-                       pending_id, payment_id, prev_hash, hash)
-VALUES (:seq, :transfer_id, :kind, :debit_account, :credit_account, :amount, :currency,
-        :pending_id, :payment_id, :prev_hash, :hash);
-
--- name: debit<!
--- Adds to an account's pending or posted debits; a limited account refuses (no row) rather
--- than spend beyond its posted credits, counting what is already reserved. The row lock the
--- UPDATE takes means two transactions cannot both pass this check.
-UPDATE accounts
-SET debits_pending = debits_pending + :pending,
-    debits_posted = debits_posted + :posted
-WHERE code = :code
-  AND (NOT debits_must_not_exceed_credits
-       OR debits_pending + :pending + debits_posted + :posted <= credits_posted)
-RETURNING code;
-
--- name: credit<!
-UPDATE accounts
-SET credits_pending = credits_pending + :pending,
-    credits_posted = credits_posted + :posted
-WHERE code = :code
-RETURNING code;
-
 -- name: balances
 SELECT code, currency, debits_must_not_exceed_credits, debits_pending, debits_posted,
        credits_pending, credits_posted
@@ -61,14 +13,11 @@ SELECT seq, transfer_id, kind, debit_account, credit_account, amount, currency, 
        prev_hash, hash
 FROM transfers ORDER BY seq;
 
--- name: account_currencies
-SELECT code, currency FROM accounts WHERE code = ANY(:codes::text[]);
-
 -- name: available$
 -- What a limited account can still spend: posted credits less posted and pending debits.
 SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE code = :code;
 
--- The batch path (ledger.create_transfers): a handful of statements for any number of transfers.
+-- The write path (ledger.create_transfers): a handful of statements for any number of transfers.
 
 -- name: lock_head^
 -- Taken first by every writer, so that what the batch reads next cannot change under it and the

@@ -1,31 +1,41 @@
--- name: remember_case!
+-- name: remember_cases!
 INSERT INTO cases (case_id, identity_key, correlationid, sealed, accepted_event_id)
-VALUES (:case_id, :identity_key, :correlationid, :sealed, :accepted_event_id)
+SELECT * FROM unnest(:case_ids::uuid[], :identity_keys::text[], :correlationids::uuid[], :sealed::text[],
+                     :accepted_event_ids::uuid[])
 ON CONFLICT (case_id) DO NOTHING;
 
 -- name: remember_verified!
 INSERT INTO verified_arrivals (case_id, verified_event_id)
-VALUES (:case_id, :verified_event_id)
+SELECT * FROM unnest(:case_ids::uuid[], :verified_event_ids::uuid[])
 ON CONFLICT (case_id) DO NOTHING;
 
--- name: payable_case^
--- A case that is accepted and verified and has neither a payment nor a refusal yet.
+-- name: payable_cases
+-- Of the cases asked about (distinct), in the order asked: those accepted and verified that have
+-- neither a payment nor a refusal yet.
 SELECT c.case_id, c.identity_key, c.correlationid, v.verified_event_id
-FROM cases c
+FROM unnest(:case_ids::uuid[]) WITH ORDINALITY AS asked (case_id, position)
+JOIN cases c USING (case_id)
 JOIN verified_arrivals v USING (case_id)
-WHERE c.case_id = :case_id
-  AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.case_id = c.case_id)
-  AND NOT EXISTS (SELECT 1 FROM refusals r WHERE r.case_id = c.case_id);
+WHERE NOT EXISTS (SELECT 1 FROM payments p WHERE p.case_id = c.case_id)
+  AND NOT EXISTS (SELECT 1 FROM refusals r WHERE r.case_id = c.case_id)
+ORDER BY asked.position;
 
--- name: create_payment<!
--- Returns a row only if this identity has never had a payment.
+-- name: create_payments
+-- One payment per identity, ever: a row comes back only for an identity that never had one (the
+-- first in the batch wins among cases of one identity). The new rows stay locked until commit.
 INSERT INTO payments (payment_id, case_id, identity_key, amount, currency, status, correlationid, cause_event_id)
-VALUES (:payment_id, :case_id, :identity_key, :amount, :currency, 'held', :correlationid, :cause_event_id)
+SELECT n.payment_id, n.case_id, n.identity_key, :amount, :currency, 'held', n.correlationid, n.cause_event_id
+FROM unnest(:payment_ids::uuid[], :case_ids::uuid[], :identity_keys::text[], :correlationids::uuid[],
+            :cause_event_ids::uuid[]) WITH ORDINALITY
+     AS n (payment_id, case_id, identity_key, correlationid, cause_event_id, position)
+ORDER BY n.position
 ON CONFLICT DO NOTHING
-RETURNING payment_id;
+RETURNING payment_id, case_id, amount, currency, reserve_attempts, correlationid, cause_event_id;
 
 -- name: refuse!
-INSERT INTO refusals (case_id, reason) VALUES (:case_id, :reason) ON CONFLICT (case_id) DO NOTHING;
+INSERT INTO refusals (case_id, reason)
+SELECT unnest(:case_ids::uuid[]), :reason
+ON CONFLICT (case_id) DO NOTHING;
 
 -- name: lock_payment^
 SELECT p.payment_id, p.case_id, p.identity_key, p.amount, p.currency, p.status, p.reserve_attempts,
@@ -34,25 +44,31 @@ FROM payments p JOIN cases c USING (case_id)
 WHERE p.payment_id = :payment_id
 FOR UPDATE OF p;
 
--- name: mark_reserved!
-UPDATE payments
-SET status = 'reserved', reserve_id = :reserve_id, reserve_attempts = reserve_attempts + 1, updated_at = now()
-WHERE payment_id = :payment_id;
+-- name: mark_reserve_attempts!
+-- One try at reserving each payment: those with a reserve id are reserved now, the others stay held.
+UPDATE payments p
+SET status = CASE WHEN t.reserve_id IS NULL THEN p.status ELSE 'reserved' END,
+    reserve_id = coalesce(t.reserve_id, p.reserve_id),
+    reserve_attempts = p.reserve_attempts + 1,
+    updated_at = now()
+FROM unnest(:payment_ids::uuid[], :reserve_ids::text[]) AS t (payment_id, reserve_id)
+WHERE p.payment_id = t.payment_id;
 
--- name: count_reserve_attempt!
-UPDATE payments SET reserve_attempts = reserve_attempts + 1, updated_at = now() WHERE payment_id = :payment_id;
+-- name: change_payments!
+-- A batch of outcomes (stipends.Change): the new status, the reason of a failure (none once
+-- paid), and the method and provider reference once known.
+UPDATE payments p
+SET status = c.status, last_error = c.reason, method = coalesce(c.method, p.method),
+    provider_ref = coalesce(c.provider_ref, p.provider_ref), updated_at = now()
+FROM unnest(:payment_ids::uuid[], :statuses::text[], :reasons::text[], :methods::text[], :provider_refs::text[])
+     AS c (payment_id, status, reason, method, provider_ref)
+WHERE p.payment_id = c.payment_id;
 
--- name: mark_disbursed!
-UPDATE payments
-SET status = 'disbursed', method = :method, provider_ref = :provider_ref, last_error = NULL, updated_at = now()
-WHERE payment_id = :payment_id;
-
--- name: mark_status!
-UPDATE payments SET status = :status, last_error = :reason, updated_at = now() WHERE payment_id = :payment_id;
-
--- name: note_payout_error!
--- The provider could not say: the payment stays reserved and due again once its lease is released.
-UPDATE payments SET last_error = :error, updated_at = now() WHERE payment_id = :payment_id;
+-- name: note_payout_errors!
+-- The provider could not say: the payments stay reserved and due again once their lease is released.
+UPDATE payments p SET last_error = e.error, updated_at = now()
+FROM unnest(:payment_ids::uuid[], :errors::text[]) AS e (payment_id, error)
+WHERE p.payment_id = e.payment_id;
 
 -- name: claim_reserved
 -- Takes reserved stipends for one payout pass, in a short transaction of its own: the lease keeps
