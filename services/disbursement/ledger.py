@@ -283,17 +283,16 @@ class _Batch:
         credit.credits_posted += transfer.amount * posted_sign
 
     async def write(self, connection: Connection, queries: Any) -> None:
-        if self.refused:
-            await queries.record_refusals(
-                connection,
-                transfer_ids=[transfer_id for transfer_id, _, _ in self.refused],
-                codes=[code for _, code, _ in self.refused],
-                requests=[json.dumps(request) for _, _, request in self.refused],
-            )
-        if not self.appended:
+        """One statement: the journal rows, the kept refusals, the accounts' changes and the head."""
+        if not (self.appended or self.refused):
             return
         rows = self.appended
-        await queries.append_transfers(
+        changes = {
+            code: [now - before for now, before in zip(account.balances(), self.opening[code], strict=True)]
+            for code, account in self.accounts.items()
+            if account.balances() != self.opening[code]
+        }
+        await queries.write_batch(
             connection,
             seqs=[row["seq"] for row in rows],
             transfer_ids=[row["transfer_id"] for row in rows],
@@ -306,21 +305,17 @@ class _Batch:
             payment_ids=[row["payment_id"] for row in rows],
             prev_hashes=[row["prev_hash"] for row in rows],
             hashes=[row["hash"] for row in rows],
-        )
-        changes = {
-            code: [now - before for now, before in zip(account.balances(), self.opening[code], strict=True)]
-            for code, account in self.accounts.items()
-            if account.balances() != self.opening[code]
-        }
-        await queries.move_balances(
-            connection,
+            refused_ids=[transfer_id for transfer_id, _, _ in self.refused],
+            refused_codes=[code for _, code, _ in self.refused],
+            refused_requests=[json.dumps(request) for _, _, request in self.refused],
             codes=list(changes),
             debits_pending=[change[0] for change in changes.values()],
             debits_posted=[change[1] for change in changes.values()],
             credits_pending=[change[2] for change in changes.values()],
             credits_posted=[change[3] for change in changes.values()],
+            seq=self.seq,
+            hash=self.hash,
         )
-        await queries.move_head(connection, seq=self.seq, hash=self.hash)
 
 
 def post_of(pending: Transfer, transfer_id: str) -> Transfer:

@@ -36,6 +36,7 @@ from services.ops.pgbench import (
     execute,
     pgbench_tps,
 )  # fmt: skip
+from services.runtime.db import PLANNING
 
 bench_app = typer.Typer(help="Benchmarks against a real PostgreSQL.", no_args_is_help=True)
 
@@ -137,7 +138,7 @@ async def _run_stipends(bench_url: str, stipends: int, concurrency: int, batch: 
         max_size=concurrency,
         timeout=POOL_CONNECT_TIMEOUT_SECONDS,
         command_timeout=COMMAND_TIMEOUT_SECONDS,
-        server_settings={"search_path": SCHEMA, "application_name": "homeward-bench"},
+        server_settings={"search_path": SCHEMA, "application_name": "homeward-bench", **PLANNING},
         init=_decode_json,
     )
     try:

@@ -54,17 +54,14 @@ def run(
     service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}", callback=_service)],
 ) -> None:
     """Run one service. Needs HOMEWARD_DATABASE_URL and HOMEWARD_KAFKA_BOOTSTRAP (and its secrets)."""
+    import uvloop
+
     from services.runtime import logs
     from services.runtime.service import create_app
 
     logs.configure(service, HomewardSettings().log_level)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(create_app(service).run())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(create_app(service).run())
 
 
 @app.command()

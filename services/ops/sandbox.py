@@ -14,9 +14,11 @@ sandbox_app = typer.Typer(help="Sandbox providers that behave like the real remo
 
 
 def _serve(server: Coroutine[Any, Any, None]) -> None:
+    import uvloop
+
     # uvicorn stops on SIGINT and SIGTERM by itself, then raises the signal again to exit as asked.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server)
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(server)
 
 
 @sandbox_app.command("payouts")

@@ -49,6 +49,13 @@ async def fetch_all(selected: AsyncIterator[asyncpg.Record]) -> list[asyncpg.Rec
     return [row async for row in selected]
 
 
+PLANNING = {"plan_cache_mode": "force_custom_plan"}
+"""Every query is planned for its own parameters. asyncpg prepares each statement; after five runs
+PostgreSQL would switch to a generic plan, which cannot see how long an `= ANY($1)` array or an
+`unnest($1)` is, and picked sequential scans over the journal and the outbox (measured: a lookup
+of 100 transfer ids in a 5,000-row journal took 14 ms with the generic plan, 0.5 ms without)."""
+
+
 async def init_connection(connection: asyncpg.Connection) -> None:
     """What every connection of ours decodes: jsonb as Python values."""
     await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -56,7 +63,7 @@ async def init_connection(connection: asyncpg.Connection) -> None:
 
 async def connect(database_url: str, *, schema: str) -> asyncpg.Connection:
     """One connection for operator commands, seeing one service's schema, with JSON decoding."""
-    connection = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    connection = await asyncpg.connect(database_url, server_settings={"search_path": schema, **PLANNING})
     await init_connection(connection)
     return connection
 
@@ -70,7 +77,7 @@ async def create_pool(settings: ServiceSettings, *, schema: str) -> asyncpg.Pool
         max_size=settings.database_pool_size_max,
         timeout=settings.database_connect_timeout_seconds,
         command_timeout=60,
-        server_settings={"search_path": schema, "application_name": f"homeward-{schema}"},
+        server_settings={"search_path": schema, "application_name": f"homeward-{schema}", **PLANNING},
         init=init_connection,
     )
     assert pool is not None

@@ -58,7 +58,7 @@ def build(settings: TravelSettings, pool: asyncpg.Pool) -> ServiceDefinition:
         concurrency_max=settings.worker_concurrency_max,
         rng=random.Random(),
     )
-    routes = {RegistrationAccepted.TOPIC: Route(partial(handlers.handle_accepted, queries=queries))}
+    routes = {RegistrationAccepted.TOPIC: Route(batch=partial(handlers.handle_accepted, queries=queries))}
     workers = [
         Worker("booking", worker.book_due, settings.worker_poll_interval_ms / 1000, settings.worker_batch_size_max)
     ]

@@ -29,18 +29,21 @@ from services.travel.adapters.provider import (
 logger = structlog.get_logger("homeward.travel")
 
 
-async def handle_accepted(event: Envelope[RegistrationAccepted], uow: UnitOfWork, *, queries: Any) -> None:
-    case = event.data
-    await queries.request_booking(
+async def handle_accepted(events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Any) -> None:
+    """A run of accepted cases: one booking request each, by one insert; the worker books them."""
+    await queries.request_bookings(
         uow.connection,
-        case_id=case.case_id,
-        correlationid=event.correlationid,
-        cause_event_id=event.id,
-        origin_airport=case.origin_airport,
-        destination_airport=case.destination_airport,
-        sealed=case.sealed,
+        case_ids=[event.data.case_id for event in events],
+        correlationids=[event.correlationid for event in events],
+        cause_event_ids=[event.id for event in events],
+        origin_airports=[event.data.origin_airport for event in events],
+        destination_airports=[event.data.destination_airport for event in events],
+        sealed=[event.data.sealed for event in events],
     )
-    logger.debug("travel.booking_requested")
+    for event in events:
+        logger.debug(
+            "travel.booking_requested", case_id=str(event.data.case_id), correlationid=str(event.correlationid)
+        )
 
 
 @dataclass(frozen=True)

@@ -457,6 +457,41 @@ async def test_journal_rows_cannot_be_changed(rolled_back: asyncpg.Connection, s
     assert [(row["transfer_id"], row["amount"]) for row in journal] == [("fund:initial", STIPEND)]
 
 
+JOURNAL_ROW = (
+    "INSERT INTO transfers (seq, transfer_id, kind, debit_account, credit_account, amount, currency, pending_id,"
+    " prev_hash, hash) VALUES (99, 'forged', $1, $2, $3, 1.00, 'USD', $4, 'x', 'forged-hash')"
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "debit", "credit", "pending_id"),
+    [
+        ("single_phase", "nowhere", BUDGET, None),
+        ("single_phase", FUNDING, "nowhere", None),
+        ("post_pending", BUDGET, STIPENDS, "no-such-transfer"),
+        ("post_pending", FUNDING, BUDGET, "fund:initial"),  # exists, but is not pending
+    ],
+    ids=["debit-account", "credit-account", "missing-pending", "not-pending"],
+)
+async def test_the_database_refuses_journal_rows_with_broken_references(
+    rolled_back: asyncpg.Connection, kind: str, debit: str, credit: str, pending_id: str | None
+) -> None:
+    """Behind the ledger code's back, a row naming an unknown account or a pending transfer that
+    is not one is refused by the statement-level reference check."""
+    await stipends.fund(rolled_back, QUERIES, amount=STIPEND, currency=CURRENCY, reference="initial")
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        async with rolled_back.transaction():
+            await rolled_back.execute(JOURNAL_ROW, kind, debit, credit, pending_id)
+
+
+@pytest.mark.parametrize("statement", ["DELETE FROM accounts", "UPDATE accounts SET code = code || '-x'"])
+async def test_accounts_are_never_deleted_or_renamed(rolled_back: asyncpg.Connection, statement: str) -> None:
+    await stipends.open_accounts(rolled_back, QUERIES, CURRENCY)
+    with pytest.raises(asyncpg.RaiseError, match="never deleted or renamed"):
+        async with rolled_back.transaction():
+            await rolled_back.execute(statement)
+
+
 async def test_tampering_with_an_amount_breaks_the_chain_and_the_balances(rolled_back: asyncpg.Connection) -> None:
     await stipends.fund(rolled_back, QUERIES, amount=STIPEND * 2, currency=CURRENCY, reference="initial")
     pending = Transfer("reserve:tampered", "pending", BUDGET, STIPENDS, STIPEND, CURRENCY)

@@ -39,30 +39,31 @@ SELECT code, currency, debits_must_not_exceed_credits, debits_pending, debits_po
        credits_pending, credits_posted
 FROM accounts WHERE code = ANY(:codes::text[]) ORDER BY code FOR UPDATE;
 
--- name: append_transfers!
-INSERT INTO transfers (seq, transfer_id, kind, debit_account, credit_account, amount, currency,
-                       pending_id, payment_id, prev_hash, hash)
-SELECT * FROM unnest(:seqs::bigint[], :transfer_ids::text[], :kinds::text[], :debit_accounts::text[],
-                     :credit_accounts::text[], :amounts::numeric[], :currencies::text[], :pending_ids::text[],
-                     :payment_ids::uuid[], :prev_hashes::text[], :hashes::text[]);
-
--- name: record_refusals!
-INSERT INTO transfer_refusals (transfer_id, code, request)
-SELECT transfer_id, code, request::jsonb
-FROM unnest(:transfer_ids::text[], :codes::text[], :requests::text[]) AS r (transfer_id, code, request)
-ON CONFLICT (transfer_id) DO NOTHING;
-
--- name: move_balances!
--- One update per touched account; the table's CHECKs still refuse a budget spent beyond its credits.
-UPDATE accounts a
-SET debits_pending = a.debits_pending + m.debits_pending,
-    debits_posted = a.debits_posted + m.debits_posted,
-    credits_pending = a.credits_pending + m.credits_pending,
-    credits_posted = a.credits_posted + m.credits_posted
-FROM unnest(:codes::text[], :debits_pending::numeric[], :debits_posted::numeric[],
-            :credits_pending::numeric[], :credits_posted::numeric[])
-     AS m (code, debits_pending, debits_posted, credits_pending, credits_posted)
-WHERE a.code = m.code;
-
--- name: move_head!
+-- name: write_batch!
+-- Everything a batch decided, in one statement: its journal rows, its kept refusals, one update
+-- per touched account and the new head. The journal's reference check (a statement trigger) and
+-- the accounts' CHECKs still have the last word.
+WITH appended AS (
+    INSERT INTO transfers (seq, transfer_id, kind, debit_account, credit_account, amount, currency,
+                           pending_id, payment_id, prev_hash, hash)
+    SELECT * FROM unnest(:seqs::bigint[], :transfer_ids::text[], :kinds::text[], :debit_accounts::text[],
+                         :credit_accounts::text[], :amounts::numeric[], :currencies::text[], :pending_ids::text[],
+                         :payment_ids::uuid[], :prev_hashes::text[], :hashes::text[])
+), refused AS (
+    INSERT INTO transfer_refusals (transfer_id, code, request)
+    SELECT transfer_id, code, request::jsonb
+    FROM unnest(:refused_ids::text[], :refused_codes::text[], :refused_requests::text[])
+         AS r (transfer_id, code, request)
+    ON CONFLICT (transfer_id) DO NOTHING
+), moved AS (
+    UPDATE accounts a
+    SET debits_pending = a.debits_pending + m.debits_pending,
+        debits_posted = a.debits_posted + m.debits_posted,
+        credits_pending = a.credits_pending + m.credits_pending,
+        credits_posted = a.credits_posted + m.credits_posted
+    FROM unnest(:codes::text[], :debits_pending::numeric[], :debits_posted::numeric[],
+                :credits_pending::numeric[], :credits_posted::numeric[])
+         AS m (code, debits_pending, debits_posted, credits_pending, credits_posted)
+    WHERE a.code = m.code
+)
 UPDATE ledger_head SET seq = :seq, hash = :hash WHERE singleton;

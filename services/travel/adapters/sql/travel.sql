@@ -1,6 +1,8 @@
--- name: request_booking!
+-- name: request_bookings!
+-- A run of accepted cases, one booking request each (a case seen again changes nothing).
 INSERT INTO bookings (case_id, correlationid, cause_event_id, origin_airport, destination_airport, sealed)
-VALUES (:case_id, :correlationid, :cause_event_id, :origin_airport, :destination_airport, :sealed)
+SELECT * FROM unnest(:case_ids::uuid[], :correlationids::uuid[], :cause_event_ids::uuid[],
+                     :origin_airports::text[], :destination_airports::text[], :sealed::text[])
 ON CONFLICT (case_id) DO NOTHING;
 
 -- name: claim_due_bookings
