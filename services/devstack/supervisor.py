@@ -115,6 +115,13 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def crashed_on_its_own(returncode: int | None, *, became_ready: bool, lived_seconds: float) -> bool:
+    """A death that counts toward a crash loop: an exit of its own (not a signal from outside),
+    before the process became ready, soon after it started."""
+    killed_from_outside = returncode is not None and returncode < 0
+    return not killed_from_outside and not became_ready and lived_seconds < CRASH_LOOP_SECONDS
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -384,11 +391,14 @@ class Supervisor:
                 await asyncio.wait_for(self.stopping.wait(), WATCH_INTERVAL_SECONDS)
 
     async def _restart(self, service: ServiceProcess) -> None:
-        """Backs off exponentially only while a process keeps dying right after it starts (a crash
-        loop); one that ran a while and was killed comes back at once."""
+        """Backs off exponentially only while a process keeps failing on its own before it becomes
+        ready (a crash loop). One killed from outside (a signal: a chaos drill, an operator, the OOM
+        killer), one that became ready, or one that ran a while comes back at once."""
         assert service.process is not None
         lived = time.time() - service.started_at
-        service.crash_streak = service.crash_streak + 1 if lived < CRASH_LOOP_SECONDS else 0
+        service.crash_streak = service.crash_streak + 1 if crashed_on_its_own(
+            service.process.returncode, became_ready=service.consuming.is_set(), lived_seconds=lived
+        ) else 0  # fmt: skip
         delay = min(RESTART_BACKOFF_SECONDS_MAX, RESTART_BACKOFF_SECONDS_BASE * 2**service.crash_streak)
         logger.warning("up.service_died", service=service.name, exit_code=service.process.returncode, restart_in=delay)
         service.restarts += 1

@@ -32,7 +32,7 @@ def build(settings: RegistrationSettings, pool: asyncpg.Pool) -> ServiceDefiniti
     keys = handlers.Keys(settings.require_identity_secret(), settings.require_data_key())
     routes = {
         RegistrationSubmitted.TOPIC: Route(
-            handler=partial(handlers.handle_submitted, queries=queries, keys=keys),
+            batch=partial(handlers.handle_submitted, queries=queries, keys=keys),
             on_invalid=partial(handlers.handle_invalid_submission, queries=queries),
         ),
     }

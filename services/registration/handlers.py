@@ -16,6 +16,7 @@ from contracts.events import (
 from contracts.registry import PAYLOAD_TYPES
 from services.registration import domain
 from services.runtime import crypto
+from services.runtime.db import fetch_all
 from services.runtime.messages import Undeliverable, now
 from services.runtime.uow import UnitOfWork
 
@@ -28,45 +29,133 @@ class Keys:
     data_key: bytes
 
 
+Outcome = RegistrationAccepted | RegistrationRejected
+
+
 async def handle_submitted(
-    event: Envelope[RegistrationSubmitted], uow: UnitOfWork, *, queries: Any, keys: Keys
+    events: list[Envelope[RegistrationSubmitted]], uow: UnitOfWork, *, queries: Any, keys: Keys
 ) -> None:
-    application = event.data
-    if not await _first_sight(uow, queries, application.application_id, event.correlationid, event.id):
-        return
-    refusals = domain.eligibility_refusals(application)
-    if refusals:
-        await _reject(uow, queries, application.application_id, refusals, event.correlationid, event.id)
-        return
-    identity_key = crypto.identity_key(keys.identity_secret, domain.normalized_document(application.identity_document))
-    case_id = uuid4()
-    holder = await queries.claim_identity(uow.connection, identity_key=identity_key, case_id=case_id)
-    if holder is None:
-        holder = await queries.identity_holder(uow.connection, identity_key=identity_key)
-    if holder != case_id:
-        duplicate = domain.Refusal("duplicate_registration", "identity_document", "this person already has a case")
-        await _reject(uow, queries, application.application_id, [duplicate], event.correlationid, event.id, holder)
-        return
-    sealed = crypto.seal(keys.data_key, domain.sealed_contents(application), bound_to=str(case_id))
-    await queries.open_case(
+    """A run of submissions, decided in order exactly as if one at a time, in a handful of
+    statements: claim the application ids, claim the identities of the eligible, open the cases,
+    record the outcomes. An application seen before (earlier in the run, or in an earlier batch)
+    is answered with its first outcome again."""
+    connection = uow.connection
+    claimed = {row["application_id"] for row in await fetch_all(queries.claim_applications(
+        connection,
+        application_ids=[event.data.application_id for event in events],
+        correlationids=[event.correlationid for event in events],
+    ))}  # fmt: skip
+    first: dict[UUID, Envelope[RegistrationSubmitted]] = {}
+    for event in events:
+        if event.data.application_id in claimed:
+            first.setdefault(event.data.application_id, event)
+    decided = await _decide_all(uow, queries, keys, list(first.values()))
+    earlier = [event.data.application_id for event in events if event.data.application_id not in decided]
+    stored = {row["application_id"]: row for row in await fetch_all(
+        queries.application_outcomes(connection, application_ids=earlier)
+    )} if earlier else {}  # fmt: skip
+    for event in events:
+        application_id = event.data.application_id
+        if first.get(application_id) is event:
+            outcome, correlationid = decided[application_id], event.correlationid
+        elif application_id in decided:  # the same application again, later in this run
+            outcome, correlationid = decided[application_id], first[application_id].correlationid
+        else:
+            row = stored[application_id]
+            outcome = PAYLOAD_TYPES[row["outcome_topic"]].model_validate(row["outcome_data"])
+            correlationid = row["correlationid"]
+        uow.emit(outcome, correlationid=correlationid, causationid=event.id)
+        _log_outcome(outcome, repeated=first.get(application_id) is not event)
+
+
+async def _decide_all(
+    uow: UnitOfWork, queries: Any, keys: Keys, fresh: list[Envelope[RegistrationSubmitted]]
+) -> dict[UUID, Outcome]:
+    """The outcome of each application seen for the first time, recorded (not yet emitted)."""
+    decided: dict[UUID, Outcome] = {}
+    eligible: list[tuple[RegistrationSubmitted, str, UUID]] = []
+    for event in fresh:
+        application = event.data
+        if refusals := domain.eligibility_refusals(application):
+            decided[application.application_id] = _rejected(application.application_id, refusals)
+            continue
+        normalized = domain.normalized_document(application.identity_document)
+        eligible.append((application, crypto.identity_key(keys.identity_secret, normalized), uuid4()))
+    if eligible:
+        decided |= await _claim_identities(uow, queries, keys, eligible)
+    if decided:
+        await queries.record_outcomes(
+            uow.connection,
+            application_ids=list(decided),
+            outcome_topics=[outcome.TOPIC for outcome in decided.values()],
+            outcome_data=[outcome.model_dump_json() for outcome in decided.values()],
+        )
+    return decided
+
+
+async def _claim_identities(
+    uow: UnitOfWork, queries: Any, keys: Keys, eligible: list[tuple[RegistrationSubmitted, str, UUID]]
+) -> dict[UUID, Outcome]:
+    """One case per person, ever: the first to claim an identity opens a case; the others are
+    refused as duplicates naming the case that holds it."""
+    won = {row["identity_key"]: row["case_id"] for row in await fetch_all(queries.claim_identities(
         uow.connection,
-        case_id=case_id,
-        application_id=application.application_id,
-        identity_key=identity_key,
-        sealed=sealed,
+        identity_keys=[identity_key for _, identity_key, _ in eligible],
+        case_ids=[case_id for _, _, case_id in eligible],
+    ))}  # fmt: skip
+    lost = [identity_key for _, identity_key, _ in eligible if identity_key not in won]
+    holders = {row["identity_key"]: row["case_id"] for row in await fetch_all(
+        queries.identity_holders(uow.connection, identity_keys=lost)
+    )} if lost else {}  # fmt: skip
+    decided: dict[UUID, Outcome] = {}
+    opened: list[RegistrationAccepted] = []
+    for application, identity_key, case_id in eligible:
+        holder = won.get(identity_key) or holders.get(identity_key)
+        if holder != case_id:
+            duplicate = domain.Refusal("duplicate_registration", "identity_document", "this person already has a case")
+            decided[application.application_id] = _rejected(application.application_id, [duplicate], holder)
+            continue
+        sealed = crypto.seal(keys.data_key, domain.sealed_contents(application), bound_to=str(case_id))
+        accepted = RegistrationAccepted(
+            case_id=case_id,
+            application_id=application.application_id,
+            identity_key=identity_key,
+            origin_airport=application.current_location.nearest_airport,
+            destination_country=application.destination.country,
+            destination_airport=application.destination.airport,
+            sealed=sealed,
+            accepted_at=now(),
+        )
+        decided[application.application_id] = accepted
+        opened.append(accepted)
+    if opened:
+        await queries.open_cases(
+            uow.connection,
+            case_ids=[case.case_id for case in opened],
+            application_ids=[case.application_id for case in opened],
+            identity_keys=[case.identity_key for case in opened],
+            sealed=[case.sealed for case in opened],
+        )
+    return decided
+
+
+def _rejected(application_id: UUID, refusals: list[domain.Refusal], duplicate_of: UUID | None = None) -> Outcome:
+    return RegistrationRejected(
+        application_id=application_id,
+        reasons=tuple(RejectionReason(code=r.code, field=r.field, message=r.message) for r in refusals),
+        duplicate_of_case_id=duplicate_of,
+        rejected_at=now(),
     )
-    accepted = RegistrationAccepted(
-        case_id=case_id,
-        application_id=application.application_id,
-        identity_key=identity_key,
-        origin_airport=application.current_location.nearest_airport,
-        destination_country=application.destination.country,
-        destination_airport=application.destination.airport,
-        sealed=sealed,
-        accepted_at=now(),
-    )
-    await _decide(uow, queries, accepted, event.correlationid, event.id)
-    logger.debug("registration.accepted", case_id=str(case_id))
+
+
+def _log_outcome(outcome: Outcome, *, repeated: bool) -> None:
+    log = logger.bind(application_id=str(outcome.application_id))
+    if repeated:
+        log.debug("registration.resubmission_answered", outcome=outcome.TOPIC)
+    elif isinstance(outcome, RegistrationAccepted):
+        log.debug("registration.accepted", case_id=str(outcome.case_id))
+    else:
+        log.debug("registration.rejected", codes=[reason.code for reason in outcome.reasons])
 
 
 async def handle_invalid_submission(bad: Undeliverable, uow: UnitOfWork, *, queries: Any) -> None:
@@ -105,12 +194,7 @@ async def _reject(
     cause: UUID | None,
     duplicate_of: UUID | None = None,
 ) -> None:
-    rejected = RegistrationRejected(
-        application_id=application_id,
-        reasons=tuple(RejectionReason(code=r.code, field=r.field, message=r.message) for r in refusals),
-        duplicate_of_case_id=duplicate_of,
-        rejected_at=now(),
-    )
+    rejected = _rejected(application_id, refusals, duplicate_of)
     await _decide(uow, queries, rejected, correlationid, cause)
     logger.debug("registration.rejected", codes=[r.code for r in refusals])
 

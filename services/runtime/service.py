@@ -225,21 +225,22 @@ def create_app(service: str) -> FastStream:
             await consumer.consume([_record(raw) for raw in records])
 
         state["subscriber"] = subscriber
-
-    @app.after_startup
-    async def start_background() -> None:
-        definition: ServiceDefinition = state["definition"]
-        wakeup: Wakeup = state["wakeup"]
+        # The workers need only the database: they start now, not after the consumer group join
+        # (which takes seconds), so a restarted service pays and books within a moment of starting.
         signals = {
             worker.name: wakeup.signal(f"{service}.{worker.wakes_on}")
             for worker in definition.workers
             if worker.wakes_on is not None
         }
         tasks.append(asyncio.create_task(wakeup.listen(stopping), name="wakeup"))
-        tasks.append(asyncio.create_task(state["relay"].run(stopping), name="outbox-relay"))
         for worker in definition.workers:
             signal = signals.get(worker.name)
             tasks.append(asyncio.create_task(run_worker(worker, stopping, signal), name=worker.name))
+
+    @app.after_startup
+    async def start_background() -> None:
+        definition: ServiceDefinition = state["definition"]
+        tasks.append(asyncio.create_task(state["relay"].run(stopping), name="outbox-relay"))
         tasks.append(asyncio.create_task(_announce_consuming(state["subscriber"], logger)))
         if settings.http_port:
             readiness = Readiness(

@@ -5,6 +5,7 @@ Nothing is flushed: the assertions read the events the handler queued in `uow.pe
 
 import json
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
@@ -51,14 +52,51 @@ class FakeRegistrationQueries:
             outcome_topic=outcome_topic, outcome_data=json.loads(json.dumps(outcome_data))
         )
 
-    async def claim_identity(self, connection: Any, *, identity_key: str, case_id: UUID) -> UUID:
-        return self.identity_claims.setdefault(identity_key, case_id)
+    # The batch path: selects yield rows, as aiosql's do.
 
-    async def open_case(
-        self, connection: Any, *, case_id: UUID, application_id: UUID, identity_key: str, sealed: str
+    async def claim_applications(
+        self, connection: Any, *, application_ids: list[UUID], correlationids: list[UUID]
+    ) -> AsyncIterator[dict[str, Any]]:
+        for application_id, correlationid in zip(application_ids, correlationids, strict=True):
+            if await self.claim_application(connection, application_id=application_id, correlationid=correlationid):
+                yield {"application_id": application_id}
+
+    async def application_outcomes(
+        self, connection: Any, *, application_ids: list[UUID]
+    ) -> AsyncIterator[dict[str, Any]]:
+        for application_id in dict.fromkeys(application_ids):
+            yield {"application_id": application_id, **await self.application_outcome(
+                connection, application_id=application_id
+            )}  # fmt: skip
+
+    async def record_outcomes(
+        self, connection: Any, *, application_ids: list[UUID], outcome_topics: list[str], outcome_data: list[str]
     ) -> None:
-        assert case_id not in self.cases
-        self.cases[case_id] = {"application_id": application_id, "identity_key": identity_key, "sealed": sealed}
+        for application_id, topic, data in zip(application_ids, outcome_topics, outcome_data, strict=True):
+            self.applications[application_id].update(outcome_topic=topic, outcome_data=json.loads(data))
+
+    async def claim_identities(
+        self, connection: Any, *, identity_keys: list[str], case_ids: list[UUID]
+    ) -> AsyncIterator[dict[str, Any]]:
+        for identity_key, case_id in zip(identity_keys, case_ids, strict=True):
+            if identity_key not in self.identity_claims:
+                self.identity_claims[identity_key] = case_id
+                yield {"identity_key": identity_key, "case_id": case_id}
+
+    async def identity_holders(self, connection: Any, *, identity_keys: list[str]) -> AsyncIterator[dict[str, Any]]:
+        for identity_key in identity_keys:
+            if identity_key in self.identity_claims:
+                yield {"identity_key": identity_key, "case_id": self.identity_claims[identity_key]}
+
+    async def open_cases(
+        self, connection: Any, *, case_ids: list[UUID], application_ids: list[UUID], identity_keys: list[str],
+        sealed: list[str],
+    ) -> None:  # fmt: skip
+        for case_id, application_id, identity_key, one_sealed in zip(
+            case_ids, application_ids, identity_keys, sealed, strict=True
+        ):
+            assert case_id not in self.cases
+            self.cases[case_id] = {"application_id": application_id, "identity_key": identity_key, "sealed": one_sealed}
 
 
 def _keys() -> Keys:
@@ -87,9 +125,18 @@ def _emitted(uow: UnitOfWork) -> list[dict[str, Any]]:
 
 async def _submit(data: dict[str, Any], queries: FakeRegistrationQueries, keys: Keys) -> tuple[Any, dict[str, Any]]:
     event, uow = _event(data), _uow()
-    await handle_submitted(event, uow, queries=queries, keys=keys)
+    await handle_submitted([event], uow, queries=queries, keys=keys)
     [emitted] = _emitted(uow)
     return event, emitted
+
+
+async def _submit_run(
+    runs: list[dict[str, Any]], queries: FakeRegistrationQueries, keys: Keys
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Several submissions as one run (one batch of the topic), in order."""
+    events, uow = [_event(data) for data in runs], _uow()
+    await handle_submitted(events, uow, queries=queries, keys=keys)
+    return events, _emitted(uow)
 
 
 # Accepted ------------------------------------------------------------------------------------------
@@ -274,3 +321,28 @@ async def test_invalid_envelope_with_a_readable_application_id_is_answered_on_a_
     [reason] = rejected["data"]["reasons"]
     assert (reason["code"], reason["field"]) == ("invalid_payload", "correlationid")
     assert rejected["correlationid"] == str(queries.applications[UUID(data["application_id"])]["correlationid"])
+
+
+# A run of submissions in one batch ------------------------------------------------------------------
+
+
+async def test_a_run_is_decided_in_order_as_if_one_at_a_time() -> None:
+    """In one run: a person and their duplicate, the same application twice, an ineligible one."""
+    queries, keys = FakeRegistrationQueries(), _keys()
+    person = submission(identity_document__number="F1234567")
+    duplicate = submission(identity_document__number="F 123-4567")
+    ineligible = submission(destination__country="US")
+
+    events, emitted = await _submit_run([person, duplicate, person, ineligible], queries, keys)
+
+    assert [document["type"] for document in emitted] == [ACCEPTED, REJECTED, ACCEPTED, REJECTED]
+    accepted, refused, again, not_eligible = emitted
+    assert refused["data"]["duplicate_of_case_id"] == accepted["data"]["case_id"]
+    assert again["data"] == accepted["data"]
+    assert again["correlationid"] == str(events[0].correlationid)
+    assert again["causationid"] == str(events[2].id)
+    assert [r["code"] for r in not_eligible["data"]["reasons"]] == ["ineligible_destination"]
+    assert [str(case_id) for case_id in queries.cases] == [accepted["data"]["case_id"]]
+    # A later batch gets the recorded outcomes back.
+    _, later = await _submit(duplicate, queries, keys)
+    assert later["data"] == refused["data"]

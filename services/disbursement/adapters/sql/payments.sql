@@ -22,13 +22,14 @@ ORDER BY asked.position;
 
 -- name: create_payments
 -- One payment per identity, ever: a row comes back only for an identity that never had one (the
--- first in the batch wins among cases of one identity). The new rows stay locked until commit.
+-- first in the batch wins among cases of one identity). The new rows stay locked until commit;
+-- they go in in key order, so that two transactions with overlapping identities never deadlock.
 INSERT INTO payments (payment_id, case_id, identity_key, amount, currency, status, correlationid, cause_event_id)
 SELECT n.payment_id, n.case_id, n.identity_key, :amount, :currency, 'held', n.correlationid, n.cause_event_id
 FROM unnest(:payment_ids::uuid[], :case_ids::uuid[], :identity_keys::text[], :correlationids::uuid[],
             :cause_event_ids::uuid[]) WITH ORDINALITY
      AS n (payment_id, case_id, identity_key, correlationid, cause_event_id, position)
-ORDER BY n.position
+ORDER BY n.identity_key, n.position
 ON CONFLICT DO NOTHING
 RETURNING payment_id, case_id, amount, currency, reserve_attempts, correlationid, cause_event_id;
 

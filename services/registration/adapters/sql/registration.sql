@@ -13,24 +13,39 @@ UPDATE applications
 SET outcome_topic = :outcome_topic, outcome_data = :outcome_data::jsonb, decided_at = now()
 WHERE application_id = :application_id;
 
--- name: claim_identity$
--- Returns the case that holds the identity: the new case if the claim is new, else the first one.
-WITH claimed AS (
-    INSERT INTO identity_claims (identity_key, case_id)
-    VALUES (:identity_key, :case_id)
-    ON CONFLICT (identity_key) DO NOTHING
-    RETURNING case_id
-)
-SELECT case_id FROM claimed
-UNION ALL
-SELECT case_id FROM identity_claims WHERE identity_key = :identity_key
-LIMIT 1;
+-- name: claim_applications
+-- The application ids of the run seen for the first time (each claimed once, by the first row).
+INSERT INTO applications (application_id, correlationid)
+SELECT * FROM unnest(:application_ids::uuid[], :correlationids::uuid[])
+ON CONFLICT (application_id) DO NOTHING
+RETURNING application_id;
 
--- name: open_case!
+-- name: application_outcomes
+SELECT application_id, outcome_topic, outcome_data, correlationid
+FROM applications WHERE application_id = ANY(:application_ids::uuid[]);
+
+-- name: claim_identities
+-- The identities claimed now, each by the first case of the run that asked for it. Rows go in in
+-- key order, so that two replicas claiming overlapping identities wait on each other, never deadlock.
+INSERT INTO identity_claims (identity_key, case_id)
+SELECT n.identity_key, n.case_id
+FROM unnest(:identity_keys::text[], :case_ids::uuid[]) WITH ORDINALITY AS n (identity_key, case_id, position)
+ORDER BY n.identity_key, n.position
+ON CONFLICT (identity_key) DO NOTHING
+RETURNING identity_key, case_id;
+
+-- name: identity_holders
+-- A fresh statement sees claims that concurrent transactions committed after `claim_identities`
+-- took its snapshot.
+SELECT identity_key, case_id FROM identity_claims WHERE identity_key = ANY(:identity_keys::text[]);
+
+-- name: open_cases!
 INSERT INTO cases (case_id, application_id, identity_key, sealed)
-VALUES (:case_id, :application_id, :identity_key, :sealed);
+SELECT * FROM unnest(:case_ids::uuid[], :application_ids::uuid[], :identity_keys::text[], :sealed::text[]);
 
--- name: identity_holder$
--- A fresh statement sees a claim that a concurrent transaction committed after
--- `claim_identity` took its snapshot.
-SELECT case_id FROM identity_claims WHERE identity_key = :identity_key;
+-- name: record_outcomes!
+UPDATE applications a
+SET outcome_topic = o.outcome_topic, outcome_data = o.outcome_data::jsonb, decided_at = now()
+FROM unnest(:application_ids::uuid[], :outcome_topics::text[], :outcome_data::text[])
+     AS o (application_id, outcome_topic, outcome_data)
+WHERE a.application_id = o.application_id;
