@@ -32,9 +32,9 @@ def build(settings: ArrivalSettings, pool: asyncpg.Pool) -> ServiceDefinition:
     queries = load_queries(SQL)
     window = timedelta(seconds=settings.arrival_window_seconds)
     routes = {
-        RegistrationAccepted.TOPIC: Route(partial(handlers.handle_accepted, queries=queries, window=window)),
-        TravelBooked.TOPIC: Route(partial(handlers.handle_booked, queries=queries, window=window)),
-        EVIDENCE_TOPIC: Route(partial(handlers.handle_evidence, queries=queries, window=window)),
+        RegistrationAccepted.TOPIC: Route(batch=partial(handlers.handle_accepted, queries=queries, window=window)),
+        TravelBooked.TOPIC: Route(batch=partial(handlers.handle_booked, queries=queries, window=window)),
+        EVIDENCE_TOPIC: Route(batch=partial(handlers.handle_evidence, queries=queries, window=window)),
     }
     sweeper = handlers.WindowSweeper(pool, queries, runtime_queries(), window, settings.worker_batch_size_max)
     workers = [

@@ -27,79 +27,123 @@ logger = structlog.get_logger("homeward.arrival")
 
 
 async def handle_accepted(
-    event: Envelope[RegistrationAccepted], uow: UnitOfWork, *, queries: Any, window: timedelta
+    events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Any, window: timedelta
 ) -> None:
-    case = event.data
-    await queries.remember_case(
+    await queries.remember_cases(
         uow.connection,
-        case_id=case.case_id,
-        correlationid=event.correlationid,
-        destination_country=case.destination_country,
-        accepted_event_id=event.id,
+        case_ids=[event.data.case_id for event in events],
+        correlationids=[event.correlationid for event in events],
+        destination_countries=[event.data.destination_country for event in events],
+        accepted_event_ids=[event.id for event in events],
     )
-    await evaluate(uow, queries, case.case_id, cause=event.id, window=window)
+    await evaluate(uow, queries, [(event.data.case_id, event.id, None) for event in events], window=window)
 
 
-async def handle_booked(event: Envelope[TravelBooked], uow: UnitOfWork, *, queries: Any, window: timedelta) -> None:
-    booking = event.data
-    await queries.remember_booking(
+async def handle_booked(
+    events: list[Envelope[TravelBooked]], uow: UnitOfWork, *, queries: Any, window: timedelta
+) -> None:
+    await queries.remember_bookings(
         uow.connection,
-        case_id=booking.case_id,
-        flight_number=booking.flight_number,
-        scheduled_departure=booking.scheduled_departure,
-        scheduled_arrival=booking.scheduled_arrival,
-        booked_event_id=event.id,
+        case_ids=[event.data.case_id for event in events],
+        flight_numbers=[event.data.flight_number for event in events],
+        scheduled_departures=[event.data.scheduled_departure for event in events],
+        scheduled_arrivals=[event.data.scheduled_arrival for event in events],
+        booked_event_ids=[event.id for event in events],
     )
-    await evaluate(uow, queries, booking.case_id, cause=event.id, window=window)
+    await evaluate(uow, queries, [(event.data.case_id, event.id, None) for event in events], window=window)
 
 
 async def handle_evidence(
-    event: Envelope[AppCheckIn | CarrierRecord | PartnerOfficeRecord],
+    events: list[Envelope[AppCheckIn | CarrierRecord | PartnerOfficeRecord]],
     uow: UnitOfWork,
     *,
     queries: Any,
     window: timedelta,
 ) -> None:
-    evidence = event.data
-    new = await queries.remember_evidence(
+    """A run of evidence, kept by one insert; each new piece may decide its case."""
+    pieces = [event.data for event in events]
+    new = {row["evidence_id"] for row in await fetch_all(queries.remember_evidence(
         uow.connection,
-        evidence_id=evidence.evidence_id,
-        case_id=evidence.case_id,
-        source=evidence.source,
-        observed_at=evidence.observed_at,
-        country=evidence.country,
-        identity_match_score=getattr(evidence, "identity_match_score", None),
-        flight_number=getattr(evidence, "flight_number", None),
-        status=getattr(evidence, "status", None),
-        document_checked=getattr(evidence, "document_checked", None),
+        evidence_ids=[piece.evidence_id for piece in pieces],
+        case_ids=[piece.case_id for piece in pieces],
+        sources=[piece.source for piece in pieces],
+        observed_ats=[piece.observed_at for piece in pieces],
+        countries=[piece.country for piece in pieces],
+        identity_match_scores=[getattr(piece, "identity_match_score", None) for piece in pieces],
+        flight_numbers=[getattr(piece, "flight_number", None) for piece in pieces],
+        statuses=[getattr(piece, "status", None) for piece in pieces],
+        documents_checked=[getattr(piece, "document_checked", None) for piece in pieces],
+    ))}  # fmt: skip
+    arrived: list[tuple[UUID, UUID, UUID | None]] = []
+    for event in events:
+        log = logger.bind(case_id=str(event.data.case_id), correlationid=str(event.correlationid))
+        if event.data.evidence_id not in new:
+            log.debug("arrival.evidence_duplicate")
+            continue
+        new.discard(event.data.evidence_id)  # the same evidence twice in the run counts once
+        log.debug("arrival.evidence_received", source=event.data.source)
+        arrived.append((event.data.case_id, event.id, event.data.evidence_id))
+    await evaluate(uow, queries, arrived, window=window)
+
+
+async def evaluate(
+    uow: UnitOfWork, queries: Any, triggers: list[tuple[UUID, UUID, UUID | None]], *, window: timedelta
+) -> None:
+    """Decides the cases whose facts are known, each exactly as if the run's events came one at a
+    time: a trigger is (case, the event, the evidence it brought, if any), in the run's order; the
+    event after which the policy first holds is the verdict's cause. Evidence that came early
+    (before the case or its booking) is counted now."""
+    case_ids = list(dict.fromkeys(case_id for case_id, _, _ in triggers))
+    if not case_ids:
+        return
+    cases = {row["case_id"]: row for row in await fetch_all(queries.undecided_cases(uow.connection, case_ids=case_ids))}
+    if not cases:
+        return
+    evidence: dict[UUID, list[domain.Evidence]] = {}
+    for row in await fetch_all(queries.evidence_for_cases(uow.connection, case_ids=list(cases))):
+        fields = dict(row)
+        evidence.setdefault(fields.pop("case_id"), []).append(domain.Evidence(**fields))
+    arriving = {evidence_id for _, _, evidence_id in triggers if evidence_id is not None}
+    # Before the run, a case knew only the evidence that did not come in this run.
+    known = {case_id: [piece for piece in pieces if piece.evidence_id not in arriving]
+             for case_id, pieces in evidence.items()}  # fmt: skip
+    by_id = {piece.evidence_id: piece for pieces in evidence.values() for piece in pieces}
+    verdicts: dict[UUID, tuple[domain.Verdict, UUID]] = {}
+    for case_id, cause, evidence_id in triggers:
+        case = cases.get(case_id)
+        if case is None or case_id in verdicts:
+            continue
+        if evidence_id is not None:
+            known.setdefault(case_id, []).append(by_id[evidence_id])
+        verdict = domain.verify(_facts(case), known.get(case_id, []), window)
+        if verdict is not None:
+            verdicts[case_id] = (verdict, cause)
+    if not verdicts:
+        return
+    await queries.decide(
+        uow.connection,
+        case_ids=list(verdicts),
+        outcome="verified",
+        rules=[verdict.rule for verdict, _ in verdicts.values()],
     )
-    if new is None:
-        logger.debug("arrival.evidence_duplicate")
-        return
-    logger.debug("arrival.evidence_received", source=evidence.source)
-    await evaluate(uow, queries, evidence.case_id, cause=event.id, window=window)
+    for case_id, (verdict, cause) in verdicts.items():
+        verified = ArrivalVerified(
+            case_id=case_id, evidence_ids=verdict.evidence_ids, rule=verdict.rule, verified_at=now()
+        )
+        uow.emit(verified, correlationid=cases[case_id]["correlationid"], causationid=cause)
+        logger.debug(
+            "arrival.verified", case_id=str(case_id), correlationid=str(cases[case_id]["correlationid"]),
+            rule=verdict.rule,
+        )  # fmt: skip
 
 
-async def evaluate(uow: UnitOfWork, queries: Any, case_id: UUID, *, cause: UUID, window: timedelta) -> None:
-    """Decides a case once its facts are known; evidence that came early is counted now."""
-    case = await queries.undecided_case(uow.connection, case_id=case_id)
-    if case is None:
-        return
-    facts = domain.CaseFacts(
+def _facts(case: Any) -> domain.CaseFacts:
+    return domain.CaseFacts(
         destination_country=case["destination_country"],
         flight_number=case["flight_number"],
         scheduled_departure=case["scheduled_departure"],
         scheduled_arrival=case["scheduled_arrival"],
     )
-    rows = await fetch_all(queries.evidence_for_case(uow.connection, case_id=case_id))
-    verdict = domain.verify(facts, [domain.Evidence(**dict(row)) for row in rows], window)
-    if verdict is None:
-        return
-    if await queries.decide(uow.connection, case_id=case_id, outcome="verified", rule=verdict.rule) is None:
-        return
-    verified = ArrivalVerified(case_id=case_id, evidence_ids=verdict.evidence_ids, rule=verdict.rule, verified_at=now())
-    uow.emit(verified, correlationid=case["correlationid"], causationid=cause)
-    logger.debug("arrival.verified", case_id=str(case_id), rule=verdict.rule)
 
 
 @dataclass
@@ -120,8 +164,12 @@ class WindowSweeper:
                 )
             )
             uow = UnitOfWork(connection, "arrival", self.runtime_queries)
+            if expired:
+                await self.queries.decide(
+                    connection, case_ids=[case["case_id"] for case in expired], outcome="rejected",
+                    rules=[None] * len(expired),
+                )  # fmt: skip
             for case in expired:
-                await self.queries.decide(connection, case_id=case["case_id"], outcome="rejected", rule=None)
                 rejected = ArrivalRejected(
                     case_id=case["case_id"], reason="verification_window_expired", rejected_at=now()
                 )

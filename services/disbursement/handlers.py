@@ -93,7 +93,10 @@ async def open_payments(uow: UnitOfWork, queries: Queries, case_ids: list[UUID],
         )
     for payment, reserved in zip(payments, await stipends.reserve(uow.connection, queries, payments), strict=True):
         if reserved:
-            logger.debug("stipend.reserved", payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]))
+            logger.debug(
+                "stipend.reserved", payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]),
+                correlationid=str(payment["correlationid"]),
+            )  # fmt: skip
         else:
             stipends.emit_held(uow, payment)
 
@@ -105,7 +108,10 @@ def _refuse_second_stipends(uow: UnitOfWork, cases: list[Any]) -> None:
             case_id=case["case_id"], payment_id=payment_id, reason=domain.REFUSED_IDENTITY_PAID, failed_at=now()
         )
         uow.emit(failed, correlationid=case["correlationid"], causationid=case["verified_event_id"])
-        logger.warning("stipend.refused", case_id=str(case["case_id"]), reason=domain.REFUSED_IDENTITY_PAID)
+        logger.warning(
+            "stipend.refused", case_id=str(case["case_id"]), correlationid=str(case["correlationid"]),
+            reason=domain.REFUSED_IDENTITY_PAID,
+        )  # fmt: skip
 
 
 async def fund_initial_budget(pool: asyncpg.Pool, queries: Queries, amount: Decimal, currency: str) -> None:
@@ -213,7 +219,9 @@ class PayoutWorker:
         for payment in held:
             key = str(payment["payment_id"])
             outcome = outcomes.get(key, _UNANSWERED)
-            log = logger.bind(payment_id=key, case_id=str(payment["case_id"]))
+            log = logger.bind(
+                payment_id=key, case_id=str(payment["case_id"]), correlationid=str(payment["correlationid"])
+            )
             if isinstance(outcome, Payout):
                 if (change := stipends.provider_status(payment, methods.get(key, ""), outcome)) is not None:
                     changes.append(change)

@@ -165,7 +165,10 @@ async def apply(uow: UnitOfWork, queries: Queries, changes: Sequence[Change]) ->
         payment = change.payment
         for event in change.events:
             uow.emit(event, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
-        log = logger.bind(payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]))
+        log = logger.bind(
+            payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]),
+            correlationid=str(payment["correlationid"]),
+        )  # fmt: skip
         if change.reason is None:
             log.debug("stipend.disbursed")
         else:
@@ -178,7 +181,10 @@ def emit_held(uow: UnitOfWork, payment: Any) -> None:
         reason=domain.HELD_BUDGET_EXHAUSTED, held_at=now(),
     )  # fmt: skip
     uow.emit(held, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
-    logger.warning("stipend.held", payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]))
+    logger.warning(
+        "stipend.held", payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]),
+        correlationid=str(payment["correlationid"]),
+    )  # fmt: skip
 
 
 async def release_held(connection: Connection, queries: Queries, *, limit: int) -> int:

@@ -65,7 +65,7 @@ async def handle_submitted(
             outcome = PAYLOAD_TYPES[row["outcome_topic"]].model_validate(row["outcome_data"])
             correlationid = row["correlationid"]
         uow.emit(outcome, correlationid=correlationid, causationid=event.id)
-        _log_outcome(outcome, repeated=first.get(application_id) is not event)
+        _log_outcome(outcome, correlationid, repeated=first.get(application_id) is not event)
 
 
 async def _decide_all(
@@ -148,8 +148,8 @@ def _rejected(application_id: UUID, refusals: list[domain.Refusal], duplicate_of
     )
 
 
-def _log_outcome(outcome: Outcome, *, repeated: bool) -> None:
-    log = logger.bind(application_id=str(outcome.application_id))
+def _log_outcome(outcome: Outcome, correlationid: UUID, *, repeated: bool) -> None:
+    log = logger.bind(application_id=str(outcome.application_id), correlationid=str(correlationid))
     if repeated:
         log.debug("registration.resubmission_answered", outcome=outcome.TOPIC)
     elif isinstance(outcome, RegistrationAccepted):

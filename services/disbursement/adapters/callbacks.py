@@ -166,7 +166,10 @@ class CallbackEndpoint:
     def _change(self, payment: Any, callback: Any) -> stipends.Change | Literal[False] | None:
         """What a recorded notification changes (None: nothing, it was applied before); False if it
         cannot be applied now, and stays recorded for an operator."""
-        log = logger.bind(payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]))
+        log = logger.bind(
+            payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]),
+            correlationid=str(payment["correlationid"]),
+        )  # fmt: skip
         try:
             method = payment["method"] or stipends.method_of(payment, self.data_key)
         except crypto.UNSEAL_ERRORS:
