@@ -27,7 +27,7 @@ from contracts.events import ArrivalVerified, RegistrationAccepted, StipendDisbu
 from services.devstack.supervisor import STATUS_FILE, Runtime
 from services.ops.common import OpsSettings
 from services.ops.pgbench import throwaway_tps
-from services.ops.world import Demo, Participant, read_ledger, summarize
+from services.ops.world import Demo, LedgerView, Participant, read_ledger, summarize
 
 STAGES = {
     RegistrationAccepted.TOPIC: "accepted",
@@ -162,6 +162,7 @@ async def run(
         runtime, participants, Console(stderr=True), random.Random(),
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms, compression_type=settings.kafka_compression_type,
     )  # fmt: skip
+    _warn_if_underfunded(world, await read_ledger(runtime))
     sampler = ProcessSampler(Path(runtime.state_dir))
     sampler.start()
     stopping = asyncio.Event()
@@ -175,6 +176,22 @@ async def run(
     _, breaches = summarize(world, wall, await read_ledger(runtime))
     tps = await throwaway_tps(bin_dir, runtime.database_url, PGBENCH_CLIENTS, pgbench_seconds)
     return report(world, wall, cpu, sampler.rss_bytes, tps, pgbench_seconds, breaches)
+
+
+def _warn_if_underfunded(world: TimedWorld, ledger: LedgerView) -> None:
+    """Says so before the run if the budget left cannot pay every eligible participant: the rest
+    would be held, a lawful outcome, and the run would measure far fewer payments than it sent."""
+    from services.disbursement.settings import ProgramSettings
+
+    eligible = sum(1 for participant in world.cohort if participant.expected == "accepted")
+    amount = ProgramSettings().program_amount
+    if ledger.budget_left is not None and ledger.budget_left < eligible * amount:
+        world.console.print(
+            f"[yellow]the budget left ({ledger.budget_left:,.2f}) pays {int(ledger.budget_left // amount):,} "
+            f"of {eligible:,} eligible participants; the rest will be held. Start `homeward up` with "
+            f"HOMEWARD_PROGRAM_BUDGET of at least {eligible * amount:.2f}, or top it up with "
+            f"`homeward ledger fund`.[/yellow]"
+        )
 
 
 def report(
@@ -194,6 +211,7 @@ def report(
     return {
         "participants": len(world.cohort),
         "paid": len(paid),
+        "held": len(world.tally.held),
         "wall_seconds": round(wall_seconds, 2),
         "cases_per_second": round(rate, 1),
         "latency_seconds": {

@@ -27,6 +27,7 @@ async def test_a_small_cohort_is_timed_stage_by_stage(homeward: Running, tmp_pat
     assert report["participants"] == PARTICIPANTS
     assert report["paid"] == PARTICIPANTS  # a cohort under 20 has no ineligible people
     assert report["breaches"] == []
+    assert report["held"] == 0
     assert report["cases_per_second"] > 0 and report["pgbench_tps"] > 0
     latency = report["latency_seconds"]
     assert latency["accepted"]["p50"] <= latency["booked"]["p50"] <= latency["disbursed"]["p50"]
