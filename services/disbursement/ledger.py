@@ -188,7 +188,7 @@ class _Account:
 
 
 # How each kind moves the four balances: (pending change, posted change) on both sides.
-_MOVES: dict[str, tuple[int, int]] = {
+MOVES: dict[str, tuple[int, int]] = {
     "single_phase": (0, 1),
     "pending": (1, 0),
     "post_pending": (-1, 1),
@@ -259,7 +259,7 @@ class _Batch:
                 return PENDING_NOT_FOUND
             if transfer.pending_id in self.resolved:
                 return PENDING_ALREADY_RESOLVED
-        pending_sign, posted_sign = _MOVES[transfer.kind]
+        pending_sign, posted_sign = MOVES[transfer.kind]
         pending_change, posted_change = transfer.amount * pending_sign, transfer.amount * posted_sign
         spent = debit.debits_pending + pending_change + debit.debits_posted + posted_change
         if debit.limited and spent > debit.credits_posted:
@@ -275,7 +275,7 @@ class _Batch:
         self.hash = digest
         if transfer.pending_id is not None:
             self.resolved.add(transfer.pending_id)
-        pending_sign, posted_sign = _MOVES[transfer.kind]
+        pending_sign, posted_sign = MOVES[transfer.kind]
         debit, credit = self.accounts[transfer.debit_account], self.accounts[transfer.credit_account]
         debit.debits_pending += transfer.amount * pending_sign
         debit.debits_posted += transfer.amount * posted_sign

@@ -13,8 +13,6 @@ from services.disbursement.stipends import Queries
 from services.runtime.db import Connection, fetch_all
 
 BALANCE_FIELDS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
-# How each kind of transfer moves the (pending, posted) balances of both its accounts.
-_MOVES = {"single_phase": (0, 1), "pending": (1, 0), "post_pending": (-1, 1), "void_pending": (-1, 0)}
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ async def balances(connection: Connection, queries: Queries) -> list[Balance]:
 def _expected_balances(journal: list[Any]) -> dict[str, dict[str, Decimal]]:
     expected: dict[str, dict[str, Decimal]] = defaultdict(lambda: dict.fromkeys(BALANCE_FIELDS, Decimal("0.00")))
     for row in journal:
-        pending_sign, posted_sign = _MOVES[row["kind"]]
+        pending_sign, posted_sign = ledger.MOVES[row["kind"]]
         for side, account in (("debits", row["debit_account"]), ("credits", row["credit_account"])):
             expected[account][f"{side}_pending"] += row["amount"] * pending_sign
             expected[account][f"{side}_posted"] += row["amount"] * posted_sign

@@ -38,13 +38,6 @@ INSERT INTO refusals (case_id, reason)
 SELECT unnest(:case_ids::uuid[]), :reason
 ON CONFLICT (case_id) DO NOTHING;
 
--- name: lock_payment^
-SELECT p.payment_id, p.case_id, p.identity_key, p.amount, p.currency, p.status, p.reserve_attempts,
-       p.reserve_id, p.payout_attempts, p.correlationid, p.cause_event_id, p.method, p.provider_ref, c.sealed
-FROM payments p JOIN cases c USING (case_id)
-WHERE p.payment_id = :payment_id
-FOR UPDATE OF p;
-
 -- name: mark_reserve_attempts!
 -- One try at reserving each payment: those with a reserve id are reserved now, the others stay held.
 UPDATE payments p
@@ -155,10 +148,6 @@ WHERE status = 'held'
 ORDER BY created_at
 LIMIT :limit
 FOR UPDATE SKIP LOCKED;
-
--- name: payment_totals
-SELECT status, count(*) AS payments, coalesce(sum(amount), 0) AS amount
-FROM payments GROUP BY status ORDER BY status;
 
 -- name: disbursed_payments
 SELECT payment_id, identity_key, amount, currency, provider_ref, status FROM payments
