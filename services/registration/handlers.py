@@ -62,8 +62,7 @@ async def handle_submitted(
             outcome, correlationid = decided[application_id], first[application_id].correlationid
         else:
             row = stored[application_id]
-            outcome = PAYLOAD_TYPES[row["outcome_topic"]].model_validate(row["outcome_data"])
-            correlationid = row["correlationid"]
+            outcome, correlationid = _stored(row), row["correlationid"]
         uow.emit(outcome, correlationid=correlationid, causationid=event.id)
         _log_outcome(outcome, correlationid, repeated=first.get(application_id) is not event)
 
@@ -83,6 +82,12 @@ async def _decide_all(
         eligible.append((application, crypto.identity_key(keys.identity_secret, normalized), uuid4()))
     if eligible:
         decided |= await _claim_identities(uow, queries, keys, eligible)
+    await _record(uow, queries, decided)
+    return decided
+
+
+async def _record(uow: UnitOfWork, queries: Any, decided: dict[UUID, Outcome]) -> None:
+    """Records outcomes, so that a resubmission repeats them."""
     if decided:
         await queries.record_outcomes(
             uow.connection,
@@ -90,7 +95,12 @@ async def _decide_all(
             outcome_topics=[outcome.TOPIC for outcome in decided.values()],
             outcome_data=[outcome.model_dump_json() for outcome in decided.values()],
         )
-    return decided
+
+
+def _stored(row: Any) -> Outcome:
+    """A recorded outcome, read back as the event it was."""
+    outcome: Outcome = PAYLOAD_TYPES[row["outcome_topic"]].model_validate(row["outcome_data"])
+    return outcome
 
 
 async def _claim_identities(
@@ -159,58 +169,20 @@ def _log_outcome(outcome: Outcome, correlationid: UUID, *, repeated: bool) -> No
 
 
 async def handle_invalid_submission(bad: Undeliverable, uow: UnitOfWork, *, queries: Any) -> None:
-    """A submission that failed validation still gets an answer when its application id is readable."""
+    """A submission that failed validation still gets an answer when its application id is readable:
+    refused as `invalid_payload`, or, for an application seen before, its first outcome again."""
     if bad.application_id is None:
         return
-    correlationid = bad.correlationid or uuid4()
-    if not await _first_sight(uow, queries, bad.application_id, correlationid, bad.event_id):
-        return
-    refusal = domain.Refusal("invalid_payload", bad.field, bad.detail)
-    await _reject(uow, queries, bad.application_id, [refusal], correlationid, bad.event_id)
-
-
-async def _first_sight(
-    uow: UnitOfWork, queries: Any, application_id: UUID, correlationid: UUID, cause: UUID | None
-) -> bool:
-    """Claims the application id; for one seen before, re-emits the first outcome and says so."""
-    claimed = await queries.claim_application(
-        uow.connection, application_id=application_id, correlationid=correlationid
-    )
-    if claimed is not None:
-        return True
-    first = await queries.application_outcome(uow.connection, application_id=application_id)
-    payload = PAYLOAD_TYPES[first["outcome_topic"]].model_validate(first["outcome_data"])
-    uow.emit(payload, correlationid=first["correlationid"], causationid=cause)
-    logger.debug("registration.resubmission_answered", outcome=first["outcome_topic"])
-    return False
-
-
-async def _reject(
-    uow: UnitOfWork,
-    queries: Any,
-    application_id: UUID,
-    refusals: list[domain.Refusal],
-    correlationid: UUID,
-    cause: UUID | None,
-    duplicate_of: UUID | None = None,
-) -> None:
-    rejected = _rejected(application_id, refusals, duplicate_of)
-    await _decide(uow, queries, rejected, correlationid, cause)
-    logger.debug("registration.rejected", codes=[r.code for r in refusals])
-
-
-async def _decide(
-    uow: UnitOfWork,
-    queries: Any,
-    outcome: RegistrationAccepted | RegistrationRejected,
-    correlationid: UUID,
-    cause: UUID | None,
-) -> None:
-    """Records the outcome so a resubmission repeats it, and emits it."""
-    await queries.record_outcome(
-        uow.connection,
-        application_id=outcome.application_id,
-        outcome_topic=outcome.TOPIC,
-        outcome_data=outcome.model_dump(mode="json"),
-    )
-    uow.emit(outcome, correlationid=correlationid, causationid=cause)
+    application_id, correlationid = bad.application_id, bad.correlationid or uuid4()
+    claimed = await fetch_all(queries.claim_applications(
+        uow.connection, application_ids=[application_id], correlationids=[correlationid]
+    ))  # fmt: skip
+    outcome: Outcome
+    if claimed:
+        outcome = _rejected(application_id, [domain.Refusal("invalid_payload", bad.field, bad.detail)])
+        await _record(uow, queries, {application_id: outcome})
+    else:
+        [row] = await fetch_all(queries.application_outcomes(uow.connection, application_ids=[application_id]))
+        outcome, correlationid = _stored(row), row["correlationid"]
+    uow.emit(outcome, correlationid=correlationid, causationid=bad.event_id)
+    _log_outcome(outcome, correlationid, repeated=not claimed)

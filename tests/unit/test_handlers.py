@@ -30,49 +30,29 @@ class FakeRegistrationQueries:
         self.identity_claims: dict[str, UUID] = {}
         self.cases: dict[UUID, dict[str, Any]] = {}
 
-    async def claim_application(self, connection: Any, *, application_id: UUID, correlationid: UUID) -> UUID | None:
-        if application_id in self.applications:
-            return None
-        self.applications[application_id] = {"correlationid": correlationid, "outcome_topic": None}
-        return application_id
-
-    async def application_outcome(self, connection: Any, *, application_id: UUID) -> dict[str, Any]:
-        row = self.applications[application_id]
-        return {
-            "outcome_topic": row["outcome_topic"],
-            "outcome_data": row["outcome_data"],
-            "correlationid": row["correlationid"],
-        }
-
-    async def record_outcome(
-        self, connection: Any, *, application_id: UUID, outcome_topic: str, outcome_data: dict[str, Any]
-    ) -> None:
-        # Stored as jsonb: what comes back is what JSON can carry.
-        self.applications[application_id].update(
-            outcome_topic=outcome_topic, outcome_data=json.loads(json.dumps(outcome_data))
-        )
-
-    # The batch path: selects yield rows, as aiosql's do.
+    # Selects yield rows, as aiosql's do.
 
     async def claim_applications(
         self, connection: Any, *, application_ids: list[UUID], correlationids: list[UUID]
     ) -> AsyncIterator[dict[str, Any]]:
         for application_id, correlationid in zip(application_ids, correlationids, strict=True):
-            if await self.claim_application(connection, application_id=application_id, correlationid=correlationid):
+            if application_id not in self.applications:
+                self.applications[application_id] = {"correlationid": correlationid, "outcome_topic": None}
                 yield {"application_id": application_id}
 
     async def application_outcomes(
         self, connection: Any, *, application_ids: list[UUID]
     ) -> AsyncIterator[dict[str, Any]]:
         for application_id in dict.fromkeys(application_ids):
-            yield {"application_id": application_id, **await self.application_outcome(
-                connection, application_id=application_id
-            )}  # fmt: skip
+            row = self.applications[application_id]
+            yield {"application_id": application_id, "outcome_topic": row["outcome_topic"],
+                   "outcome_data": row["outcome_data"], "correlationid": row["correlationid"]}  # fmt: skip
 
     async def record_outcomes(
         self, connection: Any, *, application_ids: list[UUID], outcome_topics: list[str], outcome_data: list[str]
     ) -> None:
         for application_id, topic, data in zip(application_ids, outcome_topics, outcome_data, strict=True):
+            # Stored as jsonb: what comes back is what JSON can carry.
             self.applications[application_id].update(outcome_topic=topic, outcome_data=json.loads(data))
 
     async def claim_identities(

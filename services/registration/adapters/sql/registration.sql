@@ -1,17 +1,6 @@
--- name: claim_application^
--- Returns a row only for an application id seen for the first time.
-INSERT INTO applications (application_id, correlationid)
-VALUES (:application_id, :correlationid)
-ON CONFLICT (application_id) DO NOTHING
-RETURNING application_id;
-
--- name: application_outcome^
-SELECT outcome_topic, outcome_data, correlationid FROM applications WHERE application_id = :application_id;
-
--- name: record_outcome!
-UPDATE applications
-SET outcome_topic = :outcome_topic, outcome_data = :outcome_data::jsonb, decided_at = now()
-WHERE application_id = :application_id;
+-- Registration's named queries. A run of valid submissions (handlers.handle_submitted) takes a
+-- handful of statements; an invalid one (handlers.handle_invalid_submission) uses the same ones
+-- for a run of one.
 
 -- name: claim_applications
 -- The application ids of the run seen for the first time (each claimed once, by the first row).
