@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.ops.common import AsJson, StateDir, locate
+from services.ops.common import AsJson, StateDir, locate, measure_table
 from services.ops.pgbench import (
     DATABASE_PREFIX,
     PGBENCH_SECONDS_DEFAULT,
@@ -316,9 +316,6 @@ def e2e_command(
 
 
 def _table(report: dict[str, Any]) -> Table:
-    table = Table(title="Ledger benchmark")
-    table.add_column("measure")
-    table.add_column("value", justify="right", overflow="fold")
     rows = [
         ("stipends", f"{report['stipends']:,}"),
         ("stipends per ledger transaction", str(report["batch"])),
@@ -334,6 +331,4 @@ def _table(report: dict[str, Any]) -> Table:
         ("machine platform", report["machine"]["platform"]),
         ("verify", report["verify"] if not report["breaches"] else "; ".join(report["breaches"])),
     ]  # fmt: skip
-    for measure, value in rows:
-        table.add_row(measure, value)
-    return table
+    return measure_table("Ledger benchmark", rows)

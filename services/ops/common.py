@@ -3,6 +3,7 @@
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +37,16 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts ins
 
 def console() -> Console:
     return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+
+
+def measure_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
+    """A benchmark's report as a two-column table: what was measured, and its value."""
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right", overflow="fold")
+    for measure, value in rows:
+        table.add_row(measure, value)
+    return table
 
 
 def emit(as_json: bool, document: Any, table: Table | None) -> None:

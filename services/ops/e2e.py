@@ -25,7 +25,7 @@ from rich.table import Table
 
 from contracts.events import ArrivalVerified, RegistrationAccepted, StipendDisbursed, TravelBooked
 from services.devstack.supervisor import STATUS_FILE, Runtime
-from services.ops.common import OpsSettings
+from services.ops.common import OpsSettings, measure_table
 from services.ops.pgbench import throwaway_tps
 from services.ops.world import Demo, LedgerView, Participant, read_ledger, summarize
 
@@ -238,9 +238,6 @@ def _rounded(value: float | None) -> float | None:
 
 
 def table(result: dict[str, Any]) -> Table:
-    shown = Table(title="End-to-end benchmark")
-    shown.add_column("measure")
-    shown.add_column("value", justify="right", overflow="fold")
     rows = [
         ("participants (paid)", f"{result['participants']:,} ({result['paid']:,})"),
         ("wall seconds", f"{result['wall_seconds']:.1f}"),
@@ -256,7 +253,6 @@ def table(result: dict[str, Any]) -> Table:
         per_case = result["cpu_ms_per_case"].get(name)
         rows.append((f"{name}: CPU s (ms/case), RSS MB min-max",
                      f"{seconds:.1f} ({per_case}) {memory.get('min')}-{memory.get('max')}"))  # fmt: skip
+    rows.append(("stipends held", f"{result['held']:,}"))
     rows.append(("breaches", "none" if not result["breaches"] else "; ".join(result["breaches"])))
-    for measure, value in rows:
-        shown.add_row(measure, value)
-    return shown
+    return measure_table("End-to-end benchmark", rows)
