@@ -19,7 +19,6 @@ from services.runtime.db import TRANSIENT_ERRORS, fetch_all
 from services.runtime.messages import ERROR_HANDLER, Decoded, Record, Undeliverable, decode
 from services.runtime.uow import UnitOfWork
 
-Handler = Callable[[Any, UnitOfWork], Awaitable[None]]
 BatchHandler = Callable[[list[Any], UnitOfWork], Awaitable[None]]
 InvalidHandler = Callable[[Undeliverable, UnitOfWork], Awaitable[None]]
 
@@ -28,15 +27,11 @@ logger = structlog.get_logger("homeward.consumer")
 
 @dataclass(frozen=True)
 class Route:
-    """Who handles a topic: the handler of valid events (one at a time, or `batch`: a whole run of
-    consecutive events of the topic at once, in order), and optionally one for bad input."""
+    """Who handles a topic: `batch` takes a whole run of consecutive valid events of the topic at
+    once, in order; `on_invalid`, if given, answers bad input one record at a time."""
 
-    handler: Handler | None = None
+    batch: BatchHandler
     on_invalid: InvalidHandler | None = None
-    batch: BatchHandler | None = None
-
-    def __post_init__(self) -> None:
-        assert (self.handler is None) != (self.batch is None), "a route has one handler or one batch handler"
 
 
 @dataclass(frozen=True)
@@ -156,11 +151,7 @@ class BatchConsumer:
                 if isinstance(item, Decoded):
                     applied += 1
                     outcomes.append((topic, "applied", None))
-                    if self.routes[topic].batch is not None:
-                        run.append(item)
-                        continue
-                    with structlog.contextvars.bound_contextvars(**_log_context(item)):
-                        await self._handler(topic)(item.envelope, uow)
+                    run.append(item)
                 else:
                     with structlog.contextvars.bound_contextvars(**_log_context(item)):
                         await self._reject(item, uow)
@@ -184,17 +175,11 @@ class BatchConsumer:
                 metrics.DEAD_LETTERS.labels(topic, code).inc()
         return BatchResult(applied, duplicates, dead_lettered)
 
-    def _handler(self, topic: str) -> Handler:
-        handler = self.routes[topic].handler
-        assert handler is not None
-        return handler
-
     async def _apply_run(self, run: list[Decoded], uow: UnitOfWork) -> None:
-        """A run of one topic's events to its batch handler; the handler logs each with its ids."""
-        handler = self.routes[run[0].record.topic].batch
-        assert handler is not None
-        with structlog.contextvars.bound_contextvars(event_type=run[0].record.topic):
-            await handler([item.envelope for item in run], uow)
+        """A run of one topic's events to its handler; the handler logs each with its ids."""
+        topic = run[0].record.topic
+        with structlog.contextvars.bound_contextvars(event_type=topic):
+            await self.routes[topic].batch([item.envelope for item in run], uow)
 
     async def _reject(self, bad: Undeliverable, uow: UnitOfWork) -> None:
         logger.warning("event.dead_lettered", error_code=bad.code, field=bad.field)

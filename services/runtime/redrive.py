@@ -26,10 +26,11 @@ class Redrive:
     closes_on: frozenset[str]
 
 
-async def close_case(event: Envelope[Any], uow: UnitOfWork) -> None:
-    case_id = getattr(event.data, "case_id", None)
-    if case_id is not None:
-        await uow.runtime_queries.close_case(uow.connection, key=str(case_id))
+async def close_cases(events: list[Envelope[Any]], uow: UnitOfWork) -> None:
+    """A run of events that show their cases moved on: the cases are closed by one upsert."""
+    keys = sorted({str(case_id) for event in events if (case_id := getattr(event.data, "case_id", None)) is not None})
+    if keys:
+        await uow.runtime_queries.close_cases(uow.connection, keys=keys)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from services.runtime.db import TRANSIENT_ERRORS, create_pool, runtime_queries
 from services.runtime.health import Readiness, http_server
 from services.runtime.messages import Record
 from services.runtime.migrate import migrate
-from services.runtime.redrive import Redrive, RedriveSweeper, close_case
+from services.runtime.redrive import Redrive, RedriveSweeper, close_cases
 from services.runtime.relay import OutboxRelay
 from services.runtime.settings import ServiceSettings
 from services.runtime.uow import UnitOfWork
@@ -112,7 +112,7 @@ def _enable_redrive(definition: ServiceDefinition, settings: ServiceSettings, po
     UnitOfWork.redrive_topics = definition.redrive.opens_on
     for topic in definition.redrive.closes_on:
         assert topic not in definition.routes, f"{topic} closes cases and has a handler: combine them"
-        definition.routes[topic] = Route(close_case)
+        definition.routes[topic] = Route(batch=close_cases)
     sweeper = RedriveSweeper(
         pool=pool,
         runtime_queries=runtime_queries(),

@@ -66,7 +66,7 @@ async def test_a_stalled_case_is_redriven_and_a_recent_or_closed_one_is_not(pool
     await hand_over(pool, "recent", idle_seconds=AFTER_SECONDS - 10)
     await hand_over(pool, "closed", idle_seconds=AFTER_SECONDS + 1)
     async with pool.acquire() as connection:
-        await runtime_queries().close_case(connection, key="closed")
+        await runtime_queries().close_cases(connection, keys=["closed"])
 
     assert await sweeper(pool).sweep() == 1
     assert await unsent(pool) == [("stalled", ACCEPTED)]
@@ -90,7 +90,7 @@ async def test_old_sent_events_of_closed_cases_are_forgotten_and_open_ones_kept(
     await hand_over(pool, "open", idle_seconds=0)
     await hand_over(pool, "closed", idle_seconds=0)
     async with pool.acquire() as connection:
-        await runtime_queries().close_case(connection, key="closed")
+        await runtime_queries().close_cases(connection, keys=["closed"])
     await pool.execute("UPDATE outbox SET sent_at = now() - make_interval(hours => $1)", RETENTION_HOURS + 1)
 
     await sweeper(pool).forget_old_events()

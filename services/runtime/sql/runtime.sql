@@ -33,8 +33,10 @@ SELECT unnest(:keys::text[])
 ON CONFLICT (case_key) DO UPDATE SET progressed_at = now()
 WHERE open_cases.closed_at IS NULL;
 
--- name: close_case!
-INSERT INTO open_cases (case_key, closed_at) VALUES (:key, now())
+-- name: close_cases!
+-- The keys must be distinct (an upsert cannot touch a row twice); sorted, so that two consumers
+-- closing overlapping cases never deadlock.
+INSERT INTO open_cases (case_key, closed_at) SELECT unnest(:keys::text[]), now()
 ON CONFLICT (case_key) DO UPDATE SET closed_at = coalesce(open_cases.closed_at, now());
 
 -- name: stalled_cases
