@@ -7,10 +7,17 @@ from pydantic import Field
 
 from services.runtime.settings import Infrastructure, StateDirectory
 
+REPLICAS_MAX = 8
+"""Processes per service: beyond the partition count a replica only waits, and on two cores even
+four of each (sixteen processes) mostly compete for the same CPU."""
+
 
 class DevstackSettings(Infrastructure, StateDirectory):
     kafka_port: int = Field(default=19092, description="Port of the embedded broker")
     topic_partitions: int = Field(default=12, ge=1, le=1024, description="Partitions per topic created by `up`")
+    service_replicas: int = Field(
+        default=1, ge=1, le=REPLICAS_MAX, description="Processes of each service `up` runs, in one consumer group"
+    )
     sandbox_payout_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the sandbox payout provider; 0 picks a free one"
     )

@@ -115,6 +115,17 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def process_name(service: str, replica: int, replicas: int) -> str:
+    """`travel` when it runs alone, `travel-1`, `travel-2`, … when it has replicas."""
+    return service if replicas == 1 else f"{service}-{replica}"
+
+
+def service_of(process: str) -> str:
+    """The service (or sandbox) a supervised process is of: `travel-2` is travel."""
+    service, _, replica = process.rpartition("-")
+    return service if service and replica.isdigit() else process
+
+
 def crashed_on_its_own(returncode: int | None, *, became_ready: bool, lived_seconds: float) -> bool:
     """A death that counts toward a crash loop: an exit of its own (not a signal from outside),
     before the process became ready, soon after it started."""
@@ -148,7 +159,7 @@ class ServiceProcess:
         }
 
     def command(self) -> tuple[str, ...]:
-        return ("run", self.name)
+        return ("run", service_of(self.name))
 
     def ready_mark(self) -> str:
         """What the process writes once it is ready."""
@@ -232,11 +243,15 @@ def _for_sandboxes(variable: str) -> bool:
 
 
 class Supervisor:
-    def __init__(self, settings: DevstackSettings, *, state_dir: Path, kafka_port: int, partitions: int) -> None:
+    def __init__(
+        self, settings: DevstackSettings, *, state_dir: Path, kafka_port: int, partitions: int, replicas: int = 1
+    ) -> None:
         self.settings = settings
         self.state_dir = state_dir.resolve()
         self.kafka_port = kafka_port
         self.partitions = partitions
+        self.replicas = replicas
+        """Processes of each service, in one consumer group (`travel-1`, `travel-2`, … when more than one)."""
         self.postgres: EmbeddedPostgres | None = None
         self.kafka: EmbeddedKafka | None = None
         self.services: list[ServiceProcess] = []
@@ -277,23 +292,26 @@ class Supervisor:
         await create_topics(bootstrap, all_topics(), self.partitions)
         for service in SERVICE_NAMES:
             await asyncio.to_thread(migrate, database_url, service)
-        # Disbursement's HTTP port is where the payout sandbox sends its callbacks.
-        disbursement_port = free_port()
-        payouts, travel = await self._sandboxes(secrets, disbursement_port)
+        # Each process's HTTP port is chosen now: disbursement's are where the payout sandbox
+        # sends its callbacks, taken in turn.
+        ports = {name: [free_port() for _ in range(self.replicas)] for name in SERVICE_NAMES}
+        payouts, travel = await self._sandboxes(secrets, ports["disbursement"])
         wiring = {
-            "disbursement": {"HOMEWARD_PAYOUT_PROVIDER_URL": payouts.url, "HOMEWARD_HTTP_PORT": str(disbursement_port)},
+            "disbursement": {"HOMEWARD_PAYOUT_PROVIDER_URL": payouts.url},
             "travel": {"HOMEWARD_TRAVEL_PROVIDER_URL": travel.url},
         }
         base_env = {**os.environ, "HOMEWARD_DATABASE_URL": database_url, "HOMEWARD_KAFKA_BOOTSTRAP": bootstrap}
         for secret in (*PROGRAM_SECRETS, *PROVIDER_WIRING):
             base_env.pop(secret, None)
         for name in SERVICE_NAMES:
-            own = {"HOMEWARD_HTTP_PORT": str(free_port()), **wiring.get(name, {})}
-            env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}, **own}
-            log = self.state_dir / "logs" / f"{name}.log"
-            process = ServiceProcess(name, env, log, http_port=int(own["HOMEWARD_HTTP_PORT"]))
-            await process.start()
-            self.services.append(process)
+            for replica, port in enumerate(ports[name], start=1):
+                own = {"HOMEWARD_HTTP_PORT": str(port), **wiring.get(name, {})}
+                env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}, **own}
+                named = process_name(name, replica, self.replicas)
+                log = self.state_dir / "logs" / f"{named}.log"
+                process = ServiceProcess(named, env, log, http_port=port)
+                await process.start()
+                self.services.append(process)
         await self._wait_until_consuming()
         self._write_status()
         runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir), payouts.url, travel.url)
@@ -303,7 +321,7 @@ class Supervisor:
         print(f"{ready} payouts={payouts.url} travel={travel.url}", flush=True)
 
     async def _sandboxes(
-        self, secrets: dict[str, str], disbursement_port: int
+        self, secrets: dict[str, str], disbursement_ports: list[int]
     ) -> tuple[SandboxProcess, SandboxProcess]:
         """Starts the sandbox payout and travel providers before the services and waits until both
         answer. They inherit the environment, so HOMEWARD_SANDBOX_* fault settings reach them, but
@@ -311,7 +329,9 @@ class Supervisor:
         base = {key: value for key, value in os.environ.items() if _for_sandboxes(key)}
         callbacks = {
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": secrets["HOMEWARD_PAYOUT_CALLBACK_SECRET"],
-            "HOMEWARD_PAYOUT_CALLBACK_URL": f"http://{LOCALHOST}:{disbursement_port}/callbacks/payouts",
+            "HOMEWARD_PAYOUT_CALLBACK_URL": ",".join(
+                f"http://{LOCALHOST}:{port}/callbacks/payouts" for port in disbursement_ports
+            ),
         }
         sandbox_dir = self.state_dir / "sandbox"
         payouts = self._sandbox(

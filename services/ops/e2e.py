@@ -4,7 +4,8 @@ The world is the demo's (apps register, carriers and apps answer every booking w
 with a clock on each case: when it was submitted, and when registration accepted it, travel
 booked it, arrival verified it and disbursement paid it, as seen on the public topics. It reports
 the sustained rate, latency percentiles per stage, CPU seconds and resident memory per process
-(read from /proc), and pgbench -N on the same PostgreSQL server in the same run, for the ratio.
+(read from /proc; the world itself is the process `world`), and pgbench -N on the same
+PostgreSQL server in the same run, for the ratio. `--plot` draws the run second by second.
 """
 
 import asyncio
@@ -14,6 +15,7 @@ import os
 import platform
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.events import ArrivalVerified, RegistrationAccepted, StipendDisbursed, TravelBooked
-from services.devstack.supervisor import STATUS_FILE, Runtime
+from services.devstack.supervisor import STATUS_FILE, Runtime, service_of
 from services.ops.common import OpsSettings, measure_table
 from services.ops.pgbench import throwaway_tps
 from services.ops.world import Demo, LedgerView, Participant, read_ledger, summarize
@@ -36,8 +38,11 @@ STAGES = {
     StipendDisbursed.TOPIC: "disbursed",
 }
 PERCENTILES = (50, 95, 99)
+WORLD = "world"
+"""This process: the apps, carriers and partner offices the benchmark plays."""
 SAMPLE_INTERVAL_SECONDS = 1.0
 SAMPLES_MAX = 100_000
+TIMELINE_SECONDS_MAX = 100_000
 PGBENCH_CLIENTS = 8
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -52,18 +57,19 @@ class TimedWorld(Demo):
         self.seen_at: dict[str, dict[UUID, float]] = {stage: {} for stage in STAGES.values()}
         self.application_of: dict[UUID, UUID] = {}
 
-    async def submit(self, participant: Participant) -> None:
-        self.submitted_at.setdefault(participant.application_id, time.time())
-        await super().submit(participant)
+    def submitting(self, participants: list[Participant]) -> None:
+        moment = time.time()
+        for participant in participants:
+            self.submitted_at.setdefault(participant.application_id, moment)
 
-    async def _observe(self, topic: str, envelope: dict[str, Any]) -> None:
+    def _observe(self, topic: str, envelope: dict[str, Any]) -> None:
         stage = STAGES.get(topic)
         if stage is not None:
             data = envelope["data"]
             self.seen_at[stage].setdefault(UUID(data["case_id"]), time.time())
-            if topic == RegistrationAccepted.TOPIC:
+            if topic == RegistrationAccepted.TOPIC and UUID(data["application_id"]) in self.by_application:
                 self.application_of[UUID(data["case_id"])] = UUID(data["application_id"])
-        await super()._observe(topic, envelope)
+        super()._observe(topic, envelope)
 
     def latencies(self) -> dict[str, list[float]]:
         """Seconds from submission to each stage, for every case that reached it."""
@@ -123,14 +129,16 @@ class ProcessSampler:
         try:
             processes = json.loads((self.state_dir / STATUS_FILE).read_text())["processes"]
         except (OSError, ValueError, KeyError):
-            return {}
-        return {process["name"]: process["pid"] for process in processes if process.get("pid")}
+            processes = []
+        found = {process["name"]: process["pid"] for process in processes if process.get("pid")}
+        return {**found, WORLD: os.getpid()}
 
     def read(self) -> dict[str, tuple[float, int]]:
         table = _process_table()
         found = {}
         for name, pid in self._supervised().items():
-            members = list(_tree(pid, table))
+            # The world's children are the `up` it may have started: its own process only.
+            members = [pid] if name == WORLD else list(_tree(pid, table))
             ticks = sum(table[member][1] for member in members)
             pages = sum(table[member][2] for member in members)
             found[name] = (ticks / CLOCK_TICKS, pages * PAGE_BYTES)
@@ -153,14 +161,31 @@ class ProcessSampler:
         return {name: round(cpu - self.cpu_start.get(name, 0.0), 2) for name, (cpu, _) in self.read().items()}
 
 
+def replicas_of(state_dir: Path) -> int:
+    """How many processes of each service the `up` in `state_dir` runs (read from its status)."""
+    try:
+        processes = json.loads((state_dir / STATUS_FILE).read_text())["processes"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return sum(1 for process in processes if service_of(process["name"]) == "registration")
+
+
 async def run(
-    runtime: Runtime, participants: int, *, timeout_seconds: float, pgbench_seconds: int, bin_dir: Path
+    runtime: Runtime,
+    participants: int,
+    *,
+    timeout_seconds: float,
+    pgbench_seconds: int,
+    bin_dir: Path,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """Sends the cohort, waits for every outcome, then measures pgbench on the same server."""
+    """Sends the cohort (at once, or `rate` a second), waits for every outcome, then measures
+    pgbench on the same server."""
     settings = OpsSettings()
     world = TimedWorld(
         runtime, participants, Console(stderr=True), random.Random(),
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms, compression_type=settings.kafka_compression_type,
+        rate=rate,
     )  # fmt: skip
     _warn_if_underfunded(world, await read_ledger(runtime))
     sampler = ProcessSampler(Path(runtime.state_dir))
@@ -175,7 +200,8 @@ async def run(
     cpu = sampler.cpu_seconds()
     _, breaches = summarize(world, wall, await read_ledger(runtime))
     tps = await throwaway_tps(bin_dir, runtime.database_url, PGBENCH_CLIENTS, pgbench_seconds)
-    return report(world, wall, cpu, sampler.rss_bytes, tps, pgbench_seconds, breaches)
+    result = report(world, wall, cpu, sampler.rss_bytes, tps, pgbench_seconds, breaches)
+    return {**result, "rate_requested": rate, "replicas": replicas_of(Path(runtime.state_dir))}
 
 
 def _warn_if_underfunded(world: TimedWorld, ledger: LedgerView) -> None:
@@ -203,7 +229,8 @@ def report(
     pgbench_seconds: int,
     breaches: list[str],
 ) -> dict[str, Any]:
-    paid = world.seen_at["disbursed"]
+    # The topics also hold earlier runs' cases: only this cohort's count.
+    paid = {case: moment for case, moment in world.seen_at["disbursed"].items() if case in world.application_of}
     first = min(world.submitted_at.values(), default=0.0)
     span = (max(paid.values()) - first) if paid else 0.0
     rate = len(paid) / span if span else 0.0
@@ -220,13 +247,79 @@ def report(
         },
         "cpu_seconds": cpu,
         "cpu_ms_per_case": {name: round(seconds * 1000 / max(1, len(paid)), 2) for name, seconds in cpu.items()},
+        "cpu_ms_per_case_without_world": round(
+            sum(seconds for name, seconds in cpu.items() if name != WORLD) * 1000 / max(1, len(paid)), 2
+        ),
         "rss_mb": {name: _megabytes(values) for name, values in rss.items() if values},
         "pgbench_tps": round(pgbench_tps, 1),
         "pgbench_seconds": pgbench_seconds,
         "cases_per_pgbench_tps": round(rate / pgbench_tps, 4) if pgbench_tps else None,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "breaches": breaches,
+        "timeline": timeline(world),
     }
+
+
+def timeline(world: TimedWorld) -> list[dict[str, Any]]:
+    """Second by second from the first submission: registrations sent, stipends paid, and the
+    submitted→disbursed latency of the cases paid in that second (p50, p99)."""
+    if not world.submitted_at:
+        return []
+    first = min(world.submitted_at.values())
+    sent = Counter(int(moment - first) for moment in world.submitted_at.values())
+    paid: dict[int, list[float]] = {}
+    for case_id, moment in world.seen_at["disbursed"].items():
+        application = world.application_of.get(case_id)
+        if application in world.submitted_at:
+            paid.setdefault(int(moment - first), []).append(moment - world.submitted_at[application])
+    seconds = max([*sent, *paid]) + 1
+    return [
+        {
+            "second": second,
+            "submitted": sent.get(second, 0),
+            "paid": len(paid.get(second, [])),
+            "p50_seconds": _rounded(percentile(paid.get(second, []), 50)),
+            "p99_seconds": _rounded(percentile(paid.get(second, []), 99)),
+        }
+        for second in range(min(seconds, TIMELINE_SECONDS_MAX))
+    ]
+
+
+def plotting_available() -> None:
+    """Stops before the run, not after it, if --plot cannot draw."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        raise SystemExit("--plot needs matplotlib: pip install -e '.[bench]'") from error
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Throughput and latency over time, to a PNG (matplotlib: `pip install -e '.[bench]'`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    points = result["timeline"]
+    seconds = [point["second"] for point in points]
+    figure, (rates, latency) = pyplot.subplots(2, 1, sharex=True, figsize=(10, 7))
+    rates.plot(seconds, [point["submitted"] for point in points], label="registrations sent /s")
+    rates.plot(seconds, [point["paid"] for point in points], label="stipends paid /s")
+    rates.set_ylabel("per second")
+    rates.legend()
+    rates.set_title(
+        f"{result['participants']:,} participants, {result['cases_per_second']:,.0f} cases/s, "
+        f"replicas {result.get('replicas')}, rate {result.get('rate_requested') or 'max'}"
+    )
+    for rank in (50, 99):
+        values = [point[f"p{rank}_seconds"] for point in points]
+        latency.plot(seconds, [float("nan") if value is None else value for value in values], label=f"p{rank}")
+    latency.set_ylabel("submitted → disbursed, s")
+    latency.set_xlabel("seconds since the first registration")
+    latency.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
 
 
 def _megabytes(samples: list[int]) -> dict[str, float]:
@@ -240,6 +333,7 @@ def _rounded(value: float | None) -> float | None:
 def table(result: dict[str, Any]) -> Table:
     rows = [
         ("participants (paid)", f"{result['participants']:,} ({result['paid']:,})"),
+        ("registrations/s asked, replicas", f"{result.get('rate_requested') or 'max'}, {result.get('replicas')}"),
         ("wall seconds", f"{result['wall_seconds']:.1f}"),
         ("cases/s (first submission to last payment)", f"{result['cases_per_second']:,.1f}"),
         (f"pgbench -N tps ({result['pgbench_seconds']} s, same server)", f"{result['pgbench_tps']:,.1f}"),
@@ -253,6 +347,7 @@ def table(result: dict[str, Any]) -> Table:
         per_case = result["cpu_ms_per_case"].get(name)
         rows.append((f"{name}: CPU s (ms/case), RSS MB min-max",
                      f"{seconds:.1f} ({per_case}) {memory.get('min')}-{memory.get('max')}"))  # fmt: skip
+    rows.append(("CPU ms/case, every process but the world", str(result["cpu_ms_per_case_without_world"])))
     rows.append(("stipends held", f"{result['held']:,}"))
     rows.append(("breaches", "none" if not result["breaches"] else "; ".join(result["breaches"])))
     return measure_table("End-to-end benchmark", rows)

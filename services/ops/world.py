@@ -45,17 +45,25 @@ from contracts.events import (
 )
 from services.devstack.supervisor import READY_PREFIX, Runtime
 from services.runtime.messages import build_envelope, encode
+from services.runtime.produce import Record, send_batched
 
 UP_START_TIMEOUT_SECONDS = 180.0
 UP_STOP_SECONDS_MAX = 60.0
 PIPE_CHUNK_BYTES = 64 * 1024
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 SEND_ATTEMPTS_MAX = 10
+PUBLISH_CHUNK_RECORDS = 500
+"""Records the world hands the producer at once (batched per partition)."""
+PUBLISH_CHUNKS_IN_FLIGHT_MAX = 4
+"""Chunks sent and not yet acknowledged: without a bound, tens of thousands of sends at once
+timed out in the producer's queue and were lost."""
+RATE_TICKS_PER_SECOND = 100
+"""How often an open-loop run (`rate`) hands the producer the registrations now due."""
+PRODUCER_BATCH_BYTES = 1024 * 1024
 EARLY_EVENTS_MAX = 1_000_000
 SEND_BACKOFF_SECONDS = 0.2
 SEND_BACKOFF_MAX_SECONDS = 3.0
 POLL_TIMEOUT_MS = 200
-PUBLISH_CONCURRENCY_MAX = 1000
 PARTNER_OFFICE_SHARE = 0.2
 PROGRESS_REFRESH_PER_SECOND = 4
 INELIGIBLE_CODES = ("ineligible_age", "ineligible_destination", "document_expired", "consent_missing")
@@ -83,6 +91,8 @@ class Participant:
     payload: dict[str, Any]
     expected: str  # "accepted" or a rejection code
     destination_country: str
+    envelope: bytes = b""
+    """The registration the app sends first, built before the run so that sending costs nothing more."""
 
 
 @dataclass
@@ -100,14 +110,12 @@ class Tally:
     failed: set[UUID] = field(default_factory=set)
     payments: dict[UUID, set[UUID]] = field(default_factory=dict)  # case -> payment ids
     paid: dict[UUID, Decimal] = field(default_factory=dict)  # payment id -> amount
+    settled: set[UUID] = field(default_factory=set)
+    """Cases with a final outcome (paid, held, failed, booking failed, arrival rejected); kept as
+    the events come, so that asking whether the run is over costs nothing."""
 
     def finished(self, participants: int) -> bool:
-        settled = self.paid_cases | self.held | self.failed | self.booking_failed | self.arrival_rejected
-        return len(self.decided) >= participants and settled >= set(self.cases)
-
-    @property
-    def paid_cases(self) -> set[UUID]:
-        return set(self.payments)
+        return len(self.decided) >= participants and len(self.settled) >= len(self.cases)
 
 
 def _retryable(error: Exception) -> bool:
@@ -118,7 +126,10 @@ def _retryable(error: Exception) -> bool:
 def make_cohort(size: int, rng: random.Random) -> list[Participant]:
     """Mostly eligible people; about 1% each ineligible for one of four reasons, and 1% duplicates
     (a second application with someone else's identity document)."""
-    cohort = [_participant(index, rng) for index in range(size)]
+    # Document numbers are unique to the run too, so that a second cohort sent to the same `up`
+    # is not refused as duplicates of the first.
+    run_tag = f"{rng.randrange(16**6):06X}"
+    cohort = [_participant(index, run_tag, rng) for index in range(size)]
     order = rng.sample(range(size), k=size)
     per_kind = max(1, size // 100) if size >= 20 else 0
     kinds = [*INELIGIBLE_CODES, "duplicate_registration"]
@@ -130,10 +141,23 @@ def make_cohort(size: int, rng: random.Random) -> list[Participant]:
     for index, original in zip(chosen["duplicate_registration"], plain, strict=False):
         cohort[index].payload["identity_document"] = dict(cohort[original].payload["identity_document"])
         cohort[index].expected = "duplicate_registration"
+    for participant in cohort:
+        participant.envelope = registration_envelope(participant)
     return cohort
 
 
-def _participant(index: int, rng: random.Random) -> Participant:
+def registration_envelope(participant: Participant) -> bytes:
+    """What the app publishes: a new envelope each time, the same application id (a safe retry)."""
+    document = {
+        "specversion": "1.0", "id": str(uuid4()), "type": RegistrationSubmitted.TOPIC,
+        "source": SOURCE_APP, "time": datetime.now(UTC).isoformat(),
+        "subject": str(participant.application_id), "correlationid": str(participant.correlationid),
+        "datacontenttype": "application/json", "data": participant.payload,
+    }  # fmt: skip
+    return json.dumps(document).encode()
+
+
+def _participant(index: int, run_tag: str, rng: random.Random) -> Participant:
     country, city, airport = rng.choice(DESTINATIONS)
     state, us_city, origin = rng.choice(ORIGINS)
     given, family = rng.choice(GIVEN), rng.choice(FAMILY)
@@ -151,7 +175,8 @@ def _participant(index: int, rng: random.Random) -> Participant:
         "submitted_at": submitted.isoformat(),
         "person": {"given_name": given, "family_name": family, "nationality": country,
                    "date_of_birth": birth.isoformat()},
-        "identity_document": {"type": "passport", "number": f"{country}{index:08d}", "issuing_country": country,
+        "identity_document": {"type": "passport", "number": f"{country}{run_tag}{index:08d}",
+                              "issuing_country": country,
                               "expires_on": (submitted.date() + timedelta(days=rng.randrange(60, 3650))).isoformat()},
         "contact": {"phone": f"+1713555{rng.randrange(1000, 9999)}", "email": None},
         "current_location": {"us_state": state, "city": us_city, "nearest_airport": origin},
@@ -190,10 +215,19 @@ async def _stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
             raise
 
 
-def evidence_for(booking: TravelBooked, country: str, correlationid: UUID, rng: random.Random) -> list[bytes]:
-    """What the world reports after a flight: a landing and an app check-in, or a partner-office visit."""
-    from contracts.registry import envelope_adapter
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """What the world reads of a `travel.booked` event: enough to land the flight."""
 
+    case_id: UUID
+    flight_number: str
+    scheduled_arrival: datetime
+
+
+def evidence_for(booking: Booking, country: str, correlationid: UUID, rng: random.Random) -> list[bytes]:
+    """What the world reports after a flight: a landing and an app check-in, or a partner-office
+    visit. (tests/unit/test_world.py checks that it speaks the contract; the run does not pay for
+    validating every message.)"""
     observed = max(datetime.now(UTC), booking.scheduled_arrival)
     common = {"case_id": str(booking.case_id), "observed_at": observed.isoformat(), "country": country}
     if rng.random() < PARTNER_OFFICE_SHARE:
@@ -223,7 +257,6 @@ def evidence_for(booking: TravelBooked, country: str, correlationid: UUID, rng: 
             "datacontenttype": "application/json",
             "data": {"evidence_id": str(evidence_id), **common, **fields},
         }  # fmt: skip
-        envelope_adapter(EVIDENCE_TOPIC).validate_python(document)  # the demo speaks the contract too
         messages.append(json.dumps(document).encode())
     return messages
 
@@ -238,6 +271,7 @@ class Demo:
         *,
         metadata_max_age_ms: int,
         compression_type: str | None = None,
+        rate: float | None = None,
     ) -> None:
         # The world's apps refresh their view of the topics (metadata_max_age_ms) like Homeward's services do.
         self.runtime = runtime
@@ -245,20 +279,24 @@ class Demo:
         self.by_application = {p.application_id: p for p in self.cohort}
         self.console = console
         self.rng = rng
+        self.rate = rate
+        """Registrations per second (an open loop, as a population of apps sends); None sends the
+        whole cohort as fast as the broker takes it."""
         self.tally = Tally()
         self.evidence: dict[UUID, list[bytes]] = {}
-        self.answering: set[asyncio.Task[None]] = set()
-        # Sends in flight at once, registrations and evidence alike: without a bound, tens of
-        # thousands of answers at once timed out in the producer's queue and were lost.
-        self.in_flight = asyncio.Semaphore(PUBLISH_CONCURRENCY_MAX)
+        self.background: set[asyncio.Task[None]] = set()
+        self.in_flight = asyncio.Semaphore(PUBLISH_CHUNKS_IN_FLIGHT_MAX)
         self.unanswered = 0
         """Bookings whose evidence could not be sent within the bounded tries (each is printed)."""
         self.early: dict[UUID, list[tuple[str, dict[str, Any]]]] = {}
+        self.bookings: list[Booking] = []
+        """Booked, not yet answered: the follower answers them together after each poll."""
         self.producer = AIOKafkaProducer(
             bootstrap_servers=runtime.kafka,
             enable_idempotence=False,
             acks="all",
             linger_ms=5,
+            max_batch_size=PRODUCER_BATCH_BYTES,
             metadata_max_age_ms=metadata_max_age_ms,
             compression_type=compression_type,
         )
@@ -279,7 +317,7 @@ class Demo:
             with self._progress() as progress:
                 await asyncio.gather(self._publish(progress), self._follow(progress, started + timeout_seconds))
         finally:
-            await asyncio.gather(*self.answering, return_exceptions=True)
+            await asyncio.gather(*self.background, return_exceptions=True)
             for client in (self.consumer, self.producer):
                 await _stop(client)
         return time.monotonic() - started
@@ -301,41 +339,62 @@ class Demo:
         return progress
 
     async def _publish(self, progress: Progress) -> None:
-        async def send(participant: Participant) -> None:
-            await self.submit(participant)
-            progress.advance(self.tasks["submitted"])
+        """Sends every registration once: all at once, or `rate` a second, chunk by chunk."""
+        chunk = PUBLISH_CHUNK_RECORDS if self.rate is None else max(1, round(self.rate / RATE_TICKS_PER_SECOND))
+        started = time.monotonic()
 
-        await asyncio.gather(*(send(p) for p in self.cohort))
+        async def send(participants: list[Participant]) -> None:
+            self.submitting(participants)
+            records = [
+                Record(RegistrationSubmitted.TOPIC, str(p.application_id).encode(), p.envelope) for p in participants
+            ]
+            await self.publish(records)
+            progress.advance(self.tasks["submitted"], len(participants))
+
+        sends = []
+        for first in range(0, len(self.cohort), chunk):
+            if self.rate is not None:
+                await asyncio.sleep(max(0.0, started + first / self.rate - time.monotonic()))
+            sends.append(asyncio.create_task(send(self.cohort[first : first + chunk])))
+        await asyncio.gather(*sends)
+
+    def submitting(self, participants: list[Participant]) -> None:
+        """Called as registrations are handed to the producer (a hook for the timed world)."""
 
     async def submit(self, participant: Participant) -> None:
-        """What the app does: a new envelope each time, the same application id (a safe retry)."""
-        document = {
-            "specversion": "1.0", "id": str(uuid4()), "type": RegistrationSubmitted.TOPIC,
-            "source": SOURCE_APP, "time": datetime.now(UTC).isoformat(),
-            "subject": str(participant.application_id), "correlationid": str(participant.correlationid),
-            "datacontenttype": "application/json", "data": participant.payload,
-        }  # fmt: skip
-        await self.send(RegistrationSubmitted.TOPIC, json.dumps(document).encode(), str(participant.application_id))
+        """What the app does when it tries again: a new envelope, the same application id."""
+        key = str(participant.application_id)
+        await self.send(RegistrationSubmitted.TOPIC, registration_envelope(participant), key)
 
     async def send(self, topic: str, value: bytes, key: str) -> None:
-        """Publishes like a real app does: once, and only if the broker is away, again with a
-        doubling pause (bounded); at most PUBLISH_CONCURRENCY_MAX sends in flight. The first try
-        goes without the retry machinery, which cost more CPU than the send itself."""
+        await self.publish([Record(topic, key.encode(), value)])
+
+    async def publish(self, records: list[Record]) -> None:
+        """Publishes like a fleet of real apps: each record once, and only what the broker failed
+        again, with a doubling pause (bounded); at most PUBLISH_CHUNKS_IN_FLIGHT_MAX calls in
+        flight. Raises the last error for records that never went."""
+        pending = list(records)
         async with self.in_flight:
-            try:
-                await self.producer.send_and_wait(topic, value, key=key.encode())
-                return
-            except KafkaError as error:
-                if not _retryable(error):
-                    raise
             async for attempt in stamina.retry_context(
-                on=_retryable,
-                attempts=SEND_ATTEMPTS_MAX - 1,
-                wait_initial=SEND_BACKOFF_SECONDS,
+                on=_retryable, attempts=SEND_ATTEMPTS_MAX, wait_initial=SEND_BACKOFF_SECONDS,
                 wait_max=SEND_BACKOFF_MAX_SECONDS,
-            ):
+            ):  # fmt: skip
                 with attempt:
-                    await self.producer.send_and_wait(topic, value, key=key.encode())
+                    await self._send_once(pending)
+
+    async def _send_once(self, pending: list[Record]) -> None:
+        """Sends `pending` and leaves in it only the records the broker failed; raises the first failure."""
+        batches = await send_batched(self.producer, pending)
+        outcomes = await asyncio.gather(*(batch.future for batch in batches), return_exceptions=True)
+        pending[:] = [
+            record
+            for batch, outcome in zip(batches, outcomes, strict=True)
+            if isinstance(outcome, BaseException)
+            for record in batch.records
+        ]
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _follow(self, progress: Progress, deadline: float) -> None:
         while not await self.finished():
@@ -354,8 +413,17 @@ class Demo:
                 continue
             for records in batches.values():
                 for record in records:
-                    await self._observe(record.topic, json.loads(record.value))
+                    self._observe(record.topic, json.loads(record.value))
+            if self.bookings:
+                # Answered in the background, as carriers and apps would: the follower keeps reading.
+                self._in_background(self._answer(self.bookings))
+                self.bookings = []
             self._update(progress)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def finished(self) -> bool:
         return self.tally.finished(len(self.cohort))
@@ -367,7 +435,7 @@ class Demo:
             return False
         return True
 
-    async def _observe(self, topic: str, envelope: dict[str, Any]) -> None:
+    def _observe(self, topic: str, envelope: dict[str, Any]) -> None:
         data, tally = envelope["data"], self.tally
         if topic == RegistrationAccepted.TOPIC:
             application_id = UUID(data["application_id"])
@@ -376,7 +444,7 @@ class Demo:
                 tally.cases[UUID(data["case_id"])] = application_id
                 # Topics are read independently, so the booking may have come first: replay it now.
                 for topic_seen, early in self.early.pop(UUID(data["case_id"]), []):
-                    await self._observe(topic_seen, early)
+                    self._observe(topic_seen, early)
             return
         if topic == RegistrationRejected.TOPIC:
             application_id = UUID(data["application_id"])
@@ -391,35 +459,43 @@ class Demo:
             if len(self.early) < EARLY_EVENTS_MAX:
                 self.early.setdefault(case_id, []).append((topic, envelope))
             return
-        if topic == TravelBooked.TOPIC and case_id not in tally.booked:
-            tally.booked.add(case_id)
-            # Answered in the background, as carriers and apps would: the follower keeps reading.
-            answer = asyncio.create_task(self._answer(TravelBooked.model_validate(data), tally.cases[case_id]))
-            self.answering.add(answer)
-            answer.add_done_callback(self.answering.discard)
-        elif topic == StipendDisbursed.TOPIC:
+        if topic == TravelBooked.TOPIC:
+            if case_id not in tally.booked:
+                tally.booked.add(case_id)
+                arrival = datetime.fromisoformat(data["scheduled_arrival"])
+                self.bookings.append(Booking(case_id, data["flight_number"], arrival))
+            return
+        if topic == StipendDisbursed.TOPIC:
             tally.payments.setdefault(case_id, set()).add(UUID(data["payment_id"]))
             tally.paid[UUID(data["payment_id"])] = Decimal(data["amount"])
-        else:
-            bucket = {
-                TravelBookingFailed.TOPIC: tally.booking_failed, ArrivalVerified.TOPIC: tally.verified,
-                ArrivalRejected.TOPIC: tally.arrival_rejected, StipendHeld.TOPIC: tally.held,
-                StipendFailed.TOPIC: tally.failed,
-            }.get(topic)  # fmt: skip
-            if bucket is not None:
-                bucket.add(case_id)
+            tally.settled.add(case_id)
+            return
+        bucket = {
+            TravelBookingFailed.TOPIC: tally.booking_failed, ArrivalVerified.TOPIC: tally.verified,
+            ArrivalRejected.TOPIC: tally.arrival_rejected, StipendHeld.TOPIC: tally.held,
+            StipendFailed.TOPIC: tally.failed,
+        }.get(topic)  # fmt: skip
+        if bucket is not None:
+            bucket.add(case_id)
+            if topic != ArrivalVerified.TOPIC:
+                tally.settled.add(case_id)
 
-    async def _answer(self, booking: TravelBooked, application_id: UUID) -> None:
-        participant = self.by_application[application_id]
-        messages = evidence_for(booking, participant.destination_country, participant.correlationid, self.rng)
-        self.evidence[booking.case_id] = messages
-        try:
-            for message in messages:
-                await self.send(EVIDENCE_TOPIC, message, str(booking.case_id))
-        except (KafkaError, OSError) as error:
-            # The world gave up on this case after its bounded tries; the run reports it unpaid.
-            self.unanswered += 1
-            self.console.print(f"[red]evidence for case {booking.case_id} not sent: {type(error).__name__}[/red]")
+    async def _answer(self, bookings: list[Booking]) -> None:
+        records = []
+        for booking in bookings:
+            participant = self.by_application[self.tally.cases[booking.case_id]]
+            messages = evidence_for(booking, participant.destination_country, participant.correlationid, self.rng)
+            self.evidence[booking.case_id] = messages
+            records += [Record(EVIDENCE_TOPIC, str(booking.case_id).encode(), message) for message in messages]
+        for first in range(0, len(records), PUBLISH_CHUNK_RECORDS):
+            chunk = records[first : first + PUBLISH_CHUNK_RECORDS]
+            try:
+                await self.publish(chunk)
+            except (KafkaError, OSError) as error:
+                # The world gave up on these cases after its bounded tries; the run reports them unpaid.
+                cases = {record.key for record in chunk}
+                self.unanswered += len(cases)
+                self.console.print(f"[red]evidence for {len(cases)} case(s) not sent: {type(error).__name__}[/red]")
 
     def _update(self, progress: Progress) -> None:
         tally = self.tally

@@ -334,7 +334,9 @@ class PayoutSandbox:
         self.store_path = store_path
         self.faults = Faults.from_settings(settings)
         self.random = random.Random(settings.sandbox_payout_seed)
-        self.callback_url = settings.payout_callback_url
+        # Several receivers (replicas with no load balancer in front) are taken in turn.
+        self.callback_urls = [url.strip() for url in (settings.payout_callback_url or "").split(",") if url.strip()]
+        self.callback_turn = 0
         secret = settings.payout_callback_secret
         self.callback_secret = None if secret is None else secret.get_secret_value().encode()
         self._store: PayoutStore | None = None
@@ -347,7 +349,7 @@ class PayoutSandbox:
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
         self._store = await asyncio.to_thread(PayoutStore, self.store_path)
-        if self.callback_url and self.callback_secret is None:
+        if self.callback_urls and self.callback_secret is None:
             logger.warning("sandbox.callbacks_unsigned", reason="HOMEWARD_PAYOUT_CALLBACK_SECRET is not set")
         timeout = httpx.Timeout(NOTIFICATION_TIMEOUT_SECONDS, connect=NOTIFICATION_CONNECT_TIMEOUT_SECONDS)
         limits = httpx.Limits(max_connections=NOTIFICATION_CONCURRENCY_MAX)
@@ -474,13 +476,13 @@ class PayoutSandbox:
                     logger.info(
                         "payout.returned", key=payout.key, provider_ref=payout.provider_ref, status=payout.status
                     )
-                if self.callback_url:
-                    await self._deliver_due(client, self.callback_url)
+                if self.callback_urls:
+                    await self._deliver_due(client)
             except sqlite3.Error as error:
                 logger.warning("sandbox.store_error", error=type(error).__name__)
             await asyncio.sleep(BACKGROUND_POLL_INTERVAL_SECONDS)
 
-    async def _deliver_due(self, client: httpx.AsyncClient, url: str) -> None:
+    async def _deliver_due(self, client: httpx.AsyncClient) -> None:
         due = await asyncio.to_thread(self.store.due_notifications, now=time.time())
         batches = [
             due[first : first + NOTIFICATION_BATCH_SIZE_MAX]
@@ -490,27 +492,37 @@ class PayoutSandbox:
 
         async def deliver(batch: list[PendingNotification]) -> None:
             async with semaphore:
-                await self._deliver(client, url, batch)
+                await self._deliver(client, batch)
 
         await asyncio.gather(*(deliver(batch) for batch in batches))
 
-    async def _deliver(self, client: httpx.AsyncClient, url: str, batch: list[PendingNotification]) -> None:
-        """Sends one batch; the receiver's `accepted` ids are done, the rest are tried again later."""
+    async def _deliver(self, client: httpx.AsyncClient, batch: list[PendingNotification]) -> None:
+        """Sends one batch; the receiver's `accepted` ids are done, the rest are tried again later.
+        Receivers take batches in turn; one that refuses the connection is passed over at once,
+        as a load balancer would, so a dead replica delays nothing while another answers."""
         body = ('{"notifications":[' + ",".join(notification.body for notification in batch) + "]}").encode()
         timestamp = int(time.time())
         headers = {"Content-Type": "application/json"}
         if self.callback_secret is not None:
             headers[signing.TIMESTAMP_HEADER] = str(timestamp)
             headers[signing.SIGNATURE_HEADER] = signing.sign(self.callback_secret, timestamp, body)
-        outcome: str
+        outcome = "not sent"
         accepted: set[str] = set()
-        try:
-            response = await client.post(url, content=body, headers=headers)
+        self.callback_turn += 1
+        for offset in range(len(self.callback_urls)):
+            url = self.callback_urls[(self.callback_turn + offset) % len(self.callback_urls)]
+            try:
+                response = await client.post(url, content=body, headers=headers)
+            except httpx.ConnectError as error:
+                outcome = type(error).__name__
+                continue
+            except httpx.HTTPError as error:
+                outcome = type(error).__name__
+                break
             outcome = str(response.status_code)
             if response.is_success:
                 accepted = _accepted(response, batch)
-        except httpx.HTTPError as error:
-            outcome = type(error).__name__
+            break
         sent = [notification.id for notification in batch if notification.id in accepted]
         failed: list[tuple[str, int, float]] = []
         for notification in batch:

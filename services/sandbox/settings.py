@@ -44,7 +44,9 @@ class PayoutSandboxSettings(HttpListener, PayoutCallbacks, StateDirectory):
         default=2_000, ge=0, le=86_400_000, description="How long after payment a returned payout comes back"
     )
     payout_callback_url: str | None = Field(
-        default=None, description="Where the payout provider sends its notifications (unset: recorded, not sent)"
+        default=None,
+        description="Where the payout provider sends its notifications (unset: recorded, not sent); several "
+        "comma-separated URLs are taken in turn, one that refuses connections is passed over",
     )
 
     def store(self) -> Path:

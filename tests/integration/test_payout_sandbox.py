@@ -470,3 +470,22 @@ async def test_a_provider_that_never_answers_is_reported_unavailable() -> None:
             await provider.list_payouts()
     finally:
         await provider.close()
+
+
+async def test_callbacks_pass_over_a_receiver_that_refuses_connections(
+    start_sandbox: StartSandbox, receiver: CallbackReceiver
+) -> None:
+    """With replicas of disbursement and no load balancer, the sandbox is given each one's URL; a
+    killed replica refuses connections, and its share of the callbacks goes to the other at once."""
+    dead = f"http://127.0.0.1:{free_port()}/callbacks/payouts"
+    sandbox = start_sandbox(
+        HOMEWARD_PAYOUT_CALLBACK_URL=f"{dead},{receiver.url}", HOMEWARD_PAYOUT_CALLBACK_SECRET=SECRET
+    )
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_SECONDS) as client:
+        # One at a time, so that each callback is its own delivery and the turns alternate.
+        for _ in range(4):
+            key = str(uuid4())
+            assert (await _post(client, sandbox.url, payout_body(), key)).status_code == 201
+            await eventually(lambda key=key: receiver.notifications(key), timeout=CALLBACK_WAIT_SECONDS_MAX, what=key)
+    # None was put off for a retry: each batch the dead receiver's turn fell on went to the other.
+    assert not [line for line in sandbox.lines if "notification.failed" in line]

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from services.devstack.supervisor import CRASH_LOOP_SECONDS, crashed_on_its_own
+from services.devstack.supervisor import CRASH_LOOP_SECONDS, crashed_on_its_own, process_name, service_of
 
 SOON = CRASH_LOOP_SECONDS / 10
 
@@ -25,3 +25,11 @@ def test_only_an_own_failure_before_ready_counts_toward_a_crash_loop(
     returncode: int, became_ready: bool, lived_seconds: float, crash: bool
 ) -> None:
     assert crashed_on_its_own(returncode, became_ready=became_ready, lived_seconds=lived_seconds) is crash
+
+
+def test_replicas_are_named_after_their_service() -> None:
+    assert process_name("travel", 1, 1) == "travel"
+    assert [process_name("travel", replica, 2) for replica in (1, 2)] == ["travel-1", "travel-2"]
+    assert [service_of(name) for name in ("travel", "travel-2", "sandbox-payouts", "disbursement-10")] == [
+        "travel", "travel", "sandbox-payouts", "disbursement",
+    ]  # fmt: skip

@@ -1,0 +1,55 @@
+"""The world the demo, chaos and bench play speaks the public contract, though a run does not pay
+for validating every message it sends."""
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
+from contracts.registry import envelope_adapter
+from services.ops.world import Booking, Tally, evidence_for, make_cohort
+
+COHORT = 200
+
+
+def test_every_registration_of_a_cohort_is_a_valid_envelope() -> None:
+    cohort = make_cohort(COHORT, random.Random(7))
+    adapter = envelope_adapter(RegistrationSubmitted.TOPIC)
+    for participant in cohort:
+        envelope = adapter.validate_json(participant.envelope)
+        assert envelope.data.application_id == participant.application_id
+
+
+def test_two_cohorts_share_no_identity_document() -> None:
+    """A second run against the same `up` must not be refused as duplicates of the first."""
+    numbers = [
+        {json.loads(p.envelope)["data"]["identity_document"]["number"] for p in make_cohort(COHORT, random.Random())}
+        for _ in range(2)
+    ]
+    assert not numbers[0] & numbers[1]
+
+
+def test_evidence_of_both_kinds_is_valid() -> None:
+    booking = Booking(uuid4(), "HW123", datetime.now(UTC) + timedelta(hours=5))
+    adapter = envelope_adapter(EVIDENCE_TOPIC)
+    sources = set()
+    rng = random.Random(3)
+    for _ in range(50):
+        for message in evidence_for(booking, "HN", uuid4(), rng):
+            envelope = adapter.validate_json(message)
+            assert str(envelope.data.case_id) == str(booking.case_id)
+            sources.add(envelope.source)
+    assert sources == {"carrier", "participant-app", "partner-office"}
+
+
+def test_the_tally_is_finished_once_every_case_is_settled() -> None:
+    tally = Tally()
+    applications, cases = [uuid4(), uuid4()], [uuid4(), uuid4()]
+    for application, case in zip(applications, cases, strict=True):
+        tally.decided[application] = "accepted"
+        tally.cases[case] = application
+    tally.settled.add(cases[0])
+    assert not tally.finished(2)
+    tally.settled.add(cases[1])
+    assert tally.finished(2)
