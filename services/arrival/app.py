@@ -4,8 +4,6 @@ from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
-import asyncpg
-
 from contracts.events import (
     EVIDENCE_TOPIC,
     ArrivalVerified,
@@ -18,9 +16,10 @@ from contracts.events import (
 from services.arrival import handlers
 from services.arrival.settings import ArrivalSettings
 from services.runtime.consumer import Route
-from services.runtime.db import load_queries, runtime_queries
+from services.runtime.db import load_queries
 from services.runtime.redrive import Redrive
 from services.runtime.service import ServiceDefinition, Worker
+from services.runtime.uow import ServiceDatabase
 
 SQL = Path(__file__).parent / "adapters" / "sql"
 
@@ -28,7 +27,14 @@ SQL = Path(__file__).parent / "adapters" / "sql"
 SETTINGS = ArrivalSettings
 
 
-def build(settings: ArrivalSettings, pool: asyncpg.Pool) -> ServiceDefinition:
+# A verified arrival is handed to disbursement; any stipend outcome shows it arrived.
+REDRIVE = Redrive(
+    opens_on=frozenset({ArrivalVerified.TOPIC}),
+    closes_on=frozenset({StipendDisbursed.TOPIC, StipendHeld.TOPIC, StipendFailed.TOPIC}),
+)
+
+
+def build(settings: ArrivalSettings, database: ServiceDatabase) -> ServiceDefinition:
     queries = load_queries(SQL)
     window = timedelta(seconds=settings.arrival_window_seconds)
     routes = {
@@ -36,13 +42,8 @@ def build(settings: ArrivalSettings, pool: asyncpg.Pool) -> ServiceDefinition:
         TravelBooked.TOPIC: Route(batch=partial(handlers.handle_booked, queries=queries, window=window)),
         EVIDENCE_TOPIC: Route(batch=partial(handlers.handle_evidence, queries=queries, window=window)),
     }
-    sweeper = handlers.WindowSweeper(pool, queries, runtime_queries(), window, settings.worker_batch_size_max)
+    sweeper = handlers.WindowSweeper(database, queries, window, settings.worker_batch_size_max)
     workers = [
         Worker("window-sweep", sweeper.sweep, settings.arrival_sweep_interval_ms / 1000, settings.worker_batch_size_max)
     ]
-    # A verified arrival is handed to disbursement; any stipend outcome shows it arrived.
-    redrive = Redrive(
-        opens_on=frozenset({ArrivalVerified.TOPIC}),
-        closes_on=frozenset({StipendDisbursed.TOPIC, StipendHeld.TOPIC, StipendFailed.TOPIC}),
-    )
-    return ServiceDefinition(name="arrival", routes=routes, workers=workers, redrive=redrive)
+    return ServiceDefinition(name="arrival", routes=routes, workers=workers)

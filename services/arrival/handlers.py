@@ -5,7 +5,6 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 import structlog
 
 from contracts.envelope import Envelope
@@ -21,7 +20,7 @@ from contracts.events import (
 from services.arrival import domain
 from services.runtime.db import fetch_all
 from services.runtime.messages import now
-from services.runtime.uow import UnitOfWork
+from services.runtime.uow import ServiceDatabase, UnitOfWork
 
 logger = structlog.get_logger("homeward.arrival")
 
@@ -150,23 +149,21 @@ def _facts(case: Any) -> domain.CaseFacts:
 class WindowSweeper:
     """Rejects cases whose evidence window closed without a verdict."""
 
-    pool: asyncpg.Pool
+    database: ServiceDatabase
     queries: Any
-    runtime_queries: Any
     window: timedelta
     batch_size_max: int
 
     async def sweep(self) -> int:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self.database.unit() as uow:
             expired = await fetch_all(
                 self.queries.expired_cases(
-                    connection, window_seconds=self.window.total_seconds(), limit=self.batch_size_max
+                    uow.connection, window_seconds=self.window.total_seconds(), limit=self.batch_size_max
                 )
             )
-            uow = UnitOfWork(connection, "arrival", self.runtime_queries)
             if expired:
                 await self.queries.decide(
-                    connection, case_ids=[case["case_id"] for case in expired], outcome="rejected",
+                    uow.connection, case_ids=[case["case_id"] for case in expired], outcome="rejected",
                     rules=[None] * len(expired),
                 )  # fmt: skip
             for case in expired:
@@ -180,5 +177,4 @@ class WindowSweeper:
                     correlationid=str(case["correlationid"]),
                     event_type=ArrivalRejected.TOPIC,
                 )
-            await uow.flush()
         return len(expired)

@@ -14,7 +14,12 @@ four of each (sixteen processes) mostly compete for the same CPU."""
 
 class DevstackSettings(Infrastructure, StateDirectory):
     kafka_port: int = Field(default=19092, description="Port of the embedded broker")
-    topic_partitions: int = Field(default=12, ge=1, le=1024, description="Partitions per topic created by `up`")
+    topic_partitions: int = Field(
+        default=3,
+        ge=1,
+        le=1024,
+        description="Partitions per topic created by `up` (at least the replicas of a service, or some would idle)",
+    )
     service_replicas: int = Field(
         default=1, ge=1, le=REPLICAS_MAX, description="Processes of each service `up` runs, in one consumer group"
     )

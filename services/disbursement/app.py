@@ -3,16 +3,15 @@
 from functools import partial
 from pathlib import Path
 
-import asyncpg
-
 from contracts.events import ArrivalVerified, RegistrationAccepted
 from services.disbursement import handlers, stipends
 from services.disbursement.adapters.callbacks import CallbackEndpoint
 from services.disbursement.adapters.provider import HttpPayoutProvider
 from services.disbursement.settings import DisbursementSettings
 from services.runtime.consumer import Route
-from services.runtime.db import load_queries, runtime_queries
+from services.runtime.db import load_queries
 from services.runtime.service import ServiceDefinition, Worker
+from services.runtime.uow import ServiceDatabase
 
 SQL = Path(__file__).parent / "adapters" / "sql"
 
@@ -43,14 +42,13 @@ def call_seconds_max(settings: DisbursementSettings) -> float:
 SETTINGS = DisbursementSettings
 
 
-def build(settings: DisbursementSettings, pool: asyncpg.Pool) -> ServiceDefinition:
+def build(settings: DisbursementSettings, database: ServiceDatabase) -> ServiceDefinition:
     named = queries()
     program = handlers.Program(settings.program_amount, settings.program_currency)
     data_key = settings.require_data_key()
     worker = handlers.PayoutWorker(
-        pool=pool,
+        database=database,
         queries=named,
-        runtime_queries=runtime_queries(),
         provider=provider(settings),
         data_key=data_key,
         batch_size_max=settings.worker_batch_size_max,
@@ -61,9 +59,8 @@ def build(settings: DisbursementSettings, pool: asyncpg.Pool) -> ServiceDefiniti
     if settings.payout_callback_secret is None:
         raise SystemExit("HOMEWARD_PAYOUT_CALLBACK_SECRET is not set; `homeward up` generates one.")
     callbacks = CallbackEndpoint(
-        pool=pool,
+        database=database,
         queries=named,
-        runtime_queries=runtime_queries(),
         secret=settings.payout_callback_secret.get_secret_value().encode(),
         data_key=data_key,
         tolerance_seconds=settings.callback_tolerance_seconds,
@@ -84,7 +81,9 @@ def build(settings: DisbursementSettings, pool: asyncpg.Pool) -> ServiceDefiniti
         name="disbursement",
         routes=routes,
         workers=workers,
-        on_start=partial(handlers.fund_initial_budget, pool, named, settings.program_budget, settings.program_currency),
+        on_start=partial(
+            handlers.fund_initial_budget, database.pool, named, settings.program_budget, settings.program_currency
+        ),
         http_routes=callbacks.routes(),
         health_details=callbacks.stats,
         scrape=partial(handlers.read_gauges, queries=named),

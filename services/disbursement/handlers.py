@@ -25,7 +25,7 @@ from services.disbursement.stipends import Queries
 from services.runtime import crypto, metrics
 from services.runtime.db import fetch_all
 from services.runtime.messages import now
-from services.runtime.uow import UnitOfWork
+from services.runtime.uow import ServiceDatabase, UnitOfWork
 
 logger = structlog.get_logger("homeward.disbursement")
 
@@ -132,10 +132,9 @@ class PayoutWorker:
     write every outcome with its outbox event (one short transaction). A payment's failure never
     holds up the others."""
 
-    pool: asyncpg.Pool
+    database: ServiceDatabase
     queries: Queries
     provider: PayoutProvider
-    runtime_queries: Any
     data_key: bytes
     batch_size_max: int
     """Stipends claimed per pass."""
@@ -154,7 +153,7 @@ class PayoutWorker:
 
     async def pay_reserved(self) -> int:
         lease_id = uuid4()
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self.database.pool.acquire() as connection, connection.transaction():
             claimed = await fetch_all(
                 self.queries.payments.claim_reserved(
                     connection, lease_id=lease_id, lease_seconds=self.lease_seconds(), limit=self.batch_size_max
@@ -164,19 +163,17 @@ class PayoutWorker:
             return 0
         outcomes, methods = await self._pay(claimed)
         payment_ids = [row["payment_id"] for row in claimed]
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self.database.unit() as uow:
             held = await fetch_all(
-                self.queries.payments.lock_claimed(connection, payment_ids=payment_ids, lease_id=lease_id)
+                self.queries.payments.lock_claimed(uow.connection, payment_ids=payment_ids, lease_id=lease_id)
             )
-            uow = UnitOfWork(connection, "disbursement", self.runtime_queries)
             changes, unresolved = self._settle(held, outcomes, methods)
             await stipends.apply(uow, self.queries, changes)
             if unresolved:
                 await self.queries.payments.note_payout_errors(
-                    connection, payment_ids=list(unresolved), errors=list(unresolved.values())
+                    uow.connection, payment_ids=list(unresolved), errors=list(unresolved.values())
                 )
-            await self.queries.payments.release_claims(connection, payment_ids=payment_ids, lease_id=lease_id)
-            await uow.flush()
+            await self.queries.payments.release_claims(uow.connection, payment_ids=payment_ids, lease_id=lease_id)
         counted = Counter(_payout_outcome(outcomes.get(str(payment["payment_id"]), _UNANSWERED)) for payment in held)
         for outcome, count in counted.items():  # committed
             metrics.PAYOUTS.labels(outcome).inc(count)
@@ -237,7 +234,7 @@ class PayoutWorker:
         return changes, unresolved
 
     async def release_held(self) -> int:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self.database.pool.acquire() as connection, connection.transaction():
             return await stipends.release_held(connection, self.queries, limit=self.batch_size_max)
 
 

@@ -95,7 +95,9 @@ def export_contracts(
 def up(
     state_dir: StateDir = None,
     kafka_port: Annotated[int | None, typer.Option(help="Port of the embedded broker [default 19092]")] = None,
-    partitions: Annotated[int | None, typer.Option(help="Partitions per topic [default 12]")] = None,
+    partitions: Annotated[
+        int | None, typer.Option(help="Partitions per topic [default 3; raised to --replicas if fewer]")
+    ] = None,
     replicas: Annotated[
         int | None,
         typer.Option(min=1, max=REPLICAS_MAX, help="Processes of each service, sharing its consumer group [default 1]"),
@@ -116,7 +118,7 @@ def up(
         settings,
         state_dir=state_dir or settings.state_dir,
         kafka_port=kafka_port or settings.kafka_port,
-        partitions=partitions or settings.topic_partitions,
+        partitions=max(partitions or settings.topic_partitions, replicas or settings.service_replicas),
         replicas=replicas or settings.service_replicas,
     )
     raise typer.Exit(asyncio.run(supervisor.run()))

@@ -3,8 +3,6 @@
 from functools import partial
 from pathlib import Path
 
-import asyncpg
-
 from contracts.events import (
     ArrivalRejected,
     RegistrationAccepted,
@@ -20,6 +18,7 @@ from services.runtime.consumer import Route
 from services.runtime.db import load_queries
 from services.runtime.redrive import Redrive
 from services.runtime.service import ServiceDefinition
+from services.runtime.uow import ServiceDatabase
 
 SQL = Path(__file__).parent / "adapters" / "sql"
 
@@ -27,7 +26,23 @@ SQL = Path(__file__).parent / "adapters" / "sql"
 SETTINGS = RegistrationSettings
 
 
-def build(settings: RegistrationSettings, pool: asyncpg.Pool) -> ServiceDefinition:
+# An accepted case is handed to travel, arrival and disbursement; it has moved on for good once a
+# stipend outcome, a failed booking or a rejected arrival shows up.
+REDRIVE = Redrive(
+    opens_on=frozenset({RegistrationAccepted.TOPIC}),
+    closes_on=frozenset(
+        {
+            StipendDisbursed.TOPIC,
+            StipendHeld.TOPIC,
+            StipendFailed.TOPIC,
+            TravelBookingFailed.TOPIC,
+            ArrivalRejected.TOPIC,
+        }
+    ),
+)
+
+
+def build(settings: RegistrationSettings, database: ServiceDatabase) -> ServiceDefinition:
     queries = load_queries(SQL)
     keys = handlers.Keys(settings.require_identity_secret(), settings.require_data_key())
     routes = {
@@ -36,18 +51,4 @@ def build(settings: RegistrationSettings, pool: asyncpg.Pool) -> ServiceDefiniti
             on_invalid=partial(handlers.handle_invalid_submission, queries=queries),
         ),
     }
-    # An accepted case is handed to travel, arrival and disbursement; it has moved on for good once a
-    # stipend outcome, a failed booking or a rejected arrival shows up.
-    redrive = Redrive(
-        opens_on=frozenset({RegistrationAccepted.TOPIC}),
-        closes_on=frozenset(
-            {
-                StipendDisbursed.TOPIC,
-                StipendHeld.TOPIC,
-                StipendFailed.TOPIC,
-                TravelBookingFailed.TOPIC,
-                ArrivalRejected.TOPIC,
-            }
-        ),
-    )
-    return ServiceDefinition(name="registration", routes=routes, redrive=redrive)
+    return ServiceDefinition(name="registration", routes=routes)

@@ -11,13 +11,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import structlog
 
 from services.runtime import metrics
 from services.runtime.db import TRANSIENT_ERRORS, fetch_all
 from services.runtime.messages import ERROR_HANDLER, Decoded, Record, Undeliverable, decode
-from services.runtime.uow import UnitOfWork
+from services.runtime.uow import ServiceDatabase, UnitOfWork
 
 BatchHandler = Callable[[list[Any], UnitOfWork], Awaitable[None]]
 InvalidHandler = Callable[[Undeliverable, UnitOfWork], Awaitable[None]]
@@ -68,18 +67,14 @@ class BatchConsumer:
     def __init__(
         self,
         *,
-        service: str,
-        pool: asyncpg.Pool,
+        database: ServiceDatabase,
         routes: dict[str, Route],
-        runtime_queries: Any,
         retry_backoff_seconds: float,
         handler_attempts_max: int = 3,
         handler_backoff_seconds: float = 0.1,
     ) -> None:
-        self.service = service
-        self.pool = pool
+        self.database = database
         self.routes = routes
-        self.runtime_queries = runtime_queries
         self.retry_backoff_seconds = retry_backoff_seconds
         self.handler_attempts_max = handler_attempts_max
         self.handler_backoff_seconds = handler_backoff_seconds
@@ -128,11 +123,10 @@ class BatchConsumer:
         applied = duplicates = dead_lettered = 0
         outcomes: list[tuple[str, str, str | None]] = []  # topic, outcome, dead-letter code
         started = time.monotonic()
-        async with self.pool.acquire() as connection, connection.transaction():
-            uow = UnitOfWork(connection, self.service, self.runtime_queries)
+        async with self.database.unit() as uow:
             claimed = await fetch_all(
-                self.runtime_queries.claim_events(
-                    connection, consumer=self.service, event_ids=[item.inbox_key for item in items]
+                uow.runtime_queries.claim_events(
+                    uow.connection, consumer=self.database.service, event_ids=[item.inbox_key for item in items]
                 )
             )
             fresh = {row["event_id"] for row in claimed}
@@ -159,7 +153,6 @@ class BatchConsumer:
                     outcomes.append((topic, "dead_lettered", item.code))
             if run:
                 await self._apply_run(run, uow)
-            await uow.flush()
         # Committed: only now does the batch count.
         elapsed = time.monotonic() - started
         metrics.BATCH_SECONDS.observe(elapsed)

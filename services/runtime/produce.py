@@ -66,3 +66,13 @@ async def _queue(producer: AIOKafkaProducer, batch: Any, topic: str, partition: 
     batch.close()
     future = await producer.send_batch(batch, topic, partition=partition)
     return Sent(future, members)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaPublisher:
+    """`send_batched` on one producer: what the outbox relay publishes with."""
+
+    producer: AIOKafkaProducer
+
+    async def send_batched(self, records: Sequence[Record]) -> list[Sent]:
+        return await send_batched(self.producer, records)

@@ -1,12 +1,16 @@
 """Publishes outbox rows to Kafka in batches, in commit order, then marks them sent.
 
-A crash after publishing and before marking republishes the batch: consumers
-deduplicate by envelope id, which is what at-least-once delivery asks of them.
+One relay per service publishes at a time: it holds a session advisory lock on a connection of
+its own (the other replicas stand by and take over when that connection goes). Rows are read,
+published and marked sent with no transaction open while the broker is asked. A crash after
+publishing and before marking republishes the batch: consumers deduplicate by envelope id,
+which is what at-least-once delivery asks of them.
 """
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import asyncpg
 import structlog
@@ -17,10 +21,10 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
-from faststream.kafka import KafkaBroker
 
 from services.runtime import metrics
 from services.runtime.db import TRANSIENT_ERRORS, fetch_all
+from services.runtime.produce import Record, Sent
 from services.runtime.wakeup import Wakeup
 
 logger = structlog.get_logger("homeward.relay")
@@ -40,12 +44,18 @@ REFUSED_FOR_GOOD: tuple[type[KafkaError], ...] = (
 )
 
 
+class Publisher(Protocol):
+    """Hands records to the broker in batches (`services.runtime.produce.send_batched` on a producer)."""
+
+    async def send_batched(self, records: Sequence[Record]) -> list[Sent]: ...
+
+
 class OutboxRelay:
     def __init__(
         self,
         *,
         pool: asyncpg.Pool,
-        broker: KafkaBroker,
+        publisher: Publisher,
         runtime_queries: Any,
         batch_size_max: int,
         poll_interval_seconds: float,
@@ -54,7 +64,7 @@ class OutboxRelay:
         wakeup: Wakeup | None = None,
     ) -> None:
         self.pool = pool
-        self.broker = broker
+        self.publisher = publisher
         self.queries = runtime_queries
         self.batch_size_max = batch_size_max
         self.poll_interval_seconds = poll_interval_seconds
@@ -64,72 +74,88 @@ class OutboxRelay:
         # fallback pace. Without one, the relay polls at that interval.
         self.wakeup = wakeup
         self.published_total = 0
+        self.failures = 0
+        """Failed tries in a row; the pause before the next doubles with each."""
 
-    async def publish_batch(self) -> int:
-        """Publishes up to one batch; returns how many rows were sent."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            if not await self.queries.try_relay_lock(connection):
-                return 0
-            rows = await fetch_all(self.queries.unsent_outbox(connection, limit=self.batch_size_max))
-            if not rows:
-                return 0
-            parked = []
-            try:
-                await asyncio.gather(*[await self._publish(row) for row in rows])
-            except REFUSED_FOR_GOOD:
-                # One row the broker refuses for good must not hold up the rest: find and park it.
-                sent = await self._publish_one_by_one(connection, rows)
-                parked, rows = [row for row in rows if row not in sent], sent
-            await self.queries.mark_sent(connection, ids=[row["id"] for row in rows])
-        self.published_total += len(rows)
+    async def publish_batch(self, connection: Any) -> int:
+        """Publishes up to one batch over `connection`, which holds the relay lock; returns how
+        many rows were sent. No transaction is open while the broker is asked."""
+        rows = await fetch_all(self.queries.unsent_outbox(connection, limit=self.batch_size_max))
+        if not rows:
+            return 0
+        records = [_record(row) for row in rows]
+        row_of = {id(record): row for record, row in zip(records, rows, strict=True)}
+        sent = await self.publisher.send_batched(records)
+        outcomes = await asyncio.gather(*(batch.future for batch in sent), return_exceptions=True)
+        refused = []
+        for batch, outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, REFUSED_FOR_GOOD):
+                refused += [row_of[id(record)] for record in batch.records]
+            elif isinstance(outcome, BaseException):
+                # Nothing is marked: the next pass publishes the whole batch again (consumers
+                # deduplicate what did arrive).
+                raise outcome
+        # One row the broker refuses for good must not hold up the rest: find and park it.
+        parked = {row["id"] for row in await self._park_refused(connection, refused)}
+        await self.queries.mark_sent(connection, ids=[row["id"] for row in rows if row["id"] not in parked])
+        self.published_total += len(rows) - len(parked)
         for row in rows:
-            metrics.PUBLISHED.labels(row["topic"]).inc()
-        for row in parked:
-            metrics.PARKED.labels(row["topic"]).inc()
-        return len(rows)
+            (metrics.PARKED if row["id"] in parked else metrics.PUBLISHED).labels(row["topic"]).inc()
+        return len(rows) - len(parked)
 
-    async def _publish(self, row: Any) -> "asyncio.Future[Any]":
-        future: asyncio.Future[Any] = await self.broker.publish(
-            row["value"], row["topic"], key=row["key"].encode(), headers=row["headers"] or None, no_confirm=True
-        )
-        return future
-
-    async def _publish_one_by_one(self, connection: Any, rows: list[Any]) -> list[Any]:
-        sent = []
+    async def _park_refused(self, connection: Any, rows: list[Any]) -> list[Any]:
+        """Sends each row of a refused batch alone; parks (and returns) those refused on their own."""
+        parked = []
         for row in rows:
             try:
-                await (await self._publish(row))
+                for batch in await self.publisher.send_batched([_record(row)]):
+                    await batch.future
             except REFUSED_FOR_GOOD as error:
                 reason = f"{type(error).__name__}: {error}"[:PARK_REASON_CHARS_MAX]
                 await self.queries.park(connection, id=row["id"], reason=reason)
                 logger.error("relay.parked", outbox_id=row["id"], event_type=row["topic"], reason=reason)
-                continue
-            sent.append(row)
-        return sent
+                parked.append(row)
+        return parked
 
     async def run(self, stopping: asyncio.Event) -> None:
-        failures = 0
+        """Relays while this process holds the service's relay lock; stands by while another
+        replica holds it; backs off after failures (a broker or database that is away)."""
         while not stopping.is_set():
             try:
-                sent = await self.publish_batch()
-                failures = 0
+                async with self.pool.acquire() as connection:
+                    if await self.queries.try_relay_lock(connection):
+                        try:
+                            await self._relay(connection, stopping)
+                        finally:
+                            # (Returning the connection to the pool would unlock it too.)
+                            with contextlib.suppress(*TRANSIENT_ERRORS):
+                                await self.queries.relay_unlock(connection)
             except (*TRANSIENT_ERRORS, KafkaError) as error:
-                failures += 1
-                logger.warning("relay.publish_failed", error=type(error).__name__, failures=failures, exc_info=True)
+                self.failures += 1
+                logger.warning(
+                    "relay.publish_failed", error=type(error).__name__, failures=self.failures, exc_info=True
+                )
                 metrics.RELAY_FAILURES.inc()
-                sent = 0
             except Exception:
-                failures += 1
-                logger.exception("relay.failed", failures=failures)
+                self.failures += 1
+                logger.exception("relay.failed", failures=self.failures)
                 metrics.RELAY_FAILURES.inc()
-                sent = 0
+            # Standing by, or backing off after a failure.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self._pause(self.failures))
+
+    async def _relay(self, connection: Any, stopping: asyncio.Event) -> None:
+        """Publishes batch after batch; a full batch goes on at once, less waits for a wake-up."""
+        while not stopping.is_set():
+            sent = await self.publish_batch(connection)
+            self.failures = 0
             if sent >= self.batch_size_max:
                 continue
-            if self.wakeup is not None and not failures:
+            if self.wakeup is not None:
                 await self.wakeup.wait(stopping, self.poll_interval_seconds)
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self._pause(failures))
+                    await asyncio.wait_for(stopping.wait(), self.poll_interval_seconds)
 
     def _pause(self, failures: int) -> float:
         """The poll interval while all is well; after failures, a pause that doubles up to a cap, so
@@ -138,3 +164,8 @@ class OutboxRelay:
             return self.poll_interval_seconds
         doublings = min(failures - 1, BACKOFF_DOUBLINGS_MAX)
         return min(self.retry_backoff_max_seconds, self.retry_backoff_seconds * 2.0**doublings)
+
+
+def _record(row: Any) -> Record:
+    headers = tuple((name, value.encode()) for name, value in (row["headers"] or {}).items())
+    return Record(row["topic"], row["key"].encode(), row["value"], headers)

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.message import StreamMessage
@@ -25,16 +25,20 @@ from services.runtime.db import TRANSIENT_ERRORS, create_pool, runtime_queries
 from services.runtime.health import Readiness, http_server
 from services.runtime.messages import Record
 from services.runtime.migrate import migrate
+from services.runtime.produce import KafkaPublisher
 from services.runtime.redrive import Redrive, RedriveSweeper, close_cases
 from services.runtime.relay import OutboxRelay
 from services.runtime.settings import ServiceSettings
-from services.runtime.uow import UnitOfWork
+from services.runtime.uow import ServiceDatabase
 from services.runtime.wakeup import Signal, Wakeup, outbox_channel
 
 ASSIGNMENT_WAIT_SECONDS_MAX = 60.0
 RETENTION_INTERVAL_SECONDS = 3600.0
 UNREADABLE_RECORD_INTERVAL_SECONDS = 1.0
 PRODUCER_REQUEST_BYTES_MAX = 4 * 1024 * 1024
+RELAY_BATCH_BYTES = 1024 * 1024
+"""Bytes of one produce batch for one partition (aiokafka's default is 16 KiB)."""
+KAFKA_REQUEST_TIMEOUT_MS = 30_000
 ASSIGNMENT_POLL_SECONDS = 0.1
 
 Step = Callable[[], Awaitable[int]]
@@ -65,15 +69,24 @@ class ServiceDefinition:
     health_details: Callable[[], dict[str, Any]] | None = None
     # Sets the service's own gauges from the database at each /metrics scrape (e.g. the budget left).
     scrape: Callable[[Any], Awaitable[None]] | None = None
-    redrive: Redrive | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.routes) - set(PAYLOAD_TYPES)
         assert not unknown, f"routes for topics outside the contract: {unknown}"
 
 
-Builder = Callable[[Any, asyncpg.Pool], ServiceDefinition]
-"""`build(settings, pool)` of a service's app module; `settings` is of the module's `SETTINGS` class."""
+Builder = Callable[[Any, ServiceDatabase], ServiceDefinition]
+"""`build(settings, database)` of a service's app module; `settings` is of the module's `SETTINGS` class."""
+
+
+@dataclass(frozen=True)
+class ServiceModule:
+    """What a service's app module declares: how to build it, what settings it reads, and which
+    of its events hand cases downstream to be re-driven until they move on (`REDRIVE`, if any)."""
+
+    build: Builder
+    settings: type[ServiceSettings]
+    redrive: Redrive | None
 
 
 async def run_worker(worker: Worker, stopping: asyncio.Event, signal: Signal | None = None) -> None:
@@ -106,17 +119,17 @@ def _record(raw: ConsumerRecord) -> Record:
     return Record(raw.topic, raw.partition, raw.offset, raw.key, raw.value or b"")
 
 
-def _enable_redrive(definition: ServiceDefinition, settings: ServiceSettings, pool: asyncpg.Pool) -> None:
+def _enable_redrive(
+    definition: ServiceDefinition, redrive: Redrive, settings: ServiceSettings, pool: asyncpg.Pool
+) -> None:
     """Subscribes to the closing topics and adds the sweepers that resend stalled cases' events."""
-    assert definition.redrive is not None
-    UnitOfWork.redrive_topics = definition.redrive.opens_on
-    for topic in definition.redrive.closes_on:
+    for topic in redrive.closes_on:
         assert topic not in definition.routes, f"{topic} closes cases and has a handler: combine them"
         definition.routes[topic] = Route(batch=close_cases)
     sweeper = RedriveSweeper(
         pool=pool,
         runtime_queries=runtime_queries(),
-        redrive=definition.redrive,
+        redrive=redrive,
         after_seconds=settings.redrive_after_seconds,
         cap_seconds=settings.redrive_cap_seconds,
         batch_size_max=settings.worker_batch_size_max,
@@ -127,18 +140,16 @@ def _enable_redrive(definition: ServiceDefinition, settings: ServiceSettings, po
     definition.workers.append(Worker("outbox-retention", sweeper.forget_old_events, RETENTION_INTERVAL_SECONDS, 1))
 
 
-def load_service(service: str) -> tuple[Builder, type[ServiceSettings]]:
-    """Imports only the named service, so a process never loads another service's code; returns
-    its builder and the settings class it reads (and nothing another service reads)."""
+def load_service(service: str) -> ServiceModule:
+    """Imports only the named service, so a process never loads another service's code: its
+    builder, the settings class it reads (and nothing another service reads), and its re-drive."""
     module = importlib.import_module(f"services.{service}.app")
-    builder: Builder = module.build
-    settings_class: type[ServiceSettings] = module.SETTINGS
-    return builder, settings_class
+    return ServiceModule(module.build, module.SETTINGS, getattr(module, "REDRIVE", None))
 
 
 def create_app(service: str) -> FastStream:
-    builder, settings_class = load_service(service)
-    settings = settings_class()
+    loaded = load_service(service)
+    settings = loaded.settings()
     unreadable.install()
     database_url, bootstrap = settings.require_infrastructure()
     logger = structlog.get_logger("homeward.service")
@@ -147,7 +158,7 @@ def create_app(service: str) -> FastStream:
         client_id=f"homeward-{service}",
         acks="all",
         enable_idempotence=False,  # tansu does not implement it; the inbox deduplicates instead
-        request_timeout_ms=30_000,
+        request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
         compression_type=settings.kafka_compression_type,
         logger=logger,
@@ -170,24 +181,27 @@ def create_app(service: str) -> FastStream:
         applied = await asyncio.to_thread(migrate, database_url, service)
         logger.info("service.migrated", migrations_applied=applied)
         pool = await create_pool(settings, schema=service)
-        definition = builder(settings, pool)
-        if definition.redrive is not None:
-            _enable_redrive(definition, settings, pool)
+        opens = loaded.redrive.opens_on if loaded.redrive is not None else frozenset()
+        database = ServiceDatabase(pool, service, runtime_queries(), redrive_topics=opens)
+        definition = loaded.build(settings, database)
+        if loaded.redrive is not None:
+            _enable_redrive(definition, loaded.redrive, settings, pool)
         if definition.on_start is not None:
             await definition.on_start()
         consumer = BatchConsumer(
-            service=service,
-            pool=pool,
+            database=database,
             routes=definition.routes,
-            runtime_queries=runtime_queries(),
             retry_backoff_seconds=settings.consumer_retry_backoff_ms / 1000,
             handler_attempts_max=settings.handler_attempts_max,
             handler_backoff_seconds=settings.handler_backoff_ms / 1000,
         )
         wakeup = Wakeup(database_url, outbox_channel(service))
+        producer = relay_producer(settings, bootstrap, service)
+        await producer.start()
+        state["producer"] = producer
         relay = OutboxRelay(
             pool=pool,
-            broker=broker,
+            publisher=KafkaPublisher(producer),
             runtime_queries=runtime_queries(),
             batch_size_max=settings.relay_batch_size_max,
             poll_interval_seconds=settings.relay_poll_interval_ms / 1000,
@@ -259,11 +273,29 @@ def create_app(service: str) -> FastStream:
 
     @app.after_shutdown
     async def close_pool() -> None:
+        if "producer" in state:
+            await state["producer"].stop()
         pool: asyncpg.Pool | None = state.get("pool")
         if pool is not None:
             await pool.close()
 
     return app
+
+
+def relay_producer(settings: ServiceSettings, bootstrap: str, service: str) -> AIOKafkaProducer:
+    """The relay's own producer: it hands the outbox to Kafka in batches per partition (FastStream's
+    publish costs a call through its middlewares per record). Created inside the event loop."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=f"homeward-{service}-relay",
+        acks="all",
+        enable_idempotence=False,  # tansu does not implement it; the inbox deduplicates instead
+        request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
+        metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
+        compression_type=settings.kafka_compression_type,
+        max_request_size=PRODUCER_REQUEST_BYTES_MAX,
+        max_batch_size=RELAY_BATCH_BYTES,
+    )
 
 
 async def _announce_consuming(subscriber: Any, logger: Any) -> None:

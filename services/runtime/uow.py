@@ -1,14 +1,19 @@
 """The unit of work a handler receives: one database transaction and the outbox it writes to.
 
-The consumer opens the transaction, records the inbox, runs the handlers of a
-whole batch and commits once; handlers only read, write and `emit`. Nothing is
-published from inside a handler: the relay publishes outbox rows after commit.
+The consumer opens one for a batch, records the inbox, runs the handlers of the
+whole batch and commits once; handlers only read, write and `emit`. Workers use
+one per pass. Nothing is published from inside a unit of work: the relay
+publishes outbox rows after the commit.
 """
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+import contextlib
+import json
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
 from uuid import UUID
 
+import asyncpg
 from pydantic import BaseModel
 
 from contracts.envelope import Envelope
@@ -25,31 +30,76 @@ class OutboxRow:
     headers: dict[str, str]
     event_id: UUID | None
 
-    def as_params(self) -> dict[str, Any]:
-        return {
-            "topic": self.topic,
-            "key": self.key,
-            "value": self.value,
-            "headers": self.headers,
-            "event_id": self.event_id,
-        }
 
+@dataclass(frozen=True, slots=True)
+class ServiceDatabase:
+    """A service's database: its pool, and the units of work that write its outbox."""
 
-@dataclass(slots=True)
-class UnitOfWork:
-    connection: Connection
+    pool: asyncpg.Pool
     service: str
     runtime_queries: Any
-    pending: list[OutboxRow] = field(default_factory=list)
+    redrive_topics: frozenset[str] = frozenset()
+    """Topics whose events open a case for re-driving (the service's `REDRIVE.opens_on`)."""
 
-    redrive_topics: ClassVar[frozenset[str]] = frozenset()
-    """Topics whose events open a case for re-driving; set once per process by the service that runs
-    (each process runs one service), so handlers and workers need not pass it around."""
+    def unit(self) -> "UnitOfWork":
+        """`async with database.unit() as uow:` a connection and its transaction, for one batch."""
+        return UnitOfWork(self)
+
+
+class UnitOfWork:
+    """One transaction and the outbox rows it writes. Entering takes a connection and opens the
+    transaction; leaving the block writes the queued rows and commits, or rolls it all back on an
+    error: no call site can forget the flush, nor write the outbox outside the transaction."""
+
+    __slots__ = ("_connection", "_exit", "database", "pending")
+
+    def __init__(self, database: ServiceDatabase, connection: Connection | None = None) -> None:
+        self.database = database
+        self.pending: list[OutboxRow] = []
+        # A connection given here is for handler tests that only read `pending`; the block sets it.
+        self._connection = connection
+        self._exit: contextlib.AsyncExitStack | None = None
+
+    @property
+    def connection(self) -> Connection:
+        assert self._connection is not None, "use the unit of work as `async with database.unit() as uow`"
+        return self._connection
+
+    @property
+    def runtime_queries(self) -> Any:
+        return self.database.runtime_queries
+
+    async def __aenter__(self) -> "UnitOfWork":
+        stack = contextlib.AsyncExitStack()
+        try:
+            connection = await stack.enter_async_context(self.database.pool.acquire())
+            await stack.enter_async_context(connection.transaction())
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._connection, self._exit = connection, stack
+        return self
+
+    async def __aexit__(
+        self, error_type: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        assert self._exit is not None
+        stack, self._exit = self._exit, None
+        try:
+            if error is None:
+                await self._flush()
+        except BaseException as failure:
+            await stack.__aexit__(type(failure), failure, failure.__traceback__)
+            raise
+        else:
+            await stack.__aexit__(error_type, error, traceback)
+        finally:
+            self._connection = None
 
     def emit(self, payload: BaseModel, *, correlationid: UUID, causationid: UUID | None) -> Envelope[Any]:
-        """Queues an event for the outbox; it is written when the unit of work flushes."""
+        """Queues an event for the outbox; it is written when the block ends."""
         envelope = build_envelope(
-            payload, source=f"homeward/{self.service}", correlationid=correlationid, causationid=causationid
+            payload, source=f"homeward/{self.database.service}", correlationid=correlationid, causationid=causationid
         )
         self.pending.append(OutboxRow(envelope.type, envelope.subject, encode(envelope), {}, envelope.id))
         return envelope
@@ -59,11 +109,19 @@ class UnitOfWork:
         row = OutboxRow(dlq_topic(bad.record.topic), key, bad.record.value, bad.dead_letter_headers(), None)
         self.pending.append(row)
 
-    async def flush(self) -> None:
+    async def _flush(self) -> None:
         if not self.pending:
             return
-        await self.runtime_queries.append_outbox(self.connection, [row.as_params() for row in self.pending])
-        opened = sorted({row.key for row in self.pending if row.topic in self.redrive_topics})
+        rows = self.pending
+        await self.runtime_queries.append_outbox(
+            self.connection,
+            topics=[row.topic for row in rows],
+            keys=[row.key for row in rows],
+            event_values=[row.value for row in rows],
+            headers=[json.dumps(row.headers) for row in rows],
+            event_ids=[row.event_id for row in rows],
+        )
+        opened = sorted({row.key for row in self.pending if row.topic in self.database.redrive_topics})
         if opened:
             await self.runtime_queries.open_cases(self.connection, keys=opened)
         self.pending.clear()

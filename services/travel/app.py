@@ -4,13 +4,12 @@ import random
 from functools import partial
 from pathlib import Path
 
-import asyncpg
-
 from contracts.events import ArrivalRejected, ArrivalVerified, RegistrationAccepted, TravelBooked
 from services.runtime.consumer import Route
-from services.runtime.db import load_queries, runtime_queries
+from services.runtime.db import load_queries
 from services.runtime.redrive import Redrive
 from services.runtime.service import ServiceDefinition, Worker
+from services.runtime.uow import ServiceDatabase
 from services.travel import handlers
 from services.travel.adapters.provider import HttpTravelProvider
 from services.travel.settings import TravelSettings
@@ -37,13 +36,18 @@ def travel_provider(settings: TravelSettings) -> HttpTravelProvider:
     )
 
 
-def build(settings: TravelSettings, pool: asyncpg.Pool) -> ServiceDefinition:
+# A ticket is handed to arrival; arrival's verdict shows it arrived.
+REDRIVE = Redrive(
+    opens_on=frozenset({TravelBooked.TOPIC}), closes_on=frozenset({ArrivalVerified.TOPIC, ArrivalRejected.TOPIC})
+)
+
+
+def build(settings: TravelSettings, database: ServiceDatabase) -> ServiceDefinition:
     queries = load_queries(SQL)
     provider = travel_provider(settings)
     worker = handlers.BookingWorker(
-        pool=pool,
+        database=database,
         queries=queries,
-        runtime_queries=runtime_queries(),
         provider=provider,
         data_key=settings.require_data_key(),
         policy=handlers.RetryPolicy(
@@ -62,8 +66,4 @@ def build(settings: TravelSettings, pool: asyncpg.Pool) -> ServiceDefinition:
     workers = [
         Worker("booking", worker.book_due, settings.worker_poll_interval_ms / 1000, settings.worker_batch_size_max)
     ]
-    # A ticket is handed to arrival; arrival's verdict shows it arrived.
-    redrive = Redrive(
-        opens_on=frozenset({TravelBooked.TOPIC}), closes_on=frozenset({ArrivalVerified.TOPIC, ArrivalRejected.TOPIC})
-    )
-    return ServiceDefinition(name="travel", routes=routes, workers=workers, redrive=redrive)
+    return ServiceDefinition(name="travel", routes=routes, workers=workers)

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
-import asyncpg
 import structlog
 from pydantic import ValidationError
 
@@ -15,7 +14,7 @@ from contracts.events import RegistrationAccepted, TravelBooked, TravelBookingFa
 from services.runtime import crypto
 from services.runtime.db import fetch_all
 from services.runtime.messages import now
-from services.runtime.uow import UnitOfWork
+from services.runtime.uow import ServiceDatabase, UnitOfWork
 from services.travel import domain
 from services.travel.adapters.provider import (
     BookingItem,
@@ -61,9 +60,8 @@ class BookingWorker:
     """Books due requests: claim them (a short transaction), ask the provider (no transaction open),
     then write every outcome with its outbox event in one transaction."""
 
-    pool: asyncpg.Pool
+    database: ServiceDatabase
     queries: Any
-    runtime_queries: Any
     provider: TravelProvider
     data_key: bytes
     policy: RetryPolicy
@@ -77,7 +75,7 @@ class BookingWorker:
 
     async def book_due(self) -> int:
         lease_id = uuid4()
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self.database.pool.acquire() as connection, connection.transaction():
             due = await fetch_all(
                 self.queries.claim_due_bookings(
                     connection, limit=self.batch_size_max, lease_seconds=self.lease_seconds(), lease_id=lease_id
@@ -86,16 +84,18 @@ class BookingWorker:
         if not due:
             return 0
         outcomes = await self._attempt_all(due)
-        async with self.pool.acquire() as connection, connection.transaction():
-            uow = UnitOfWork(connection, "travel", self.runtime_queries)
+        tickets = [(request, outcome) for request, outcome in zip(due, outcomes, strict=True)
+                   if isinstance(outcome, TravelBooked)]  # fmt: skip
+        async with self.database.unit() as uow:
+            await self._record_tickets(uow, tickets, lease_id)
             for request, outcome in zip(due, outcomes, strict=True):
-                with structlog.contextvars.bound_contextvars(
-                    case_id=str(request["case_id"]),
-                    correlationid=str(request["correlationid"]),
-                    event_type=TravelBooked.TOPIC,
-                ):
-                    await self._record(uow, request, outcome, lease_id)
-            await uow.flush()
+                if isinstance(outcome, Exception):
+                    with structlog.contextvars.bound_contextvars(
+                        case_id=str(request["case_id"]),
+                        correlationid=str(request["correlationid"]),
+                        event_type=TravelBooked.TOPIC,
+                    ):
+                        await self._record_failure(uow, request, outcome, lease_id)
         booked = sum(isinstance(outcome, TravelBooked) for outcome in outcomes)
         logger.info("booking.pass", claimed=len(due), booked=booked, not_booked=len(due) - booked)
         return len(due)
@@ -136,18 +136,34 @@ class BookingWorker:
             for request in due
         ]
 
-    async def _record(self, uow: UnitOfWork, request: Any, outcome: TravelBooked | Exception, lease_id: UUID) -> None:
+    async def _record_tickets(self, uow: UnitOfWork, tickets: list[tuple[Any, TravelBooked]], lease_id: UUID) -> None:
+        """Every ticket of the pass with one statement; each booked case's event goes out."""
+        if not tickets:
+            return
+        booked = {
+            row["case_id"]
+            for row in await fetch_all(
+                self.queries.mark_booked(
+                    uow.connection, lease_id=lease_id,
+                    case_ids=[ticket.case_id for _, ticket in tickets],
+                    booking_ids=[ticket.booking_id for _, ticket in tickets],
+                    flight_numbers=[ticket.flight_number for _, ticket in tickets],
+                )
+            )
+        }  # fmt: skip
+        for request, ticket in tickets:
+            if ticket.case_id in booked:
+                uow.emit(ticket, correlationid=request["correlationid"], causationid=request["cause_event_id"])
+                logger.debug(
+                    "travel.booked", case_id=str(ticket.case_id), correlationid=str(request["correlationid"]),
+                    event_type=TravelBooked.TOPIC, attempts=request["attempts"] + 1,
+                )  # fmt: skip
+
+    async def _record_failure(self, uow: UnitOfWork, request: Any, outcome: Exception, lease_id: UUID) -> None:
+        """A booking not made: failed for good, or tried again later (rare: one statement each)."""
         case_id, attempts = request["case_id"], request["attempts"] + 1
         correlation = {"correlationid": request["correlationid"], "causationid": request["cause_event_id"]}
         held = {"case_id": case_id, "lease_id": lease_id}
-        if isinstance(outcome, TravelBooked):
-            booked = await self.queries.mark_booked(
-                uow.connection, **held, booking_id=outcome.booking_id, flight_number=outcome.flight_number
-            )
-            if booked:
-                uow.emit(outcome, **correlation)
-                logger.debug("travel.booked", attempts=attempts)
-            return
         reason = f"{type(outcome).__name__}: {outcome}"
         permanent = isinstance(outcome, PermanentProviderError)
         if permanent or domain.gives_up(attempts, attempts_max=self.policy.attempts_max):

@@ -17,7 +17,7 @@ from services.disbursement.adapters.provider import ItemOutcome, Payout, PayoutI
 from services.disbursement.app import queries
 from services.runtime.db import init_connection, runtime_queries
 from services.runtime.migrate import migrate
-from services.runtime.uow import UnitOfWork
+from services.runtime.uow import ServiceDatabase
 from tests.conftest import Infra
 from tests.integration.helpers import new_database, sealed_for
 
@@ -92,8 +92,8 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 async def reserve(pool: asyncpg.Pool, infra: Infra, count: int) -> list[UUID]:
     """`count` accepted and verified cases, so `count` reserved stipends."""
     named, cases = queries(), [uuid4() for _ in range(count)]
-    async with pool.acquire() as connection, connection.transaction():
-        uow = UnitOfWork(connection, "disbursement", runtime_queries())
+    async with ServiceDatabase(pool, "disbursement", runtime_queries()).unit() as uow:
+        connection = uow.connection
         await named.payments.remember_cases(
             connection, case_ids=cases, identity_keys=[uuid4().hex for _ in cases],
             correlationids=[uuid4() for _ in cases], sealed=[sealed_for(infra, case_id) for case_id in cases],
@@ -101,13 +101,12 @@ async def reserve(pool: asyncpg.Pool, infra: Infra, count: int) -> list[UUID]:
         )  # fmt: skip
         await named.payments.remember_verified(connection, case_ids=cases, verified_event_ids=[uuid4() for _ in cases])
         await handlers.open_payments(uow, named, cases, PROGRAM)
-        await uow.flush()
     return cases
 
 
 def worker(pool: asyncpg.Pool, infra: Infra, provider: WatchingProvider) -> handlers.PayoutWorker:
     return handlers.PayoutWorker(
-        pool=pool, queries=queries(), provider=provider, runtime_queries=runtime_queries(),
+        database=ServiceDatabase(pool, "disbursement", runtime_queries()), queries=queries(), provider=provider,
         data_key=bytes.fromhex(infra.data_key), batch_size_max=STIPENDS, batch_items_max=10,
         concurrency_max=2, call_seconds_max=5.0,
     )  # fmt: skip

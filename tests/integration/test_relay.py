@@ -8,15 +8,16 @@ stranded their cases (a re-drive does not resend parked rows)."""
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
 import pytest
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, UnknownError
 
-from services.runtime.db import runtime_queries
+from services.runtime.db import init_connection, runtime_queries
 from services.runtime.migrate import migrate
+from services.runtime.produce import Record, Sent
 from services.runtime.relay import OutboxRelay
 from tests.conftest import Infra
 from tests.integration.helpers import new_database
@@ -28,21 +29,36 @@ RELAY_SECONDS_MAX = 10.0
 
 
 class Broker:
-    """Publishes into a list; `refusals` maps a key to the errors its next tries get, in order."""
+    """Takes batches into a list (one batch per key); `refusals` maps a key to the errors its next
+    tries get, in order. With `watch`, it notes during each call whether any connection to the
+    database sits in an open transaction."""
 
-    def __init__(self, refusals: dict[str, list[KafkaError]]) -> None:
+    def __init__(self, refusals: dict[str, list[KafkaError]], watch: asyncpg.Pool | None = None) -> None:
         self.refusals = refusals
         self.published: list[str] = []
+        self.watch = watch
+        self.transactions_open_while_publishing = 0
 
-    async def publish(self, value: bytes, topic: str, *, key: bytes, **_: Any) -> "asyncio.Future[None]":
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        pending = self.refusals.get(key.decode(), [])
-        if pending:
-            future.set_exception(pending.pop(0))
-        else:
-            self.published.append(key.decode())
-            future.set_result(None)
-        return future
+    async def send_batched(self, records: Sequence[Record]) -> list[Sent]:
+        if self.watch is not None:
+            self.transactions_open_while_publishing += await self.watch.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state LIKE 'idle in transaction%'"
+            )
+        by_key: dict[bytes, list[Record]] = {}
+        for record in records:
+            by_key.setdefault(record.key, []).append(record)
+        sent = []
+        for key, batch in by_key.items():
+            future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            pending = self.refusals.get(key.decode(), [])
+            if pending:
+                future.set_exception(pending.pop(0))
+            else:
+                self.published += [record.key.decode() for record in batch]
+                future.set_result(None)
+            sent.append(Sent(future, batch))
+        return sent
 
 
 @pytest.fixture
@@ -54,8 +70,9 @@ async def database_url(infra: Infra) -> str:
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    # As the services' pools: jsonb comes back decoded.
     pool = await asyncpg.create_pool(
-        database_url, min_size=1, max_size=2, server_settings={"search_path": "registration"}
+        database_url, min_size=1, max_size=4, server_settings={"search_path": "registration"}, init=init_connection
     )
     try:
         yield pool
@@ -72,12 +89,8 @@ async def add_rows(pool: asyncpg.Pool, keys: list[str]) -> None:
 
 
 async def relay_until(pool: asyncpg.Pool, broker: Broker, done: Any) -> list[asyncpg.Record]:
-    relay = OutboxRelay(
-        pool=pool, broker=broker, runtime_queries=runtime_queries(), batch_size_max=100,  # type: ignore[arg-type]
-        poll_interval_seconds=0.01, retry_backoff_seconds=0.01, retry_backoff_max_seconds=0.05,
-    )  # fmt: skip
     stopping = asyncio.Event()
-    running = asyncio.create_task(relay.run(stopping))
+    running = asyncio.create_task(relay(pool, broker).run(stopping))
     try:
         async with asyncio.timeout(RELAY_SECONDS_MAX):
             while True:
@@ -105,6 +118,48 @@ async def test_a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_on
     parked = {row["key"]: row["park_reason"] for row in rows if row["parked_at"]}
     assert list(parked) == ["too-large"] and parked["too-large"].startswith("MessageSizeTooLargeError")
     assert sorted(set(broker.published)) == ["case-a", "case-c"]
+
+
+async def test_no_transaction_is_open_while_the_broker_is_asked(pool: asyncpg.Pool) -> None:
+    await add_rows(pool, [f"case-{n}" for n in range(5)])
+    broker = Broker({"case-2": [UnknownError()]}, watch=pool)
+    await relay_until(pool, broker, lambda rows: all(row["sent_at"] for row in rows))
+    assert broker.transactions_open_while_publishing == 0
+
+
+async def test_one_relay_of_a_service_publishes_and_another_takes_over_when_it_stops(pool: asyncpg.Pool) -> None:
+    """Replicas: the first relay holds the service's lock; the second stands by until it is gone."""
+    first, second = Broker({}), Broker({})
+    stopping_first, stopping_second = asyncio.Event(), asyncio.Event()
+    running_first = asyncio.create_task(relay(pool, first).run(stopping_first))
+    await add_rows(pool, ["case-a"])
+    await until_sent(pool, 1)
+    running_second = asyncio.create_task(relay(pool, second).run(stopping_second))
+    await add_rows(pool, ["case-b"])
+    await until_sent(pool, 2)
+    assert (first.published, second.published) == (["case-a", "case-b"], [])
+    stopping_first.set()
+    await running_first
+    await add_rows(pool, ["case-c"])
+    await until_sent(pool, 3)
+    stopping_second.set()
+    await running_second
+    assert second.published == ["case-c"]
+
+
+def relay(pool: asyncpg.Pool, broker: Broker) -> OutboxRelay:
+    return OutboxRelay(
+        pool=pool, publisher=broker, runtime_queries=runtime_queries(), batch_size_max=100,
+        poll_interval_seconds=0.01, retry_backoff_seconds=0.01, retry_backoff_max_seconds=0.05,
+    )  # fmt: skip
+
+
+async def until_sent(pool: asyncpg.Pool, count: int) -> None:
+    async with asyncio.timeout(RELAY_SECONDS_MAX):
+        while True:
+            if await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL") >= count:
+                return
+            await asyncio.sleep(0.02)
 
 
 def homeward(database_url: str, *arguments: str) -> subprocess.CompletedProcess[str]:

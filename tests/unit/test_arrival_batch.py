@@ -7,7 +7,7 @@ from uuid import UUID, uuid4
 
 from contracts.registry import envelope_adapter
 from services.arrival.handlers import handle_evidence
-from services.runtime.uow import UnitOfWork
+from services.runtime.uow import ServiceDatabase, UnitOfWork
 from tests.unit.factories import envelope, evidence_data
 
 EVIDENCE = "arrival.evidence.v1"
@@ -61,7 +61,7 @@ async def test_the_event_that_completes_the_policy_is_the_cause_and_a_repeat_cou
     observed = (DEPARTURE + timedelta(hours=6)).isoformat()
     carrier = _event(evidence_data("carrier", case_id=str(case_id), observed_at=observed))
     app = _event(evidence_data("participant_app", case_id=str(case_id), observed_at=observed))
-    uow = UnitOfWork(connection=None, service="arrival", runtime_queries=None)  # type: ignore[arg-type]
+    uow = UnitOfWork(ServiceDatabase(None, "arrival", None), connection=object())  # type: ignore[arg-type]
 
     await handle_evidence([carrier, carrier, app, app], uow, queries=queries, window=WINDOW)
 

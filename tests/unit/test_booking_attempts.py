@@ -42,7 +42,7 @@ class FakeProvider:
 
 
 def worker(provider: FakeProvider, batch_items_max: int = 50) -> BookingWorker:
-    return BookingWorker(pool=None, queries=None, runtime_queries=None, provider=provider, data_key=KEY,  # type: ignore[arg-type]
+    return BookingWorker(database=None, queries=None, provider=provider, data_key=KEY,  # type: ignore[arg-type]
                          policy=POLICY, batch_size_max=200, batch_items_max=batch_items_max, concurrency_max=2,
                          rng=random.Random(1))  # fmt: skip
 

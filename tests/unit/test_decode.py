@@ -19,7 +19,7 @@ from services.runtime.messages import (
     Undeliverable,
     decode,
 )
-from services.runtime.uow import UnitOfWork
+from services.runtime.uow import ServiceDatabase, UnitOfWork
 from tests.unit.factories import envelope, evidence_data, record, submission
 
 SUBMITTED = "registration.submitted.v1"
@@ -266,7 +266,7 @@ def test_bad_record_inbox_key_is_topic_partition_offset() -> None:
 def test_dead_letter_copies_the_bytes_unchanged_to_the_dlq_topic() -> None:
     value = b'{"broken": \xff'
     bad = _undeliverable(SUBMITTED, value, partition=0, offset=3)
-    uow = UnitOfWork(connection=None, service="registration", runtime_queries=None)  # type: ignore[arg-type]
+    uow = UnitOfWork(ServiceDatabase(None, "registration", None), connection=object())  # type: ignore[arg-type]
 
     uow.dead_letter(bad)
 

@@ -13,7 +13,7 @@ from contracts.registry import envelope_adapter
 from services.registration.handlers import Keys, handle_invalid_submission, handle_submitted
 from services.runtime import crypto
 from services.runtime.messages import Undeliverable, decode
-from services.runtime.uow import UnitOfWork
+from services.runtime.uow import ServiceDatabase, UnitOfWork
 from tests.unit.factories import envelope, record, submission
 
 SUBMITTED = "registration.submitted.v1"
@@ -84,7 +84,7 @@ def _keys() -> Keys:
 
 
 def _uow() -> UnitOfWork:
-    return UnitOfWork(connection=None, service="registration", runtime_queries=None)  # type: ignore[arg-type]
+    return UnitOfWork(ServiceDatabase(None, "registration", None), connection=object())  # type: ignore[arg-type]
 
 
 def _event(data: dict[str, Any]) -> Any:

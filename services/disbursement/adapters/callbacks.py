@@ -14,7 +14,6 @@ from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
 
-import asyncpg
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -24,7 +23,7 @@ from services.disbursement import stipends
 from services.disbursement.adapters.provider import Payout
 from services.runtime import crypto, signing
 from services.runtime.db import fetch_all
-from services.runtime.uow import UnitOfWork
+from services.runtime.uow import ServiceDatabase
 
 logger = structlog.get_logger("homeward.disbursement.callbacks")
 
@@ -72,9 +71,8 @@ def parse(body: bytes) -> tuple[list[Notification], bool]:
 
 @dataclass
 class CallbackEndpoint:
-    pool: asyncpg.Pool
+    database: ServiceDatabase
     queries: stipends.Queries
-    runtime_queries: Any
     secret: bytes
     data_key: bytes
     tolerance_seconds: int
@@ -124,7 +122,7 @@ class CallbackEndpoint:
         """Records the notifications of known payments (once each); returns the ids on record."""
         rows = await fetch_all(
             self.queries.payments.record_callbacks(
-                self.pool,
+                self.database.pool,
                 notification_ids=[notification.id for notification in notifications],
                 payment_ids=[notification.payment_id for notification in notifications],
                 statuses=[notification.payout.status for notification in notifications],
@@ -137,7 +135,8 @@ class CallbackEndpoint:
 
     async def apply_recorded(self) -> int:
         """Applies recorded notifications, oldest first, in one transaction; safe to repeat."""
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self.database.unit() as uow:
+            connection = uow.connection
             callbacks = await fetch_all(self.queries.payments.claim_callbacks(connection, limit=self.batch_size_max))
             if not callbacks:
                 return 0
@@ -147,7 +146,6 @@ class CallbackEndpoint:
                 )
             )
             payments = {payment["payment_id"]: payment for payment in locked}
-            uow = UnitOfWork(connection, "disbursement", self.runtime_queries)
             applied: list[str] = []
             changes: list[stipends.Change] = []
             for callback in callbacks:
@@ -158,7 +156,6 @@ class CallbackEndpoint:
                         changes.append(change)
             await stipends.apply(uow, self.queries, changes)
             await self.queries.payments.mark_callbacks_applied(connection, notification_ids=applied)
-            await uow.flush()
         self.applied += len(applied)
         logger.info("callback.applied", notifications=len(applied), left=len(callbacks) - len(applied))
         return len(callbacks)

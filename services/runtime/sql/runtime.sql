@@ -5,13 +5,23 @@ SELECT :consumer, unnest(:event_ids::text[])
 ON CONFLICT DO NOTHING
 RETURNING event_id;
 
--- name: append_outbox*!
+-- name: append_outbox!
+-- A unit of work's rows in one statement, numbered in the order they were queued, so that the
+-- events of one key leave in that order.
 INSERT INTO outbox (topic, key, value, headers, event_id)
-VALUES (:topic, :key, :value, :headers::jsonb, :event_id);
+SELECT queued.topic, queued.key, queued.value, queued.headers::jsonb, queued.event_id
+FROM unnest(:topics::text[], :keys::text[], :event_values::bytea[], :headers::text[], :event_ids::uuid[])
+     WITH ORDINALITY AS queued (topic, key, value, headers, event_id, position)
+ORDER BY queued.position;
 
 -- name: try_relay_lock$
--- One relay per service publishes at a time, so events of one key leave in commit order.
-SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox_relay'));
+-- One relay per service publishes at a time, so events of one key leave in commit order. A
+-- session lock: the relay holds it on its own connection, with no transaction open, for as long
+-- as it relays; the lock goes with the connection if the process dies.
+SELECT pg_try_advisory_lock(hashtext(current_schema() || '.outbox_relay'));
+
+-- name: relay_unlock$
+SELECT pg_advisory_unlock(hashtext(current_schema() || '.outbox_relay'));
 
 -- name: unsent_outbox
 SELECT id, topic, key, value, headers

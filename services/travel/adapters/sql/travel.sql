@@ -26,15 +26,16 @@ RETURNING b.case_id, b.correlationid, b.cause_event_id, b.origin_airport, b.dest
 -- The outcomes below apply only to a request still pending and still held by the pass that
 -- claimed it: a pass that outlived its lease changes nothing and emits nothing.
 
--- name: mark_booked$
-WITH booked AS (
-    UPDATE bookings
-    SET status = 'booked', attempts = attempts + 1, booking_id = :booking_id,
-        flight_number = :flight_number, last_error = NULL, updated_at = now()
-    WHERE case_id = :case_id AND status = 'pending' AND lease_id = :lease_id
-    RETURNING 1
-)
-SELECT count(*) FROM booked;
+-- name: mark_booked
+-- A pass's tickets in one statement; returns the cases it booked (a request the pass no longer
+-- holds is left out, and emits nothing).
+UPDATE bookings b
+SET status = 'booked', attempts = b.attempts + 1, booking_id = ticket.booking_id,
+    flight_number = ticket.flight_number, last_error = NULL, updated_at = now()
+FROM unnest(:case_ids::uuid[], :booking_ids::text[], :flight_numbers::text[])
+     AS ticket (case_id, booking_id, flight_number)
+WHERE b.case_id = ticket.case_id AND b.status = 'pending' AND b.lease_id = :lease_id
+RETURNING b.case_id;
 
 -- name: schedule_retry!
 UPDATE bookings
