@@ -153,23 +153,19 @@ def create_app(service: str) -> FastStream:
     unreadable.install()
     database_url, bootstrap = settings.require_infrastructure()
     logger = structlog.get_logger("homeward.service")
+    # The broker consumes; everything a service sends (events and dead-letter copies alike) goes
+    # through the outbox and the relay's own producer (`relay_producer`).
     broker = KafkaBroker(
         bootstrap,
         client_id=f"homeward-{service}",
-        acks="all",
-        enable_idempotence=False,  # tansu does not implement it; the inbox deduplicates instead
         request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
-        compression_type=settings.kafka_compression_type,
         logger=logger,
         # FastStream's own "Received"/"Processed" lines describe whole batches and carry no case
         # ids; the consumer logs each event with its ids instead, so these drop to DEBUG.
         log_level=logging.DEBUG,
         # On SIGTERM the batch in hand finishes and commits (or stays uncommitted), within this bound.
         graceful_timeout=settings.shutdown_timeout_seconds,
-        # A dead-letter copy is the original record plus headers: room above the broker's usual
-        # 1 MiB so that copying a maximal record does not fail.
-        max_request_size=PRODUCER_REQUEST_BYTES_MAX,
     )
     app = FastStream(broker, logger=logger)
     stopping = asyncio.Event()
@@ -293,6 +289,8 @@ def relay_producer(settings: ServiceSettings, bootstrap: str, service: str) -> A
         request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
         compression_type=settings.kafka_compression_type,
+        # A dead-letter copy is the original record plus headers: room above the broker's usual
+        # 1 MiB so that copying a maximal record does not fail.
         max_request_size=PRODUCER_REQUEST_BYTES_MAX,
         max_batch_size=RELAY_BATCH_BYTES,
     )
