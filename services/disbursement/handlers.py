@@ -165,7 +165,7 @@ class PayoutWorker:
         payment_ids = [row["payment_id"] for row in claimed]
         async with self.database.unit() as uow:
             held = await fetch_all(
-                self.queries.payments.lock_claimed(uow.connection, payment_ids=payment_ids, lease_id=lease_id)
+                self.queries.payments.lock_payments(uow.connection, payment_ids=payment_ids, lease_id=lease_id)
             )
             changes, unresolved = self._settle(held, outcomes, methods)
             await stipends.apply(uow, self.queries, changes)

@@ -200,7 +200,7 @@ async def release_held(connection: Connection, queries: Queries, *, limit: int) 
         fitting.append(row["payment_id"])
     if not fitting:
         return 0
-    payments = await fetch_all(queries.payments.lock_payments(connection, payment_ids=fitting))
+    payments = await fetch_all(queries.payments.lock_payments(connection, payment_ids=fitting, lease_id=None))
     released = sum(await reserve(connection, queries, payments))
     logger.info("stipend.released", payments=released)
     return released

@@ -15,7 +15,7 @@ import pytest
 from services.disbursement import handlers
 from services.disbursement.adapters.provider import ItemOutcome, Payout, PayoutItem
 from services.disbursement.app import queries
-from services.runtime.db import init_connection, runtime_queries
+from services.runtime.db import fetch_all, init_connection, runtime_queries
 from services.runtime.migrate import migrate
 from services.runtime.uow import ServiceDatabase
 from tests.conftest import Infra
@@ -152,3 +152,24 @@ async def test_a_pass_that_dies_after_its_claim_leaves_the_keys_to_be_looked_up_
     assert second == payment_ids
     assert await statuses(pool) == {"disbursed": 10}
     assert await pool.fetchval("SELECT count(*) FROM transfers WHERE kind = 'post_pending'") == 10
+
+
+async def test_a_callback_is_recorded_while_its_payment_is_locked_for_settling(
+    pool: asyncpg.Pool, infra: Infra
+) -> None:
+    """The settling pass and the callback worker lock payments FOR NO KEY UPDATE: a callback's insert
+    (whose foreign key takes a key-share lock on the payment) goes through at once."""
+    [case_id] = await reserve(pool, infra, 1)
+    payment_id = await pool.fetchval("SELECT payment_id FROM payments WHERE case_id = $1", case_id)
+    async with pool.acquire() as settling, settling.transaction():
+        locked = await fetch_all(queries().payments.lock_payments(settling, payment_ids=[payment_id], lease_id=None))
+        assert [row["payment_id"] for row in locked] == [payment_id]
+        async with pool.acquire() as receiving:
+            await receiving.execute("SET lock_timeout = '1s'")
+            recorded = await fetch_all(
+                queries().payments.record_callbacks(
+                    receiving, notification_ids=["notification-1"], payment_ids=[payment_id], statuses=["paid"],
+                    provider_refs=["REF-1"], amounts=[Decimal("1000.00")], currencies=["USD"],
+                )
+            )  # fmt: skip
+    assert [row["notification_id"] for row in recorded] == ["notification-1"]

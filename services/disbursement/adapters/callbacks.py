@@ -142,7 +142,7 @@ class CallbackEndpoint:
                 return 0
             locked = await fetch_all(
                 self.queries.payments.lock_payments(
-                    connection, payment_ids=[callback["payment_id"] for callback in callbacks]
+                    connection, payment_ids=[callback["payment_id"] for callback in callbacks], lease_id=None
                 )
             )
             payments = {payment["payment_id"]: payment for payment in locked}
