@@ -119,13 +119,10 @@ async def evaluate(
             verdicts[case_id] = (verdict, cause)
     if not verdicts:
         return
-    await queries.decide(
-        uow.connection,
-        case_ids=list(verdicts),
-        outcome="verified",
-        rules=[verdict.rule for verdict, _ in verdicts.values()],
-    )
+    decided = await _decide(uow, queries, verdicts, outcome="verified")
     for case_id, (verdict, cause) in verdicts.items():
+        if case_id not in decided:
+            continue
         verified = ArrivalVerified(
             case_id=case_id, evidence_ids=verdict.evidence_ids, rule=verdict.rule, verified_at=now()
         )
@@ -145,6 +142,15 @@ def _facts(case: Any) -> domain.CaseFacts:
     )
 
 
+async def _decide(uow: UnitOfWork, queries: Any, verdicts: dict[UUID, Any], *, outcome: str) -> set[UUID]:
+    """Records the verdicts (a verified one carries its rule); returns the cases decided now."""
+    if not verdicts:
+        return set()
+    rules = [None if verdict is None else verdict[0].rule for verdict in verdicts.values()]
+    decided = queries.decide(uow.connection, case_ids=list(verdicts), outcome=outcome, rules=rules)
+    return {row["case_id"] for row in await fetch_all(decided)}
+
+
 @dataclass
 class WindowSweeper:
     """Rejects cases whose evidence window closed without a verdict."""
@@ -161,12 +167,10 @@ class WindowSweeper:
                     uow.connection, window_seconds=self.window.total_seconds(), limit=self.batch_size_max
                 )
             )
-            if expired:
-                await self.queries.decide(
-                    uow.connection, case_ids=[case["case_id"] for case in expired], outcome="rejected",
-                    rules=[None] * len(expired),
-                )  # fmt: skip
+            decided = await _decide(uow, self.queries, {case["case_id"]: None for case in expired}, outcome="rejected")
             for case in expired:
+                if case["case_id"] not in decided:
+                    continue
                 rejected = ArrivalRejected(
                     case_id=case["case_id"], reason="verification_window_expired", rejected_at=now()
                 )

@@ -46,9 +46,11 @@ class FakeArrivalQueries:
             if row["case_id"] in case_ids:
                 yield row
 
-    async def decide(self, connection: Any, *, case_ids: list[UUID], outcome: str, rules: list[str]) -> None:
+    async def decide(self, connection: Any, *, case_ids: list[UUID], outcome: str, rules: list[str]) -> Any:
         for case_id, rule in zip(case_ids, rules, strict=True):
-            self.decided.setdefault(case_id, rule)
+            if case_id not in self.decided:
+                self.decided[case_id] = rule
+                yield {"case_id": case_id}
 
 
 def _event(data: dict[str, Any]) -> Any:

@@ -35,19 +35,28 @@ SELECT case_id, evidence_id, source, observed_at, received_at, country, identity
 FROM evidence
 WHERE case_id = ANY(:case_ids::uuid[]);
 
--- name: decide!
-INSERT INTO outcomes (case_id, outcome, rule)
-SELECT unnest(:case_ids::uuid[]), :outcome, unnest(:rules::text[])
-ON CONFLICT (case_id) DO NOTHING;
+-- name: decide
+-- Records the verdicts of cases not decided yet and marks their bookings decided; returns the cases
+-- this call decided. A case another transaction decided first (the sweeper and an evidence batch
+-- at once) is left out, so it gets no second, contradicting verdict event.
+WITH decided AS (
+    INSERT INTO outcomes (case_id, outcome, rule)
+    SELECT unnest(:case_ids::uuid[]), :outcome, unnest(:rules::text[])
+    ON CONFLICT (case_id) DO NOTHING
+    RETURNING case_id, decided_at
+), marked AS (
+    UPDATE bookings b SET decided_at = d.decided_at FROM decided d WHERE b.case_id = d.case_id
+)
+SELECT case_id FROM decided;
 
 -- name: expired_cases
--- Booked cases past their evidence window with no outcome; locked so one sweeper takes each.
+-- Undecided bookings past their evidence window (the partial index holds only undecided ones);
+-- locked so one sweeper takes each.
 SELECT c.case_id, c.correlationid, b.booked_event_id
-FROM cases c
-JOIN bookings b USING (case_id)
-LEFT JOIN outcomes o USING (case_id)
-WHERE o.case_id IS NULL
-  AND b.scheduled_arrival + make_interval(secs => :window_seconds) < now()
+FROM bookings b
+JOIN cases c USING (case_id)
+WHERE b.decided_at IS NULL
+  AND b.scheduled_arrival < now() - make_interval(secs => :window_seconds)
 ORDER BY b.scheduled_arrival
 LIMIT :limit
-FOR UPDATE OF c SKIP LOCKED;
+FOR UPDATE OF b SKIP LOCKED;
