@@ -156,6 +156,9 @@ WRITE_HEAVY_SETTINGS = {
     "shared_buffers": "1GB",
     "max_wal_size": "8GB",
     "checkpoint_timeout": "15min",
+    # A consumer batch locks each case it touches (runtime.sql: lock_cases), up to a batch's worth
+    # per transaction: room for eight replicas of every service at once.
+    "max_locks_per_transaction": "256",
 }
 """Durability stays as it is (fsync, synchronous commits, full-page writes); these size the server
 for a write-heavy program. With PostgreSQL's defaults (128 MB of buffers, a checkpoint every 1 GB

@@ -63,6 +63,16 @@ def _log_context(item: Decoded | Undeliverable) -> dict[str, Any]:
     return context
 
 
+def _case_key(item: Decoded | Undeliverable) -> str:
+    """What a record is about: its case (or application), else its Kafka key."""
+    if isinstance(item, Decoded):
+        for name in ("case_id", "application_id"):
+            value = getattr(item.envelope.data, name, None)
+            if value is not None:
+                return str(value)
+    return item.record.key.decode(errors="replace") if item.record.key else ""
+
+
 class BatchConsumer:
     def __init__(
         self,
@@ -124,6 +134,7 @@ class BatchConsumer:
         outcomes: list[tuple[str, str, str | None]] = []  # topic, outcome, dead-letter code
         started = time.monotonic()
         async with self.database.unit() as uow:
+            await uow.runtime_queries.lock_cases(uow.connection, keys=sorted({_case_key(item) for item in items}))
             claimed = await fetch_all(
                 uow.runtime_queries.claim_events(
                     uow.connection, consumer=self.database.service, event_ids=[item.inbox_key for item in items]

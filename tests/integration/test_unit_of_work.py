@@ -27,7 +27,7 @@ async def database(infra: Infra) -> AsyncIterator[ServiceDatabase]:
     url = new_database(infra, "uow")
     await asyncio.to_thread(migrate, url, "registration")
     pool = await asyncpg.create_pool(
-        url, min_size=1, max_size=2, server_settings={"search_path": "registration"}, init=init_connection
+        url, min_size=1, max_size=4, server_settings={"search_path": "registration"}, init=init_connection
     )
     try:
         opens = frozenset({RegistrationAccepted.TOPIC})
@@ -81,3 +81,22 @@ async def test_an_outbox_that_cannot_be_written_undoes_the_block(database: Servi
     # The connection went back to the pool healthy, outside any transaction.
     async with database.pool.acquire() as connection:
         assert not connection.is_in_transaction()
+
+
+async def test_batches_touching_the_same_case_take_turns(database: ServiceDatabase) -> None:
+    """Replicas: a batch that touches a case another batch holds waits for that one's commit, so
+    it sees what the other wrote (a batch on other cases does not wait)."""
+    queries = database.runtime_queries
+    async with database.unit() as first:
+        await queries.lock_cases(first.connection, keys=["case-a", "case-b"])
+        async with database.pool.acquire() as elsewhere:
+            await queries.lock_cases(elsewhere, keys=["case-c"])  # not held: no wait
+        waiting = asyncio.create_task(_locked_later(database, ["case-z", "case-a"]))
+        await asyncio.sleep(0.3)
+        assert not waiting.done(), "a batch on case-a waits while another holds it"
+    await asyncio.wait_for(waiting, 5)
+
+
+async def _locked_later(database: ServiceDatabase, keys: list[str]) -> None:
+    async with database.unit() as second:
+        await database.runtime_queries.lock_cases(second.connection, keys=keys)

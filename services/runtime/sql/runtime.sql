@@ -14,6 +14,14 @@ FROM unnest(:topics::text[], :keys::text[], :event_values::bytea[], :headers::te
      WITH ORDINALITY AS queued (topic, key, value, headers, event_id, position)
 ORDER BY queued.position;
 
+-- name: lock_cases!
+-- Serializes the batches that touch the same case (or application) across the replicas of a
+-- service: a handler that decides on the last of several facts (arrival's evidence and booking,
+-- disbursement's acceptance and verification) must see the facts another replica committed just
+-- before. Taken first, all at once, in one order (of the hashes), so two batches never deadlock.
+SELECT pg_advisory_xact_lock(hashed.key)
+FROM (SELECT DISTINCT hashtextextended(key, 0) AS key FROM unnest(:keys::text[]) AS key ORDER BY 1) AS hashed;
+
 -- name: try_relay_lock$
 -- One relay per service publishes at a time, so events of one key leave in commit order. A
 -- session lock: the relay holds it on its own connection, with no transaction open, for as long
