@@ -91,6 +91,16 @@ def percentile(values: list[float], rank: int) -> float | None:
     return ordered[index]
 
 
+def _proportional_bytes(pid: int, *, resident_pages: int) -> int:
+    """A process's PSS; its resident size where smaps_rollup cannot be read (another user's)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    return resident_pages * PAGE_BYTES
+
+
 def _process_table() -> dict[int, tuple[int, int, int]]:
     """Every process now: pid -> (parent pid, CPU ticks used, resident pages)."""
     table: dict[int, tuple[int, int, int]] = {}
@@ -119,11 +129,14 @@ def _tree(pid: int, table: dict[int, tuple[int, int, int]]) -> Iterator[int]:
 
 @dataclass
 class ProcessSampler:
-    """CPU seconds and resident memory of each process `homeward up` supervises, by name."""
+    """CPU seconds and memory of each process `homeward up` supervises, by name. Memory is the
+    proportional set size (PSS, from /proc/PID/smaps_rollup) summed over a process and its
+    children: summed RSS would count PostgreSQL's shared buffers once for every backend that
+    touched them (18 GB "resident" for a server using 1.2 GB)."""
 
     state_dir: Path
     cpu_start: dict[str, float] = field(default_factory=dict)
-    rss_bytes: dict[str, list[int]] = field(default_factory=dict)
+    memory_bytes: dict[str, list[int]] = field(default_factory=dict)
 
     def _supervised(self) -> dict[str, int]:
         try:
@@ -140,8 +153,8 @@ class ProcessSampler:
             # The world's children are the `up` it may have started: its own process only.
             members = [pid] if name == WORLD else list(_tree(pid, table))
             ticks = sum(table[member][1] for member in members)
-            pages = sum(table[member][2] for member in members)
-            found[name] = (ticks / CLOCK_TICKS, pages * PAGE_BYTES)
+            memory = sum(_proportional_bytes(member, resident_pages=table[member][2]) for member in members)
+            found[name] = (ticks / CLOCK_TICKS, memory)
         return found
 
     def start(self) -> None:
@@ -149,8 +162,8 @@ class ProcessSampler:
 
     async def sample(self, stopping: asyncio.Event) -> None:
         for _ in range(SAMPLES_MAX):
-            for name, (_, rss) in self.read().items():
-                self.rss_bytes.setdefault(name, []).append(rss)
+            for name, (_, memory) in self.read().items():
+                self.memory_bytes.setdefault(name, []).append(memory)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), SAMPLE_INTERVAL_SECONDS)
             if stopping.is_set():
@@ -200,7 +213,7 @@ async def run(
     cpu = sampler.cpu_seconds()
     _, breaches = summarize(world, wall, await read_ledger(runtime))
     tps = await throwaway_tps(bin_dir, runtime.database_url, PGBENCH_CLIENTS, pgbench_seconds)
-    result = report(world, wall, cpu, sampler.rss_bytes, tps, pgbench_seconds, breaches)
+    result = report(world, wall, cpu, sampler.memory_bytes, tps, pgbench_seconds, breaches)
     return {**result, "rate_requested": rate, "replicas": replicas_of(Path(runtime.state_dir))}
 
 
@@ -224,7 +237,7 @@ def report(
     world: TimedWorld,
     wall_seconds: float,
     cpu: dict[str, float],
-    rss: dict[str, list[int]],
+    memory: dict[str, list[int]],
     pgbench_tps: float,
     pgbench_seconds: int,
     breaches: list[str],
@@ -250,7 +263,7 @@ def report(
         "cpu_ms_per_case_without_world": round(
             sum(seconds for name, seconds in cpu.items() if name != WORLD) * 1000 / max(1, len(paid)), 2
         ),
-        "rss_mb": {name: _megabytes(values) for name, values in rss.items() if values},
+        "memory_mb": {name: _megabytes(values) for name, values in memory.items() if values},
         "pgbench_tps": round(pgbench_tps, 1),
         "pgbench_seconds": pgbench_seconds,
         "cases_per_pgbench_tps": round(rate / pgbench_tps, 4) if pgbench_tps else None,
@@ -322,8 +335,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
     pyplot.close(figure)
 
 
-def _megabytes(samples: list[int]) -> dict[str, float]:
-    return {"min": round(min(samples) / 2**20, 1), "max": round(max(samples) / 2**20, 1)}
+def _megabytes(samples: list[int]) -> dict[str, float | None]:
+    """Least and most over the run, at a tenth of the run and at its end, and how far it moved
+    after that tenth (max - min over the value then: 0.1 is ±10%)."""
+    settled = samples[len(samples) // 10 :]
+    at_tenth = settled[0]
+    return {
+        "min": round(min(samples) / 2**20, 1), "max": round(max(samples) / 2**20, 1),
+        "at_10_percent": round(at_tenth / 2**20, 1), "at_end": round(samples[-1] / 2**20, 1),
+        "spread_after_10_percent": round((max(settled) - min(settled)) / at_tenth, 3) if at_tenth else None,
+    }  # fmt: skip
 
 
 def _rounded(value: float | None) -> float | None:
@@ -343,9 +364,9 @@ def table(result: dict[str, Any]) -> Table:
         text = " / ".join("-" if value is None else f"{value:.2f}" for value in ranks.values())
         rows.append((f"submitted → {stage} p50/p95/p99 s", text))
     for name, seconds in sorted(result["cpu_seconds"].items()):
-        memory = result["rss_mb"].get(name, {})
+        memory = result["memory_mb"].get(name, {})
         per_case = result["cpu_ms_per_case"].get(name)
-        rows.append((f"{name}: CPU s (ms/case), RSS MB min-max",
+        rows.append((f"{name}: CPU s (ms/case), PSS MB min-max",
                      f"{seconds:.1f} ({per_case}) {memory.get('min')}-{memory.get('max')}"))  # fmt: skip
     rows.append(("CPU ms/case, every process but the world", str(result["cpu_ms_per_case_without_world"])))
     rows.append(("stipends held", f"{result['held']:,}"))

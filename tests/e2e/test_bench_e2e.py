@@ -41,7 +41,7 @@ async def test_a_small_cohort_is_timed_stage_by_stage(homeward: Running, tmp_pat
         <= latency["disbursed"]["p50"] + POLL_SECONDS
     )
     assert {"registration", "travel", "arrival", "disbursement", "postgres", "world"} <= set(report["cpu_seconds"])
-    assert all(memory["max"] > 0 for memory in report["rss_mb"].values())
+    assert all(memory["max"] > 0 for memory in report["memory_mb"].values())
     assert report["rate_requested"] == RATE and report["replicas"] == 1
     # At 30 a second, 15 registrations go out over about half a second, not at once.
     assert sum(second["submitted"] for second in report["timeline"]) == PARTICIPANTS
