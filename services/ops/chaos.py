@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,12 @@ async def judge(runtime: Runtime, world: World) -> Verdict:
     return Verdict(eligible, paid, twice, stuck, breaches)
 
 
+def _stipend_amount() -> Decimal:
+    from services.disbursement.settings import ProgramSettings
+
+    return ProgramSettings().program_amount
+
+
 def report(console: Console, world_wall: float, monkey: Monkey, verdict: Verdict, participants: int) -> None:
     table = Table(title="Homeward chaos run")
     table.add_column("measure")
@@ -257,6 +264,9 @@ async def main(
         for key, value in os.environ.items()
         if key not in ("HOMEWARD_DATABASE_URL", "HOMEWARD_KAFKA_BOOTSTRAP")
     }
+    # The run asks whether everyone owed a stipend is paid once: unless told otherwise, the
+    # program's budget pays the whole cohort (the default pays 10,000; the rest would be held).
+    env.setdefault("HOMEWARD_PROGRAM_BUDGET", f"{participants * _stipend_amount():.2f}")
     arguments = ("--kafka-port", str(free_port()), "--replicas", str(replicas))
     async with running_up(state, console, arguments=arguments, env={**env, **CHAOS_ENV}) as runtime:
         rng = random.Random()
