@@ -1,5 +1,6 @@
 """Arrival: keep cases, bookings and evidence in any order; decide under the v1 policy."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -119,7 +120,8 @@ async def evaluate(
             verdicts[case_id] = (verdict, cause)
     if not verdicts:
         return
-    decided = await _decide(uow, queries, verdicts, outcome="verified")
+    rules = {case_id: verdict.rule for case_id, (verdict, _) in verdicts.items()}
+    decided = await _decide(uow, queries, rules, outcome="verified")
     for case_id, (verdict, cause) in verdicts.items():
         if case_id not in decided:
             continue
@@ -142,12 +144,12 @@ def _facts(case: Any) -> domain.CaseFacts:
     )
 
 
-async def _decide(uow: UnitOfWork, queries: Any, verdicts: dict[UUID, Any], *, outcome: str) -> set[UUID]:
-    """Records the verdicts (a verified one carries its rule); returns the cases decided now."""
-    if not verdicts:
+async def _decide(uow: UnitOfWork, queries: Any, rules: Mapping[UUID, str | None], *, outcome: str) -> set[UUID]:
+    """Records an outcome for each case (with the rule that verified it, if any); returns the
+    cases decided now."""
+    if not rules:
         return set()
-    rules = [None if verdict is None else verdict[0].rule for verdict in verdicts.values()]
-    decided = queries.decide(uow.connection, case_ids=list(verdicts), outcome=outcome, rules=rules)
+    decided = queries.decide(uow.connection, case_ids=list(rules), outcome=outcome, rules=list(rules.values()))
     return {row["case_id"] for row in await fetch_all(decided)}
 
 
