@@ -228,6 +228,16 @@ async def wait_for_row(database: asyncpg.Connection, sql: str, *args: Any, what:
     await eventually(lambda: database.fetchval(sql, *args), what=what)
 
 
+async def until_waiting_on_a_lock(pool: asyncpg.Pool, what: str) -> None:
+    """Until some session of this database waits for a heavyweight lock (a row or advisory lock)."""
+    await eventually(
+        lambda: pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ),
+        what=what,
+    )
+
+
 # Disbursement: its ledger, the payout provider, signed callbacks ----------------------------
 
 PROVIDER_TIMEOUT_SECONDS = 30.0

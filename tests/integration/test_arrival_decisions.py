@@ -13,7 +13,7 @@ from services.arrival.app import SQL
 from services.runtime.db import fetch_all, init_connection, load_queries
 from services.runtime.migrate import migrate
 from tests.conftest import Infra
-from tests.integration.helpers import new_database, now
+from tests.integration.helpers import new_database, now, until_waiting_on_a_lock
 
 pytestmark = [pytest.mark.integration]
 
@@ -60,7 +60,7 @@ async def test_the_second_of_two_decisions_decides_nothing(pool: asyncpg.Pool) -
             late = asyncio.create_task(
                 fetch_all(queries.decide(second, case_ids=[case_id], outcome="rejected", rules=[None]))
             )
-            await asyncio.sleep(0.2)
+            await until_waiting_on_a_lock(pool, "the second decision to wait for the first")
             assert not late.done()
         lost = await late
     assert [row["case_id"] for row in won] == [case_id] and lost == []

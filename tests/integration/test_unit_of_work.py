@@ -13,7 +13,7 @@ from services.runtime.db import init_connection, runtime_queries
 from services.runtime.migrate import migrate
 from services.runtime.uow import ServiceDatabase
 from tests.conftest import Infra
-from tests.integration.helpers import new_database, now
+from tests.integration.helpers import new_database, now, until_waiting_on_a_lock
 
 pytestmark = [pytest.mark.integration]
 
@@ -92,8 +92,8 @@ async def test_batches_touching_the_same_case_take_turns(database: ServiceDataba
         async with database.pool.acquire() as elsewhere:
             await queries.lock_cases(elsewhere, keys=["case-c"])  # not held: no wait
         waiting = asyncio.create_task(_locked_later(database, ["case-z", "case-a"]))
-        await asyncio.sleep(0.3)
-        assert not waiting.done(), "a batch on case-a waits while another holds it"
+        await until_waiting_on_a_lock(database.pool, "a batch on case-a to wait while another holds it")
+        assert not waiting.done()
     await asyncio.wait_for(waiting, 5)
 
 
