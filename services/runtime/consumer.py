@@ -64,12 +64,11 @@ def _log_context(item: Decoded | Undeliverable) -> dict[str, Any]:
 
 
 def _case_key(item: Decoded | Undeliverable) -> str:
-    """What a record is about: its case (or application), else its Kafka key."""
-    if isinstance(item, Decoded):
-        for name in ("case_id", "application_id"):
-            value = getattr(item.envelope.data, name, None)
-            if value is not None:
-                return str(value)
+    """What a record is about: its case (or application), as its log lines name it, else its Kafka key."""
+    context = _log_context(item)
+    key = context.get("case_id") or context.get("application_id")
+    if key:
+        return str(key)
     return item.record.key.decode(errors="replace") if item.record.key else ""
 
 
