@@ -88,7 +88,7 @@ class KafkaPump:
     every record to `on_record`; `after_poll` runs after each poll.
 
     The consumer uses no consumer group: it is assigned every partition at once, where a group
-    join costs about five seconds on tansu."""
+    join costs a second or more on tansu."""
 
     poll_timeout_ms = 100
 
@@ -185,7 +185,8 @@ def outbound_and_dlq_topics() -> list[str]:
 
 
 class ServiceRunner:
-    """Runs `homeward run <service>` as a child process and keeps every log line it writes."""
+    """Runs `python -m services.runtime <service>` (what `homeward run` and `homeward up` run) as a
+    child process and keeps every log line it writes."""
 
     def __init__(self, service: str, env: dict[str, str]) -> None:
         self.service = service
@@ -196,7 +197,7 @@ class ServiceRunner:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.ops.cli", "run", self.service],
+            [sys.executable, "-m", "services.runtime", self.service],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()

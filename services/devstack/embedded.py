@@ -59,6 +59,19 @@ POSTGRES_ROLE = "postgres"
 APPLICATION_DATABASE = "homeward"
 # The Tansu storage engine; it keeps everything in memory, so a restart starts empty.
 KAFKA_STORAGE_ENGINE = "memory://tansu/"
+EMBEDDED_BROKER_GROUP_TIMING = {
+    "HOMEWARD_KAFKA_SESSION_TIMEOUT_MS": "2000",
+    "HOMEWARD_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+}
+"""What `up` (and the test tiers) give the services when they run on the embedded broker, unless
+set in the environment. tansu holds every JoinGroup in steps of a second until half the session
+timeout has passed (so that the members of a new generation can gather), and drops a dead member
+only when its session times out. With the services' production default of 10 s a join took 5 s
+and a SIGKILLed service consumed again after about 20 s; with 2 s a join takes 1 s and a killed
+service consumes again after about 3 s. A consumer's heartbeats have their own connection, so a
+long fetch does not delay them. Apache Kafka refuses session timeouts below its
+group.min.session.timeout.ms (6 s by default): this is the embedded broker's timing, not the
+services' default."""
 
 
 def free_port() -> int:

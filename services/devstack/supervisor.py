@@ -17,7 +17,14 @@ import httpx
 import structlog
 
 from contracts.registry import all_topics
-from services.devstack.embedded import EmbeddedKafka, EmbeddedPostgres, create_topics, free_port
+from services.devstack.embedded import (
+    EMBEDDED_BROKER_GROUP_TIMING,
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    create_topics,
+    free_port,
+)
+from services.devstack.running import READY_PREFIX, STATUS_FILE, Runtime, process_name, service_of
 from services.devstack.settings import DevstackSettings
 from services.runtime import crypto
 from services.runtime.migrate import migrate
@@ -32,10 +39,9 @@ RESTART_BACKOFF_SECONDS_BASE = 0.5
 CRASH_LOOP_SECONDS = 10.0
 WATCH_INTERVAL_SECONDS = 0.5
 CONSUMING_MARK = '"event": "service.consuming"'
-READY_PREFIX = "homeward ready"
-STATUS_FILE = "status.json"
 SANDBOX_PAYOUTS = "sandbox-payouts"
 SANDBOX_TRAVEL = "sandbox-travel"
+SANDBOX_SETTING_NAMES = {"payouts": "PAYOUT", "travel": "TRAVEL"}
 SANDBOX_READY_TIMEOUT_SECONDS = 30.0
 SANDBOX_PROBE_TIMEOUT_SECONDS = 1.0
 # What `homeward sandbox KIND` prints once it accepts connections (its --help says so). The line
@@ -64,33 +70,6 @@ PROVIDER_WIRING = (
 logger = structlog.get_logger("homeward.up")
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """What a client (`homeward demo`, an operator) needs to reach a running `homeward up`."""
-
-    pid: int
-    kafka: str
-    database_url: str
-    state_dir: str
-    # Base URLs of the sandbox providers; empty in a runtime.json written before they existed.
-    payouts: str = ""
-    travel: str = ""
-
-    @staticmethod
-    def path(state_dir: Path) -> Path:
-        return state_dir / "runtime.json"
-
-    @classmethod
-    def read(cls, state_dir: Path) -> "Runtime | None":
-        """The running instance in `state_dir`, if its process is still alive."""
-        try:
-            runtime = cls(**json.loads(cls.path(state_dir).read_text()))
-            os.kill(runtime.pid, 0)
-        except (FileNotFoundError, ProcessLookupError, json.JSONDecodeError, TypeError):
-            return None
-        return runtime
-
-
 def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
     """Program secrets are generated once, on first run, and kept readable by the owner only."""
     path = state_dir / "secrets.json"
@@ -113,17 +92,6 @@ def _write_private(path: Path, text: str) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
-
-
-def process_name(service: str, replica: int, replicas: int) -> str:
-    """`travel` when it runs alone, `travel-1`, `travel-2`, … when it has replicas."""
-    return service if replicas == 1 else f"{service}-{replica}"
-
-
-def service_of(process: str) -> str:
-    """The service (or sandbox) a supervised process is of: `travel-2` is travel."""
-    service, _, replica = process.rpartition("-")
-    return service if service and replica.isdigit() else process
 
 
 def crashed_on_its_own(returncode: int | None, *, became_ready: bool, lived_seconds: float) -> bool:
@@ -159,7 +127,7 @@ class ServiceProcess:
         }
 
     def command(self) -> tuple[str, ...]:
-        return ("run", service_of(self.name))
+        return ("-m", "services.runtime", service_of(self.name))
 
     def ready_mark(self) -> str:
         """What the process writes once it is ready."""
@@ -168,7 +136,7 @@ class ServiceProcess:
     async def start(self) -> None:
         self.consuming.clear()
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.ops.cli", *self.command(),
+            sys.executable, *self.command(),
             env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         self.started_at = time.time()
@@ -211,7 +179,7 @@ class SandboxProcess(ServiceProcess):
     store: Path = field(default_factory=Path)
 
     def command(self) -> tuple[str, ...]:
-        return ("sandbox", self.kind, "--port", str(self.port), "--store", str(self.store))
+        return ("-m", "services.sandbox", self.kind)
 
     def ready_mark(self) -> str:
         return SANDBOX_LISTENING_MARK
@@ -287,20 +255,30 @@ class Supervisor:
             )
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         secrets = load_or_create_secrets(self.state_dir)
-        database_url = await self._database()
-        bootstrap = await self._broker()
+        # Nothing here waits for what it does not need: the sandboxes, the database and the
+        # broker start together, and the services start before the sandboxes answer. Each
+        # process's HTTP port is chosen first: disbursement's are where the payout sandbox sends
+        # its callbacks, taken in turn.
+        ports = {name: [free_port() for _ in range(self.replicas)] for name in SERVICE_NAMES}
+        payouts, travel = await self._start_sandboxes(secrets, ports["disbursement"])
+        database_url, bootstrap = await asyncio.gather(self._database(), self._broker())
         await create_topics(bootstrap, all_topics(), self.partitions)
         for service in SERVICE_NAMES:
             await asyncio.to_thread(migrate, database_url, service)
-        # Each process's HTTP port is chosen now: disbursement's are where the payout sandbox
-        # sends its callbacks, taken in turn.
-        ports = {name: [free_port() for _ in range(self.replicas)] for name in SERVICE_NAMES}
-        payouts, travel = await self._sandboxes(secrets, ports["disbursement"])
         wiring = {
             "disbursement": {"HOMEWARD_PAYOUT_PROVIDER_URL": payouts.url},
             "travel": {"HOMEWARD_TRAVEL_PROVIDER_URL": travel.url},
         }
-        base_env = {**os.environ, "HOMEWARD_DATABASE_URL": database_url, "HOMEWARD_KAFKA_BOOTSTRAP": bootstrap}
+        base_env = {
+            **os.environ,
+            "HOMEWARD_DATABASE_URL": database_url,
+            "HOMEWARD_KAFKA_BOOTSTRAP": bootstrap,
+            # Migrated above, before any service started.
+            "HOMEWARD_MIGRATE_ON_START": "false",
+        }
+        if self.kafka is not None:
+            for name, value in EMBEDDED_BROKER_GROUP_TIMING.items():
+                base_env.setdefault(name, value)
         for secret in (*PROGRAM_SECRETS, *PROVIDER_WIRING):
             base_env.pop(secret, None)
         for name in SERVICE_NAMES:
@@ -312,6 +290,7 @@ class Supervisor:
                 process = ServiceProcess(named, env, log, http_port=port)
                 await process.start()
                 self.services.append(process)
+        await asyncio.gather(*(self._wait_until_listening(sandbox) for sandbox in (payouts, travel)))
         await self._wait_until_consuming()
         self._write_status()
         runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir), payouts.url, travel.url)
@@ -320,12 +299,13 @@ class Supervisor:
         ready = f"{READY_PREFIX} kafka={bootstrap} database={database_url} state_dir={self.state_dir}"
         print(f"{ready} payouts={payouts.url} travel={travel.url}", flush=True)
 
-    async def _sandboxes(
+    async def _start_sandboxes(
         self, secrets: dict[str, str], disbursement_ports: list[int]
     ) -> tuple[SandboxProcess, SandboxProcess]:
-        """Starts the sandbox payout and travel providers before the services and waits until both
-        answer. They inherit the environment, so HOMEWARD_SANDBOX_* fault settings reach them, but
-        no program secret: the payout sandbox holds only the key that signs its callbacks."""
+        """Starts the sandbox payout and travel providers; `_start` waits until both answer, while
+        the services start. They inherit the environment, so HOMEWARD_SANDBOX_* fault settings
+        reach them, but no program secret: the payout sandbox holds only the key that signs its
+        callbacks."""
         base = {key: value for key, value in os.environ.items() if _for_sandboxes(key)}
         callbacks = {
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": secrets["HOMEWARD_PAYOUT_CALLBACK_SECRET"],
@@ -345,12 +325,15 @@ class Supervisor:
         for sandbox in (payouts, travel):
             await sandbox.start()
             self.services.append(sandbox)
-        await asyncio.gather(*(self._wait_until_listening(sandbox) for sandbox in (payouts, travel)))
         return payouts, travel
 
     def _sandbox(self, name: str, kind: str, env: dict[str, str], port: int, store: Path) -> SandboxProcess:
         log = self.state_dir / "logs" / f"{name}.log"
-        sandbox = SandboxProcess(name, env, log, kind=kind, port=port or free_port(), store=store.resolve())
+        port, store = port or free_port(), store.resolve()
+        # `python -m services.sandbox KIND` reads where it listens and stores from its settings.
+        prefix = f"HOMEWARD_SANDBOX_{SANDBOX_SETTING_NAMES[kind]}"
+        env = {**env, f"{prefix}_PORT": str(port), f"{prefix}_STORE": str(store)}
+        sandbox = SandboxProcess(name, env, log, kind=kind, port=port, store=store)
         self.sandboxes.append(sandbox)
         return sandbox
 

@@ -54,15 +54,11 @@ def _service(name: str) -> str:
 def run(
     service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}", callback=_service)],
 ) -> None:
-    """Run one service. Needs HOMEWARD_DATABASE_URL and HOMEWARD_KAFKA_BOOTSTRAP (and its secrets)."""
-    import uvloop
+    """Run one service. Needs HOMEWARD_DATABASE_URL and HOMEWARD_KAFKA_BOOTSTRAP (and its secrets).
+    `python -m services.runtime SERVICE` is the same without loading the operator commands."""
+    from services.runtime.__main__ import run_service
 
-    from services.runtime import logs
-    from services.runtime.service import create_app
-
-    logs.configure(service, HomewardSettings().log_level)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(create_app(service).run())
+    run_service(service)
 
 
 @app.command()

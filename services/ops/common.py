@@ -12,7 +12,7 @@ from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from services.devstack.supervisor import Runtime
+from services.devstack.running import Runtime
 from services.runtime.settings import SERVICE_NAMES, Infrastructure, KafkaClients, StateDirectory
 
 PIPED_WIDTH = 160

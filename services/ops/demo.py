@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from services.devstack.supervisor import Runtime
+from services.devstack.running import Runtime
 from services.ops.common import OpsSettings
 from services.ops.world import Demo, read_ledger, running_up, summarize
 

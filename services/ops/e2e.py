@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.events import ArrivalVerified, RegistrationAccepted, StipendDisbursed, TravelBooked
-from services.devstack.supervisor import STATUS_FILE, Runtime, service_of
+from services.devstack.running import STATUS_FILE, Runtime, service_of
 from services.ops.common import OpsSettings, measure_table
 from services.ops.pgbench import throwaway_tps
 from services.ops.world import Demo, LedgerView, Participant, read_ledger, summarize

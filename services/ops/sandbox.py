@@ -1,24 +1,11 @@
 """`homeward sandbox …`: the stand-ins for the remote providers, each its own HTTP server and store."""
 
-import asyncio
-import contextlib
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from services.runtime import logs
-
 sandbox_app = typer.Typer(help="Sandbox providers that behave like the real remote ones.", no_args_is_help=True)
-
-
-def _serve(server: Coroutine[Any, Any, None]) -> None:
-    import uvloop
-
-    # uvicorn stops on SIGINT and SIGTERM by itself, then raises the signal again to exit as asked.
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(server)
 
 
 @sandbox_app.command("payouts")
@@ -56,13 +43,9 @@ def sandbox_payouts(
       HOMEWARD_PAYOUT_CALLBACK_URL     where they are POSTed (unset: recorded, not sent)
       HOMEWARD_PAYOUT_CALLBACK_SECRET  HMAC-SHA256 key of the X-Homeward-Signature header
     """
-    from services.sandbox.payouts import serve
-    from services.sandbox.settings import PayoutSandboxSettings
+    from services.sandbox.__main__ import run_payouts
 
-    settings = PayoutSandboxSettings()
-    logs.configure("sandbox-payouts", settings.log_level)
-    chosen_port = settings.sandbox_payout_port if port is None else port
-    _serve(serve(settings, port=chosen_port, store_path=store or settings.store()))
+    run_payouts(port, store)
 
 
 @sandbox_app.command("travel")
@@ -88,10 +71,6 @@ def sandbox_travel(
       HOMEWARD_SANDBOX_FLIGHT_DEPARTURE_DELAY_SECONDS  flights depart this long after booking
       HOMEWARD_SANDBOX_FLIGHT_DURATION_SECONDS         and land this long after departure
     """
-    from services.sandbox.settings import TravelSandboxSettings
-    from services.sandbox.travel import serve
+    from services.sandbox.__main__ import run_travel
 
-    settings = TravelSandboxSettings()
-    logs.configure("sandbox-travel", settings.log_level)
-    chosen_port = settings.sandbox_travel_port if port is None else port
-    _serve(serve(settings, port=chosen_port, store_path=store or settings.store()))
+    run_travel(port, store)

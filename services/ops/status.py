@@ -10,7 +10,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
-from services.devstack.supervisor import STATUS_FILE, Runtime
+from services.devstack.running import STATUS_FILE, Runtime
 from services.ops.common import console
 
 PROBE_TIMEOUT_SECONDS = 2.0

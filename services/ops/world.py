@@ -43,7 +43,7 @@ from contracts.events import (
     TravelBooked,
     TravelBookingFailed,
 )
-from services.devstack.supervisor import READY_PREFIX, Runtime
+from services.devstack.running import READY_PREFIX, Runtime
 from services.runtime.messages import build_envelope, encode
 from services.runtime.produce import Record, send_batched
 

@@ -24,7 +24,6 @@ from services.runtime.consumer import BatchConsumer, Route
 from services.runtime.db import TRANSIENT_ERRORS, create_pool, runtime_queries
 from services.runtime.health import Readiness, http_server
 from services.runtime.messages import Record
-from services.runtime.migrate import migrate
 from services.runtime.produce import KafkaPublisher
 from services.runtime.redrive import Redrive, RedriveSweeper, close_cases
 from services.runtime.relay import OutboxRelay
@@ -174,8 +173,12 @@ def create_app(service: str) -> FastStream:
 
     @app.on_startup
     async def prepare() -> None:
-        applied = await asyncio.to_thread(migrate, database_url, service)
-        logger.info("service.migrated", migrations_applied=applied)
+        if settings.migrate_on_start:
+            # Imported here: psycopg and yoyo are a fifth of a service's start-up CPU.
+            from services.runtime.migrate import migrate
+
+            applied = await asyncio.to_thread(migrate, database_url, service)
+            logger.info("service.migrated", migrations_applied=applied)
         pool = await create_pool(settings, schema=service)
         opens = loaded.redrive.opens_on if loaded.redrive is not None else frozenset()
         database = ServiceDatabase(pool, service, runtime_queries(), redrive_topics=opens)
@@ -205,7 +208,7 @@ def create_app(service: str) -> FastStream:
             retry_backoff_max_seconds=settings.relay_retry_backoff_max_ms / 1000,
             wakeup=wakeup,
         )
-        state.update(pool=pool, definition=definition, relay=relay, wakeup=wakeup)
+        state.update(pool=pool, definition=definition, wakeup=wakeup)
         definition.workers.append(
             Worker(
                 "unreadable-batches",
@@ -235,8 +238,10 @@ def create_app(service: str) -> FastStream:
             await consumer.consume([_record(raw) for raw in records])
 
         state["subscriber"] = subscriber
-        # The workers need only the database: they start now, not after the consumer group join
-        # (which takes seconds), so a restarted service pays and books within a moment of starting.
+        # The relay and the workers need only the database (and the relay its own producer): they
+        # start now, not after the consumer group join, so a restarted service publishes, pays and
+        # books within a moment of starting.
+        tasks.append(asyncio.create_task(relay.run(stopping), name="outbox-relay"))
         signals = {
             worker.name: wakeup.signal(f"{service}.{worker.wakes_on}")
             for worker in definition.workers
@@ -250,7 +255,6 @@ def create_app(service: str) -> FastStream:
     @app.after_startup
     async def start_background() -> None:
         definition: ServiceDefinition = state["definition"]
-        tasks.append(asyncio.create_task(state["relay"].run(stopping), name="outbox-relay"))
         tasks.append(asyncio.create_task(_announce_consuming(state["subscriber"], logger)))
         if settings.http_port:
             readiness = Readiness(

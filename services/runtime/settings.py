@@ -107,6 +107,11 @@ class ServiceSettings(Infrastructure, KafkaClients, HttpListener):
     kafka_heartbeat_interval_ms: int = Field(
         default=3_000, ge=100, le=100_000, description="How often a consumer tells its group it is alive"
     )
+    migrate_on_start: bool = Field(
+        default=True,
+        description="Apply the service's pending migrations at start; off where a migration step runs first "
+        "(`homeward up`, docker-compose's migrate job)",
+    )
     redrive_after_seconds: int = Field(
         default=300, ge=1, description="An open case with no downstream progress this long has its events resent"
     )

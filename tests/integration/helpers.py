@@ -56,7 +56,7 @@ BANK_ACCOUNT = {"method": "bank_account", "bank_code": "BAC", "account_number": 
 
 
 def start_service(name: str, infra: Infra, **extra_env: str) -> Iterator[ServiceRunner]:
-    """Runs one service for the whole module; startup is slow (the tansu group join)."""
+    """Runs one service for the whole module; startup takes a couple of seconds (imports, the group join)."""
     runner = ServiceRunner(name, infra.env(**extra_env))
     runner.start()
     try:

@@ -5,7 +5,8 @@ import signal
 
 import pytest
 
-from services.devstack.supervisor import CRASH_LOOP_SECONDS, crashed_on_its_own, process_name, service_of
+from services.devstack.running import process_name, service_of
+from services.devstack.supervisor import CRASH_LOOP_SECONDS, crashed_on_its_own
 
 SOON = CRASH_LOOP_SECONDS / 10
 

@@ -1,0 +1,49 @@
+"""What a client needs to find and read a running `homeward up` (its runtime.json and
+status.json, its ready line, the names of its processes), apart from the supervisor so that
+operator commands do not load what starts PostgreSQL and Kafka."""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_PREFIX = "homeward ready"
+STATUS_FILE = "status.json"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a client (`homeward demo`, an operator) needs to reach a running `homeward up`."""
+
+    pid: int
+    kafka: str
+    database_url: str
+    state_dir: str
+    # Base URLs of the sandbox providers; empty in a runtime.json written before they existed.
+    payouts: str = ""
+    travel: str = ""
+
+    @staticmethod
+    def path(state_dir: Path) -> Path:
+        return state_dir / "runtime.json"
+
+    @classmethod
+    def read(cls, state_dir: Path) -> "Runtime | None":
+        """The running instance in `state_dir`, if its process is still alive."""
+        try:
+            runtime = cls(**json.loads(cls.path(state_dir).read_text()))
+            os.kill(runtime.pid, 0)
+        except (FileNotFoundError, ProcessLookupError, json.JSONDecodeError, TypeError):
+            return None
+        return runtime
+
+
+def process_name(service: str, replica: int, replicas: int) -> str:
+    """`travel` when it runs alone, `travel-1`, `travel-2`, … when it has replicas."""
+    return service if replicas == 1 else f"{service}-{replica}"
+
+
+def service_of(process: str) -> str:
+    """The service (or sandbox) a supervised process is of: `travel-2` is travel."""
+    service, _, replica = process.rpartition("-")
+    return service if service and replica.isdigit() else process
