@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import structlog
 
@@ -17,6 +17,7 @@ from contracts.registry import PAYLOAD_TYPES
 from services.registration import domain
 from services.runtime import crypto
 from services.runtime.db import fetch_all
+from services.runtime.ids import new_id
 from services.runtime.messages import Undeliverable, now
 from services.runtime.uow import UnitOfWork
 
@@ -79,7 +80,7 @@ async def _decide_all(
             decided[application.application_id] = _rejected(application.application_id, refusals)
             continue
         normalized = domain.normalized_document(application.identity_document)
-        eligible.append((application, crypto.identity_key(keys.identity_secret, normalized), uuid4()))
+        eligible.append((application, crypto.identity_key(keys.identity_secret, normalized), new_id()))
     if eligible:
         decided |= await _claim_identities(uow, queries, keys, eligible)
     await _record(uow, queries, decided)
@@ -173,7 +174,7 @@ async def handle_invalid_submission(bad: Undeliverable, uow: UnitOfWork, *, quer
     refused as `invalid_payload`, or, for an application seen before, its first outcome again."""
     if bad.application_id is None:
         return
-    application_id, correlationid = bad.application_id, bad.correlationid or uuid4()
+    application_id, correlationid = bad.application_id, bad.correlationid or new_id()
     claimed = await fetch_all(queries.claim_applications(
         uow.connection, application_ids=[application_id], correlationids=[correlationid]
     ))  # fmt: skip

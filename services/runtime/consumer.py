@@ -135,9 +135,7 @@ class BatchConsumer:
         async with self.database.unit() as uow:
             await uow.runtime_queries.lock_cases(uow.connection, keys=sorted({_case_key(item) for item in items}))
             claimed = await fetch_all(
-                uow.runtime_queries.claim_events(
-                    uow.connection, consumer=self.database.service, event_ids=[item.inbox_key for item in items]
-                )
+                uow.runtime_queries.claim_events(uow.connection, event_ids=[item.inbox_key for item in items])
             )
             fresh = {row["event_id"] for row in claimed}
             run: list[Decoded] = []  # consecutive events for one batch handler, applied together

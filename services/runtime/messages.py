@@ -1,17 +1,19 @@
 """Reading records off Kafka into envelopes, or into a coded reason why not; writing envelopes."""
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 
 from contracts.envelope import Envelope, RawEnvelope
 from contracts.events import EVIDENCE_TOPIC
 from contracts.registry import PAYLOAD_TYPES, envelope_adapter, key_of, topic_of
+from services.runtime.ids import new_id
 
 ERROR_INVALID_JSON = "invalid_json"
 ERROR_INVALID_ENVELOPE = "invalid_envelope"
@@ -52,8 +54,8 @@ class Decoded:
     envelope: Envelope[Any]
 
     @property
-    def inbox_key(self) -> str:
-        return str(self.envelope.id)
+    def inbox_key(self) -> UUID:
+        return self.envelope.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +71,11 @@ class Undeliverable:
     event_id: UUID | None = None
 
     @property
-    def inbox_key(self) -> str:
-        # Offsets name a bad record even when it has no readable id.
-        return f"{self.record.topic}:{self.record.partition}:{self.record.offset}"
+    def inbox_key(self) -> UUID:
+        # Offsets name a bad record even when it has no readable id: the inbox key is the MD5 of
+        # `topic:partition:offset` read as a UUID, as migration 0004 converted the older keys.
+        where = f"{self.record.topic}:{self.record.partition}:{self.record.offset}"
+        return UUID(hashlib.md5(where.encode(), usedforsecurity=False).hexdigest())
 
     def dead_letter_headers(self) -> dict[str, str]:
         return {
@@ -172,7 +176,7 @@ def build_envelope(payload: BaseModel, *, source: str, correlationid: UUID, caus
     key = key_of(payload)
     return Envelope[Any](
         specversion="1.0",
-        id=uuid4(),
+        id=new_id(),
         type=topic_of(payload),
         source=source,
         time=now(),

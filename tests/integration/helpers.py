@@ -207,7 +207,7 @@ def verified(case_id: UUID, *, evidence_ids: list[str] | None = None) -> dict[st
 async def processed(database: asyncpg.Connection, service: str, event_id: str) -> bool:
     """Whether the service's inbox holds the event, i.e. its transaction committed."""
     found = await database.fetchval(
-        f"SELECT count(*) FROM {service}.processed_events WHERE consumer = $1 AND event_id = $2", service, event_id
+        f"SELECT count(*) FROM {service}.processed_events WHERE event_id = $1::uuid", event_id
     )
     return bool(found)
 

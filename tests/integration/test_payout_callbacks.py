@@ -120,11 +120,10 @@ async def test_unsigned_mis_signed_and_stale_callbacks_are_refused_and_counted(
         "bad_signature": 2,
         "stale_timestamp": 1,
     }
-    claimed = await database.fetchval(
-        "SELECT count(*) FROM disbursement.processed_events WHERE consumer = 'payout-callbacks' AND event_id = $1",
-        json.loads(body)["id"],
+    recorded = await database.fetchval(
+        "SELECT count(*) FROM disbursement.payout_callbacks WHERE notification_id = $1", json.loads(body)["id"]
     )
-    assert claimed == 0
+    assert recorded == 0
 
 
 async def test_a_signed_callback_that_is_not_a_notification_is_refused(infra: Infra, endpoint: httpx.AsyncClient):

@@ -1,7 +1,7 @@
 -- name: claim_events
 -- Records the inbox keys of a batch; returns only those not seen before.
-INSERT INTO processed_events (consumer, event_id)
-SELECT :consumer, unnest(:event_ids::text[])
+INSERT INTO processed_events (event_id)
+SELECT unnest(:event_ids::uuid[])
 ON CONFLICT DO NOTHING
 RETURNING event_id;
 
