@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from contracts.registry import all_topics
-from services.devstack.embedded import EMBEDDED_BROKER_GROUP_TIMING
+from services.devstack.embedded import EMBEDDED_BROKER_CLIENT_SETTINGS
 from services.runtime.crypto import new_key_hex
 from tests.support import PayoutSandbox, TravelSandbox
 
@@ -46,7 +46,7 @@ class Infra:
             "HOMEWARD_HTTP_PORT": str(self.http_port),
             # Modules start and stop services of the same consumer groups one after another; a member
             # that went away without leaving should free its partitions in seconds, not in 10 to 18.
-            **EMBEDDED_BROKER_GROUP_TIMING,
+            **EMBEDDED_BROKER_CLIENT_SETTINGS,
             **extra,
         }
 

@@ -17,6 +17,7 @@ from uuid import UUID, uuid4
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from contracts.registry import PAYLOAD_TYPES
+from services.devstack.embedded import EMBEDDED_BROKER_CLIENT_SETTINGS
 
 WAIT_SECONDS_MAX = 60.0
 POLL_SECONDS = 0.05
@@ -101,6 +102,8 @@ class KafkaPump:
         self.consumer = AIOKafkaConsumer(
             *topics, bootstrap_servers=bootstrap, group_id=None,
             auto_offset_reset="earliest", enable_auto_commit=False,
+            # The embedded broker holds a fetch for its whole wait, even once records are there.
+            fetch_max_wait_ms=int(EMBEDDED_BROKER_CLIENT_SETTINGS["HOMEWARD_KAFKA_FETCH_MAX_WAIT_MS"]),
         )  # fmt: skip
         self._task: asyncio.Task[None] | None = None
 

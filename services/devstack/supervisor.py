@@ -18,7 +18,7 @@ import structlog
 
 from contracts.registry import all_topics
 from services.devstack.embedded import (
-    EMBEDDED_BROKER_GROUP_TIMING,
+    EMBEDDED_BROKER_CLIENT_SETTINGS,
     EmbeddedKafka,
     EmbeddedPostgres,
     create_topics,
@@ -277,7 +277,7 @@ class Supervisor:
             "HOMEWARD_MIGRATE_ON_START": "false",
         }
         if self.kafka is not None:
-            for name, value in EMBEDDED_BROKER_GROUP_TIMING.items():
+            for name, value in EMBEDDED_BROKER_CLIENT_SETTINGS.items():
                 base_env.setdefault(name, value)
         for secret in (*PROGRAM_SECRETS, *PROVIDER_WIRING):
             base_env.pop(secret, None)

@@ -6,12 +6,15 @@ inbox turns the redelivery into a no-op.
 """
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 import structlog
+from pydantic import BaseModel
 
 from services.runtime import metrics
 from services.runtime.db import TRANSIENT_ERRORS, fetch_all
@@ -47,28 +50,42 @@ class BatchResult:
         )
 
 
+@functools.cache
+def _id_fields(payload: type[BaseModel]) -> tuple[bool, bool]:
+    """Whether a payload type has a case_id and an application_id: looked up once per type, as
+    pydantic answers a missing attribute slowly."""
+    return "case_id" in payload.model_fields, "application_id" in payload.model_fields
+
+
+def _named_ids(item: Decoded | Undeliverable) -> tuple[UUID | None, UUID | None]:
+    """The case and the application a record names, where its payload (or what could be read of
+    a bad record) has them: the one place that knows where a record says what it is about."""
+    if isinstance(item, Decoded):
+        data = item.envelope.data
+        names_case, names_application = _id_fields(cast(type[BaseModel], type(data)))
+        return (data.case_id if names_case else None), (data.application_id if names_application else None)
+    return None, item.application_id
+
+
 def _log_context(item: Decoded | Undeliverable) -> dict[str, Any]:
     context: dict[str, Any] = {"event_type": item.record.topic}
     if isinstance(item, Decoded):
         context["correlationid"] = str(item.envelope.correlationid)
-        data = item.envelope.data
-        for name in ("case_id", "application_id"):
-            value = getattr(data, name, None)
-            if value is not None:
-                context[name] = str(value)
     else:
         context["correlationid"] = str(item.correlationid) if item.correlationid else None
-        if item.application_id:
-            context["application_id"] = str(item.application_id)
+    case_id, application_id = _named_ids(item)
+    if case_id is not None:
+        context["case_id"] = str(case_id)
+    if application_id is not None:
+        context["application_id"] = str(application_id)
     return context
 
 
-def _case_key(item: Decoded | Undeliverable) -> str:
+def _case_of(item: Decoded | Undeliverable) -> UUID | str:
     """What a record is about: its case (or application), as its log lines name it, else its Kafka key."""
-    context = _log_context(item)
-    key = context.get("case_id") or context.get("application_id")
-    if key:
-        return str(key)
+    case_id, application_id = _named_ids(item)
+    if subject := case_id or application_id:
+        return subject
     return item.record.key.decode(errors="replace") if item.record.key else ""
 
 
@@ -133,7 +150,7 @@ class BatchConsumer:
         outcomes: list[tuple[str, str, str | None]] = []  # topic, outcome, dead-letter code
         started = time.monotonic()
         async with self.database.unit() as uow:
-            await uow.runtime_queries.lock_cases(uow.connection, keys=sorted({_case_key(item) for item in items}))
+            await uow.lock_cases(_case_of(item) for item in items)
             claimed = await fetch_all(
                 uow.runtime_queries.claim_events(uow.connection, event_ids=[item.inbox_key for item in items])
             )

@@ -227,6 +227,7 @@ def create_app(service: str) -> FastStream:
             auto_offset_reset="earliest",
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             # Offsets are committed only after the batch's database transaction commits;
             # an exception rewinds the partitions so the batch is delivered again.
             ack_policy=AckPolicy.NACK_ON_ERROR,

@@ -8,6 +8,8 @@ publishes outbox rows after the commit.
 
 import contextlib
 import json
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -29,6 +31,19 @@ class OutboxRow:
     value: bytes
     headers: dict[str, str]
     event_id: UUID | None
+
+
+CASE_LOCK_CLASS = 0x686F6D65
+"""The advisory-lock class ("home") of case locks: they use PostgreSQL's two-key form, so they
+never meet the single-key locks of the outbox relay and the migrations."""
+
+
+def case_lock_key(subject: UUID | str) -> int:
+    """A case's advisory-lock key: the low 32 bits of its id (random in UUIDv4 and UUIDv7 alike),
+    or the CRC-32 of a subject that is not a UUID, as a signed int4. Two cases that share a key
+    only take turns."""
+    raw = subject.int & 0xFFFF_FFFF if isinstance(subject, UUID) else zlib.crc32(subject.encode())
+    return raw - (1 << 32) if raw >= 1 << 31 else raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +83,12 @@ class UnitOfWork:
     @property
     def runtime_queries(self) -> Any:
         return self.database.runtime_queries
+
+    async def lock_cases(self, subjects: Iterable[UUID | str]) -> None:
+        """Waits for, then holds until commit, the lock of each case (or application) named; see
+        runtime.sql: lock_cases."""
+        keys = list({case_lock_key(subject) for subject in subjects})
+        await self.runtime_queries.lock_cases(self.connection, lock_class=CASE_LOCK_CLASS, keys=keys)
 
     async def __aenter__(self) -> "UnitOfWork":
         stack = contextlib.AsyncExitStack()

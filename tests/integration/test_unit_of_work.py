@@ -3,13 +3,14 @@ error anywhere, in the block or in writing the outbox, leaves nothing behind."""
 
 import asyncio
 from collections.abc import AsyncIterator
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
 
 from contracts.events import RegistrationAccepted
 from services.runtime.db import init_connection, runtime_queries
+from services.runtime.ids import new_id
 from services.runtime.migrate import migrate
 from services.runtime.uow import ServiceDatabase
 from tests.conftest import Infra
@@ -86,17 +87,17 @@ async def test_an_outbox_that_cannot_be_written_undoes_the_block(database: Servi
 async def test_batches_touching_the_same_case_take_turns(database: ServiceDatabase) -> None:
     """Replicas: a batch that touches a case another batch holds waits for that one's commit, so
     it sees what the other wrote (a batch on other cases does not wait)."""
-    queries = database.runtime_queries
+    a, b, c, z = (new_id() for _ in range(4))
     async with database.unit() as first:
-        await queries.lock_cases(first.connection, keys=["case-a", "case-b"])
-        async with database.pool.acquire() as elsewhere:
-            await queries.lock_cases(elsewhere, keys=["case-c"])  # not held: no wait
-        waiting = asyncio.create_task(_locked_later(database, ["case-z", "case-a"]))
+        await first.lock_cases([a, b])
+        async with database.unit() as elsewhere:
+            await elsewhere.lock_cases([c, "not-a-uuid"])  # not held: no wait
+        waiting = asyncio.create_task(_locked_later(database, [z, a]))
         await until_waiting_on_a_lock(database.pool, "a batch on case-a to wait while another holds it")
         assert not waiting.done()
     await asyncio.wait_for(waiting, 5)
 
 
-async def _locked_later(database: ServiceDatabase, keys: list[str]) -> None:
+async def _locked_later(database: ServiceDatabase, cases: list[UUID]) -> None:
     async with database.unit() as second:
-        await database.runtime_queries.lock_cases(second.connection, keys=keys)
+        await second.lock_cases(cases)

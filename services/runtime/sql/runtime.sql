@@ -18,9 +18,11 @@ ORDER BY queued.position;
 -- Serializes the batches that touch the same case (or application) across the replicas of a
 -- service: a handler that decides on the last of several facts (arrival's evidence and booking,
 -- disbursement's acceptance and verification) must see the facts another replica committed just
--- before. Taken first, all at once, in one order (of the hashes), so two batches never deadlock.
-SELECT pg_advisory_xact_lock(hashed.key)
-FROM (SELECT DISTINCT hashtextextended(key, 0) AS key FROM unnest(:keys::text[]) AS key ORDER BY 1) AS hashed;
+-- before. Taken first, all at once, in one order (of the keys), so two batches never deadlock.
+-- The keys are int4s the unit of work derives from the case ids (uow.py: case_lock_key), in a
+-- lock class of their own.
+SELECT pg_advisory_xact_lock(:lock_class::int, keys.key)
+FROM (SELECT DISTINCT unnest(:keys::int[]) AS key ORDER BY 1) AS keys;
 
 -- name: try_relay_lock$
 -- One relay per service publishes at a time, so events of one key leave in commit order. A
