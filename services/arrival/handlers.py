@@ -76,7 +76,7 @@ async def handle_evidence(
     ))}  # fmt: skip
     arrived: list[tuple[UUID, UUID, UUID | None]] = []
     for event in events:
-        log = logger.bind(case_id=str(event.data.case_id), correlationid=str(event.correlationid))
+        log = logger.bind(case_id=event.data.case_id, correlationid=event.correlationid)
         if event.data.evidence_id not in new:
             log.debug("arrival.evidence_duplicate")
             continue
@@ -130,7 +130,7 @@ async def evaluate(
         )
         uow.emit(verified, correlationid=cases[case_id]["correlationid"], causationid=cause)
         logger.debug(
-            "arrival.verified", case_id=str(case_id), correlationid=str(cases[case_id]["correlationid"]),
+            "arrival.verified", case_id=case_id, correlationid=cases[case_id]["correlationid"],
             rule=verdict.rule,
         )  # fmt: skip
 
@@ -179,8 +179,8 @@ class WindowSweeper:
                 uow.emit(rejected, correlationid=case["correlationid"], causationid=case["booked_event_id"])
                 logger.info(
                     "arrival.rejected",
-                    case_id=str(case["case_id"]),
-                    correlationid=str(case["correlationid"]),
+                    case_id=case["case_id"],
+                    correlationid=case["correlationid"],
                     event_type=ArrivalRejected.TOPIC,
                 )
         return len(expired)

@@ -94,8 +94,8 @@ async def open_payments(uow: UnitOfWork, queries: Queries, case_ids: list[UUID],
     for payment, reserved in zip(payments, await stipends.reserve(uow.connection, queries, payments), strict=True):
         if reserved:
             logger.debug(
-                "stipend.reserved", payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]),
-                correlationid=str(payment["correlationid"]),
+                "stipend.reserved", payment_id=payment["payment_id"], case_id=payment["case_id"],
+                correlationid=payment["correlationid"],
             )  # fmt: skip
         else:
             stipends.emit_held(uow, payment)
@@ -109,7 +109,7 @@ def _refuse_second_stipends(uow: UnitOfWork, cases: list[Any]) -> None:
         )
         uow.emit(failed, correlationid=case["correlationid"], causationid=case["verified_event_id"])
         logger.warning(
-            "stipend.refused", case_id=str(case["case_id"]), correlationid=str(case["correlationid"]),
+            "stipend.refused", case_id=case["case_id"], correlationid=case["correlationid"],
             reason=domain.REFUSED_IDENTITY_PAID,
         )  # fmt: skip
 
@@ -216,9 +216,7 @@ class PayoutWorker:
         for payment in held:
             key = str(payment["payment_id"])
             outcome = outcomes.get(key, _UNANSWERED)
-            log = logger.bind(
-                payment_id=key, case_id=str(payment["case_id"]), correlationid=str(payment["correlationid"])
-            )
+            log = logger.bind(payment_id=key, case_id=payment["case_id"], correlationid=payment["correlationid"])
             if isinstance(outcome, Payout):
                 if (change := stipends.provider_status(payment, methods.get(key, ""), outcome)) is not None:
                     changes.append(change)

@@ -166,9 +166,8 @@ async def apply(uow: UnitOfWork, queries: Queries, changes: Sequence[Change]) ->
         for event in change.events:
             uow.emit(event, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
         log = logger.bind(
-            payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]),
-            correlationid=str(payment["correlationid"]),
-        )  # fmt: skip
+            payment_id=payment["payment_id"], case_id=payment["case_id"], correlationid=payment["correlationid"]
+        )
         if change.reason is None:
             log.debug("stipend.disbursed")
         else:
@@ -182,8 +181,8 @@ def emit_held(uow: UnitOfWork, payment: Any) -> None:
     )  # fmt: skip
     uow.emit(held, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
     logger.warning(
-        "stipend.held", payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]),
-        correlationid=str(payment["correlationid"]),
+        "stipend.held", payment_id=payment["payment_id"], case_id=payment["case_id"],
+        correlationid=payment["correlationid"],
     )  # fmt: skip
 
 

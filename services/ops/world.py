@@ -347,6 +347,12 @@ class Demo:
         try:
             with self._progress() as progress:
                 await asyncio.gather(self._publish(progress), self._follow(progress, started + timeout_seconds))
+        except asyncio.CancelledError:
+            # Ctrl-C or SIGTERM: the answers still being sent are dropped, not awaited (with a large
+            # cohort they could keep the command alive for minutes).
+            for task in self.background:
+                task.cancel()
+            raise
         finally:
             await asyncio.gather(*self.background, return_exceptions=True)
             for client in (self.consumer, self.producer):

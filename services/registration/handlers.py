@@ -160,11 +160,11 @@ def _rejected(application_id: UUID, refusals: list[domain.Refusal], duplicate_of
 
 
 def _log_outcome(outcome: Outcome, correlationid: UUID, *, repeated: bool) -> None:
-    log = logger.bind(application_id=str(outcome.application_id), correlationid=str(correlationid))
+    log = logger.bind(application_id=outcome.application_id, correlationid=correlationid)
     if repeated:
         log.debug("registration.resubmission_answered", outcome=outcome.TOPIC)
     elif isinstance(outcome, RegistrationAccepted):
-        log.debug("registration.accepted", case_id=str(outcome.case_id))
+        log.debug("registration.accepted", case_id=outcome.case_id)
     else:
         log.debug("registration.rejected", codes=[reason.code for reason in outcome.reasons])
 

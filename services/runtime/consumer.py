@@ -68,16 +68,13 @@ def _named_ids(item: Decoded | Undeliverable) -> tuple[UUID | None, UUID | None]
 
 
 def _log_context(item: Decoded | Undeliverable) -> dict[str, Any]:
-    context: dict[str, Any] = {"event_type": item.record.topic}
-    if isinstance(item, Decoded):
-        context["correlationid"] = str(item.envelope.correlationid)
-    else:
-        context["correlationid"] = str(item.correlationid) if item.correlationid else None
+    correlationid = item.envelope.correlationid if isinstance(item, Decoded) else item.correlationid
+    context: dict[str, Any] = {"event_type": item.record.topic, "correlationid": correlationid}
     case_id, application_id = _named_ids(item)
     if case_id is not None:
-        context["case_id"] = str(case_id)
+        context["case_id"] = case_id
     if application_id is not None:
-        context["application_id"] = str(application_id)
+        context["application_id"] = application_id
     return context
 
 

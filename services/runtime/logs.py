@@ -62,7 +62,9 @@ def configure(service: str, level: str = "INFO", stream: TextIO = sys.stdout) ->
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(),
+                # Ids (UUIDs), times and amounts are written as their text: a line below the level
+                # never pays for turning them into text.
+                structlog.processors.JSONRenderer(default=str),
             ],
         )
     )

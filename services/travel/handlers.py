@@ -40,9 +40,7 @@ async def handle_accepted(events: list[Envelope[RegistrationAccepted]], uow: Uni
         sealed=[event.data.sealed for event in events],
     )
     for event in events:
-        logger.debug(
-            "travel.booking_requested", case_id=str(event.data.case_id), correlationid=str(event.correlationid)
-        )
+        logger.debug("travel.booking_requested", case_id=event.data.case_id, correlationid=event.correlationid)
 
 
 @dataclass(frozen=True)
@@ -91,8 +89,8 @@ class BookingWorker:
             for request, outcome in zip(due, outcomes, strict=True):
                 if isinstance(outcome, Exception):
                     with structlog.contextvars.bound_contextvars(
-                        case_id=str(request["case_id"]),
-                        correlationid=str(request["correlationid"]),
+                        case_id=request["case_id"],
+                        correlationid=request["correlationid"],
                         event_type=TravelBooked.TOPIC,
                     ):
                         await self._record_failure(uow, request, outcome, lease_id)
@@ -155,7 +153,7 @@ class BookingWorker:
             if ticket.case_id in booked:
                 uow.emit(ticket, correlationid=request["correlationid"], causationid=request["cause_event_id"])
                 logger.debug(
-                    "travel.booked", case_id=str(ticket.case_id), correlationid=str(request["correlationid"]),
+                    "travel.booked", case_id=ticket.case_id, correlationid=request["correlationid"],
                     event_type=TravelBooked.TOPIC, attempts=request["attempts"] + 1,
                 )  # fmt: skip
 

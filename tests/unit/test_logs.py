@@ -4,7 +4,9 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
+from uuid import uuid4
 
 import pytest
 import structlog
@@ -76,3 +78,14 @@ def test_lines_below_the_level_are_dropped(stream: io.StringIO) -> None:
     logger.warning("arrival.window_expired", case_id="c-2")
 
     assert [line["event"] for line in _lines(stream)] == ["arrival.window_expired"]
+
+
+def test_ids_are_written_as_their_text(stream: io.StringIO) -> None:
+    """Handlers hand ids over as they are; only a line that is written turns them into text."""
+    logger = configure("disbursement", "INFO", stream=stream)
+    case_id = uuid4()
+
+    logger.info("stipend.disbursed", case_id=case_id, amount=Decimal("1000.00"))
+
+    [line] = _lines(stream)
+    assert (line["case_id"], line["amount"]) == (str(case_id), "1000.00")

@@ -164,8 +164,8 @@ class CallbackEndpoint:
         """What a recorded notification changes (None: nothing, it was applied before); False if it
         cannot be applied now, and stays recorded for an operator."""
         log = logger.bind(
-            payment_id=str(payment["payment_id"]), case_id=str(payment["case_id"]),
-            correlationid=str(payment["correlationid"]),
+            payment_id=payment["payment_id"], case_id=payment["case_id"],
+            correlationid=payment["correlationid"],
         )  # fmt: skip
         try:
             method = payment["method"] or stipends.method_of(payment, self.data_key)
