@@ -54,11 +54,9 @@ SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 SEND_ATTEMPTS_MAX = 10
 PUBLISH_CHUNK_RECORDS = 500
 """Records the world hands the producer at once (batched per partition)."""
-PUBLISH_RECORDS_IN_FLIGHT_MAX = 4 * PUBLISH_CHUNK_RECORDS
-"""Records sent and not yet acknowledged: without a bound, tens of thousands of sends at once
-timed out in the producer's queue and were lost. Counted in records, not in sends: an open loop
-(`rate`) sends a few records every tick, and four sends of a few records each in flight held a
-rate of 200 a second to about 60."""
+PUBLISH_CHUNKS_IN_FLIGHT_MAX = 4
+"""Chunks sent and not yet acknowledged: without a bound, tens of thousands of sends at once
+timed out in the producer's queue and were lost."""
 RATE_TICKS_PER_SECOND = 100
 """How often an open-loop run (`rate`) hands the producer the registrations now due."""
 PRODUCER_BATCH_BYTES = 1024 * 1024
@@ -128,27 +126,6 @@ class Tally:
 
     def finished(self, participants: int) -> bool:
         return len(self.decided) >= participants and len(self.settled) >= len(self.cases)
-
-
-class RecordsInFlight:
-    """A bound on records sent and not yet acknowledged. A send larger than the bound goes alone."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.count = 0
-        self.changed = asyncio.Condition()
-
-    @contextlib.asynccontextmanager
-    async def hold(self, records: int) -> AsyncIterator[None]:
-        async with self.changed:
-            await self.changed.wait_for(lambda: self.count == 0 or self.count + records <= self.limit)
-            self.count += records
-        try:
-            yield
-        finally:
-            async with self.changed:
-                self.count -= records
-                self.changed.notify_all()
 
 
 class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
@@ -331,7 +308,7 @@ class Demo:
         self.tally = Tally()
         self.evidence: dict[UUID, list[bytes]] = {}
         self.background: set[asyncio.Task[None]] = set()
-        self.in_flight = RecordsInFlight(PUBLISH_RECORDS_IN_FLIGHT_MAX)
+        self.in_flight = asyncio.Semaphore(PUBLISH_CHUNKS_IN_FLIGHT_MAX)
         self.unanswered = 0
         """Bookings whose evidence could not be sent within the bounded tries (each is printed)."""
         self.early: dict[UUID, list[tuple[str, dict[str, Any]]]] = {}
@@ -431,10 +408,10 @@ class Demo:
 
     async def publish(self, records: list[Record]) -> None:
         """Publishes like a fleet of real apps: each record once, and only what the broker failed
-        again, with a doubling pause (bounded); at most PUBLISH_RECORDS_IN_FLIGHT_MAX records in
+        again, with a doubling pause (bounded); at most PUBLISH_CHUNKS_IN_FLIGHT_MAX calls in
         flight. Raises the last error for records that never went."""
         pending = list(records)
-        async with self.in_flight.hold(len(records)):
+        async with self.in_flight:
             async for attempt in stamina.retry_context(
                 on=_retryable, attempts=SEND_ATTEMPTS_MAX, wait_initial=SEND_BACKOFF_SECONDS,
                 wait_max=SEND_BACKOFF_MAX_SECONDS,

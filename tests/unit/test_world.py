@@ -1,7 +1,6 @@
 """The world the demo, chaos and bench play speaks the public contract, though a run does not pay
 for validating every message it sends."""
 
-import asyncio
 import json
 import random
 from datetime import UTC, datetime, timedelta
@@ -9,7 +8,7 @@ from uuid import uuid4
 
 from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
 from contracts.registry import envelope_adapter
-from services.ops.world import Booking, RecordsInFlight, Tally, evidence_for, make_cohort
+from services.ops.world import Booking, Tally, evidence_for, make_cohort
 
 COHORT = 200
 
@@ -54,21 +53,3 @@ def test_the_tally_is_finished_once_every_case_is_settled() -> None:
     assert not tally.finished(2)
     tally.settled.add(cases[1])
     assert tally.finished(2)
-
-
-async def test_records_in_flight_are_bounded_in_records_and_a_large_send_goes_alone() -> None:
-    in_flight, most = RecordsInFlight(10), 0
-
-    async def send(records: int) -> None:
-        nonlocal most
-        async with in_flight.hold(records):
-            most = max(most, in_flight.count)
-            await asyncio.sleep(0.001)
-
-    await asyncio.gather(*(send(3) for _ in range(20)), send(25))
-
-    assert most == 25  # the large one, alone
-    assert in_flight.count == 0
-    small = RecordsInFlight(10)
-    async with small.hold(4), small.hold(4):
-        assert small.count == 8
