@@ -9,13 +9,14 @@ sees the person). It then reports what Homeward decided and paid.
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -377,8 +378,7 @@ class Demo:
 
     async def _publish(self, progress: Progress) -> None:
         """Sends every registration once: all at once, or `rate` a second, chunk by chunk."""
-        chunk = PUBLISH_CHUNK_RECORDS if self.rate is None else max(1, round(self.rate / RATE_TICKS_PER_SECOND))
-        started = time.monotonic()
+        chunk = PUBLISH_CHUNK_RECORDS
 
         async def send(participants: list[Participant]) -> None:
             self.submitting(participants)
@@ -388,11 +388,35 @@ class Demo:
             await self.publish(records)
             progress.advance(self.tasks["submitted"], len(participants))
 
-        sends = []
-        for first in range(0, len(self.cohort), chunk):
-            if self.rate is not None:
-                await asyncio.sleep(max(0.0, started + first / self.rate - time.monotonic()))
-            sends.append(asyncio.create_task(send(self.cohort[first : first + chunk])))
+        if self.rate is not None:
+            await self._publish_at_rate(self.rate, send)
+            return
+        sends = [
+            asyncio.create_task(send(self.cohort[first : first + chunk])) for first in range(0, len(self.cohort), chunk)
+        ]
+        await asyncio.gather(*sends)
+
+    async def _publish_at_rate(
+        self, rate: float, send: Callable[[list[Participant]], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Every tick, hands the producer the registrations due by then (an open loop). While
+        PUBLISH_CHUNKS_IN_FLIGHT_MAX sends are unacknowledged, what falls due waits and goes in the
+        next send: a slow broker makes the sends larger, not the queue of sends longer (aiokafka
+        takes one batch per partition at a time, and a queue of small sends timed out in it)."""
+        started, handed, total = time.monotonic(), 0, len(self.cohort)
+        sends: list[asyncio.Task[None]] = []
+        unacknowledged: set[asyncio.Task[None]] = set()
+        while handed < total:
+            await asyncio.sleep(1 / RATE_TICKS_PER_SECOND)
+            if len(unacknowledged) >= PUBLISH_CHUNKS_IN_FLIGHT_MAX:
+                await asyncio.wait(unacknowledged, return_when=asyncio.FIRST_COMPLETED)
+            due = min(total, math.floor((time.monotonic() - started) * rate))
+            if due > handed:
+                task = asyncio.create_task(send(self.cohort[handed:due]))
+                sends.append(task)
+                unacknowledged.add(task)
+                task.add_done_callback(unacknowledged.discard)
+                handed = due
         await asyncio.gather(*sends)
 
     def submitting(self, participants: list[Participant]) -> None:
