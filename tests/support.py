@@ -17,7 +17,6 @@ from uuid import UUID, uuid4
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from contracts.registry import PAYLOAD_TYPES
-from services.devstack.embedded import EMBEDDED_BROKER_CLIENT_SETTINGS
 
 WAIT_SECONDS_MAX = 60.0
 POLL_SECONDS = 0.05
@@ -84,6 +83,10 @@ def submission(**overrides: Any) -> dict[str, Any]:
     return data
 
 
+FETCH_MAX_WAIT_MS = 50
+"""The tests' own consumers wait little for records (the embedded broker holds a fetch this long)."""
+
+
 class KafkaPump:
     """A producer, and a consumer reading `topics` from the beginning in the background, handing
     every record to `on_record`; `after_poll` runs after each poll.
@@ -103,7 +106,7 @@ class KafkaPump:
             *topics, bootstrap_servers=bootstrap, group_id=None,
             auto_offset_reset="earliest", enable_auto_commit=False,
             # The embedded broker holds a fetch for its whole wait, even once records are there.
-            fetch_max_wait_ms=int(EMBEDDED_BROKER_CLIENT_SETTINGS["HOMEWARD_KAFKA_FETCH_MAX_WAIT_MS"]),
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         )  # fmt: skip
         self._task: asyncio.Task[None] | None = None
 

@@ -54,8 +54,8 @@ class KafkaClients(HomewardSettings):
         default=300_000, ge=1_000, le=3_600_000, description="Clients refresh topic and partition metadata this often"
     )
     # Apache Kafka answers a fetch as soon as a record is there, so this bounds only how long an
-    # idle consumer's fetch waits; the embedded broker holds every fetch this long (see
-    # services/devstack/embedded.py), which `up` therefore sets to 50 ms.
+    # idle consumer's fetch waits; the embedded broker holds every fetch this long, and measured
+    # best at the default under load (see services/devstack/embedded.py).
     kafka_fetch_max_wait_ms: int = Field(
         default=500, ge=1, le=60_000, description="Longest the broker may hold a consumer's fetch while no record comes"
     )
