@@ -11,7 +11,7 @@ Every loop, retry and batch has a named bound, units last.
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["registration", "travel", "arrival", "disbursement"]
@@ -25,6 +25,12 @@ class HomewardSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HOMEWARD_", frozen=True, extra="ignore")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        """`debug` is as good as `DEBUG`."""
+        return value.upper() if isinstance(value, str) else value
 
 
 class Infrastructure(HomewardSettings):

@@ -68,3 +68,11 @@ def test_the_readme_says_which_process_reads_each_variable() -> None:
     wrong = {variable: (documented[variable], actual[variable]) for variable in actual
              if documented[variable] != actual[variable]}  # fmt: skip
     assert wrong == {}, "README 'read by' (left) differs from the settings classes (right)"
+
+
+def test_the_log_level_may_be_written_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOMEWARD_LOG_LEVEL", "debug")
+    assert ServiceSettings().log_level == "DEBUG"
+    monkeypatch.setenv("HOMEWARD_LOG_LEVEL", "loud")
+    with pytest.raises(ValidationError, match="log_level"):
+        ServiceSettings()
