@@ -169,14 +169,14 @@ class ServiceProcess:
 
 @dataclass
 class SandboxProcess(ServiceProcess):
-    """A sandbox provider (`homeward sandbox KIND`), supervised like a service. It is ready once it
-    says it listens and its /health answers, as a load balancer would see it.
+    """A sandbox provider (`python -m services.sandbox KIND`), supervised like a service. It is
+    ready once it says it listens and its /health answers, as a load balancer would see it.
 
-    A restart reuses the port and the store, so the services keep reaching the same provider state."""
+    Its port and store are in its environment (HOMEWARD_SANDBOX_*_PORT and _STORE), so a restart
+    reuses both and the services keep reaching the same provider state."""
 
     kind: str = ""
     port: int = 0
-    store: Path = field(default_factory=Path)
 
     def command(self) -> tuple[str, ...]:
         return ("-m", "services.sandbox", self.kind)
@@ -333,7 +333,7 @@ class Supervisor:
         # `python -m services.sandbox KIND` reads where it listens and stores from its settings.
         prefix = f"HOMEWARD_SANDBOX_{SANDBOX_SETTING_NAMES[kind]}"
         env = {**env, f"{prefix}_PORT": str(port), f"{prefix}_STORE": str(store)}
-        sandbox = SandboxProcess(name, env, log, kind=kind, port=port, store=store)
+        sandbox = SandboxProcess(name, env, log, kind=kind, port=port)
         self.sandboxes.append(sandbox)
         return sandbox
 

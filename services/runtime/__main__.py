@@ -1,8 +1,7 @@
 """`python -m services.runtime SERVICE`: one service process, importing only the runtime and that
 service. `homeward run SERVICE` does the same through the operator CLI, which also loads every
-operator command; `homeward up` starts its processes this way, so each starts in well under a
-second of CPU instead of about one (on two cores, six processes starting at once wait for each
-other's imports)."""
+operator command; `homeward up` starts its processes this way, because on two cores six
+processes starting at once wait for each other's imports."""
 
 import asyncio
 import sys
