@@ -2,6 +2,7 @@
 service processes, and polling with a deadline (never a fixed sleep)."""
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -15,13 +16,72 @@ from typing import Any, Self
 from uuid import UUID, uuid4
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from contracts.events import EVIDENCE_TOPIC
 from contracts.registry import PAYLOAD_TYPES
+from contracts.signing import SIGNER_SOURCES, public_key_pem, signature_headers
 
 WAIT_SECONDS_MAX = 60.0
 POLL_SECONDS = 0.05
 SERVICE_START_SECONDS_MAX = 90.0
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "contract" / "examples"
+
+
+# Signed evidence (contract v1.1) -----------------------------------------------------------------
+# One signer per evidence source, with a key derived from a fixed seed, so that every tier and
+# every process of a test run signs with the same keys; the tests register them in each database.
+def _test_key(seed: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed.encode()).digest())
+
+
+TEST_SIGNERS: dict[str, tuple[str, Ed25519PrivateKey]] = {
+    source: (f"test-{source}", _test_key(f"homeward-test-{source}")) for source in SIGNER_SOURCES
+}
+
+
+def evidence_headers(topic: str, value: bytes) -> list[tuple[str, bytes]] | None:
+    """What a genuine producer sends with `value`: on the evidence topic, the signature of the
+    test signer of the evidence's source (of the carrier's where the value names none); None on
+    other topics."""
+    if topic != EVIDENCE_TOPIC:
+        return None
+    try:
+        source = json.loads(value)["data"]["source"]
+    except (ValueError, KeyError, TypeError, RecursionError):  # the fuzz tier sends all of these
+        source = None
+    signer_id, key = TEST_SIGNERS[source if isinstance(source, str) and source in TEST_SIGNERS else "carrier"]
+    return signature_headers(signer_id, key, value)
+
+
+async def register_test_signers(database_url: str) -> None:
+    """Registers the test signers in a database whose arrival schema is migrated (again: a no-op)."""
+    from services.arrival.adapters import signers
+    from services.runtime.db import connect
+
+    connection = await connect(database_url, schema="arrival")
+    try:
+        for source, (signer_id, key) in TEST_SIGNERS.items():
+            await signers.add(connection, signer_id, source, public_key_pem(key))
+    finally:
+        await connection.close()
+
+
+def register_test_signers_now(database_url: str) -> None:
+    """`register_test_signers` from synchronous code, even where an event loop is running."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(register_test_signers(database_url))
+        except BaseException as error:  # handed to the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 async def eventually(check: Callable[[], Any], *, timeout: float = WAIT_SECONDS_MAX, what: str = "condition") -> Any:
@@ -149,9 +209,11 @@ class Kafka(KafkaPump):
         headers = {key: value.decode() for key, value in (record.headers or ())}
         self.received.append((record.topic, headers, record.value))
 
-    async def send(self, topic: str, value: bytes | dict[str, Any], key: str) -> None:
+    async def send(self, topic: str, value: bytes | dict[str, Any], key: str, *, signed: bool = True) -> None:
+        """Publishes `value`; evidence goes signed as its source's producer signs it, unless not `signed`."""
         raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-        await self.producer.send_and_wait(topic, raw, key=key.encode())
+        headers = evidence_headers(topic, raw) if signed else None
+        await self.producer.send_and_wait(topic, raw, key=key.encode(), headers=headers)
 
     def events(self, topic: str, **match: str) -> list[dict[str, Any]]:
         """Envelopes seen on `topic` whose data fields equal `match` (as strings)."""

@@ -4,6 +4,8 @@ from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+import structlog
+
 from contracts.events import (
     EVIDENCE_TOPIC,
     ArrivalVerified,
@@ -22,6 +24,7 @@ from services.runtime.service import ServiceDefinition, Worker
 from services.runtime.uow import ServiceDatabase
 
 SQL = Path(__file__).parent / "adapters" / "sql"
+logger = structlog.get_logger("homeward.arrival")
 
 
 SETTINGS = ArrivalSettings
@@ -40,8 +43,15 @@ def build(settings: ArrivalSettings, database: ServiceDatabase) -> ServiceDefini
     routes = {
         RegistrationAccepted.TOPIC: Route(batch=partial(handlers.handle_accepted, queries=queries, window=window)),
         TravelBooked.TOPIC: Route(batch=partial(handlers.handle_booked, queries=queries, window=window)),
-        EVIDENCE_TOPIC: Route(batch=partial(handlers.handle_evidence, queries=queries, window=window)),
+        EVIDENCE_TOPIC: Route(
+            batch=partial(handlers.handle_evidence, queries=queries, window=window),
+            admit=partial(handlers.admit_evidence, queries=queries) if settings.evidence_auth == "required" else None,
+        ),
     }
+    if settings.evidence_auth == "off":
+        logger.warning(
+            "arrival.evidence_auth_off", hint="unsigned evidence counts until HOMEWARD_EVIDENCE_AUTH=required"
+        )
     sweeper = handlers.WindowSweeper(database, queries, window, settings.worker_batch_size_max)
     workers = [
         Worker("window-sweep", sweeper.sweep, settings.arrival_sweep_interval_ms / 1000, settings.worker_batch_size_max)

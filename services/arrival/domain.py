@@ -6,6 +6,8 @@ from datetime import datetime, timedelta
 from typing import Literal
 from uuid import UUID
 
+from contracts import signing
+
 FUTURE_TOLERANCE = timedelta(minutes=5)
 APP_MATCH_SCORE_MIN = 0.80
 
@@ -71,4 +73,60 @@ def verify(case: CaseFacts, evidence: Iterable[Evidence], window: timedelta) -> 
     )
     if landed is not None and app is not None:
         return Verdict("carrier_and_app", (landed.evidence_id, app.evidence_id))
+    return None
+
+
+# Signed evidence (contract v1.1) ---------------------------------------------------------------
+
+# Why a piece of evidence did not authenticate: the first word of its dead letter's detail.
+UNSIGNED = "missing_signature"
+MALFORMED_SIGNATURE = "malformed_signature"
+UNKNOWN_SIGNER = "unknown_signer"
+REVOKED_SIGNER = "revoked_signer"
+WRONG_SOURCE = "wrong_source"
+OTHER_OFFICE = "office_mismatch"
+BAD_SIGNATURE = "bad_signature"
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A registered evidence signer: whose public key vouches for which source (and office)."""
+
+    signer_id: str
+    source: str
+    public_key: bytes
+    office_code: str | None = None
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What the check reads of one evidence record: its headers' claims and its exact bytes."""
+
+    signer_id: str | None
+    signature: bytes | None
+    value: bytes
+    source: str
+    office_code: str | None
+    received_at: datetime
+
+
+def refusal(evidence: Signed, signer: Signer | None) -> str | None:
+    """None when the evidence may count; otherwise why not. The cheap checks come first, the
+    signature last, so that unsigned floods cost no curve arithmetic."""
+    if evidence.signer_id is None or evidence.signature is None:
+        return UNSIGNED
+    if len(evidence.signature) != signing.SIGNATURE_BYTES:
+        return MALFORMED_SIGNATURE
+    if signer is None:
+        return UNKNOWN_SIGNER
+    # Revoked at T: what it sent before T still counts, nothing received at T or later does.
+    if signer.revoked_at is not None and evidence.received_at >= signer.revoked_at:
+        return REVOKED_SIGNER
+    if signer.source != evidence.source:
+        return WRONG_SOURCE
+    if signer.office_code is not None and signer.office_code != evidence.office_code:
+        return OTHER_OFFICE
+    if not signing.verifies(signer.public_key, evidence.signature, evidence.value):
+        return BAD_SIGNATURE
     return None

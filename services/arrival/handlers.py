@@ -8,6 +8,7 @@ from uuid import UUID
 
 import structlog
 
+from contracts import signing
 from contracts.envelope import Envelope
 from contracts.events import (
     AppCheckIn,
@@ -19,8 +20,9 @@ from contracts.events import (
     TravelBooked,
 )
 from services.arrival import domain
+from services.runtime.consumer import Refusal
 from services.runtime.db import fetch_all
-from services.runtime.messages import now
+from services.runtime.messages import Decoded, now
 from services.runtime.uow import ServiceDatabase, UnitOfWork
 
 logger = structlog.get_logger("homeward.arrival")
@@ -84,6 +86,52 @@ async def handle_evidence(
         log.debug("arrival.evidence_received", source=event.data.source)
         arrived.append((event.data.case_id, event.id, event.data.evidence_id))
     await evaluate(uow, queries, arrived, window=window)
+
+
+EVIDENCE_UNAUTHENTICATED = "evidence_unauthenticated"
+SIGNER_ID_SHOWN_CHARS_MAX = 100
+
+
+async def admit_evidence(items: list[Decoded], uow: UnitOfWork, *, queries: Any) -> list[Refusal | None]:
+    """Contract v1.1: evidence counts only when a registered, unrevoked signer for its source (and
+    office) signed its exact bytes. One look-up for the batch's signers, in the batch's own
+    transaction, so a revocation committed before the batch began is seen."""
+    claims = [_signed(item) for item in items]
+    signer_ids = sorted({claim.signer_id for claim in claims if claim.signer_id is not None})
+    rows = await fetch_all(queries.signers_by_id(uow.connection, signer_ids=signer_ids)) if signer_ids else []
+    signers = {row["signer_id"]: domain.Signer(**dict(row)) for row in rows}
+    refusals: list[Refusal | None] = []
+    for claim in claims:
+        reason = domain.refusal(claim, signers.get(claim.signer_id) if claim.signer_id is not None else None)
+        refusals.append(None if reason is None else Refusal(EVIDENCE_UNAUTHENTICATED, _detail(reason, claim)))
+    return refusals
+
+
+def _signed(item: Decoded) -> domain.Signed:
+    record, data = item.record, item.envelope.data
+    signer = record.header(signing.SIGNER_HEADER)
+    signature = record.header(signing.SIGNATURE_HEADER)
+    try:
+        signer_id = signer.decode() if signer is not None else None
+    except UnicodeDecodeError:
+        signer_id = "\ufffd"  # not UTF-8: no registered id is (the CLI takes text), so unknown
+    return domain.Signed(
+        signer_id=signer_id,
+        # A header that is there but is no signature is malformed, not missing.
+        signature=None if signature is None else (signing.decode_signature(signature) or b""),
+        value=record.value,
+        source=data.source,
+        office_code=getattr(data, "office_code", None),
+        # "Received" is when the broker wrote it, where the topic stamps that; else now.
+        received_at=record.appended_at or now(),
+    )
+
+
+def _detail(reason: str, claim: domain.Signed) -> str:
+    """The dead letter's detail: the reason, and the signer named (printable, cut short), never
+    anything of the evidence itself."""
+    named = "".join(c if c.isprintable() else "?" for c in (claim.signer_id or ""))[:SIGNER_ID_SHOWN_CHARS_MAX]
+    return f"{reason}: signer {named!r}" if claim.signer_id is not None else reason
 
 
 async def evaluate(

@@ -168,7 +168,7 @@ class World(Demo):
             for case_id, messages in list(self.evidence.items()):
                 key = str(case_id)
                 if case_id not in self.tally.verified and self.overdue(EVIDENCE_TOPIC, key):
-                    sends += [resend(EVIDENCE_TOPIC, key, partial(self.send, EVIDENCE_TOPIC, m, key)) for m in messages]
+                    sends += [resend(EVIDENCE_TOPIC, key, partial(self.publish, [m])) for m in messages]
             outcomes = await asyncio.gather(*sends, return_exceptions=True)
             for outcome in outcomes:
                 # The broker being away is why we retry; the next round tries again. Anything else is a bug.

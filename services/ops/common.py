@@ -1,11 +1,12 @@
 """What the operator commands share: the options every command takes, where a running
 `homeward up` (or the configured database, broker and providers) is, and table/JSON output."""
 
+import asyncio
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import Field
@@ -15,6 +16,7 @@ from rich.table import Table
 from services.devstack.running import Runtime
 from services.runtime.settings import SERVICE_NAMES, Infrastructure, KafkaClients, StateDirectory
 
+T = TypeVar("T")
 PIPED_WIDTH = 160
 """Piped output gets a wide console, so ids and amounts are not cut to fit 80 columns."""
 
@@ -92,3 +94,35 @@ def chosen_services(service: str | None) -> tuple[str, ...]:
     if service not in SERVICE_NAMES:
         raise typer.BadParameter(f"unknown service {service!r}; one of: {', '.join(SERVICE_NAMES)}")
     return (service,)
+
+
+def on_schema(
+    database_url: str,
+    schema: str,
+    work: Callable[[Any], Awaitable[T]],
+    *,
+    holds: str,
+    refusals: tuple[type[Exception], ...] = (),
+) -> T:
+    """Runs `work` on one connection that sees `schema` (a service's), and closes it. A schema
+    not migrated yet, or a refusal of the kinds given, ends the command with exit code 2 and a
+    line saying what to do; `holds` names what the schema would hold ("the ledger")."""
+    from services.runtime.db import connect
+
+    async def main() -> T:
+        import asyncpg
+
+        connection = await connect(database_url, schema=schema)
+        try:
+            return await work(connection)
+        except refusals as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from error
+        except asyncpg.UndefinedTableError as error:
+            typer.echo(f"error: the database has no {holds} yet ({error}).", err=True)
+            typer.echo(f"Run `homeward migrate` (or start the {schema} service) against it first.", err=True)
+            raise typer.Exit(2) from error
+        finally:
+            await connection.close()
+
+    return asyncio.run(main())

@@ -4,7 +4,6 @@ They find a running `homeward up` through its state dir, or the database and pro
 HOMEWARD_DATABASE_URL and HOMEWARD_PAYOUT_PROVIDER_URL; they print tables, or JSON with --json.
 """
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from decimal import Decimal, InvalidOperation
@@ -16,7 +15,7 @@ import typer
 from rich.table import Table
 
 from services.disbursement.settings import ProgramCurrency
-from services.ops.common import AsJson, StateDir, emit, locate
+from services.ops.common import AsJson, StateDir, emit, locate, on_schema
 
 ledger_app = typer.Typer(help="The stipend ledger: fund, balances, verify, reconcile.", no_args_is_help=True)
 
@@ -27,24 +26,11 @@ RELEASE_ROUNDS_MAX = 1000
 
 def _run(state_dir: Path | None, work: Callable[[Any, Any, str | None], Awaitable[T]]) -> T:
     from services.disbursement.app import queries
-    from services.runtime.db import connect
 
     database_url, payouts = locate(state_dir)
-
-    async def main() -> T:
-        import asyncpg
-
-        connection = await connect(database_url, schema="disbursement")
-        try:
-            return await work(connection, queries(), payouts)
-        except asyncpg.UndefinedTableError as error:
-            typer.echo(f"error: the database has no ledger yet ({error}).", err=True)
-            typer.echo("Run `homeward migrate` (or start the disbursement service) against it first.", err=True)
-            raise typer.Exit(2) from error
-        finally:
-            await connection.close()
-
-    return asyncio.run(main())
+    return on_schema(
+        database_url, "disbursement", lambda connection: work(connection, queries(), payouts), holds="ledger"
+    )
 
 
 async def _provider_payouts(payouts_url: str | None) -> list[Any]:

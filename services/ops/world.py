@@ -27,6 +27,7 @@ from uuid import UUID, uuid4
 import stamina
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, ProducerClosed
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -44,6 +45,7 @@ from contracts.events import (
     TravelBooked,
     TravelBookingFailed,
 )
+from contracts.signing import SIGNER_SOURCES, public_key_pem, signature_headers
 from services.devstack.running import READY_PREFIX, Runtime
 from services.runtime.messages import build_envelope, encode
 from services.runtime.produce import Record, send_batched
@@ -248,10 +250,40 @@ class Booking:
     scheduled_arrival: datetime
 
 
-def evidence_for(booking: Booking, country: str, correlationid: UUID, rng: random.Random) -> list[bytes]:
-    """What the world reports after a flight: a landing and an app check-in, or a partner-office
-    visit. (tests/unit/test_world.py checks that it speaks the contract; the run does not pay for
-    validating every message.)"""
+@dataclass(frozen=True)
+class EvidenceSigners:
+    """The world's evidence signers (contract v1.1): a key of its own per source, made for the run
+    and registered as an operator registers one (`homeward signers add` runs the same function)."""
+
+    keys: dict[str, tuple[str, Ed25519PrivateKey]]
+    """Evidence source → (signer id, private key)."""
+
+    @classmethod
+    def generate(cls, run_tag: str) -> "EvidenceSigners":
+        return cls({source: (f"world-{source}-{run_tag}", Ed25519PrivateKey.generate()) for source in SIGNER_SOURCES})
+
+    async def register(self, database_url: str) -> None:
+        from services.arrival.adapters import signers
+        from services.runtime.db import connect
+
+        connection = await connect(database_url, schema="arrival")
+        try:
+            for source, (signer_id, key) in self.keys.items():
+                await signers.add(connection, signer_id, source, public_key_pem(key))
+        finally:
+            await connection.close()
+
+    def record(self, source: str, key: str, value: bytes) -> Record:
+        signer_id, private_key = self.keys[source]
+        return Record(EVIDENCE_TOPIC, key.encode(), value, tuple(signature_headers(signer_id, private_key, value)))
+
+
+def evidence_for(
+    booking: Booking, country: str, correlationid: UUID, rng: random.Random, signers: EvidenceSigners
+) -> list[Record]:
+    """What the world reports after a flight, signed: a landing and an app check-in, or a
+    partner-office visit. (tests/unit/test_world.py checks that it speaks the contract; the run
+    does not pay for validating every message.)"""
     observed = max(datetime.now(UTC), booking.scheduled_arrival)
     common = {"case_id": str(booking.case_id), "observed_at": observed.isoformat(), "country": country}
     if rng.random() < PARTNER_OFFICE_SHARE:
@@ -281,7 +313,7 @@ def evidence_for(booking: Booking, country: str, correlationid: UUID, rng: rando
             "datacontenttype": "application/json",
             "data": {"evidence_id": str(evidence_id), **common, **fields},
         }  # fmt: skip
-        messages.append(json.dumps(document).encode())
+        messages.append(signers.record(str(fields["source"]), str(booking.case_id), json.dumps(document).encode()))
     return messages
 
 
@@ -307,7 +339,8 @@ class Demo:
         """Registrations per second (an open loop, as a population of apps sends); None sends the
         whole cohort as fast as the broker takes it."""
         self.tally = Tally()
-        self.evidence: dict[UUID, list[bytes]] = {}
+        self.evidence: dict[UUID, list[Record]] = {}
+        self.signers = EvidenceSigners.generate(f"{rng.randrange(16**6):06X}")
         self.background: set[asyncio.Task[None]] = set()
         self.in_flight = asyncio.Semaphore(PUBLISH_CHUNKS_IN_FLIGHT_MAX)
         self.unanswered = 0
@@ -336,6 +369,7 @@ class Demo:
         )
 
     async def run(self, timeout_seconds: float) -> float:
+        await self.signers.register(self.runtime.database_url)
         await self.producer.start()
         joined = _Joined()
         self.consumer.subscribe(OUTBOUND_TOPICS, listener=joined)
@@ -545,9 +579,11 @@ class Demo:
         records = []
         for booking in bookings:
             participant = self.by_application[self.tally.cases[booking.case_id]]
-            messages = evidence_for(booking, participant.destination_country, participant.correlationid, self.rng)
+            messages = evidence_for(
+                booking, participant.destination_country, participant.correlationid, self.rng, self.signers
+            )
             self.evidence[booking.case_id] = messages
-            records += [Record(EVIDENCE_TOPIC, str(booking.case_id).encode(), message) for message in messages]
+            records += messages
         for first in range(0, len(records), PUBLISH_CHUNK_RECORDS):
             chunk = records[first : first + PUBLISH_CHUNK_RECORDS]
             try:

@@ -21,8 +21,18 @@ from services.runtime.db import TRANSIENT_ERRORS, fetch_all
 from services.runtime.messages import ERROR_HANDLER, Decoded, Record, Undeliverable, decode
 from services.runtime.uow import ServiceDatabase, UnitOfWork
 
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an admission check turned a well-formed record away: its dead letter's code and detail."""
+
+    code: str
+    detail: str
+
+
 BatchHandler = Callable[[list[Any], UnitOfWork], Awaitable[None]]
 InvalidHandler = Callable[[Undeliverable, UnitOfWork], Awaitable[None]]
+AdmitHandler = Callable[[list[Decoded], UnitOfWork], Awaitable[list[Refusal | None]]]
 
 logger = structlog.get_logger("homeward.consumer")
 
@@ -34,6 +44,9 @@ class Route:
 
     batch: BatchHandler
     on_invalid: InvalidHandler | None = None
+    admit: AdmitHandler | None = None
+    """Checks the topic's well-formed records before anything else sees them (arrival: who signed
+    the evidence), all at once; answers each with None (it goes on) or why it is refused."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,7 @@ class BatchConsumer:
         started = time.monotonic()
         async with self.database.unit() as uow:
             await uow.lock_cases(_case_of(item) for item in items)
+            items = await self._admitted(items, uow)
             claimed = await fetch_all(
                 uow.runtime_queries.claim_events(uow.connection, event_ids=[item.inbox_key for item in items])
             )
@@ -190,6 +204,32 @@ class BatchConsumer:
                 metrics.DEAD_LETTERS.labels(topic, code).inc()
         return BatchResult(applied, duplicates, dead_lettered)
 
+    async def _admitted(
+        self, items: Sequence[Decoded | Undeliverable], uow: UnitOfWork
+    ) -> Sequence[Decoded | Undeliverable]:
+        """Runs each topic's admission check over its well-formed records, before the inbox sees
+        them: a refused record is dead-lettered under its offsets, so it cannot claim the event id
+        that a genuine copy may still bring."""
+        checked: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            route = self.routes.get(item.record.topic)
+            if isinstance(item, Decoded) and route is not None and route.admit is not None:
+                checked.setdefault(item.record.topic, []).append(index)
+        if not checked:
+            return items
+        admitted = list(items)
+        for topic, indexes in checked.items():
+            admit = cast(AdmitHandler, self.routes[topic].admit)
+            decoded = [cast(Decoded, items[index]) for index in indexes]
+            refusals = await admit(decoded, uow)
+            for index, item, refused in zip(indexes, decoded, refusals, strict=True):
+                if refused is not None:
+                    admitted[index] = Undeliverable(
+                        item.record, refused.code, refused.detail,
+                        correlationid=item.envelope.correlationid, event_id=item.envelope.id,
+                    )  # fmt: skip
+        return admitted
+
     async def _apply_run(self, run: list[Decoded], uow: UnitOfWork) -> None:
         """A run of one topic's events to its handler; the handler logs each with its ids."""
         topic = run[0].record.topic
@@ -197,7 +237,8 @@ class BatchConsumer:
             await self.routes[topic].batch([item.envelope for item in run], uow)
 
     async def _reject(self, bad: Undeliverable, uow: UnitOfWork) -> None:
-        logger.warning("event.dead_lettered", error_code=bad.code, field=bad.field)
+        # The detail names fields, rules and reasons, never a value (messages._describe).
+        logger.warning("event.dead_lettered", error_code=bad.code, field=bad.field, detail=bad.detail)
         uow.dead_letter(bad)
         route = self.routes.get(bad.record.topic)
         if route is not None and route.on_invalid is not None and bad.code != ERROR_HANDLER:

@@ -46,6 +46,18 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+    # When the broker wrote the record, where the topic has it stamp the time
+    # (`message.timestamp.type=LogAppendTime`); None where the producer chose the timestamp.
+    appended_at: datetime | None = None
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of a header, or None."""
+        found = None
+        for key, value in self.headers:
+            if key == name:
+                found = value
+        return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -38,6 +39,8 @@ PRODUCER_REQUEST_BYTES_MAX = 4 * 1024 * 1024
 RELAY_BATCH_BYTES = 1024 * 1024
 """Bytes of one produce batch for one partition (aiokafka's default is 16 KiB)."""
 KAFKA_REQUEST_TIMEOUT_MS = 30_000
+LOG_APPEND_TIME = 1
+"""Kafka's timestamp type of a record the broker stamped (0: the producer's CreateTime)."""
 ASSIGNMENT_POLL_SECONDS = 0.1
 
 Step = Callable[[], Awaitable[int]]
@@ -115,7 +118,11 @@ async def _raw_records(message: StreamMessage[Any]) -> Any:
 
 
 def _record(raw: ConsumerRecord) -> Record:
-    return Record(raw.topic, raw.partition, raw.offset, raw.key, raw.value or b"")
+    appended_at = None
+    if raw.timestamp_type == LOG_APPEND_TIME and raw.timestamp is not None:
+        appended_at = datetime.fromtimestamp(raw.timestamp / 1000, UTC)
+    headers = tuple((key, value or b"") for key, value in raw.headers or ())
+    return Record(raw.topic, raw.partition, raw.offset, raw.key, raw.value or b"", headers, appended_at)
 
 
 def _enable_redrive(

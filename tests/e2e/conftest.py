@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.devstack.embedded import free_port
-from tests.support import clean_env
+from tests.support import clean_env, register_test_signers_now
 
 UP_READY_SECONDS_MAX = 180.0
 UP_STOP_SECONDS_MAX = 60.0
@@ -77,6 +77,8 @@ def homeward_up(
         if not seen.wait(UP_READY_SECONDS_MAX):
             raise RuntimeError(f"`homeward up` printed no ready line; logs in {state_dir / 'logs'}")
         kafka = ready[0].split("kafka=", 1)[1].split()[0]
+        # Evidence must be signed (contract v1.1): the tests' producers sign with the test signers.
+        register_test_signers_now(ready[0].split("database=", 1)[1].split()[0])
         yield Running(kafka, state_dir, ready[0])
     finally:
         process.send_signal(signal.SIGINT)

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from contracts.registry import PAYLOAD_TYPES, dlq_topic
-from tests.support import KafkaPump, envelope, eventually, homeward_cli, submission
+from tests.support import KafkaPump, envelope, eventually, evidence_headers, homeward_cli, submission
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -141,7 +141,10 @@ async def send_shuffled(
     """Each message `INBOUND_COPIES` times (same envelope, same bytes), all in one shuffled order."""
     copies = [(topic, json.dumps(value).encode(), key) for topic, value, key in messages] * INBOUND_COPIES
     random.shuffle(copies)
-    sent = [await producer.send(topic, value, key=key.encode()) for topic, value, key in copies]
+    sent = [
+        await producer.send(topic, value, key=key.encode(), headers=evidence_headers(topic, value))
+        for topic, value, key in copies
+    ]
     await asyncio.gather(*sent)
 
 

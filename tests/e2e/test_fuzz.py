@@ -33,7 +33,16 @@ from hypothesis import strategies as st
 
 from tests.e2e.conftest import Running, homeward_up
 from tests.e2e.test_flow import accepted_case, evidence, submit
-from tests.support import Kafka, KafkaPump, envelope, eventually, homeward_cli, outbound_and_dlq_topics, submission
+from tests.support import (
+    Kafka,
+    KafkaPump,
+    envelope,
+    eventually,
+    evidence_headers,
+    homeward_cli,
+    outbound_and_dlq_topics,
+    submission,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -525,7 +534,10 @@ class Tracker(KafkaPump):
 
     async def publish(self, messages: list[Fuzzed]) -> list[Any]:
         """Sends every message at once and returns where each landed."""
-        sent = [await self.producer.send(m.topic, m.value, key=m.key.encode()) for m in messages]
+        sent = [
+            await self.producer.send(m.topic, m.value, key=m.key.encode(), headers=evidence_headers(m.topic, m.value))
+            for m in messages
+        ]
         return list(await asyncio.gather(*sent))
 
 

@@ -36,7 +36,7 @@ from services.disbursement.app import queries
 from services.runtime import crypto, signing
 from services.runtime.db import connect
 from tests.conftest import Infra
-from tests.support import Kafka, ServiceRunner, envelope, eventually
+from tests.support import Kafka, ServiceRunner, envelope, eventually, evidence_headers, register_test_signers_now
 
 SUBMITTED = RegistrationSubmitted.TOPIC
 ACCEPTED = RegistrationAccepted.TOPIC
@@ -59,6 +59,9 @@ def start_service(name: str, infra: Infra, **extra_env: str) -> Iterator[Service
     """Runs one service for the whole module; startup takes a couple of seconds (imports, the group join)."""
     runner = ServiceRunner(name, infra.env(**extra_env))
     runner.start()
+    if name == "arrival":
+        # Evidence must be signed (contract v1.1); arrival migrated its schema as it started.
+        register_test_signers_now(infra.database_url)
     try:
         yield runner
     finally:
@@ -88,7 +91,8 @@ async def publish(
 ) -> RecordMetadata:
     """Like `Kafka.send`, but says where the record landed (and can choose the partition)."""
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-    return await kafka.producer.send_and_wait(topic, raw, key=key.encode(), partition=partition)
+    headers = evidence_headers(topic, raw)
+    return await kafka.producer.send_and_wait(topic, raw, key=key.encode(), partition=partition, headers=headers)
 
 
 def iso(moment: datetime) -> str:
@@ -369,8 +373,10 @@ class Outcomes:
 
 async def publish_all(kafka: Kafka, messages: list[tuple[str, dict[str, Any], str]]) -> None:
     """Publishes many records at once and waits for every acknowledgement; each key keeps its order."""
+    raws = [(topic, json.dumps(value).encode(), key) for topic, value, key in messages]
     sent = [
-        await kafka.producer.send(topic, json.dumps(value).encode(), key=key.encode()) for topic, value, key in messages
+        await kafka.producer.send(topic, raw, key=key.encode(), headers=evidence_headers(topic, raw))
+        for topic, raw, key in raws
     ]
     await asyncio.gather(*sent)
 

@@ -26,7 +26,7 @@ from tests.integration.helpers import (
     start_service,
 )  # fmt: skip
 from tests.integration.test_arrival import new_case, open_case
-from tests.support import ServiceRunner, envelope, eventually, outbound_and_dlq_topics, submission
+from tests.support import ServiceRunner, envelope, eventually, evidence_headers, outbound_and_dlq_topics, submission
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("registration", "arrival")]
 
@@ -89,7 +89,7 @@ async def test_evidence_in_every_codec_verifies_the_arrival(infra: Infra, databa
     async with collector(infra) as kafka, producer(infra, codec) as office:
         await open_case(kafka, database, case)
         value = json.dumps(envelope(EVIDENCE, partner_office(case.case_id, observed_at=now()))).encode()
-        await office.send_and_wait(EVIDENCE, value, key=case.key.encode())
+        await office.send_and_wait(EVIDENCE, value, key=case.key.encode(), headers=evidence_headers(EVIDENCE, value))
         [event] = await eventually(lambda: kafka.events(VERIFIED, case_id=case.key), what=f"{VERIFIED} ({codec})")
     assert event["data"]["rule"] == "partner_office"
 

@@ -6,9 +6,13 @@ import random
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
 from contracts.registry import envelope_adapter
-from services.ops.world import Booking, Tally, evidence_for, make_cohort
+from contracts.signing import SIGNATURE_HEADER, SIGNER_HEADER, decode_signature, verifies
+from services.ops.world import Booking, EvidenceSigners, Tally, evidence_for, make_cohort
 
 COHORT = 200
 
@@ -35,12 +39,23 @@ def test_evidence_of_both_kinds_is_valid() -> None:
     adapter = envelope_adapter(EVIDENCE_TOPIC)
     sources = set()
     rng = random.Random(3)
+    signers = EvidenceSigners.generate("T")
     for _ in range(50):
-        for message in evidence_for(booking, "HN", uuid4(), rng):
-            envelope = adapter.validate_json(message)
+        for record in evidence_for(booking, "HN", uuid4(), rng, signers):
+            envelope = adapter.validate_json(record.value)
             assert str(envelope.data.case_id) == str(booking.case_id)
             sources.add(envelope.source)
+            # Signed by the world's signer for the evidence's source, over the bytes sent.
+            headers = dict(record.headers)
+            signer_id, key = signers.keys[envelope.data.source]
+            assert headers[SIGNER_HEADER] == signer_id.encode()
+            signature = decode_signature(headers[SIGNATURE_HEADER])
+            assert signature is not None and verifies(public_key_bytes(key), signature, record.value)
     assert sources == {"carrier", "participant-app", "partner-office"}
+
+
+def public_key_bytes(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def test_the_tally_is_finished_once_every_case_is_settled() -> None:

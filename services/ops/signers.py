@@ -1,0 +1,94 @@
+"""`homeward signers …`: who may sign arrival evidence (contract v1.1, "Signed evidence").
+
+Evidence counts only when a registered signer for its source signed its exact bytes. Register a
+signer with the PEM of its Ed25519 public key; revoke it when its key is lost or its holder
+leaves: evidence received from then on is dead-lettered (`evidence_unauthenticated`), what it
+signed earlier still counts. Signers are never deleted, and an id never changes its key.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.table import Table
+
+from contracts.signing import SIGNER_SOURCES
+from services.ops.common import AsJson, StateDir, emit, locate, on_schema
+
+signers_app = typer.Typer(
+    help="Evidence signers: add (register a public key for a source), revoke, list.", no_args_is_help=True
+)
+
+T = TypeVar("T")
+
+
+def _run(state_dir: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:
+    from services.arrival.adapters.signers import SignerRefused
+
+    database_url, _ = locate(state_dir)
+    return on_schema(database_url, "arrival", work, holds="signer registry", refusals=(SignerRefused,))
+
+
+@signers_app.command()
+def add(
+    signer_id: Annotated[str, typer.Option("--id", help="The signer's id, as producers put it in `x-signer`")],
+    source: Annotated[str, typer.Option(help=f"The evidence it may sign: {', '.join(SIGNER_SOURCES)}")],
+    public_key: Annotated[
+        Path,
+        typer.Option(help="PEM file of its Ed25519 public key (SPKI)", exists=True, dir_okay=False),
+    ],
+    office_code: Annotated[
+        str | None, typer.Option(help="partner_office only: the one office whose evidence it may sign")
+    ] = None,
+    state_dir: StateDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Register an evidence signer. The same id with the same key again is a no-op; another key is refused."""
+    from services.arrival.adapters import signers
+
+    pem = public_key.read_bytes()
+    entry, added = _run(state_dir, lambda connection: signers.add(connection, signer_id, source, pem, office_code))
+    emit(as_json, {**asdict(entry), "added": added}, None)
+    if not as_json:
+        verb = "registered" if added else "already registered, unchanged:"
+        office = f" for office {entry.office_code}" if entry.office_code else ""
+        typer.echo(f"{verb} {entry.signer_id} ({entry.source}{office}, key {entry.fingerprint})")
+
+
+@signers_app.command()
+def revoke(
+    signer_id: Annotated[str, typer.Option("--id", help="The signer to revoke")],
+    state_dir: StateDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Revoke a signer now: evidence received from now on does not count; what it signed before still does."""
+    from services.arrival.adapters import signers
+
+    revoked_at = _run(state_dir, lambda connection: signers.revoke(connection, signer_id))
+    emit(as_json, {"signer_id": signer_id, "revoked_at": revoked_at}, None)
+    if not as_json:
+        typer.echo(f"revoked {signer_id} from {revoked_at.isoformat()}")
+
+
+@signers_app.command("list")
+def list_signers(state_dir: StateDir = None, as_json: AsJson = False) -> None:
+    """List the registered signers, revoked ones included, oldest first."""
+    from services.arrival.adapters import signers
+
+    entries = _run(state_dir, signers.listed)
+    table = Table(title="Evidence signers")
+    for column in ("id", "source", "office", "key", "added", "revoked"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(
+            entry.signer_id, entry.source, entry.office_code or "", entry.fingerprint,
+            _when(entry.added_at), _when(entry.revoked_at),
+        )  # fmt: skip
+    emit(as_json, [asdict(entry) for entry in entries], table)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else ""
