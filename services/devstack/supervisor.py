@@ -28,7 +28,7 @@ from services.devstack.running import READY_PREFIX, STATUS_FILE, Runtime, proces
 from services.devstack.settings import DevstackSettings
 from services.runtime import crypto
 from services.runtime.migrate import migrate
-from services.runtime.settings import SERVICE_NAMES
+from services.runtime.settings import SERVICE_NAMES, masked_url
 
 READY_TIMEOUT_SECONDS = 120.0
 READY_POLL_SECONDS = 0.1
@@ -84,9 +84,11 @@ def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Replaces `path` atomically with an owner-only file, so a crash cannot leave it half written."""
+    """Replaces `path` atomically with an owner-only file, so a crash cannot leave it half written.
+    A temporary file left by a crash is removed first: opened as it was, it would keep its mode."""
     temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as file:
         file.write(text)
         file.flush()
@@ -294,9 +296,10 @@ class Supervisor:
         await self._wait_until_consuming()
         self._write_status()
         runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir), payouts.url, travel.url)
-        Runtime.path(self.state_dir).write_text(json.dumps(runtime.__dict__))
+        # It holds the database URL (and so any password in it): the owner's only.
+        _write_private(Runtime.path(self.state_dir), json.dumps(runtime.__dict__))
         self.announced = True
-        ready = f"{READY_PREFIX} kafka={bootstrap} database={database_url} state_dir={self.state_dir}"
+        ready = f"{READY_PREFIX} kafka={bootstrap} database={masked_url(database_url)} state_dir={self.state_dir}"
         print(f"{ready} payouts={payouts.url} travel={travel.url}", flush=True)
 
     async def _start_sandboxes(

@@ -10,6 +10,7 @@ Every loop, retry and batch has a named bound, units last.
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +18,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ServiceName = Literal["registration", "travel", "arrival", "disbursement"]
 SERVICE_NAMES: tuple[ServiceName, ...] = ("registration", "travel", "arrival", "disbursement")
 Codec = Literal["gzip", "snappy", "lz4", "zstd"]
+
+
+def masked_url(url: str) -> str:
+    """A database URL fit to print or log: its password, if any, replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class HomewardSettings(BaseSettings):

@@ -17,15 +17,21 @@ from services.runtime.messages import now
 from services.runtime.uow import ServiceDatabase, UnitOfWork
 from services.travel import domain
 from services.travel.adapters.provider import (
+    PROVIDER_LEFT_BOOKING_OUT,
+    TICKET_INVALID,
+    TRAVELER_DATA_UNREADABLE,
     BookingItem,
     BookingOutcome,
     PermanentProviderError,
+    ProviderError,
     Ticket,
     TransientProviderError,
     TravelProvider,
 )
 
 logger = structlog.get_logger("homeward.travel")
+BOOKING_ERROR = "booking_error"
+"""The reason of a booking that failed for a cause other than the provider's (a bug: see the logs)."""
 
 
 async def handle_accepted(events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Any) -> None:
@@ -114,7 +120,7 @@ class BookingWorker:
                 traveler = crypto.unseal(self.data_key, request["sealed"], bound_to=key)
             except crypto.UNSEAL_ERRORS:
                 # One unreadable case fails alone; it must not hold up the rest of the batch.
-                unreadable[key] = PermanentProviderError("traveler data cannot be opened with this data key")
+                unreadable[key] = PermanentProviderError(TRAVELER_DATA_UNREADABLE, "sealed with another data key")
                 continue
             name = f"{traveler['given_name']} {traveler['family_name']}"
             items.append(BookingItem(key, name, request["origin_airport"], request["destination_airport"]))
@@ -162,24 +168,26 @@ class BookingWorker:
         case_id, attempts = request["case_id"], request["attempts"] + 1
         correlation = {"correlationid": request["correlationid"], "causationid": request["cause_event_id"]}
         held = {"case_id": case_id, "lease_id": lease_id}
-        reason = f"{type(outcome).__name__}: {outcome}"
+        # The event's reason is a code; the detail (ids, statuses, field names) stays internal.
+        reason = outcome.code if isinstance(outcome, ProviderError) else BOOKING_ERROR
+        detail = str(outcome) if isinstance(outcome, ProviderError) else type(outcome).__name__
         permanent = isinstance(outcome, PermanentProviderError)
         if permanent or domain.gives_up(attempts, attempts_max=self.policy.attempts_max):
-            if await self.queries.mark_failed(uow.connection, **held, error=reason):
+            if await self.queries.mark_failed(uow.connection, **held, error=detail):
                 failed = TravelBookingFailed(case_id=case_id, reason=reason, attempts=attempts, failed_at=now())
                 uow.emit(failed, **correlation)
-                logger.warning("travel.booking_failed", attempts=attempts, reason=reason)
+                logger.warning("travel.booking_failed", attempts=attempts, reason=reason, detail=detail)
             return
         delay = domain.retry_delay_seconds(
             attempts, base_ms=self.policy.backoff_base_ms, max_ms=self.policy.backoff_max_ms, rng=self.rng
         )
-        await self.queries.schedule_retry(uow.connection, **held, error=reason, delay_seconds=delay)
+        await self.queries.schedule_retry(uow.connection, **held, error=detail, delay_seconds=delay)
         logger.info("travel.booking_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 3))
 
 
 def _outcome(case_id: Any, answered: BookingOutcome | None) -> TravelBooked | Exception:
     if answered is None:
-        return TransientProviderError("the provider's answer left this booking out")
+        return TransientProviderError(PROVIDER_LEFT_BOOKING_OUT)
     if isinstance(answered, Exception):
         return answered
     try:
@@ -187,7 +195,7 @@ def _outcome(case_id: Any, answered: BookingOutcome | None) -> TravelBooked | Ex
     except ValidationError as error:
         # One odd ticket fails its own case (after its retries), never the rest of the pass.
         fields = ", ".join(".".join(map(str, problem["loc"])) for problem in error.errors(include_input=False))
-        return TransientProviderError(f"the provider's ticket does not fit travel.booked.v1: {fields}")
+        return TransientProviderError(TICKET_INVALID, f"does not fit travel.booked.v1: {fields}")
 
 
 def _booked(case_id: Any, ticket: Ticket) -> TravelBooked:

@@ -78,7 +78,9 @@ def homeward_up(
             raise RuntimeError(f"`homeward up` printed no ready line; logs in {state_dir / 'logs'}")
         kafka = ready[0].split("kafka=", 1)[1].split()[0]
         # Evidence must be signed (contract v1.1): the tests' producers sign with the test signers.
-        register_test_signers_now(ready[0].split("database=", 1)[1].split()[0])
+        # The ready line masks the database password; runtime.json (the owner's only) has the URL.
+        runtime = json.loads((state_dir / "runtime.json").read_text())
+        register_test_signers_now(runtime["database_url"])
         yield Running(kafka, state_dir, ready[0])
     finally:
         process.send_signal(signal.SIGINT)

@@ -89,3 +89,28 @@ def test_ids_are_written_as_their_text(stream: io.StringIO) -> None:
 
     [line] = _lines(stream)
     assert (line["case_id"], line["amount"]) == (str(case_id), "1000.00")
+
+
+def test_exception_text_and_free_text_are_masked_where_they_look_personal(stream: io.StringIO) -> None:
+    """The key-name list cannot see inside an exception's message or a library's line: a pattern
+    backstop masks e-mail addresses, E.164 numbers, long digit runs and the inputs that pydantic
+    and PostgreSQL quote, and leaves ids, times and amounts readable."""
+    logger = configure("registration", "INFO", stream=stream)
+    case_id = uuid4()
+    try:
+        raise ValueError(
+            f"could not reach {PII['email']} or {PII['msisdn']}; account {PII['account_number']}; "
+            "[type=string_too_long, input_value='Zebulon Quist', input_type=str]; "
+            "DETAIL: Key (document)=(F1234567) already exists"
+        )
+    except ValueError:
+        logger.exception("handler.failed", case_id=case_id, note=f"{PII['phone']} at 2026-12-01T10:00:00.123456+00:00")
+    logging.getLogger("aiokafka").error("sent to %s", PII["email"])
+
+    text = stream.getvalue()
+    for value in (PII["email"], PII["msisdn"], PII["account_number"], PII["phone"], "Zebulon", "F1234567"):
+        assert value not in text
+    first, second = _lines(stream)
+    assert first["case_id"] == str(case_id) and "2026-12-01T10:00:00.123456+00:00" in first["note"]
+    assert "[redacted: e-mail]" in first["exception"] and "[redacted: phone]" in first["exception"]
+    assert second["event"] == "sent to [redacted: e-mail]"

@@ -4,6 +4,7 @@ booking's idempotency key, so asking again after a timeout can only return the s
 Bookings go in batches (`POST /booking-batches`, each item with its own key); the single
 `POST /bookings` stays for callers that book one at a time."""
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -14,11 +15,32 @@ import stamina
 CONNECT_TIMEOUT_SECONDS = 2.0
 
 
-class TransientProviderError(Exception):
+# Why a booking was not made: the `reason` of travel.booking_failed.v1, a code and never the text
+# of an exception or of the provider's answer (either could echo the traveller's name).
+PROVIDER_UNREACHABLE = "provider_unreachable"
+PROVIDER_FAILED = "provider_failed"
+PROVIDER_ANSWER_UNREADABLE = "provider_answer_unreadable"
+PROVIDER_REFUSED = "provider_refused"
+PROVIDER_LEFT_BOOKING_OUT = "provider_left_booking_out"
+TICKET_INVALID = "ticket_invalid"
+TRAVELER_DATA_UNREADABLE = "traveler_data_unreadable"
+_PROVIDER_CODE = re.compile(r"[a-z0-9_.-]{1,40}")
+
+
+class ProviderError(Exception):
+    """A booking not made: `code` says why; the message adds detail for the logs (ids, statuses,
+    field names and the provider's own error code, nothing the traveller gave)."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+
+
+class TransientProviderError(ProviderError):
     """The provider could not answer now; the same request may succeed later."""
 
 
-class PermanentProviderError(Exception):
+class PermanentProviderError(ProviderError):
     """The provider refused the request; retrying will not help."""
 
 
@@ -109,12 +131,12 @@ class HttpTravelProvider:
         try:
             response = await self.client.post("/booking-batches", json=body)
         except httpx.TransportError as error:
-            raise TransientProviderError(f"travel provider unreachable or silent: {type(error).__name__}") from error
+            raise TransientProviderError(PROVIDER_UNREACHABLE, type(error).__name__) from error
         if response.status_code >= 500:
-            raise TransientProviderError(f"travel provider answered {response.status_code}")
+            raise TransientProviderError(PROVIDER_FAILED, f"status {response.status_code}")
         if response.status_code != 200:
             refusal = PermanentProviderError(
-                f"travel provider refused the batch: {response.status_code} {_code(response)}"
+                PROVIDER_REFUSED, f"batch: status {response.status_code} {_code(response)}"
             )
             return dict.fromkeys((item.key for item in items), refusal)
         outcomes: dict[str, BookingOutcome] = {}
@@ -138,30 +160,35 @@ class HttpTravelProvider:
         try:
             response = await self.client.post("/bookings", json=body, headers={"Idempotency-Key": key})
         except httpx.TransportError as error:
-            raise TransientProviderError(f"travel provider unreachable or silent: {type(error).__name__}") from error
+            raise TransientProviderError(PROVIDER_UNREACHABLE, type(error).__name__) from error
         if response.status_code >= 500:
-            raise TransientProviderError(f"travel provider answered {response.status_code}")
+            raise TransientProviderError(PROVIDER_FAILED, f"status {response.status_code}")
         if response.status_code in (200, 201):
             try:
                 return _ticket(response.json())
             except (ValueError, KeyError, TypeError) as error:
                 # Asking again with the same key returns the same ticket, perhaps readable then.
-                raise TransientProviderError(f"travel provider's answer unreadable: {type(error).__name__}") from error
-        raise PermanentProviderError(f"travel provider refused the booking: {response.status_code} {_code(response)}")
+                raise TransientProviderError(PROVIDER_ANSWER_UNREADABLE, type(error).__name__) from error
+        raise PermanentProviderError(PROVIDER_REFUSED, f"status {response.status_code} {_code(response)}")
 
 
 def _item_outcome(answer: dict[str, Any]) -> BookingOutcome:
     if answer.get("outcome") not in ("created", "replayed"):
-        return PermanentProviderError(f"travel provider refused the booking: {answer.get('error', '')}")
+        return PermanentProviderError(PROVIDER_REFUSED, _token(answer.get("error")))
     try:
         return _ticket(answer["ticket"])
     except (ValueError, KeyError, TypeError) as error:
         # Asking again with the same key returns the same ticket, perhaps readable then.
-        return TransientProviderError(f"travel provider's answer unreadable: {type(error).__name__}")
+        return TransientProviderError(PROVIDER_ANSWER_UNREADABLE, type(error).__name__)
+
+
+def _token(value: object) -> str:
+    """The provider's own error code, if it looks like one; anything else (free text) is left out."""
+    return value if isinstance(value, str) and _PROVIDER_CODE.fullmatch(value) else "(no code)"
 
 
 def _code(response: httpx.Response) -> str:
     try:
-        return str(response.json().get("error", ""))
+        return _token(response.json().get("error"))
     except ValueError:
         return ""
