@@ -410,15 +410,18 @@ class EmbeddedKafka:
         raise RuntimeError(f"{reason}; end of {self.log_path}:\n{_log_tail(self.log_path)}")
 
 
-async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
-    """Create the topics with a replication factor of 1; topics that already exist are kept.
+async def create_topics(
+    bootstrap: str, topics: list[str], partitions: int, configs: dict[str, dict[str, str]] | None = None
+) -> None:
+    """Create the topics with a replication factor of 1 and the `configs` given per topic (e.g.
+    `retention.ms`); topics that already exist are kept as they are.
 
     Retries for a bounded time, because the broker may still be starting.
     """
     deadline = time.monotonic() + CREATE_TOPICS_TIMEOUT_SECONDS
     while True:
         try:
-            await _create_topics_once(bootstrap, topics, partitions)
+            await _create_topics_once(bootstrap, topics, partitions, configs or {})
             return
         except KafkaError as error:
             if not error.retriable or time.monotonic() >= deadline:
@@ -426,11 +429,14 @@ async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> N
         await asyncio.sleep(POLL_INTERVAL_SECONDS)
 
 
-async def _create_topics_once(bootstrap: str, topics: list[str], partitions: int) -> None:
+async def _create_topics_once(
+    bootstrap: str, topics: list[str], partitions: int, configs: dict[str, dict[str, str]]
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_REQUEST_TIMEOUT_MILLISECONDS)
     try:
         await admin.start()
-        response = await admin.create_topics([NewTopic(name, partitions, 1) for name in topics])
+        new = [NewTopic(name, partitions, 1, topic_configs=configs.get(name, {})) for name in topics]
+        response = await admin.create_topics(new)
     finally:
         with contextlib.suppress(KafkaError):
             await admin.close()

@@ -23,6 +23,12 @@ class DevstackSettings(Infrastructure, StateDirectory):
     service_replicas: int = Field(
         default=1, ge=1, le=REPLICAS_MAX, description="Processes of each service `up` runs, in one consumer group"
     )
+    intake_retention_ms: int = Field(
+        default=7 * 24 * 3600 * 1000,
+        ge=60_000,
+        description="How long the broker keeps registration.submitted.v1 and its .dlq (personal data): "
+        "`dlq replay` works within it",
+    )
     sandbox_payout_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the sandbox payout provider; 0 picks a free one"
     )

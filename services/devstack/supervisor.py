@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import structlog
 
-from contracts.registry import all_topics
+from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
+from contracts.registry import all_topics, dlq_topic
 from services.devstack.embedded import (
     EMBEDDED_BROKER_CLIENT_SETTINGS,
     EmbeddedKafka,
@@ -94,6 +95,19 @@ def _write_private(path: Path, text: str) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+def topic_configs(settings: DevstackSettings) -> dict[str, dict[str, str]]:
+    """What differs from the broker's defaults: the intake topic and its dead letters carry
+    personal data and are kept only `HOMEWARD_INTAKE_RETENTION_MS`; evidence is stamped with the
+    broker's own time, which is when signed evidence counts as received (docker-compose's `topics`
+    job sets the same)."""
+    intake = {"retention.ms": str(settings.intake_retention_ms)}
+    return {
+        RegistrationSubmitted.TOPIC: intake,
+        dlq_topic(RegistrationSubmitted.TOPIC): intake,
+        EVIDENCE_TOPIC: {"message.timestamp.type": "LogAppendTime"},
+    }
 
 
 def crashed_on_its_own(returncode: int | None, *, became_ready: bool, lived_seconds: float) -> bool:
@@ -264,7 +278,7 @@ class Supervisor:
         ports = {name: [free_port() for _ in range(self.replicas)] for name in SERVICE_NAMES}
         payouts, travel = await self._start_sandboxes(secrets, ports["disbursement"])
         database_url, bootstrap = await asyncio.gather(self._database(), self._broker())
-        await create_topics(bootstrap, all_topics(), self.partitions)
+        await create_topics(bootstrap, all_topics(), self.partitions, topic_configs(self.settings))
         for service in SERVICE_NAMES:
             await asyncio.to_thread(migrate, database_url, service)
         wiring = {
@@ -434,7 +448,7 @@ class Supervisor:
         logger.warning("up.broker_restarting_empty")
         await asyncio.to_thread(self.kafka.stop)
         await asyncio.to_thread(self.kafka.start)
-        await create_topics(self.kafka.bootstrap, all_topics(), self.partitions)
+        await create_topics(self.kafka.bootstrap, all_topics(), self.partitions, topic_configs(self.settings))
         self._write_status()
         logger.warning("up.broker_restarted_empty")
 

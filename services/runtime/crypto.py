@@ -25,21 +25,33 @@ def identity_key(secret: bytes, normalized_document: str) -> str:
 
 
 def seal(key: bytes, plaintext: dict[str, Any], *, bound_to: str) -> str:
+    return seal_bytes(key, json.dumps(plaintext, separators=(",", ":"), sort_keys=True).encode(), bound_to=bound_to)
+
+
+def unseal(key: bytes, sealed: str, *, bound_to: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(unseal_bytes(key, sealed, bound_to=bound_to))
+    return result
+
+
+def seal_bytes(key: bytes, body: bytes, *, bound_to: str) -> str:
+    """`v1.` and the URL-safe base64 of nonce and ciphertext; `bound_to` is the associated data."""
     nonce = os.urandom(NONCE_BYTES)
-    body = json.dumps(plaintext, separators=(",", ":"), sort_keys=True).encode()
     ciphertext = AESGCM(key).encrypt(nonce, body, bound_to.encode())
     return f"{SEAL_VERSION}.{base64.urlsafe_b64encode(nonce + ciphertext).decode()}"
 
 
-def unseal(key: bytes, sealed: str, *, bound_to: str) -> dict[str, Any]:
+def unseal_bytes(key: bytes, sealed: str, *, bound_to: str) -> bytes:
     version, _, encoded = sealed.partition(".")
     if version != SEAL_VERSION:
         raise ValueError(f"unknown seal version {version!r}")
     raw = base64.urlsafe_b64decode(encoded)
-    body = AESGCM(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], bound_to.encode())
-    result: dict[str, Any] = json.loads(body)
-    return result
+    return AESGCM(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], bound_to.encode())
+
+
+def new_key() -> bytes:
+    """A fresh 256-bit key."""
+    return os.urandom(32)
 
 
 def new_key_hex() -> str:
-    return os.urandom(32).hex()
+    return new_key().hex()

@@ -1,4 +1,5 @@
-"""Publishes outbox rows to Kafka in batches, in commit order, then marks them sent.
+"""Publishes outbox rows to Kafka in batches, in commit order, then marks them sent (and deletes
+the dead-letter copies, which are kept only until published).
 
 One relay per service publishes at a time: it holds a session advisory lock on a connection of
 its own (the other replicas stand by and take over when that connection goes). Rows are read,
@@ -22,9 +23,10 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from services.runtime import metrics
+from services.runtime import crypto, metrics
 from services.runtime.db import TRANSIENT_ERRORS, fetch_all
 from services.runtime.produce import Record, Sent
+from services.runtime.uow import dead_letter_binding
 from services.runtime.wakeup import Wakeup
 
 logger = structlog.get_logger("homeward.relay")
@@ -62,6 +64,7 @@ class OutboxRelay:
         retry_backoff_seconds: float = 0.5,
         retry_backoff_max_seconds: float = 10.0,
         wakeup: Wakeup | None = None,
+        dead_letter_key: bytes | None = None,
     ) -> None:
         self.pool = pool
         self.publisher = publisher
@@ -73,6 +76,8 @@ class OutboxRelay:
         # Woken by the commits that write outbox rows; `poll_interval_seconds` is then only the
         # fallback pace. Without one, the relay polls at that interval.
         self.wakeup = wakeup
+        # Opens the dead-letter copies the service sealed at rest (ServiceDatabase.dead_letter_key).
+        self.dead_letter_key = dead_letter_key
         self.published_total = 0
         self.failures = 0
         """Failed tries in a row; the pause before the next doubles with each."""
@@ -83,7 +88,9 @@ class OutboxRelay:
         rows = await fetch_all(self.queries.unsent_outbox(connection, limit=self.batch_size_max))
         if not rows:
             return 0
-        records = [_record(row) for row in rows]
+        opened = await self._open(connection, rows)
+        rows = [row for row in rows if row["id"] in opened]
+        records = [opened[row["id"]] for row in rows]
         row_of = {id(record): row for record, row in zip(records, rows, strict=True)}
         sent = await self.publisher.send_batched(records)
         outcomes = await asyncio.gather(*(batch.future for batch in sent), return_exceptions=True)
@@ -103,12 +110,36 @@ class OutboxRelay:
             (metrics.PARKED if row["id"] in parked else metrics.PUBLISHED).labels(row["topic"]).inc()
         return len(rows) - len(parked)
 
+    async def _open(self, connection: Any, rows: list[Any]) -> dict[int, Record]:
+        """Each row as the record to send, a sealed dead-letter copy opened; a copy this process
+        cannot open (sealed under another data key) is parked, so the rows behind it move on."""
+        opened: dict[int, Record] = {}
+        for row in rows:
+            try:
+                opened[row["id"]] = self._record(row)
+            except crypto.UNSEAL_ERRORS:
+                reason = "dead-letter copy sealed under another data key (HOMEWARD_DATA_KEY changed?)"
+                await self.queries.park(connection, id=row["id"], reason=reason)
+                logger.error("relay.parked", outbox_id=row["id"], event_type=row["topic"], reason=reason)
+                metrics.PARKED.labels(row["topic"]).inc()
+        return opened
+
+    def _record(self, row: Any) -> Record:
+        headers = tuple((name, value.encode()) for name, value in (row["headers"] or {}).items())
+        value = row["value"]
+        if row["sealed"]:
+            if self.dead_letter_key is None:
+                raise ValueError("no data key to open a sealed dead-letter copy")
+            binding = dead_letter_binding(row["topic"], row["key"])
+            value = crypto.unseal_bytes(self.dead_letter_key, value.decode(), bound_to=binding)
+        return Record(row["topic"], row["key"].encode(), value, headers)
+
     async def _park_refused(self, connection: Any, rows: list[Any]) -> list[Any]:
         """Sends each row of a refused batch alone; parks (and returns) those refused on their own."""
         parked = []
         for row in rows:
             try:
-                for batch in await self.publisher.send_batched([_record(row)]):
+                for batch in await self.publisher.send_batched([self._record(row)]):
                     await batch.future
             except REFUSED_FOR_GOOD as error:
                 reason = f"{type(error).__name__}: {error}"[:PARK_REASON_CHARS_MAX]
@@ -164,8 +195,3 @@ class OutboxRelay:
             return self.poll_interval_seconds
         doublings = min(failures - 1, BACKOFF_DOUBLINGS_MAX)
         return min(self.retry_backoff_max_seconds, self.retry_backoff_seconds * 2.0**doublings)
-
-
-def _record(row: Any) -> Record:
-    headers = tuple((name, value.encode()) for name, value in (row["headers"] or {}).items())
-    return Record(row["topic"], row["key"].encode(), row["value"], headers)

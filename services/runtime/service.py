@@ -28,7 +28,7 @@ from services.runtime.messages import Record
 from services.runtime.produce import KafkaPublisher
 from services.runtime.redrive import Redrive, RedriveSweeper, close_cases
 from services.runtime.relay import OutboxRelay
-from services.runtime.settings import ServiceSettings
+from services.runtime.settings import SealedData, ServiceSettings
 from services.runtime.uow import ServiceDatabase
 from services.runtime.wakeup import Signal, Wakeup, outbox_channel
 
@@ -188,7 +188,11 @@ def create_app(service: str) -> FastStream:
             logger.info("service.migrated", migrations_applied=applied)
         pool = await create_pool(settings, schema=service)
         opens = loaded.redrive.opens_on if loaded.redrive is not None else frozenset()
-        database = ServiceDatabase(pool, service, runtime_queries(), redrive_topics=opens)
+        # A service that holds the data key seals its dead-letter copies with it until they are sent.
+        dead_letter_key = settings.require_data_key() if isinstance(settings, SealedData) else None
+        database = ServiceDatabase(
+            pool, service, runtime_queries(), redrive_topics=opens, dead_letter_key=dead_letter_key
+        )
         definition = loaded.build(settings, database)
         if loaded.redrive is not None:
             _enable_redrive(definition, loaded.redrive, settings, pool)
@@ -212,6 +216,7 @@ def create_app(service: str) -> FastStream:
             batch_size_max=settings.relay_batch_size_max,
             poll_interval_seconds=settings.relay_poll_interval_ms / 1000,
             retry_backoff_seconds=settings.relay_retry_backoff_ms / 1000,
+            dead_letter_key=dead_letter_key,
             retry_backoff_max_seconds=settings.relay_retry_backoff_max_ms / 1000,
             wakeup=wakeup,
         )

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from contracts.envelope import Envelope
 from contracts.registry import dlq_topic
+from services.runtime import crypto
 from services.runtime.db import Connection
 from services.runtime.messages import Undeliverable, build_envelope, encode
 
@@ -31,6 +32,14 @@ class OutboxRow:
     value: bytes
     headers: dict[str, str]
     event_id: UUID | None
+    dead_letter: bool = False
+    sealed: bool = False
+
+
+def dead_letter_binding(topic: str, key: str) -> str:
+    """The associated data a sealed dead-letter copy is bound to: its topic and key, so a copy
+    moved onto another row does not open."""
+    return f"dead-letter:{topic}:{key}"
 
 
 CASE_LOCK_CLASS = 0x686F6D65
@@ -55,6 +64,9 @@ class ServiceDatabase:
     runtime_queries: Any
     redrive_topics: frozenset[str] = frozenset()
     """Topics whose events open a case for re-driving (the service's `REDRIVE.opens_on`)."""
+    dead_letter_key: bytes | None = None
+    """Seals dead-letter copies until the relay has published them (the service's data key);
+    None in a service that holds no data key (arrival: its inbound topics carry no identity data)."""
 
     def unit(self) -> "UnitOfWork":
         """`async with database.unit() as uow:` a connection and its transaction, for one batch."""
@@ -126,8 +138,15 @@ class UnitOfWork:
         return envelope
 
     def dead_letter(self, bad: Undeliverable) -> None:
+        """Queues the record's copy for `<topic>.dlq`, bytes unchanged on the topic; in the outbox
+        sealed under the service's data key, and deleted once published."""
         key = bad.record.key.decode(errors="replace") if bad.record.key else ""
-        row = OutboxRow(dlq_topic(bad.record.topic), key, bad.record.value, bad.dead_letter_headers(), None)
+        topic, value, sealing = dlq_topic(bad.record.topic), bad.record.value, self.database.dead_letter_key
+        if sealing is not None:
+            value = crypto.seal_bytes(sealing, value, bound_to=dead_letter_binding(topic, key)).encode()
+        row = OutboxRow(
+            topic, key, value, bad.dead_letter_headers(), None, dead_letter=True, sealed=sealing is not None
+        )
         self.pending.append(row)
 
     async def _flush(self) -> None:
@@ -141,6 +160,8 @@ class UnitOfWork:
             event_values=[row.value for row in rows],
             headers=[json.dumps(row.headers) for row in rows],
             event_ids=[row.event_id for row in rows],
+            dead_letters=[row.dead_letter for row in rows],
+            sealed=[row.sealed for row in rows],
         )
         opened = sorted({row.key for row in self.pending if row.topic in self.database.redrive_topics})
         if opened:

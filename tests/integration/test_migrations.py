@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -57,3 +58,23 @@ async def test_the_inbox_keeps_every_key_it_had_when_keyed_by_uuid(infra: Infra)
         assert claimed == []
     finally:
         await connection.close()
+
+
+async def test_dead_letter_copies_already_published_are_deleted_and_the_rest_marked(infra: Infra) -> None:
+    url = new_database(infra, "dead_letters")
+    await asyncio.to_thread(migrate_until, url, "0004_runtime_inbox_uuid")
+    connection = await asyncpg.connect(url, server_settings={"search_path": SERVICE})
+    try:
+        await connection.executemany(
+            "INSERT INTO outbox (topic, key, value, sent_at) VALUES ($1, $2, $3, $4)",
+            [
+                ("arrival.evidence.v1.dlq", "sent", b"{personal}", datetime.now(UTC)),
+                ("arrival.evidence.v1.dlq", "waiting", b"{personal}", None),
+                ("arrival.verified.v1", "event", b"{}", datetime.now(UTC)),
+            ],
+        )
+        await asyncio.to_thread(migrate, url, SERVICE)
+        rows = await connection.fetch("SELECT key, dead_letter, sealed FROM outbox ORDER BY id")
+    finally:
+        await connection.close()
+    assert [tuple(row) for row in rows] == [("waiting", True, False), ("event", False, False)]

@@ -15,10 +15,14 @@ import asyncpg
 import pytest
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, UnknownError
 
+from services.runtime import crypto
 from services.runtime.db import init_connection, runtime_queries
+from services.runtime.messages import Record as MessageRecord
+from services.runtime.messages import Undeliverable
 from services.runtime.migrate import migrate
 from services.runtime.produce import Record, Sent
 from services.runtime.relay import OutboxRelay
+from services.runtime.uow import ServiceDatabase
 from tests.conftest import Infra
 from tests.integration.helpers import new_database
 from tests.support import homeward_cli
@@ -36,6 +40,7 @@ class Broker:
     def __init__(self, refusals: dict[str, list[KafkaError]], watch: asyncpg.Pool | None = None) -> None:
         self.refusals = refusals
         self.published: list[str] = []
+        self.records: list[Record] = []
         self.watch = watch
         self.transactions_open_while_publishing = 0
 
@@ -56,6 +61,7 @@ class Broker:
                 future.set_exception(pending.pop(0))
             else:
                 self.published += [record.key.decode() for record in batch]
+                self.records += batch
                 future.set_result(None)
             sent.append(Sent(future, batch))
         return sent
@@ -88,9 +94,11 @@ async def add_rows(pool: asyncpg.Pool, keys: list[str]) -> None:
             )
 
 
-async def relay_until(pool: asyncpg.Pool, broker: Broker, done: Any) -> list[asyncpg.Record]:
+async def relay_until(
+    pool: asyncpg.Pool, broker: Broker, done: Any, *, dead_letter_key: bytes | None = None
+) -> list[asyncpg.Record]:
     stopping = asyncio.Event()
-    running = asyncio.create_task(relay(pool, broker).run(stopping))
+    running = asyncio.create_task(relay(pool, broker, dead_letter_key).run(stopping))
     try:
         async with asyncio.timeout(RELAY_SECONDS_MAX):
             while True:
@@ -147,10 +155,11 @@ async def test_one_relay_of_a_service_publishes_and_another_takes_over_when_it_s
     assert second.published == ["case-c"]
 
 
-def relay(pool: asyncpg.Pool, broker: Broker) -> OutboxRelay:
+def relay(pool: asyncpg.Pool, broker: Broker, dead_letter_key: bytes | None = None) -> OutboxRelay:
     return OutboxRelay(
         pool=pool, publisher=broker, runtime_queries=runtime_queries(), batch_size_max=100,
         poll_interval_seconds=0.01, retry_backoff_seconds=0.01, retry_backoff_max_seconds=0.05,
+        dead_letter_key=dead_letter_key,
     )  # fmt: skip
 
 
@@ -225,3 +234,43 @@ async def test_an_operator_republishes_what_was_sent_since_a_time_after_the_brok
 
     wrong = await asyncio.to_thread(homeward, database_url, "republish", "--since", "yesterday")
     assert wrong.returncode != 0 and "ISO 8601" in wrong.stderr
+
+
+CANARY = b'{"data": {"person": {"given_name": "Canary-7f3a", "phone": "+50499880077"}}}'
+
+
+async def dead_letter_a_registration(pool: asyncpg.Pool, key: bytes) -> None:
+    database = ServiceDatabase(pool, "registration", runtime_queries(), dead_letter_key=key)
+    bad = Undeliverable(
+        MessageRecord("registration.submitted.v1", 0, 41, b"app-1", CANARY), "invalid_payload", "person: missing"
+    )
+    async with database.unit() as uow:
+        uow.dead_letter(bad)
+
+
+async def test_a_dead_letter_copy_is_sealed_until_published_then_deleted(pool: asyncpg.Pool) -> None:
+    """On the intake topic a dead letter holds a person's data: in the database it is sealed under
+    the service's data key, and gone once the `.dlq` topic has it, bytes unchanged."""
+    key = crypto.new_key()
+    await dead_letter_a_registration(pool, key)
+    [stored] = await pool.fetch("SELECT value, sealed, dead_letter FROM outbox")
+    assert stored["sealed"] and stored["dead_letter"]
+    assert b"Canary" not in stored["value"] and b"+50499880077" not in stored["value"]
+    broker = Broker({})
+    assert await relay_until(pool, broker, lambda rows: rows == [], dead_letter_key=key) == []
+    [published] = broker.records
+    assert (published.topic, published.key, published.value) == ("registration.submitted.v1.dlq", b"app-1", CANARY)
+    assert dict(published.headers)["x-error-code"] == b"invalid_payload"
+
+
+async def test_a_copy_sealed_under_another_key_is_parked_and_the_rest_go_on(pool: asyncpg.Pool) -> None:
+    await dead_letter_a_registration(pool, crypto.new_key())
+    await add_rows(pool, ["case-a"])
+    broker = Broker({})
+    rows = await relay_until(
+        pool, broker, lambda rows: all(row["sent_at"] or row["parked_at"] for row in rows),
+        dead_letter_key=crypto.new_key(),
+    )  # fmt: skip
+    assert broker.published == ["case-a"]
+    [parked] = [row for row in rows if row["parked_at"]]
+    assert "another data key" in parked["park_reason"]

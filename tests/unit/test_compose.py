@@ -119,6 +119,22 @@ def test_service_containers_use_the_homeward_image_and_wait_for_dependencies() -
         assert depends_on["migrate"]["condition"] == "service_completed_successfully"
 
 
+def test_a_one_shot_job_sets_the_intake_retention_and_the_evidence_timestamps_before_services_start() -> None:
+    topics = SERVICES["topics"]
+    assert topics["image"].split(":")[0] in OFFICIAL_KAFKA_IMAGES
+    assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert str(topics.get("restart", "no")) == "no"
+    [script] = topics["command"]
+    for topic in ("registration.submitted.v1", "registration.submitted.v1.dlq"):
+        assert topic in script
+    assert "retention.ms=${HOMEWARD_INTAKE_RETENTION_MS:-604800000}" in script
+    assert "message.timestamp.type=LogAppendTime" in script
+    # Compose interpolates $NAME itself: the script's own variables are escaped.
+    assert re.findall(r"(?<!\$)\$(?!\$|\{HOMEWARD_)\w+", script) == []
+    for container, svc in _run_services().items():
+        assert svc["depends_on"]["topics"]["condition"] == "service_completed_successfully", container
+
+
 def test_migrate_is_a_one_shot_homeward_migrate() -> None:
     migrate = SERVICES["migrate"]
     assert _command(migrate) == ["migrate"]

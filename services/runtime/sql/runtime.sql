@@ -8,10 +8,12 @@ RETURNING event_id;
 -- name: append_outbox!
 -- A unit of work's rows in one statement, numbered in the order they were queued, so that the
 -- events of one key leave in that order.
-INSERT INTO outbox (topic, key, value, headers, event_id)
-SELECT queued.topic, queued.key, queued.value, queued.headers::jsonb, queued.event_id
-FROM unnest(:topics::text[], :keys::text[], :event_values::bytea[], :headers::text[], :event_ids::uuid[])
-     WITH ORDINALITY AS queued (topic, key, value, headers, event_id, position)
+INSERT INTO outbox (topic, key, value, headers, event_id, dead_letter, sealed)
+SELECT queued.topic, queued.key, queued.value, queued.headers::jsonb, queued.event_id, queued.dead_letter,
+       queued.sealed
+FROM unnest(:topics::text[], :keys::text[], :event_values::bytea[], :headers::text[], :event_ids::uuid[],
+            :dead_letters::boolean[], :sealed::boolean[])
+     WITH ORDINALITY AS queued (topic, key, value, headers, event_id, dead_letter, sealed, position)
 ORDER BY queued.position;
 
 -- name: lock_cases!
@@ -34,7 +36,7 @@ SELECT pg_try_advisory_lock(hashtext(current_schema() || '.outbox_relay'));
 SELECT pg_advisory_unlock(hashtext(current_schema() || '.outbox_relay'));
 
 -- name: unsent_outbox
-SELECT id, topic, key, value, headers
+SELECT id, topic, key, value, headers, sealed
 FROM outbox
 WHERE sent_at IS NULL AND parked_at IS NULL
 ORDER BY id
@@ -44,7 +46,12 @@ LIMIT :limit;
 UPDATE outbox SET parked_at = now(), park_reason = :reason WHERE id = :id;
 
 -- name: mark_sent!
-UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids::bigint[]);
+-- Published: events are kept for re-driving; dead-letter copies (personal data, on the intake
+-- topic) go at once, the `.dlq` topic holding them from now on.
+WITH copies AS (
+    DELETE FROM outbox WHERE id = ANY(:ids::bigint[]) AND dead_letter
+)
+UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids::bigint[]) AND NOT dead_letter;
 
 -- name: open_cases!
 -- Marks cases as waiting for downstream progress; a case already closed stays closed.
