@@ -4,6 +4,7 @@ adds."""
 
 import asyncio
 import contextlib
+import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,8 @@ class Readiness:
     subscriber: Any
     details: Callable[[], dict[str, Any]] | None = None
     scrape: Callable[[Any], Awaitable[None]] | None = None
+    metrics_token: str | None = None
+    """When set, /metrics answers only a scraper that presents it as a bearer token."""
     checks: dict[str, Callable[[], Awaitable[bool]]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,9 +60,13 @@ class Readiness:
     async def health(self, _: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", **(self.details() if self.details else {})})
 
-    async def metrics(self, _: Request) -> Response:
+    async def metrics(self, request: Request) -> Response:
         """Prometheus exposition; the gauges are read now, and a failed read leaves them as they were
         (the counters still answer, and /ready says what is down)."""
+        if self.metrics_token is not None and not _bearer_is(request, self.metrics_token):
+            return JSONResponse(
+                {"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'}
+            )
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._read_gauges(), CHECK_TIMEOUT_SECONDS * 2)
         with contextlib.suppress(Exception):
@@ -102,6 +109,12 @@ class Readiness:
             *extra_routes,
         ]
         return Starlette(routes=routes)
+
+
+def _bearer_is(request: Request, token: str) -> bool:
+    """Whether the request presents `token` as its bearer token (compared in constant time)."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
 
 
 def http_server(app: Starlette, host: str, port: int) -> uvicorn.Server:

@@ -270,8 +270,9 @@ def create_app(service: str) -> FastStream:
         definition: ServiceDefinition = state["definition"]
         tasks.append(asyncio.create_task(_announce_consuming(state["subscriber"], logger)))
         if settings.http_port:
+            token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
             readiness = Readiness(
-                state["pool"], broker, state["subscriber"], definition.health_details, definition.scrape
+                state["pool"], broker, state["subscriber"], definition.health_details, definition.scrape, token
             )
             server = http_server(readiness.app(definition.http_routes), settings.http_host, settings.http_port)
             state["http_server"] = server

@@ -171,6 +171,9 @@ class ServiceSettings(Infrastructure, KafkaClients, HttpListener):
     worker_batch_size_max: int = Field(default=200, ge=1, le=10_000)
     worker_concurrency_max: int = Field(default=32, ge=1, le=1_000)
 
+    metrics_token: SecretStr | None = Field(
+        default=None, description="When set, /metrics answers only `Authorization: Bearer <token>`"
+    )
     http_port: int = Field(
         default=8080,
         ge=0,

@@ -45,7 +45,9 @@ async def endpoint(infra: Infra) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def notification(kind: str, payment_id: str, provider_ref: str, *, notification_id: str | None = None) -> bytes:
+def notification(
+    kind: str, payment_id: str, provider_ref: str, *, notification_id: str | None = None, amount: str = "1000.00"
+) -> bytes:
     """A notification as the provider words it."""
     return json.dumps(
         {
@@ -54,7 +56,7 @@ def notification(kind: str, payment_id: str, provider_ref: str, *, notification_
             "key": payment_id,
             "provider_ref": provider_ref,
             "status": {"payout.returned": "returned", "payout.settled": "paid"}.get(kind, "declined"),
-            "amount": "1000.00",
+            "amount": amount,
             "currency": "USD",
             "occurred_at": "2025-06-01T12:00:00+00:00",
         },
@@ -132,6 +134,56 @@ async def test_a_signed_callback_that_is_not_a_notification_is_refused(infra: In
     assert (response.status_code, response.json()["error"]) == (400, "malformed_notification")
 
 
+async def test_a_signed_notification_without_an_id_is_a_bad_request(infra: Infra, endpoint: httpx.AsyncClient):
+    document = json.loads(notification("payout.settled", str(uuid4()), "SBXPAY-1"))
+    del document["id"]
+    body = json.dumps(document).encode()
+    response = await post(endpoint, body, signed_headers(infra.callback_secret, body))
+    assert (response.status_code, response.json()["error"]) == (400, "malformed_notification")
+
+
+async def test_a_body_over_the_bound_is_refused_as_it_streams_in(infra: Infra, endpoint: httpx.AsyncClient):
+    before = (await refused_counts(endpoint)).get("body_too_large", 0)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the bound holds while reading
+        for _ in range(3):
+            yield b" " * (512 * 1024)
+
+    streamed = await endpoint.post("/callbacks/payouts", content=chunks(), headers={"Content-Type": "application/json"})
+    declared = await post(endpoint, b" " * (1024 * 1024 + 1), {"Content-Type": "application/json"})
+    assert [(r.status_code, r.json()["error"]) for r in (streamed, declared)] == [(413, "body_too_large")] * 2
+    assert (await refused_counts(endpoint))["body_too_large"] == before + 2
+
+
+async def test_a_notification_for_another_amount_is_never_applied_and_holds_nothing_up(
+    infra: Infra, endpoint: httpx.AsyncClient, database: asyncpg.Connection
+):
+    case_id = uuid4()
+    async with Collector(infra.kafka_bootstrap, outbound_and_dlq_topics()) as kafka:
+        paid = await paid_stipend(kafka, infra, case_id)
+        payment_id, provider_ref = paid["data"]["payment_id"], paid["data"]["provider_ref"]
+        odd = notification("payout.returned", payment_id, provider_ref, amount="1.00")
+        assert (await post(endpoint, odd, signed_headers(infra.callback_secret, odd))).status_code == 200
+        refused = await eventually(
+            lambda: database.fetchval(
+                "SELECT refused_reason FROM disbursement.payout_callbacks WHERE notification_id = $1",
+                json.loads(odd)["id"],
+            ),
+            timeout=STIPEND_WAIT_SECONDS, what="the odd notification set aside",
+        )  # fmt: skip
+        assert refused == "amount_mismatch"
+        status = await database.fetchval("SELECT status FROM disbursement.payments WHERE case_id = $1", case_id)
+        assert status == "disbursed"
+        # The payment's genuine notification comes next and is applied.
+        body = notification("payout.returned", payment_id, provider_ref)
+        assert (await post(endpoint, body, signed_headers(infra.callback_secret, body))).status_code == 200
+        await eventually(
+            lambda: kafka.events(STIPEND_FAILED, case_id=str(case_id)), timeout=STIPEND_WAIT_SECONDS, what="failed"
+        )
+    assert await outbox_count(database, "disbursement", STIPEND_FAILED, str(case_id)) == 1
+    assert await ledger_breaches(infra.database_url, infra.payouts_url) == []
+
+
 async def test_a_returned_payout_reverses_the_stipend_once(
     infra: Infra, endpoint: httpx.AsyncClient, database: asyncpg.Connection
 ):
@@ -162,7 +214,13 @@ async def test_a_returned_payout_reverses_the_stipend_once(
         ("single_phase", domain.return_transfer_id(UUID(payment_id))),
     ]
     assert await outbox_count(database, "disbursement", STIPEND_FAILED, str(case_id)) == 1
-    assert (await health(endpoint))["callbacks_applied"] == applied_before + 1
+    # Applied once: one notification on record, and the repeat changed nothing (one reversal, one event).
+    applied = await database.fetch(
+        "SELECT applied_at, refused_reason FROM disbursement.payout_callbacks WHERE notification_id = $1",
+        json.loads(body)["id"],
+    )
+    assert [(row["applied_at"] is not None, row["refused_reason"]) for row in applied] == [(True, None)]
+    assert (await health(endpoint))["callbacks_applied"] >= applied_before + 1
     assert await ledger_breaches(infra.database_url, infra.payouts_url) == []
 
 

@@ -1,6 +1,8 @@
 """Payout notifications from the provider, over HTTP: signed, fresh, recorded, then applied.
 
-Unsigned, mis-signed and stale callbacks are refused (401) and counted by reason. A signed one,
+Unsigned, mis-signed and stale callbacks are refused (401), bodies over 1 MiB as they stream in
+(413), and each is counted by reason. A notification whose amount or currency is not the
+payment's is recorded but never applied (an operator looks at it). A signed one,
 or a signed batch `{"notifications": [...]}`, is recorded by one insert into `payout_callbacks`
 and answered at once, so that a callback never waits on a payment's row lock; `apply_recorded`
 (a worker) then applies what was recorded, many notifications per transaction.
@@ -29,6 +31,7 @@ logger = structlog.get_logger("homeward.disbursement.callbacks")
 
 BODY_BYTES_MAX = 1024 * 1024
 NOTIFICATIONS_PER_CALLBACK_MAX = 500
+AMOUNT_MISMATCH = "amount_mismatch"
 NOTIFICATION_STATUS = {"payout.settled": "paid", "payout.returned": "returned", "payout.declined": "declined"}
 
 
@@ -69,6 +72,21 @@ def parse(body: bytes) -> tuple[list[Notification], bool]:
     return [_notification(document)], False
 
 
+async def bounded_body(request: Request, bytes_max: int) -> bytes | None:
+    """The request's body, or None once it is longer than `bytes_max`: a declared length over the
+    bound is refused before reading, and a body is never held past the bound while it streams in."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > bytes_max:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > bytes_max:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @dataclass
 class CallbackEndpoint:
     database: ServiceDatabase
@@ -88,15 +106,19 @@ class CallbackEndpoint:
         return {"callbacks_applied": self.applied, "callbacks_refused": dict(self.refused)}
 
     async def receive(self, request: Request) -> JSONResponse:
-        body = await request.body()
-        reason = "body_too_large" if len(body) > BODY_BYTES_MAX else signing.verify(
+        body = await bounded_body(request, BODY_BYTES_MAX)
+        if body is None:
+            self.refused["body_too_large"] += 1
+            logger.warning("callback.refused", reason="body_too_large", refused_total=sum(self.refused.values()))
+            return JSONResponse({"error": "body_too_large"}, status_code=413)
+        reason = signing.verify(
             self.secret,
             request.headers.get(signing.TIMESTAMP_HEADER),
             request.headers.get(signing.SIGNATURE_HEADER),
             body,
             now=time.time(),
             tolerance_seconds=self.tolerance_seconds,
-        )  # fmt: skip
+        )
         if reason is not None:
             self.refused[reason] += 1
             logger.warning("callback.refused", reason=reason, refused_total=sum(self.refused.values()))
@@ -147,16 +169,34 @@ class CallbackEndpoint:
             )
             payments = {payment["payment_id"]: payment for payment in locked}
             applied: list[str] = []
+            refused: list[str] = []
             changes: list[stipends.Change] = []
             for callback in callbacks:
-                change = self._change(payments[callback["payment_id"]], callback)
+                payment = payments[callback["payment_id"]]
+                if (callback["amount"], callback["currency"]) != (payment["amount"], payment["currency"]):
+                    # Not what Homeward asked the provider to pay: never applied as if it were, and
+                    # set aside (with its reason) so the payment's next notification is not held up.
+                    refused.append(callback["notification_id"])
+                    logger.error(
+                        "callback.amount_mismatch", payment_id=payment["payment_id"], case_id=payment["case_id"],
+                        notification_id=callback["notification_id"], amount=callback["amount"],
+                        currency=callback["currency"], payment_amount=payment["amount"],
+                    )  # fmt: skip
+                    continue
+                change = self._change(payment, callback)
                 if change is not False:
                     applied.append(callback["notification_id"])
                     if change is not None:
                         changes.append(change)
             await stipends.apply(uow, self.queries, changes)
             await self.queries.payments.mark_callbacks_applied(connection, notification_ids=applied)
+            if refused:
+                await self.queries.payments.refuse_callbacks(
+                    connection, notification_ids=refused, reason=AMOUNT_MISMATCH
+                )
         self.applied += len(applied)
+        if refused:
+            self.refused[AMOUNT_MISMATCH] += len(refused)
         logger.info("callback.applied", notifications=len(applied), left=len(callbacks) - len(applied))
         return len(callbacks)
 

@@ -134,6 +134,12 @@ ORDER BY c.payment_id, c.received_at, c.notification_id;
 -- name: mark_callbacks_applied!
 UPDATE payout_callbacks SET applied_at = now() WHERE notification_id = ANY(:notification_ids::text[]);
 
+-- name: refuse_callbacks!
+-- Notifications that will never be applied (their amount is not the payment's): kept, with the
+-- reason, for an operator; out of the queue, so they do not hold up the payment's next one.
+UPDATE payout_callbacks SET applied_at = now(), refused_reason = :reason
+WHERE notification_id = ANY(:notification_ids::text[]);
+
 -- name: unapplied_callbacks$
 SELECT count(*) FROM payout_callbacks WHERE applied_at IS NULL;
 
