@@ -28,7 +28,7 @@ from services.devstack.embedded import (
 from services.devstack.running import READY_PREFIX, STATUS_FILE, Runtime, process_name, service_of
 from services.devstack.settings import DevstackSettings
 from services.runtime import crypto
-from services.runtime.migrate import migrate
+from services.runtime.migrate import migrate, migrate_audit
 from services.runtime.settings import SERVICE_NAMES, masked_url
 
 READY_TIMEOUT_SECONDS = 120.0
@@ -281,6 +281,7 @@ class Supervisor:
         await create_topics(bootstrap, all_topics(), self.partitions, topic_configs(self.settings))
         for service in SERVICE_NAMES:
             await asyncio.to_thread(migrate, database_url, service)
+        await asyncio.to_thread(migrate_audit, database_url)
         wiring = {
             "disbursement": {"HOMEWARD_PAYOUT_PROVIDER_URL": payouts.url},
             "travel": {"HOMEWARD_TRAVEL_PROVIDER_URL": travel.url},

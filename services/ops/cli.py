@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from services.devstack.settings import REPLICAS_MAX
+from services.ops.audit import audit_app
 from services.ops.bench import bench_app
 from services.ops.common import OpsSettings, StateDir
 from services.ops.dlq import dlq_app
@@ -33,6 +34,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(bench_app, name="bench")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(signers_app, name="signers")
+app.add_typer(audit_app, name="audit")
 
 
 @app.callback()
@@ -67,8 +69,9 @@ def run(
 def migrate(
     service: Annotated[str | None, typer.Option(help="Only this service's schema (default: all four)")] = None,
 ) -> None:
-    """Apply pending SQL migrations to each service's schema (services also do this at start)."""
+    """Apply pending SQL migrations to each service's schema and the audit trail's (services do it at start too)."""
     from services.runtime.migrate import migrate as apply
+    from services.runtime.migrate import migrate_audit
 
     settings = Infrastructure()
     if not settings.database_url:
@@ -76,6 +79,8 @@ def migrate(
     for name in [_service(service)] if service else SERVICE_NAMES:
         applied = apply(settings.database_url, name)
         typer.echo(f"{name}: {applied} migration(s) applied")
+    # The operator commands' audit trail, whichever schema was asked for.
+    typer.echo(f"audit: {migrate_audit(settings.database_url)} migration(s) applied")
 
 
 @contracts_app.command("export")

@@ -25,6 +25,9 @@ class OpsSettings(Infrastructure, KafkaClients, StateDirectory):
     """What the operator commands read; unset database, broker and provider come from a running `up`."""
 
     payout_provider_url: str | None = Field(default=None, description="Base URL of the payout provider")
+    operator: str | None = Field(
+        default=None, description="Who runs the commands that change state, as the audit trail records it"
+    )
 
 
 StateDir = Annotated[
@@ -35,6 +38,62 @@ StateDir = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table")]
+Operator = Annotated[
+    str | None,
+    typer.Option(
+        "--operator",
+        help="Who you are: recorded with what this command changes (`homeward audit list`) [env: HOMEWARD_OPERATOR]",
+    ),
+]
+OPERATOR_CHARS_MAX = 100
+
+
+def operator_name(given: str | None) -> str:
+    """The operator a state-changing command runs for: --operator, else HOMEWARD_OPERATOR; refused
+    when neither says, as the audit trail must name someone."""
+    name = (given or OpsSettings().operator or "").strip()
+    if not name:
+        raise typer.BadParameter(
+            "say who you are with --operator NAME (or HOMEWARD_OPERATOR): commands that change state "
+            "are recorded in the audit trail (`homeward audit list`)"
+        )
+    if len(name) > OPERATOR_CHARS_MAX or not name.isprintable():
+        raise typer.BadParameter(f"an operator name is 1 to {OPERATOR_CHARS_MAX} printable characters")
+    return name
+
+
+async def record_action(
+    connection: Any, operator: str, command: str, arguments: dict[str, Any], outcome: dict[str, Any]
+) -> None:
+    """Appends one line to the audit trail; pass the connection of the change itself, inside its
+    transaction where there is one, so that a change is never made without its record. Arguments
+    hold no secrets (no command takes one)."""
+    import asyncpg
+
+    from services.runtime.db import audit_queries
+
+    try:
+        await audit_queries().record_action(
+            connection, operator=operator, command=command,
+            arguments=json.dumps(arguments, default=str), outcome=json.dumps(outcome, default=str),
+        )  # fmt: skip
+    except asyncpg.UndefinedTableError as error:
+        # Raised inside the change's transaction, so the change is rolled back with it.
+        typer.echo("error: the database has no audit trail yet; nothing was changed.", err=True)
+        typer.echo("Run `homeward migrate` against it first (each service also migrates as it starts).", err=True)
+        raise typer.Exit(2) from error
+
+
+async def record_action_at(database_url: str, operator: str, command: str, arguments: dict[str, Any],
+                           outcome: dict[str, Any]) -> None:  # fmt: skip
+    """`record_action` on a connection of its own, for a change made outside the database (Kafka)."""
+    from services.runtime.db import connect
+
+    connection = await connect(database_url, schema="audit")
+    try:
+        await record_action(connection, operator, command, arguments, outcome)
+    finally:
+        await connection.close()
 
 
 def console() -> Console:
@@ -120,7 +179,7 @@ def on_schema(
             raise typer.Exit(2) from error
         except asyncpg.UndefinedTableError as error:
             typer.echo(f"error: the database has no {holds} yet ({error}).", err=True)
-            typer.echo(f"Run `homeward migrate` (or start the {schema} service) against it first.", err=True)
+            typer.echo("Run `homeward migrate` against it first (each service also migrates as it starts).", err=True)
             raise typer.Exit(2) from error
         finally:
             await connection.close()

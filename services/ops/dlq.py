@@ -21,7 +21,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.table import Table
 
 from contracts.registry import PAYLOAD_TYPES, dlq_topic
-from services.ops.common import AsJson, OpsSettings, StateDir, chosen_services, emit, locate, locate_kafka
+from services.ops.common import (
+    AsJson,
+    Operator,
+    OpsSettings,
+    StateDir,
+    chosen_services,
+    emit,
+    locate,
+    locate_kafka,
+    operator_name,
+    record_action,
+    record_action_at,
+)
 
 dlq_app = typer.Typer(
     help="Dead letters (list, replay), parked outbox rows (parked, unpark), record batches no consumer could read "
@@ -30,6 +42,8 @@ dlq_app = typer.Typer(
 )
 
 READ_TIMEOUT_MS = 500
+AUDIT_LETTERS_LISTED_MAX = 100
+"""Letters a replay's audit record names one by one (it counts them all)."""
 READ_ROUNDS_MAX = 10_000
 LIST_LIMIT_DEFAULT = 100
 AGO = re.compile(r"(?P<amount>\d+)(?P<unit>[smhd])")
@@ -141,10 +155,13 @@ def replay(
     letter_id: Annotated[
         str | None, typer.Option("--id", help="One letter: its envelope id or <partition>:<offset> (default: all)")
     ] = None,
+    operator: Operator = None,
     state_dir: StateDir = None,
 ) -> None:
     """Send dead letters back to their original topic, bytes unchanged (safe to repeat)."""
+    who = operator_name(operator)
     bootstrap = locate_kafka(state_dir)
+    database_url, _ = locate(state_dir)
 
     async def main() -> int:
         letters = await read_dead_letters(bootstrap, _topics(topic))
@@ -165,6 +182,10 @@ def replay(
                 )  # fmt: skip
         finally:
             await producer.stop()
+        # Recorded once sent: the broker, not the database, is what changed.
+        replayed = [f"{letter.dlq_topic}:{letter.name}" for letter in chosen]
+        await record_action_at(database_url, who, "dlq replay", {"topic": topic, "id": letter_id},
+                               {"replayed": len(chosen), "letters": replayed[:AUDIT_LETTERS_LISTED_MAX]})  # fmt: skip
         return len(chosen)
 
     typer.echo(f"replayed {asyncio.run(main())} dead letter(s) to {topic.removesuffix('.dlq')}")
@@ -242,6 +263,7 @@ def unpark(
     service: Annotated[str, typer.Option(help="The service whose outbox holds the rows")],
     row_id: Annotated[int | None, typer.Option("--id", help="One row, by the id `dlq parked` shows")] = None,
     every: Annotated[bool, typer.Option("--all", help="Every parked row of the service")] = False,
+    operator: Operator = None,
     state_dir: StateDir = None,
 ) -> None:
     """Hand parked outbox rows back to the relay, which publishes them on its next pass (consumers
@@ -249,6 +271,7 @@ def unpark(
     again, with the new reason."""
     if (row_id is None) == (not every):
         raise typer.BadParameter("name one row with --id, or pass --all")
+    who = operator_name(operator)
     database_url, _ = locate(state_dir)
     (schema,) = chosen_services(service)
 
@@ -257,7 +280,11 @@ def unpark(
 
         connection = await connect(database_url, schema=schema)
         try:
-            return len(await fetch_all(runtime_queries().unpark(connection, id=row_id)))
+            async with connection.transaction():
+                released = len(await fetch_all(runtime_queries().unpark(connection, id=row_id)))
+                arguments = {"service": schema, "id": row_id, "all": every}
+                await record_action(connection, who, "dlq unpark", arguments, {"unparked": released})
+            return released
         finally:
             await connection.close()
 
@@ -286,6 +313,7 @@ def republish(
     service: Annotated[str | None, typer.Option(help="Only this service's events (default: all four)")] = None,
     topic: Annotated[str | None, typer.Option(help="Only this topic's events (default: every topic)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be sent; change nothing")] = False,
+    operator: Operator = None,
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
@@ -297,6 +325,7 @@ def republish(
     if topic is not None and topic not in PAYLOAD_TYPES:
         raise typer.BadParameter(f"unknown topic {topic!r}; one of: {', '.join(PAYLOAD_TYPES)}")
     moment = since_moment(since, datetime.now(UTC))
+    who = None if dry_run else operator_name(operator)  # a dry run changes nothing, so names no one
     database_url, _ = locate(state_dir)
     services = chosen_services(service)
 
@@ -309,9 +338,14 @@ def republish(
         for schema in services:
             connection = await connect(database_url, schema=schema)
             try:
-                select = queries.sent_since if dry_run else queries.republish_since
-                rows = await fetch_all(select(connection, since=moment, topic=topic))
-                oldest = await queries.oldest_sent(connection)
+                async with connection.transaction():
+                    select = queries.sent_since if dry_run else queries.republish_since
+                    rows = await fetch_all(select(connection, since=moment, topic=topic))
+                    oldest = await queries.oldest_sent(connection)
+                    if who is not None:
+                        arguments = {"since": moment, "service": schema, "topic": topic}
+                        outcome = {"events": sum(row["events"] for row in rows)}
+                        await record_action(connection, who, "dlq republish", arguments, outcome)
             finally:
                 await connection.close()
             counted += [{"service": schema, "topic": row["topic"], "events": row["events"],

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from services.disbursement.settings import ProgramCurrency
-from services.ops.common import AsJson, StateDir, emit, locate, on_schema
+from services.ops.common import AsJson, Operator, StateDir, emit, locate, on_schema, operator_name, record_action
 
 ledger_app = typer.Typer(help="The stipend ledger: fund, balances, verify, reconcile.", no_args_is_help=True)
 
@@ -53,11 +53,14 @@ async def _provider_payouts(payouts_url: str | None) -> list[Any]:
 def fund(
     amount: Annotated[str, typer.Option(help="Amount to add to the program budget, e.g. 250000.00")],
     reference: Annotated[str, typer.Option(help="Your reference for this top-up; repeating it adds nothing")],
+    operator: Operator = None,
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
     """Top up the program budget (idempotent per reference); held stipends are then released oldest first."""
     from services.disbursement import stipends
+
+    who = operator_name(operator)
 
     try:
         value = Decimal(amount).quantize(Decimal("0.01"))
@@ -70,6 +73,8 @@ def fund(
     async def work(connection: Any, named: Any, _: str | None) -> dict[str, Any]:
         async with connection.transaction():
             result = await stipends.fund(connection, named, amount=value, currency=currency, reference=reference)
+            arguments = {"amount": f"{value:.2f}", "currency": currency, "reference": reference}
+            await record_action(connection, who, "ledger fund", arguments, asdict(result))
         released = 0
         for _round in range(RELEASE_ROUNDS_MAX):
             async with connection.transaction():

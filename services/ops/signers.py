@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from contracts.signing import SIGNER_SOURCES
-from services.ops.common import AsJson, StateDir, emit, locate, on_schema
+from services.ops.common import AsJson, Operator, StateDir, emit, locate, on_schema, operator_name, record_action
 
 signers_app = typer.Typer(
     help="Evidence signers: add (register a public key for a source), revoke, list.", no_args_is_help=True
@@ -43,14 +43,24 @@ def add(
     office_code: Annotated[
         str | None, typer.Option(help="partner_office only: the one office whose evidence it may sign")
     ] = None,
+    operator: Operator = None,
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
     """Register an evidence signer. The same id with the same key again is a no-op; another key is refused."""
     from services.arrival.adapters import signers
 
-    pem = public_key.read_bytes()
-    entry, added = _run(state_dir, lambda connection: signers.add(connection, signer_id, source, pem, office_code))
+    who, pem = operator_name(operator), public_key.read_bytes()
+
+    async def work(connection: Any) -> tuple[Any, bool]:
+        async with connection.transaction():
+            entry, added = await signers.add(connection, signer_id, source, pem, office_code)
+            arguments = {"id": signer_id, "source": source, "office_code": office_code,
+                         "public_key": str(public_key), "fingerprint": entry.fingerprint}  # fmt: skip
+            await record_action(connection, who, "signers add", arguments, {"added": added})
+        return entry, added
+
+    entry, added = _run(state_dir, work)
     emit(as_json, {**asdict(entry), "added": added}, None)
     if not as_json:
         verb = "registered" if added else "already registered, unchanged:"
@@ -61,13 +71,22 @@ def add(
 @signers_app.command()
 def revoke(
     signer_id: Annotated[str, typer.Option("--id", help="The signer to revoke")],
+    operator: Operator = None,
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
     """Revoke a signer now: evidence received from now on does not count; what it signed before still does."""
     from services.arrival.adapters import signers
 
-    revoked_at = _run(state_dir, lambda connection: signers.revoke(connection, signer_id))
+    who = operator_name(operator)
+
+    async def work(connection: Any) -> datetime:
+        async with connection.transaction():
+            revoked_at = await signers.revoke(connection, signer_id)
+            await record_action(connection, who, "signers revoke", {"id": signer_id}, {"revoked_at": revoked_at})
+        return revoked_at
+
+    revoked_at = _run(state_dir, work)
     emit(as_json, {"signer_id": signer_id, "revoked_at": revoked_at}, None)
     if not as_json:
         typer.echo(f"revoked {signer_id} from {revoked_at.isoformat()}")

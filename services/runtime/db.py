@@ -31,12 +31,19 @@ Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 """A connection, whether held directly or borrowed from a pool."""
 
 RUNTIME_SQL = Path(__file__).parent / "sql" / "runtime.sql"
+AUDIT_SQL = Path(__file__).parent / "sql" / "audit.sql"
 
 
 @cache
 def runtime_queries() -> Any:
     """The inbox and outbox queries every service shares."""
     return load_queries(RUNTIME_SQL)
+
+
+@cache
+def audit_queries() -> Any:
+    """The audit trail's queries (schema `audit`), which the operator commands write and read."""
+    return load_queries(AUDIT_SQL)
 
 
 def load_queries(path: Path) -> Any:

@@ -9,7 +9,7 @@ Every loop, retry and batch has a named bound, units last.
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -93,12 +93,68 @@ class HttpListener(HomewardSettings):
     http_host: str = Field(default="127.0.0.1", description="Interface the HTTP endpoints listen on")
 
 
+AES_KEY_BYTES = 32
+"""AES-256: a data key is exactly 32 bytes (64 hex characters)."""
+HMAC_KEY_BYTES_MIN = 32
+"""An HMAC key shorter than the hash's 32 bytes is weaker than the hash (RFC 2104, section 3)."""
+SECRET_FILE_BYTES_MAX = 4096
+MAKE_ONE = "`openssl rand -hex 32` makes one; `homeward up` generates its own"
+
+
+def secret_files(*names: str) -> Any:
+    """A `model_validator(mode="before")` that reads each secret `name` from the file named by
+    `<name>_file` (HOMEWARD_<NAME>_FILE: a mounted secret) when the variable itself is unset;
+    both set is refused, so nobody wonders which one counts."""
+
+    def read(cls: type, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name in names:
+            path = data.get(f"{name}_file")
+            if not path:
+                continue
+            variable = f"HOMEWARD_{name.upper()}"
+            if data.get(name):
+                raise ValueError(f"set {variable} or {variable}_FILE, not both")
+            try:
+                with open(path, "rb") as file:
+                    data[name] = file.read(SECRET_FILE_BYTES_MAX).decode().strip()
+            except (OSError, UnicodeDecodeError) as error:
+                raise ValueError(f"{variable}_FILE: cannot read {path} ({type(error).__name__})") from None
+        return data
+
+    return model_validator(mode="before")(read)
+
+
+def hex_key(value: SecretStr | None, variable: str, *, exactly: int | None = None, at_least: int = 0) -> None:
+    if value is None:
+        return
+    text = value.get_secret_value()
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"{variable} must be hex ({MAKE_ONE})") from None
+    if exactly is not None and len(raw) != exactly:
+        raise ValueError(f"{variable} must be {exactly * 2} hex characters, a {exactly}-byte key ({MAKE_ONE})")
+    if len(raw) < at_least:
+        raise ValueError(f"{variable} must be at least {at_least * 2} hex characters ({MAKE_ONE})")
+
+
 class SealedData(HomewardSettings):
     """The key that opens `sealed` traveler data: registration, travel and disbursement hold it, never arrival."""
 
     data_key: SecretStr | None = Field(
         default=None, description="Hex 32-byte AES-256-GCM key for `sealed` (registration, travel, disbursement)"
     )
+    data_key_file: Path | None = Field(default=None, description="A file holding HOMEWARD_DATA_KEY, instead of it")
+
+    _data_key_from_file = secret_files("data_key")
+
+    @field_validator("data_key")
+    @classmethod
+    def _aes_256(cls, value: SecretStr | None) -> SecretStr | None:
+        hex_key(value, "HOMEWARD_DATA_KEY", exactly=AES_KEY_BYTES)
+        return value
 
     def require_data_key(self) -> bytes:
         if self.data_key is None:
@@ -112,6 +168,21 @@ class PayoutCallbacks(HomewardSettings):
     payout_callback_secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key signing payout notifications (provider and disbursement)"
     )
+    payout_callback_secret_file: Path | None = Field(
+        default=None, description="A file holding HOMEWARD_PAYOUT_CALLBACK_SECRET, instead of it"
+    )
+
+    _callback_secret_from_file = secret_files("payout_callback_secret")
+
+    @field_validator("payout_callback_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # Used as text (both ends sign with its UTF-8 bytes), so its length is what counts.
+        if value is not None and len(value.get_secret_value().encode()) < HMAC_KEY_BYTES_MIN:
+            raise ValueError(
+                f"HOMEWARD_PAYOUT_CALLBACK_SECRET must be at least {HMAC_KEY_BYTES_MIN} characters ({MAKE_ONE})"
+            )
+        return value
 
 
 class ServiceSettings(Infrastructure, KafkaClients, HttpListener):

@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from services.runtime.http import bounded_body
+
 REQUEST_BODY_BYTES_MAX = 64 * 1024
 IDEMPOTENCY_KEY_CHARS_MAX = 200
 BATCH_ITEMS_MAX = 500
@@ -66,18 +68,6 @@ def _idempotency_key(request: Request) -> str | JSONResponse:
     return key
 
 
-async def _read_body(request: Request, bytes_max: int) -> bytes | None:
-    """The request body, or None if it is longer than `bytes_max`."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > bytes_max:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def keyed_request(request: Request, model: type[Body]) -> tuple[str, Body] | JSONResponse:
     """A POST's Idempotency-Key and its body parsed as `model`, or the error answer: a missing or
     too long key (400), a body over REQUEST_BODY_BYTES_MAX (413), a body `model` refuses (422)."""
@@ -90,7 +80,7 @@ async def keyed_request(request: Request, model: type[Body]) -> tuple[str, Body]
 
 async def parsed_body(request: Request, model: type[Body], *, bytes_max: int) -> Body | JSONResponse:
     """A POST's body parsed as `model`, or the error answer: over `bytes_max` (413), refused (422)."""
-    raw = await _read_body(request, bytes_max)
+    raw = await bounded_body(request, bytes_max)
     if raw is None:
         return error(413, "body_too_large", f"the body is limited to {bytes_max} bytes")
     try:

@@ -239,7 +239,8 @@ async def test_dead_letters_are_listed_and_can_be_replayed(homeward):
     letters = json.loads(listed.stdout)
     garbage = [letter for letter in letters if letter["error_code"] == "invalid_json"]
     assert garbage and all(letter["original_topic"] == SUBMITTED and letter["age_seconds"] >= 0 for letter in letters)
-    replayed = homeward_cli("dlq", "replay", "--topic", SUBMITTED, "--id", garbage[0]["name"], *state)
+    replayed = homeward_cli("dlq", "replay", "--topic", SUBMITTED, "--id", garbage[0]["name"], *state,
+                            HOMEWARD_OPERATOR="test-operator")  # fmt: skip
     assert replayed.returncode == 0, replayed.stderr
     assert "replayed 1 dead letter(s)" in replayed.stdout
 
@@ -259,7 +260,7 @@ async def test_stipend_outcomes_are_republished_with_their_envelope_ids(homeward
         before = await eventually(lambda: kafka.events("stipend.disbursed.v1"), what="the stipends paid above")
         ids = {event["id"] for event in before}
         done = homeward_cli("dlq", "republish", "--since", "1h", "--service", "disbursement",
-                            "--topic", "stipend.disbursed.v1", *state)  # fmt: skip
+                            "--topic", "stipend.disbursed.v1", "--operator", "test-operator", *state)  # fmt: skip
         assert done.returncode == 0 and "back to the relays" in done.stdout, done.stdout + done.stderr
 
         def sent_twice() -> bool:

@@ -84,6 +84,7 @@ async def homeward_ledger(infra: Infra, database_url: str, *arguments: str) -> C
         **os.environ,
         "HOMEWARD_DATABASE_URL": database_url,
         "HOMEWARD_PAYOUT_PROVIDER_URL": infra.payouts_url,
+        "HOMEWARD_OPERATOR": "test-operator",
     }
     completed = await asyncio.to_thread(
         subprocess.run,

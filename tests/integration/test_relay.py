@@ -19,7 +19,7 @@ from services.runtime import crypto
 from services.runtime.db import init_connection, runtime_queries
 from services.runtime.messages import Record as MessageRecord
 from services.runtime.messages import Undeliverable
-from services.runtime.migrate import migrate
+from services.runtime.migrate import migrate, migrate_audit
 from services.runtime.produce import Record, Sent
 from services.runtime.relay import OutboxRelay
 from services.runtime.uow import ServiceDatabase
@@ -71,6 +71,7 @@ class Broker:
 async def database_url(infra: Infra) -> str:
     url = new_database(infra, "relay")
     await asyncio.to_thread(migrate, url, "registration")
+    await asyncio.to_thread(migrate_audit, url)  # the dlq commands record what they change
     return url
 
 
@@ -172,7 +173,7 @@ async def until_sent(pool: asyncpg.Pool, count: int) -> None:
 
 
 def homeward(database_url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
-    return homeward_cli("dlq", *arguments, HOMEWARD_DATABASE_URL=database_url)
+    return homeward_cli("dlq", *arguments, HOMEWARD_DATABASE_URL=database_url, HOMEWARD_OPERATOR="test-operator")
 
 
 async def test_an_operator_lists_parked_rows_and_hands_them_back_to_the_relay(

@@ -22,7 +22,9 @@ def migrated(infra: Infra) -> None:
 
 
 def signers(infra: Infra, *arguments: str) -> CompletedProcess[str]:
-    return homeward_cli("signers", *arguments, HOMEWARD_DATABASE_URL=infra.database_url)
+    return homeward_cli(
+        "signers", *arguments, HOMEWARD_DATABASE_URL=infra.database_url, HOMEWARD_OPERATOR="test-operator"
+    )
 
 
 def key_file(tmp_path: Path, name: str = "key.pem") -> Path:

@@ -2,26 +2,27 @@
 
 from typing import Any
 
-from starlette.testclient import TestClient
+import httpx
 
 from services.runtime.health import Readiness
 
 
-def client(token: str | None) -> TestClient:
+def client(token: str | None) -> httpx.AsyncClient:
     none: Any = None  # the token check comes before anything reads the database or the broker
-    return TestClient(Readiness(none, none, none, metrics_token=token).app([]))
+    app = Readiness(none, none, none, metrics_token=token).app([])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service")
 
 
-def test_metrics_answer_only_the_bearer_of_the_token() -> None:
-    with client("s3cret-token") as http:
-        assert http.get("/metrics").status_code == 401
-        assert http.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert http.get("/metrics", headers={"Authorization": "Basic s3cret-token"}).status_code == 401
-        answered = http.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
+async def test_metrics_answer_only_the_bearer_of_the_token() -> None:
+    async with client("s3cret-token") as http:
+        assert (await http.get("/metrics")).status_code == 401
+        assert (await http.get("/metrics", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        assert (await http.get("/metrics", headers={"Authorization": "Basic s3cret-token"})).status_code == 401
+        answered = await http.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
         assert answered.status_code == 200 and "homeward_" in answered.text
-        assert http.get("/health").status_code == 200
+        assert (await http.get("/health")).status_code == 200
 
 
-def test_without_a_token_metrics_are_open() -> None:
-    with client(None) as http:
-        assert http.get("/metrics").status_code == 200
+async def test_without_a_token_metrics_are_open() -> None:
+    async with client(None) as http:
+        assert (await http.get("/metrics")).status_code == 200

@@ -25,6 +25,7 @@ from services.disbursement import stipends
 from services.disbursement.adapters.provider import Payout
 from services.runtime import crypto, signing
 from services.runtime.db import fetch_all
+from services.runtime.http import bounded_body
 from services.runtime.uow import ServiceDatabase
 
 logger = structlog.get_logger("homeward.disbursement.callbacks")
@@ -70,21 +71,6 @@ def parse(body: bytes) -> tuple[list[Notification], bool]:
             raise MalformedNotification
         return [_notification(item) for item in listed], True
     return [_notification(document)], False
-
-
-async def bounded_body(request: Request, bytes_max: int) -> bytes | None:
-    """The request's body, or None once it is longer than `bytes_max`: a declared length over the
-    bound is refused before reading, and a body is never held past the bound while it streams in."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > bytes_max:
-        return None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > bytes_max:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @dataclass
