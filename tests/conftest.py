@@ -32,6 +32,7 @@ class Infra:
     callback_secret: str
     http_port: int
     travel_url: str
+    callback_port: int
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -44,6 +45,7 @@ class Infra:
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": self.callback_secret,
             "HOMEWARD_TRAVEL_PROVIDER_URL": self.travel_url,
             "HOMEWARD_HTTP_PORT": str(self.http_port),
+            "HOMEWARD_CALLBACK_PORT": str(self.callback_port),  # read by disbursement only
             # Modules start and stop services of the same consumer groups one after another; a member
             # that went away without leaving should free its partitions in seconds, not in 10 to 18.
             **EMBEDDED_BROKER_CLIENT_SETTINGS,
@@ -74,10 +76,10 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     database_url, postgres = _database(tmp)
     kafka = EmbeddedKafka(free_port(), tmp / "kafka.log")
     kafka.start()
-    callback_secret, disbursement_port = new_key_hex(), free_port()
+    callback_secret, disbursement_port, callback_port = new_key_hex(), free_port(), free_port()
     sandbox = PayoutSandbox(
         tmp / "payouts.sqlite3",
-        HOMEWARD_PAYOUT_CALLBACK_URL=f"http://127.0.0.1:{disbursement_port}/callbacks/payouts",
+        HOMEWARD_PAYOUT_CALLBACK_URL=f"http://127.0.0.1:{callback_port}/callbacks/payouts",
         HOMEWARD_PAYOUT_CALLBACK_SECRET=callback_secret,
     )
     travel = TravelSandbox(tmp / "travel.sqlite3")
@@ -87,7 +89,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         travel.start()
         yield Infra(
             database_url, kafka.bootstrap, new_key_hex(), new_key_hex(), sandbox.url, callback_secret,
-            disbursement_port, travel.url,
+            disbursement_port, travel.url, callback_port,
         )  # fmt: skip
     finally:
         travel.stop()

@@ -66,6 +66,7 @@ PROVIDER_WIRING = (
     "HOMEWARD_PAYOUT_CALLBACK_URL",
     "HOMEWARD_TRAVEL_PROVIDER_URL",
     "HOMEWARD_HTTP_PORT",
+    "HOMEWARD_CALLBACK_PORT",
 )
 
 logger = structlog.get_logger("homeward.up")
@@ -273,10 +274,11 @@ class Supervisor:
         secrets = load_or_create_secrets(self.state_dir)
         # Nothing here waits for what it does not need: the sandboxes, the database and the
         # broker start together, and the services start before the sandboxes answer. Each
-        # process's HTTP port is chosen first: disbursement's are where the payout sandbox sends
-        # its callbacks, taken in turn.
+        # process's HTTP port is chosen first, and each disbursement's callback port (apart from
+        # its /health and /metrics): where the payout sandbox sends its callbacks, taken in turn.
         ports = {name: [free_port() for _ in range(self.replicas)] for name in SERVICE_NAMES}
-        payouts, travel = await self._start_sandboxes(secrets, ports["disbursement"])
+        callback_ports = [free_port() for _ in range(self.replicas)]
+        payouts, travel = await self._start_sandboxes(secrets, callback_ports)
         database_url, bootstrap = await asyncio.gather(self._database(), self._broker())
         await create_topics(bootstrap, all_topics(), self.partitions, topic_configs(self.settings))
         for service in SERVICE_NAMES:
@@ -301,6 +303,8 @@ class Supervisor:
         for name in SERVICE_NAMES:
             for replica, port in enumerate(ports[name], start=1):
                 own = {"HOMEWARD_HTTP_PORT": str(port), **wiring.get(name, {})}
+                if name == "disbursement":
+                    own["HOMEWARD_CALLBACK_PORT"] = str(callback_ports[replica - 1])
                 env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}, **own}
                 named = process_name(name, replica, self.replicas)
                 log = self.state_dir / "logs" / f"{named}.log"
@@ -318,7 +322,7 @@ class Supervisor:
         print(f"{ready} payouts={payouts.url} travel={travel.url}", flush=True)
 
     async def _start_sandboxes(
-        self, secrets: dict[str, str], disbursement_ports: list[int]
+        self, secrets: dict[str, str], callback_ports: list[int]
     ) -> tuple[SandboxProcess, SandboxProcess]:
         """Starts the sandbox payout and travel providers; `_start` waits until both answer, while
         the services start. They inherit the environment, so HOMEWARD_SANDBOX_* fault settings
@@ -328,7 +332,7 @@ class Supervisor:
         callbacks = {
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": secrets["HOMEWARD_PAYOUT_CALLBACK_SECRET"],
             "HOMEWARD_PAYOUT_CALLBACK_URL": ",".join(
-                f"http://{LOCALHOST}:{port}/callbacks/payouts" for port in disbursement_ports
+                f"http://{LOCALHOST}:{port}/callbacks/payouts" for port in callback_ports
             ),
         }
         sandbox_dir = self.state_dir / "sandbox"

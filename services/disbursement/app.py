@@ -85,6 +85,7 @@ def build(settings: DisbursementSettings, database: ServiceDatabase) -> ServiceD
             handlers.fund_initial_budget, database.pool, named, settings.program_budget, settings.program_currency
         ),
         http_routes=callbacks.routes(),
+        http_routes_port=settings.callback_port,
         health_details=callbacks.stats,
         scrape=partial(handlers.read_gauges, queries=named),
     )

@@ -33,3 +33,10 @@ class DisbursementSettings(ServiceSettings, SealedData, PayoutCallbacks, Program
         default=200, ge=1, le=500, description="Stipends per payout batch call (the provider takes at most 500)"
     )
     callback_tolerance_seconds: int = Field(default=300, ge=1, description="Oldest signed callback accepted")
+    callback_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of /callbacks/payouts, apart from /health, /ready and /metrics (up and docker-compose "
+        "set one); 0 serves the callbacks beside them on HOMEWARD_HTTP_PORT",
+    )

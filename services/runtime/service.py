@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.message import StreamMessage
+from starlette.applications import Starlette
 
 from contracts.registry import PAYLOAD_TYPES
 from services.runtime import unreadable
@@ -67,7 +68,10 @@ class ServiceDefinition:
     workers: list[Worker] = field(default_factory=list)
     on_start: Callable[[], Awaitable[None]] | None = None
     http_routes: list[Any] = field(default_factory=list)
-    """Routes served beside /health and /ready (e.g. disbursement's payout callbacks)."""
+    """Routes a service serves over HTTP (disbursement's payout callbacks)."""
+    http_routes_port: int = 0
+    """Where: a port of their own, apart from /health, /ready and /metrics (what the provider can
+    reach is not what the operators scrape); 0 serves them beside those, on the service's port."""
     health_details: Callable[[], dict[str, Any]] | None = None
     # Sets the service's own gauges from the database at each /metrics scrape (e.g. the budget left).
     scrape: Callable[[Any], Awaitable[None]] | None = None
@@ -271,20 +275,28 @@ def create_app(service: str) -> FastStream:
     async def start_background() -> None:
         definition: ServiceDefinition = state["definition"]
         tasks.append(asyncio.create_task(_announce_consuming(state["subscriber"], logger)))
+        servers: list[Any] = []
+        own_port = definition.http_routes_port if definition.http_routes else 0
+        if own_port == settings.http_port:
+            own_port = 0  # the same port twice: one server, the routes beside /health
         if settings.http_port:
             token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
             readiness = Readiness(
                 state["pool"], broker, state["subscriber"], definition.health_details, definition.scrape, token
             )
-            server = http_server(readiness.app(definition.http_routes), settings.http_host, settings.http_port)
-            state["http_server"] = server
-            tasks.append(asyncio.create_task(server.serve(), name="http"))
+            beside = [] if own_port else definition.http_routes
+            servers.append(http_server(readiness.app(beside), settings.http_host, settings.http_port))
+        if own_port:
+            servers.append(http_server(Starlette(routes=definition.http_routes), settings.http_host, own_port))
+        state["http_servers"] = servers
+        for number, server in enumerate(servers):
+            tasks.append(asyncio.create_task(server.serve(), name=f"http-{number}"))
 
     @app.on_shutdown
     async def stop_background() -> None:
         stopping.set()
-        if "http_server" in state:
-            state["http_server"].should_exit = True
+        for server in state.get("http_servers", []):
+            server.should_exit = True
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), settings.shutdown_timeout_seconds)
 
     @app.after_shutdown

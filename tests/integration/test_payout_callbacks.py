@@ -40,7 +40,8 @@ def disbursement(infra: Infra) -> Iterator[ServiceRunner]:
 
 @pytest.fixture
 async def endpoint(infra: Infra) -> AsyncIterator[httpx.AsyncClient]:
-    base_url = f"http://127.0.0.1:{infra.http_port}"
+    """Where the provider sends its callbacks: disbursement's callback port."""
+    base_url = f"http://127.0.0.1:{infra.callback_port}"
     async with httpx.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT_SECONDS) as client:
         yield client
 
@@ -64,15 +65,17 @@ def notification(
     ).encode()
 
 
-async def health(endpoint: httpx.AsyncClient) -> dict[str, Any]:
-    response = await endpoint.get("/health")
+async def health(infra: Infra) -> dict[str, Any]:
+    """Disbursement's /health, on its own port (not the callbacks')."""
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_SECONDS) as client:
+        response = await client.get(f"http://127.0.0.1:{infra.http_port}/health")
     response.raise_for_status()
     document: dict[str, Any] = response.json()
     return document
 
 
-async def refused_counts(endpoint: httpx.AsyncClient) -> dict[str, int]:
-    counts: dict[str, int] = (await health(endpoint))["callbacks_refused"]
+async def refused_counts(infra: Infra) -> dict[str, int]:
+    counts: dict[str, int] = (await health(infra))["callbacks_refused"]
     return counts
 
 
@@ -94,7 +97,7 @@ async def test_unsigned_mis_signed_and_stale_callbacks_are_refused_and_counted(
 ):
     payment_id = str(uuid4())
     body = notification("payout.returned", payment_id, "SBXPAY-FORGED")
-    before = await refused_counts(endpoint)
+    before = await refused_counts(infra)
 
     unsigned = await post(endpoint, body, {"Content-Type": "application/json"})
     wrong_secret = await post(endpoint, body, signed_headers(secrets.token_hex(32), body))
@@ -115,7 +118,7 @@ async def test_unsigned_mis_signed_and_stale_callbacks_are_refused_and_counted(
         (401, "stale_timestamp"),
         (401, "bad_signature"),
     ]
-    after = await refused_counts(endpoint)
+    after = await refused_counts(infra)
     grown = {reason: after.get(reason, 0) - before.get(reason, 0) for reason in after}
     assert {reason: count for reason, count in grown.items() if count} == {
         "missing_signature": 1,
@@ -134,6 +137,15 @@ async def test_a_signed_callback_that_is_not_a_notification_is_refused(infra: In
     assert (response.status_code, response.json()["error"]) == (400, "malformed_notification")
 
 
+async def test_callbacks_and_metrics_are_served_on_ports_of_their_own(infra: Infra, endpoint: httpx.AsyncClient):
+    """The provider reaches the callbacks and nothing else; the scraper, the metrics and no callback."""
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_SECONDS) as client:
+        callbacks_beside_metrics = await client.post(f"http://127.0.0.1:{infra.http_port}/callbacks/payouts")
+        metrics = await client.get(f"http://127.0.0.1:{infra.http_port}/metrics")
+    assert (callbacks_beside_metrics.status_code, metrics.status_code) == (404, 200)
+    assert [(await endpoint.get(path)).status_code for path in ("/metrics", "/health", "/ready")] == [404] * 3
+
+
 async def test_a_signed_notification_without_an_id_is_a_bad_request(infra: Infra, endpoint: httpx.AsyncClient):
     document = json.loads(notification("payout.settled", str(uuid4()), "SBXPAY-1"))
     del document["id"]
@@ -143,7 +155,7 @@ async def test_a_signed_notification_without_an_id_is_a_bad_request(infra: Infra
 
 
 async def test_a_body_over_the_bound_is_refused_as_it_streams_in(infra: Infra, endpoint: httpx.AsyncClient):
-    before = (await refused_counts(endpoint)).get("body_too_large", 0)
+    before = (await refused_counts(infra)).get("body_too_large", 0)
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the bound holds while reading
         for _ in range(3):
@@ -152,7 +164,7 @@ async def test_a_body_over_the_bound_is_refused_as_it_streams_in(infra: Infra, e
     streamed = await endpoint.post("/callbacks/payouts", content=chunks(), headers={"Content-Type": "application/json"})
     declared = await post(endpoint, b" " * (1024 * 1024 + 1), {"Content-Type": "application/json"})
     assert [(r.status_code, r.json()["error"]) for r in (streamed, declared)] == [(413, "body_too_large")] * 2
-    assert (await refused_counts(endpoint))["body_too_large"] == before + 2
+    assert (await refused_counts(infra))["body_too_large"] == before + 2
 
 
 async def test_a_notification_for_another_amount_is_never_applied_and_holds_nothing_up(
@@ -191,7 +203,7 @@ async def test_a_returned_payout_reverses_the_stipend_once(
     async with Collector(infra.kafka_bootstrap, outbound_and_dlq_topics()) as kafka:
         paid = await paid_stipend(kafka, infra, case_id)
         payment_id, provider_ref = paid["data"]["payment_id"], paid["data"]["provider_ref"]
-        applied_before = (await health(endpoint))["callbacks_applied"]
+        applied_before = (await health(infra))["callbacks_applied"]
         body = notification("payout.returned", payment_id, provider_ref)
 
         response = await post(endpoint, body, signed_headers(infra.callback_secret, body))
@@ -220,7 +232,7 @@ async def test_a_returned_payout_reverses_the_stipend_once(
         json.loads(body)["id"],
     )
     assert [(row["applied_at"] is not None, row["refused_reason"]) for row in applied] == [(True, None)]
-    assert (await health(endpoint))["callbacks_applied"] >= applied_before + 1
+    assert (await health(infra))["callbacks_applied"] >= applied_before + 1
     assert await ledger_breaches(infra.database_url, infra.payouts_url) == []
 
 

@@ -72,6 +72,12 @@ def callback_port() -> int:
 
 
 @pytest.fixture(scope="module")
+def health_port() -> int:
+    """Disbursement's /health and /metrics, apart from its callbacks."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
 def faulty_provider(
     infra: Infra, tmp_path_factory: pytest.TempPathFactory, callback_port: int
 ) -> Iterator[PayoutSandbox]:
@@ -96,14 +102,15 @@ def fault_database_url(infra: Infra) -> str:
 
 @pytest.fixture(scope="module")
 def disbursement(
-    infra: Infra, faulty_provider: PayoutSandbox, fault_database_url: str, callback_port: int
+    infra: Infra, faulty_provider: PayoutSandbox, fault_database_url: str, callback_port: int, health_port: int
 ) -> Iterator[ServiceRunner]:
     runner = ServiceRunner(
         "disbursement",
         infra.env(
             HOMEWARD_DATABASE_URL=fault_database_url,
             HOMEWARD_PAYOUT_PROVIDER_URL=faulty_provider.url,
-            HOMEWARD_HTTP_PORT=str(callback_port),
+            HOMEWARD_HTTP_PORT=str(health_port),
+            HOMEWARD_CALLBACK_PORT=str(callback_port),
             **IMPATIENT_PAYER,
         ),
     )
@@ -119,7 +126,7 @@ async def test_every_stipend_is_paid_exactly_once_through_a_faulty_provider(
     infra: Infra,
     faulty_provider: PayoutSandbox,
     fault_database_url: str,
-    callback_port: int,
+    health_port: int,
     disbursement: ServiceRunner,
 ):
     cases = [uuid4() for _ in range(STIPENDS)]
@@ -169,7 +176,7 @@ async def test_every_stipend_is_paid_exactly_once_through_a_faulty_provider(
     assert (stipends_paid.credits_posted, stipends_paid.credits_pending) == (STIPEND * STIPENDS, Decimal(0))
     assert unresolved == 0
     # The provider's own callbacks reach this disbursement's endpoint, and every one verifies.
-    callbacks = await eventually(lambda: callback_health(callback_port), what="a callback applied")
+    callbacks = await eventually(lambda: callback_health(health_port), what="a callback applied")
     assert callbacks["callbacks_refused"] == {}
 
 

@@ -256,10 +256,12 @@ def test_every_service_serves_http_where_prometheus_and_the_payout_provider_look
     mounts = [str(volume) for volume in SERVICES["prometheus"]["volumes"]]
     assert any(mount.startswith("./deploy/prometheus.yml:") for mount in mounts)
     callback = urlsplit(_environment(SERVICES["payout-sandbox"])["HOMEWARD_PAYOUT_CALLBACK_URL"] or "")
-    disbursement_port = _environment(SERVICES["disbursement"])["HOMEWARD_HTTP_PORT"]
+    disbursement = _environment(SERVICES["disbursement"])
+    # The provider's callbacks arrive on a port of their own, apart from /health and /metrics.
+    assert disbursement["HOMEWARD_CALLBACK_PORT"] != disbursement["HOMEWARD_HTTP_PORT"]
     assert (callback.hostname, str(callback.port), callback.path) == (
         "disbursement",
-        disbursement_port,
+        disbursement["HOMEWARD_CALLBACK_PORT"],
         "/callbacks/payouts",
     )
 
