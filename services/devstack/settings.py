@@ -5,14 +5,14 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.runtime.settings import Infrastructure, StateDirectory
+from services.runtime.settings import Infrastructure, KafkaSecurity, StateDirectory
 
 REPLICAS_MAX = 8
 """Processes per service: beyond the partition count a replica only waits, and on two cores even
 four of each (sixteen processes) mostly compete for the same CPU."""
 
 
-class DevstackSettings(Infrastructure, StateDirectory):
+class DevstackSettings(Infrastructure, KafkaSecurity, StateDirectory):
     kafka_port: int = Field(default=19092, description="Port of the embedded broker")
     topic_partitions: int = Field(
         default=3,

@@ -280,7 +280,7 @@ class Supervisor:
         callback_ports = [free_port() for _ in range(self.replicas)]
         payouts, travel = await self._start_sandboxes(secrets, callback_ports)
         database_url, bootstrap = await asyncio.gather(self._database(), self._broker())
-        await create_topics(bootstrap, all_topics(), self.partitions, topic_configs(self.settings))
+        await self._create_topics(bootstrap)
         for service in SERVICE_NAMES:
             await asyncio.to_thread(migrate, database_url, service)
         await asyncio.to_thread(migrate_audit, database_url)
@@ -320,6 +320,14 @@ class Supervisor:
         self.announced = True
         ready = f"{READY_PREFIX} kafka={bootstrap} database={masked_url(database_url)} state_dir={self.state_dir}"
         print(f"{ready} payouts={payouts.url} travel={travel.url}", flush=True)
+
+    async def _create_topics(self, bootstrap: str) -> None:
+        # Imported here: FastStream's security classes are needed only to create the topics.
+        from services.runtime.kafka_security import client_options
+
+        await create_topics(
+            bootstrap, all_topics(), self.partitions, topic_configs(self.settings), client_options(self.settings)
+        )
 
     async def _start_sandboxes(
         self, secrets: dict[str, str], callback_ports: list[int]
@@ -453,7 +461,7 @@ class Supervisor:
         logger.warning("up.broker_restarting_empty")
         await asyncio.to_thread(self.kafka.stop)
         await asyncio.to_thread(self.kafka.start)
-        await create_topics(self.kafka.bootstrap, all_topics(), self.partitions, topic_configs(self.settings))
+        await self._create_topics(self.kafka.bootstrap)
         self._write_status()
         logger.warning("up.broker_restarted_empty")
 

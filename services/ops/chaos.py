@@ -29,6 +29,7 @@ from services.devstack.embedded import free_port
 from services.devstack.running import STATUS_FILE, Runtime, service_of
 from services.ops.common import OpsSettings
 from services.ops.world import Demo, running_up
+from services.runtime.kafka_security import client_options
 from services.runtime.produce import Record
 
 # Fault drills: restart the database after the first kill, wipe the broker after the second.
@@ -270,6 +271,7 @@ async def main(
         world = World(
             runtime, participants, console, rng,
             metadata_max_age_ms=metadata_max_age_ms, compression_type=OpsSettings().kafka_compression_type,
+            kafka_options=client_options(OpsSettings()),
         )  # fmt: skip
         monkey = Monkey(runtime.pid, state, kill_every, rng)
         world.monkey = monkey

@@ -9,6 +9,7 @@ from rich.console import Console
 from services.devstack.running import Runtime
 from services.ops.common import OpsSettings
 from services.ops.world import Demo, read_ledger, running_up, summarize
+from services.runtime.kafka_security import client_options
 
 
 async def main(settings: OpsSettings, state_dir: Path, participants: int, timeout_seconds: float) -> int:
@@ -26,6 +27,7 @@ async def _demo(
     demo = Demo(
         runtime, participants, console, random.Random(),
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms, compression_type=settings.kafka_compression_type,
+        kafka_options=client_options(settings),
     )  # fmt: skip
     wall = await demo.run(timeout_seconds)
     if not demo.up_alive():

@@ -34,6 +34,7 @@ from services.ops.common import (
     record_action,
     record_action_at,
 )
+from services.runtime.kafka_security import client_options
 
 dlq_app = typer.Typer(
     help="Dead letters (list, replay), parked outbox rows (parked, unpark), record batches no consumer could read "
@@ -89,7 +90,9 @@ def _envelope_id(value: bytes) -> str | None:
 
 async def read_dead_letters(bootstrap: str, topics: list[str]) -> list[DeadLetter]:
     """Every record now on the given dead-letter topics, read without a consumer group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **client_options(OpsSettings())
+    )
     await consumer.start()
     try:
         partitions = [
@@ -170,7 +173,7 @@ def replay(
             raise typer.BadParameter(f"no dead letter {letter_id!r} on {dlq_topic(topic.removesuffix('.dlq'))}")
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, enable_idempotence=False, acks="all",
-            compression_type=OpsSettings().kafka_compression_type,
+            compression_type=OpsSettings().kafka_compression_type, **client_options(OpsSettings()),
         )  # fmt: skip
         await producer.start()
         try:

@@ -30,6 +30,7 @@ from services.devstack.running import STATUS_FILE, Runtime, service_of
 from services.ops.common import OpsSettings, measure_table
 from services.ops.pgbench import throwaway_tps
 from services.ops.world import Demo, LedgerView, Participant, read_ledger, summarize
+from services.runtime.kafka_security import client_options
 
 STAGES = {
     RegistrationAccepted.TOPIC: "accepted",
@@ -198,7 +199,7 @@ async def run(
     world = TimedWorld(
         runtime, participants, Console(stderr=True), random.Random(),
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms, compression_type=settings.kafka_compression_type,
-        rate=rate,
+        rate=rate, kafka_options=client_options(settings),
     )  # fmt: skip
     _warn_if_underfunded(world, await read_ledger(runtime))
     sampler = ProcessSampler(Path(runtime.state_dir))

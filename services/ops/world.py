@@ -328,6 +328,7 @@ class Demo:
         metadata_max_age_ms: int,
         compression_type: str | None = None,
         rate: float | None = None,
+        kafka_options: dict[str, Any] | None = None,
     ) -> None:
         # The world's apps refresh their view of the topics (metadata_max_age_ms) like Homeward's services do.
         self.runtime = runtime
@@ -356,6 +357,7 @@ class Demo:
             max_batch_size=PRODUCER_BATCH_BYTES,
             metadata_max_age_ms=metadata_max_age_ms,
             compression_type=compression_type,
+            **(kafka_options or {}),  # TLS and SASL, as Homeward's own clients (kafka_security.py)
         )
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=runtime.kafka,
@@ -366,6 +368,7 @@ class Demo:
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             session_timeout_ms=CONSUMER_SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=CONSUMER_HEARTBEAT_INTERVAL_MS,
+            **(kafka_options or {}),
         )
 
     async def run(self, timeout_seconds: float) -> float:

@@ -1,6 +1,7 @@
 """Registration handlers: open a case, refuse an application, or repeat the first outcome."""
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -120,6 +121,7 @@ async def _claim_identities(
     )} if lost else {}  # fmt: skip
     decided: dict[UUID, Outcome] = {}
     opened: list[RegistrationAccepted] = []
+    consents: list[tuple[str, datetime]] = []  # each opened case's consent: text version, and when
     for application, identity_key, case_id in eligible:
         holder = won.get(identity_key) or holders.get(identity_key)
         if holder != case_id:
@@ -139,6 +141,7 @@ async def _claim_identities(
         )
         decided[application.application_id] = accepted
         opened.append(accepted)
+        consents.append((application.consent.version, application.submitted_at))
     if opened:
         await queries.open_cases(
             uow.connection,
@@ -146,6 +149,8 @@ async def _claim_identities(
             application_ids=[case.application_id for case in opened],
             identity_keys=[case.identity_key for case in opened],
             sealed=[case.sealed for case in opened],
+            consent_versions=[version for version, _ in consents],
+            consented_ats=[moment for _, moment in consents],
         )
     return decided
 

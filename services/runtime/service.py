@@ -21,7 +21,7 @@ from faststream.message import StreamMessage
 from starlette.applications import Starlette
 
 from contracts.registry import PAYLOAD_TYPES
-from services.runtime import unreadable
+from services.runtime import kafka_security, unreadable
 from services.runtime.consumer import BatchConsumer, Route
 from services.runtime.db import TRANSIENT_ERRORS, create_pool, runtime_queries
 from services.runtime.health import Readiness, http_server
@@ -170,6 +170,7 @@ def create_app(service: str) -> FastStream:
         client_id=f"homeward-{service}",
         request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
+        security=kafka_security.security(settings),
         logger=logger,
         # FastStream's own "Received"/"Processed" lines describe whole batches and carry no case
         # ids; the consumer logs each event with its ids instead, so these drop to DEBUG.
@@ -325,6 +326,7 @@ def relay_producer(settings: ServiceSettings, bootstrap: str, service: str) -> A
         # 1 MiB so that copying a maximal record does not fail.
         max_request_size=PRODUCER_REQUEST_BYTES_MAX,
         max_batch_size=RELAY_BATCH_BYTES,
+        **kafka_security.client_options(settings),
     )
 
 

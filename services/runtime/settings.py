@@ -61,7 +61,39 @@ class Infrastructure(HomewardSettings):
         return self.database_url, self.kafka_bootstrap
 
 
-class KafkaClients(HomewardSettings):
+class KafkaSecurity(HomewardSettings):
+    """How every Kafka client of Homeward's (services, commands, `up` creating topics) reaches the broker."""
+
+    # Encrypted and authenticated transport to the broker; every producer, consumer and admin
+    # client of Homeward's uses these (services/runtime/kafka_security.py turns them into options).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How clients reach the broker: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        default=None, description="PEM of the CA that signed the broker's certificate (SSL; default: the system's)"
+    )
+    kafka_ssl_cert_file: Path | None = Field(default=None, description="PEM of this client's certificate (mutual TLS)")
+    kafka_ssl_key_file: Path | None = Field(default=None, description="PEM of this client's private key (mutual TLS)")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)"
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user")
+    kafka_sasl_password_file: Path | None = Field(default=None, description="A file holding the SASL user's password")
+
+    @model_validator(mode="after")
+    def _security_is_whole(self) -> "KafkaSecurity":
+        sasl = self.kafka_security_protocol.startswith("SASL")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password_file):
+            raise ValueError(
+                f"HOMEWARD_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs HOMEWARD_KAFKA_SASL_MECHANISM, "
+                "HOMEWARD_KAFKA_SASL_USERNAME and HOMEWARD_KAFKA_SASL_PASSWORD_FILE"
+            )
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError("HOMEWARD_KAFKA_SSL_CERT_FILE and HOMEWARD_KAFKA_SSL_KEY_FILE go together (mutual TLS)")
+        return self
+
+
+class KafkaClients(KafkaSecurity):
     """How Homeward's Kafka clients behave, in a service or in an operator command."""
 
     # How stale a client's idea of the topics' partitions may get. A broker that lost its data may

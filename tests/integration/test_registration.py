@@ -3,7 +3,7 @@
 import json
 import re
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -79,6 +79,9 @@ async def test_valid_submission_opens_a_case_with_a_traceable_envelope(infra: In
     row = await database.fetchrow("SELECT * FROM registration.cases WHERE case_id = $1::uuid", case_id)
     assert str(row["application_id"]) == data["application_id"]
     assert row["identity_key"] == payload["identity_key"]
+    # The consent the case was opened under, kept apart from the sealed data (which erasure removes).
+    assert row["consent_version"] == data["consent"]["version"]
+    assert row["consented_at"] == datetime.fromisoformat(data["submitted_at"])
 
 
 def _years_ago(years: int) -> str:

@@ -70,13 +70,14 @@ class FakeRegistrationQueries:
 
     async def open_cases(
         self, connection: Any, *, case_ids: list[UUID], application_ids: list[UUID], identity_keys: list[str],
-        sealed: list[str],
+        sealed: list[str], consent_versions: list[str], consented_ats: list[Any],
     ) -> None:  # fmt: skip
-        for case_id, application_id, identity_key, one_sealed in zip(
-            case_ids, application_ids, identity_keys, sealed, strict=True
+        for case_id, application_id, identity_key, one_sealed, version, consented_at in zip(
+            case_ids, application_ids, identity_keys, sealed, consent_versions, consented_ats, strict=True
         ):
             assert case_id not in self.cases
-            self.cases[case_id] = {"application_id": application_id, "identity_key": identity_key, "sealed": one_sealed}
+            self.cases[case_id] = {"application_id": application_id, "identity_key": identity_key,
+                                   "sealed": one_sealed, "consent": (version, consented_at)}  # fmt: skip
 
 
 def _keys() -> Keys:

@@ -29,8 +29,9 @@ RETURNING identity_key, case_id;
 SELECT identity_key, case_id FROM identity_claims WHERE identity_key = ANY(:identity_keys::text[]);
 
 -- name: open_cases!
-INSERT INTO cases (case_id, application_id, identity_key, sealed)
-SELECT * FROM unnest(:case_ids::uuid[], :application_ids::uuid[], :identity_keys::text[], :sealed::text[]);
+INSERT INTO cases (case_id, application_id, identity_key, sealed, consent_version, consented_at)
+SELECT * FROM unnest(:case_ids::uuid[], :application_ids::uuid[], :identity_keys::text[], :sealed::text[],
+                     :consent_versions::text[], :consented_ats::timestamptz[]);
 
 -- name: record_outcomes!
 UPDATE applications a
