@@ -28,6 +28,8 @@ def provider(settings: DisbursementSettings) -> HttpPayoutProvider:
         timeout_seconds=settings.payout_timeout_ms / 1000,
         attempts_max=settings.payout_attempts_max,
         backoff_initial_seconds=settings.payout_backoff_initial_ms / 1000,
+        token=settings.payout_provider_token.get_secret_value() if settings.payout_provider_token else None,
+        ca_file=settings.provider_ca_file,
     )
 
 

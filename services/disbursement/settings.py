@@ -4,7 +4,14 @@ from decimal import Decimal
 
 from pydantic import Field
 
-from services.runtime.settings import HomewardSettings, PayoutCallbacks, SealedData, ServiceSettings
+from services.runtime.settings import (
+    HomewardSettings,
+    PayoutCallbacks,
+    PayoutProviderAccess,
+    ProviderTls,
+    SealedData,
+    ServiceSettings,
+)
 
 
 class ProgramCurrency(HomewardSettings):
@@ -22,7 +29,9 @@ class ProgramSettings(ProgramCurrency):
     )
 
 
-class DisbursementSettings(ServiceSettings, SealedData, PayoutCallbacks, ProgramSettings):
+class DisbursementSettings(
+    ServiceSettings, SealedData, PayoutCallbacks, PayoutProviderAccess, ProviderTls, ProgramSettings
+):
     payout_provider_url: str | None = Field(
         default=None, description="Base URL of the payout provider, e.g. http://127.0.0.1:8090"
     )

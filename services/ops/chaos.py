@@ -27,10 +27,11 @@ from rich.table import Table
 from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
 from services.devstack.embedded import free_port
 from services.devstack.running import STATUS_FILE, Runtime, service_of
-from services.ops.common import OpsSettings
+from services.ops.common import OpsSettings, payout_provider
 from services.ops.world import Demo, running_up
 from services.runtime.kafka_security import client_options
 from services.runtime.produce import Record
+from services.runtime.settings import SERVICE_NAMES
 
 # Fault drills: restart the database after the first kill, wipe the broker after the second.
 POSTGRES_RESTART_AFTER_KILLS = 1
@@ -61,7 +62,8 @@ CHAOS_ENV = {
 
 @dataclass
 class Monkey:
-    """Kills a random process every `interval` seconds and runs the two drills once each."""
+    """Kills a random process every `interval` seconds (the first one a service's) and runs the two
+    drills once each."""
 
     up_pid: int
     state_dir: Path
@@ -89,6 +91,10 @@ class Monkey:
     def _kill_one(self) -> None:
         processes = json.loads((self.state_dir / STATUS_FILE).read_text())["processes"]
         alive = [p for p in processes if service_of(p["name"]) in KILLABLE and p.get("alive") and p.get("pid")]
+        # Until a service process has been killed, only service processes are drawn: a short run
+        # (a few kills) must not spend them all on the sandboxes.
+        if not any(service_of(name) in SERVICE_NAMES for name in self.kills):
+            alive = [p for p in alive if service_of(p["name"]) in SERVICE_NAMES] or alive
         if not alive:
             return
         victim = self.rng.choice(alive)
@@ -189,16 +195,13 @@ class Verdict:
 async def judge(runtime: Runtime, world: World) -> Verdict:
     """Reads the ledger and the provider after the run: who was paid, how often, and what is stuck."""
     from services.disbursement import operations
-    from services.disbursement.adapters.provider import HttpPayoutProvider
     from services.disbursement.app import queries
     from services.runtime.db import connect
 
     eligible = Counter(p.expected for p in world.cohort)["accepted"]
     # The monkey may have just killed the payouts sandbox, and the supervisor backs off up to
     # 30 s when a process keeps dying young: the audit asks the provider for up to about a minute.
-    provider = HttpPayoutProvider(
-        runtime.payouts, timeout_seconds=30, attempts_max=PROVIDER_ATTEMPTS_MAX, backoff_initial_seconds=0.5
-    )
+    provider = payout_provider(runtime.payouts, attempts_max=PROVIDER_ATTEMPTS_MAX, backoff_initial_seconds=0.5)
     connection = await connect(runtime.database_url, schema="disbursement")
     try:
         deadline = time.monotonic() + SETTLE_SECONDS_MAX

@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import Field
@@ -14,14 +14,25 @@ from rich.console import Console
 from rich.table import Table
 
 from services.devstack.running import Runtime
-from services.runtime.settings import SERVICE_NAMES, Infrastructure, KafkaClients, StateDirectory
+from services.runtime.settings import (
+    SERVICE_NAMES,
+    Infrastructure,
+    KafkaClients,
+    PayoutProviderAccess,
+    ProviderTls,
+    StateDirectory,
+)
+
+if TYPE_CHECKING:
+    from services.disbursement.adapters.provider import HttpPayoutProvider
 
 T = TypeVar("T")
+PROVIDER_CALL_SECONDS = 30.0
 PIPED_WIDTH = 160
 """Piped output gets a wide console, so ids and amounts are not cut to fit 80 columns."""
 
 
-class OpsSettings(Infrastructure, KafkaClients, StateDirectory):
+class OpsSettings(Infrastructure, KafkaClients, StateDirectory, PayoutProviderAccess, ProviderTls):
     """What the operator commands read; unset database, broker and provider come from a running `up`."""
 
     payout_provider_url: str | None = Field(default=None, description="Base URL of the payout provider")
@@ -185,3 +196,16 @@ def on_schema(
             await connection.close()
 
     return asyncio.run(main())
+
+
+def payout_provider(base_url: str, *, attempts_max: int, backoff_initial_seconds: float) -> "HttpPayoutProvider":
+    """The payout provider's client as the commands use it: 30 s calls, with the token and CA the
+    settings give (HOMEWARD_PAYOUT_PROVIDER_TOKEN, HOMEWARD_PROVIDER_CA_FILE)."""
+    from services.disbursement.adapters.provider import HttpPayoutProvider
+
+    settings = OpsSettings()
+    token = settings.payout_provider_token.get_secret_value() if settings.payout_provider_token else None
+    return HttpPayoutProvider(
+        base_url, timeout_seconds=PROVIDER_CALL_SECONDS, attempts_max=attempts_max,
+        backoff_initial_seconds=backoff_initial_seconds, token=token, ca_file=settings.provider_ca_file,
+    )  # fmt: skip

@@ -15,7 +15,17 @@ import typer
 from rich.table import Table
 
 from services.disbursement.settings import ProgramCurrency
-from services.ops.common import AsJson, Operator, StateDir, emit, locate, on_schema, operator_name, record_action
+from services.ops.common import (
+    AsJson,
+    Operator,
+    StateDir,
+    emit,
+    locate,
+    on_schema,
+    operator_name,
+    payout_provider,
+    record_action,
+)
 
 ledger_app = typer.Typer(help="The stipend ledger: fund, balances, verify, reconcile.", no_args_is_help=True)
 
@@ -34,11 +44,11 @@ def _run(state_dir: Path | None, work: Callable[[Any, Any, str | None], Awaitabl
 
 
 async def _provider_payouts(payouts_url: str | None) -> list[Any]:
-    from services.disbursement.adapters.provider import HttpPayoutProvider, ProviderUnavailableError
+    from services.disbursement.adapters.provider import ProviderUnavailableError
 
     if not payouts_url:
         raise typer.BadParameter("no payout provider: HOMEWARD_PAYOUT_PROVIDER_URL is not set and no `up` is running")
-    provider = HttpPayoutProvider(payouts_url, timeout_seconds=30, attempts_max=3, backoff_initial_seconds=0.2)
+    provider = payout_provider(payouts_url, attempts_max=3, backoff_initial_seconds=0.2)
     try:
         return await provider.list_payouts()
     except ProviderUnavailableError as error:

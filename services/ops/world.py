@@ -47,6 +47,7 @@ from contracts.events import (
 )
 from contracts.signing import SIGNER_SOURCES, public_key_pem, signature_headers
 from services.devstack.running import READY_PREFIX, Runtime
+from services.ops.common import payout_provider
 from services.runtime.messages import build_envelope, encode
 from services.runtime.produce import Record, send_batched
 
@@ -616,7 +617,6 @@ class LedgerView:
 
 async def read_ledger(runtime: Runtime) -> LedgerView:
     from services.disbursement import operations
-    from services.disbursement.adapters.provider import HttpPayoutProvider
     from services.disbursement.app import queries
     from services.runtime.db import connect
 
@@ -626,7 +626,7 @@ async def read_ledger(runtime: Runtime) -> LedgerView:
         twice = await queries().payments.identities_paid_twice(connection)
     finally:
         await connection.close()
-    provider = HttpPayoutProvider(runtime.payouts, timeout_seconds=30, attempts_max=3, backoff_initial_seconds=0.2)
+    provider = payout_provider(runtime.payouts, attempts_max=3, backoff_initial_seconds=0.2)
     try:
         payouts = [payout for payout in await provider.list_payouts() if payout.status == "paid"]
     finally:

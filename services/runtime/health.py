@@ -4,7 +4,6 @@ adds."""
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from services.runtime import metrics
 from services.runtime.db import runtime_queries
+from services.runtime.http import bearer_is
 
 CHECK_TIMEOUT_SECONDS = 1.0
 
@@ -63,7 +63,9 @@ class Readiness:
     async def metrics(self, request: Request) -> Response:
         """Prometheus exposition; the gauges are read now, and a failed read leaves them as they were
         (the counters still answer, and /ready says what is down)."""
-        if self.metrics_token is not None and not _bearer_is(request, self.metrics_token):
+        if self.metrics_token is not None and not bearer_is(
+            request.headers.get("authorization", ""), self.metrics_token
+        ):
             return JSONResponse(
                 {"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'}
             )
@@ -109,12 +111,6 @@ class Readiness:
             *extra_routes,
         ]
         return Starlette(routes=routes)
-
-
-def _bearer_is(request: Request, token: str) -> bool:
-    """Whether the request presents `token` as its bearer token (compared in constant time)."""
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
 
 
 def http_server(app: Starlette, host: str, port: int) -> uvicorn.Server:

@@ -194,6 +194,22 @@ class SealedData(HomewardSettings):
         return bytes.fromhex(self.data_key.get_secret_value())
 
 
+class ProviderTls(HomewardSettings):
+    """How a service trusts its provider's HTTPS certificate (payouts, travel)."""
+
+    provider_ca_file: Path | None = Field(
+        default=None, description="PEM of the CA that signed the providers' HTTPS certificates (default: the system's)"
+    )
+
+
+class PayoutProviderAccess(HomewardSettings):
+    """The credential disbursement and the commands present to the payout provider."""
+
+    payout_provider_token: SecretStr | None = Field(
+        default=None, description="Bearer token sent with every call to the payout provider"
+    )
+
+
 class PayoutCallbacks(HomewardSettings):
     """The key both ends of the payout callbacks hold: the provider signs, disbursement checks."""
 

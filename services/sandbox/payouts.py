@@ -339,6 +339,8 @@ class PayoutSandbox:
         self.callback_turn = 0
         secret = settings.payout_callback_secret
         self.callback_secret = None if secret is None else secret.get_secret_value().encode()
+        token = settings.sandbox_payout_token
+        self.token = None if token is None else token.get_secret_value()
         self._store: PayoutStore | None = None
 
     @property
@@ -371,6 +373,7 @@ class PayoutSandbox:
                 Route("/payouts/{key}", self.get_payout, methods=["GET"]),
             ],
             self.lifespan,
+            token=self.token,
         )
 
     def _draw(self) -> Draw:

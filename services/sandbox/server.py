@@ -7,17 +7,19 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import structlog
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from services.runtime.http import bounded_body
+from services.runtime.http import bearer_is, bounded_body
 
 REQUEST_BODY_BYTES_MAX = 64 * 1024
 IDEMPOTENCY_KEY_CHARS_MAX = 200
@@ -36,9 +38,23 @@ async def _health(_: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def application(routes: list[BaseRoute], lifespan: Any) -> Starlette:
-    """A sandbox's HTTP app: its own routes, plus `GET /health` (what `homeward up` waits for)."""
-    return Starlette(routes=[Route("/health", _health, methods=["GET"]), *routes], lifespan=lifespan)
+def application(routes: list[BaseRoute], lifespan: Any, *, token: str | None = None) -> Starlette:
+    """A sandbox's HTTP app: its own routes, plus `GET /health` (what `homeward up` waits for).
+    With a `token`, every route but /health answers 401 unless the caller presents it as a bearer
+    token, as a real provider's API requires its credential."""
+    app = Starlette(routes=[Route("/health", _health, methods=["GET"]), *routes], lifespan=lifespan)
+    if token is not None:
+        app.add_middleware(BaseHTTPMiddleware, dispatch=partial(_require_bearer, token))
+    return app
+
+
+async def _require_bearer(token: str, request: Request, call_next: Any) -> Any:
+    if request.url.path == "/health" or bearer_is(request.headers.get("authorization", ""), token):
+        return await call_next(request)
+    return JSONResponse(
+        {"error": "unauthorized", "message": "send the provider's token as `Authorization: Bearer <token>`"},
+        status_code=401, headers={"WWW-Authenticate": 'Bearer realm="provider"'},
+    )  # fmt: skip
 
 
 def error(status_code: int, code: str, message: str, **extra: str) -> JSONResponse:

@@ -4,7 +4,7 @@ key that signs its callbacks)."""
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from services.runtime.settings import HttpListener, PayoutCallbacks, StateDirectory
 
@@ -18,6 +18,9 @@ class PayoutSandboxSettings(HttpListener, PayoutCallbacks, StateDirectory):
     sandbox_payout_store: Path | None = Field(
         default=None,
         description="SQLite file of the sandbox payout provider (default state_dir/sandbox/payouts.sqlite3)",
+    )
+    sandbox_payout_token: SecretStr | None = Field(
+        default=None, description="When set, the payout sandbox answers only calls that bear this token (not /health)"
     )
     sandbox_payout_seed: int | None = Field(
         default=None, description="Seed of the sandbox's fault draws, for reproducible runs"
@@ -58,6 +61,9 @@ class TravelSandboxSettings(HttpListener, StateDirectory):
 
     sandbox_travel_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the sandbox travel provider; 0 picks a free one"
+    )
+    sandbox_travel_token: SecretStr | None = Field(
+        default=None, description="When set, the travel sandbox answers only calls that bear this token (not /health)"
     )
     sandbox_travel_store: Path | None = Field(
         default=None,

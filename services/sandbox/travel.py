@@ -109,6 +109,7 @@ class TravelSandbox:
         self.departure_delay = timedelta(seconds=settings.sandbox_flight_departure_delay_seconds)
         self.flight_duration = timedelta(seconds=settings.sandbox_flight_duration_seconds)
         self.random = rng or random.Random()
+        self.token = None if settings.sandbox_travel_token is None else settings.sandbox_travel_token.get_secret_value()
         self._store: TicketStore | None = None
 
     @property
@@ -132,6 +133,7 @@ class TravelSandbox:
                 Route("/bookings/{key}", self.get_booking, methods=["GET"]),
             ],
             self.lifespan,
+            token=self.token,
         )
 
     def _new_ticket(self, key: str, booking: BookingRequest) -> StoredTicket:

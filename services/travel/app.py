@@ -33,6 +33,8 @@ def travel_provider(settings: TravelSettings) -> HttpTravelProvider:
         timeout_seconds=settings.travel_provider_timeout_ms / 1000,
         attempts_max=settings.travel_provider_attempts_max,
         backoff_initial_seconds=settings.travel_provider_backoff_initial_ms / 1000,
+        token=settings.travel_provider_token.get_secret_value() if settings.travel_provider_token else None,
+        ca_file=settings.provider_ca_file,
     )
 
 

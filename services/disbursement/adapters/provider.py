@@ -7,11 +7,14 @@ sent again. The single `POST /payouts` stays for callers that pay one at a time.
 
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 import stamina
 import structlog
+
+from services.runtime.http import provider_client
 
 logger = structlog.get_logger("homeward.disbursement.provider")
 
@@ -91,11 +94,17 @@ def _payout(document: dict[str, Any]) -> Payout:
 
 class HttpPayoutProvider:
     def __init__(
-        self, base_url: str, *, timeout_seconds: float, attempts_max: int, backoff_initial_seconds: float
+        self,
+        base_url: str,
+        *,
+        timeout_seconds: float,
+        attempts_max: int,
+        backoff_initial_seconds: float,
+        token: str | None = None,
+        ca_file: Path | None = None,
     ) -> None:
-        self.client = httpx.AsyncClient(
-            base_url=base_url, timeout=httpx.Timeout(timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS)
-        )
+        timeout = httpx.Timeout(timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS)
+        self.client = provider_client(base_url, timeout, token=token, ca_file=ca_file)
         self.attempts_max = attempts_max
         self.backoff_initial_seconds = backoff_initial_seconds
 

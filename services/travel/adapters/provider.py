@@ -7,10 +7,13 @@ Bookings go in batches (`POST /booking-batches`, each item with its own key); th
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 import stamina
+
+from services.runtime.http import provider_client
 
 CONNECT_TIMEOUT_SECONDS = 2.0
 
@@ -94,11 +97,17 @@ def _ticket(document: dict[str, Any]) -> Ticket:
 
 class HttpTravelProvider:
     def __init__(
-        self, base_url: str, *, timeout_seconds: float, attempts_max: int, backoff_initial_seconds: float
+        self,
+        base_url: str,
+        *,
+        timeout_seconds: float,
+        attempts_max: int,
+        backoff_initial_seconds: float,
+        token: str | None = None,
+        ca_file: Path | None = None,
     ) -> None:
-        self.client = httpx.AsyncClient(
-            base_url=base_url, timeout=httpx.Timeout(timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS)
-        )
+        timeout = httpx.Timeout(timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS)
+        self.client = provider_client(base_url, timeout, token=token, ca_file=ca_file)
         self.attempts_max = attempts_max
         self.backoff_initial_seconds = backoff_initial_seconds
 
