@@ -89,6 +89,8 @@ async def handle_evidence(
 
 
 EVIDENCE_UNAUTHENTICATED = "evidence_unauthenticated"
+UNREGISTRABLE_ID = "\ufffd"
+"""Stands for an `x-signer` no registered id can be (not UTF-8, unprintable, too long)."""
 SIGNER_ID_SHOWN_CHARS_MAX = 100
 
 
@@ -97,7 +99,7 @@ async def admit_evidence(items: list[Decoded], uow: UnitOfWork, *, queries: Any)
     office) signed its exact bytes. One look-up for the batch's signers, in the batch's own
     transaction, so a revocation committed before the batch began is seen."""
     claims = [_signed(item) for item in items]
-    signer_ids = sorted({claim.signer_id for claim in claims if claim.signer_id is not None})
+    signer_ids = sorted({claim.signer_id for claim in claims if claim.signer_id not in (None, UNREGISTRABLE_ID)})
     rows = await fetch_all(queries.signers_by_id(uow.connection, signer_ids=signer_ids)) if signer_ids else []
     signers = {row["signer_id"]: domain.Signer(**dict(row)) for row in rows}
     refusals: list[Refusal | None] = []
@@ -114,7 +116,9 @@ def _signed(item: Decoded) -> domain.Signed:
     try:
         signer_id = signer.decode() if signer is not None else None
     except UnicodeDecodeError:
-        signer_id = "\ufffd"  # not UTF-8: no registered id is (the CLI takes text), so unknown
+        signer_id = UNREGISTRABLE_ID  # not UTF-8: no registered id is (the CLI takes text), so unknown
+    if signer_id is not None and not (len(signer_id) <= signing.SIGNER_ID_CHARS_MAX and signer_id.isprintable()):
+        signer_id = UNREGISTRABLE_ID  # no registered id has such a form; never sent to the database (NUL)
     return domain.Signed(
         signer_id=signer_id,
         # A header that is there but is no signature is malformed, not missing.

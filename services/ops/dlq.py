@@ -35,6 +35,7 @@ from services.ops.common import (
     record_action_at,
 )
 from services.runtime.kafka_security import client_options
+from services.runtime.messages import KEPT_HEADERS
 
 dlq_app = typer.Typer(
     help="Dead letters (list, replay), parked outbox rows (parked, unpark), record batches no consumer could read "
@@ -65,6 +66,8 @@ class DeadLetter:
     envelope_id: str | None
     age_seconds: float
     value: bytes
+    kept_headers: tuple[tuple[str, bytes], ...] = ()
+    """The original's headers the copy carried (its signature), sent again on replay."""
 
     @property
     def name(self) -> str:
@@ -130,6 +133,7 @@ def _letter(record: Any) -> DeadLetter:
         envelope_id=_envelope_id(value),
         age_seconds=max(0.0, time.time() - record.timestamp / 1000),
         value=value,
+        kept_headers=tuple((name, headers[name].encode()) for name in KEPT_HEADERS if name in headers),
     )
 
 
@@ -171,6 +175,10 @@ def replay(
         chosen = [letter for letter in letters if letter_id in (None, letter.name, letter.envelope_id)]
         if letter_id is not None and not chosen:
             raise typer.BadParameter(f"no dead letter {letter_id!r} on {dlq_topic(topic.removesuffix('.dlq'))}")
+        # Recorded before anything is sent (a replay the trail cannot hold does not start), and
+        # again with its outcome once sent.
+        await record_action_at(database_url, who, "dlq replay", {"topic": topic, "id": letter_id},
+                               {"status": "starting", "letters": len(chosen)})  # fmt: skip
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, enable_idempotence=False, acks="all",
             compression_type=OpsSettings().kafka_compression_type, **client_options(OpsSettings()),
@@ -181,14 +189,15 @@ def replay(
                 provenance = f"{letter.dlq_topic}:{letter.name}".encode()
                 await producer.send_and_wait(
                     letter.original_topic, letter.value, key=(letter.envelope_id or letter.name).encode(),
-                    headers=[("x-replayed-from", provenance)],
+                    headers=[*letter.kept_headers, ("x-replayed-from", provenance)],
                 )  # fmt: skip
         finally:
             await producer.stop()
         # Recorded once sent: the broker, not the database, is what changed.
         replayed = [f"{letter.dlq_topic}:{letter.name}" for letter in chosen]
         await record_action_at(database_url, who, "dlq replay", {"topic": topic, "id": letter_id},
-                               {"replayed": len(chosen), "letters": replayed[:AUDIT_LETTERS_LISTED_MAX]})  # fmt: skip
+                               {"status": "done", "replayed": len(chosen),
+                                "letters": replayed[:AUDIT_LETTERS_LISTED_MAX]})  # fmt: skip
         return len(chosen)
 
     typer.echo(f"replayed {asyncio.run(main())} dead letter(s) to {topic.removesuffix('.dlq')}")

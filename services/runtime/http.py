@@ -26,7 +26,10 @@ async def bounded_body(request: Request, bytes_max: int) -> bytes | None:
 
 
 def bearer_is(authorization: str, token: str) -> bool:
-    """Whether an `Authorization` header presents `token` as its bearer token (constant time)."""
+    """Whether an `Authorization` header presents `token` as its bearer token (constant time). An
+    empty token matches nothing: a token setting left empty shuts the door, it does not open it."""
+    if not token:
+        return False
     scheme, _, presented = authorization.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
 

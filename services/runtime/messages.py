@@ -1,5 +1,6 @@
 """Reading records off Kafka into envelopes, or into a coded reason why not; writing envelopes."""
 
+import contextlib
 import hashlib
 import json
 import re
@@ -23,6 +24,8 @@ ERROR_UNKNOWN_TOPIC = "unknown_topic"
 ERROR_HANDLER = "handler_error"
 
 DETAIL_CHARS_MAX = 500
+KEPT_HEADERS = ("x-signer", "x-signature")
+"""Headers of the original a dead-letter copy carries, so that `dlq replay` can send them again."""
 FIELD_PART_CHARS_MAX = 100
 FIELD_PATH_CHARS_MAX = 300
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
@@ -90,7 +93,17 @@ class Undeliverable:
         return UUID(hashlib.md5(where.encode(), usedforsecurity=False).hexdigest())
 
     def dead_letter_headers(self) -> dict[str, str]:
+        """The reason headers, and the record's own headers that a replay needs to pass again
+        (the evidence's signature: a replayed copy is checked like the original)."""
+        kept = {}
+        for name in KEPT_HEADERS:
+            value = self.record.header(name)
+            with contextlib.suppress(UnicodeDecodeError):
+                text = value.decode() if value is not None else ""
+                if text and text.isprintable():
+                    kept[name] = text
         return {
+            **kept,
             "x-error-code": self.code,
             "x-error-detail": self.detail[:DETAIL_CHARS_MAX],
             "x-original-topic": self.record.topic,

@@ -281,7 +281,7 @@ def create_app(service: str) -> FastStream:
         if own_port == settings.http_port:
             own_port = 0  # the same port twice: one server, the routes beside /health
         if settings.http_port:
-            token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+            token = settings.metrics_token.get_secret_value() if settings.metrics_token is not None else None
             readiness = Readiness(
                 state["pool"], broker, state["subscriber"], definition.health_details, definition.scrape, token
             )

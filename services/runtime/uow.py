@@ -140,7 +140,8 @@ class UnitOfWork:
     def dead_letter(self, bad: Undeliverable) -> None:
         """Queues the record's copy for `<topic>.dlq`, bytes unchanged on the topic; in the outbox
         sealed under the service's data key, and deleted once published."""
-        key = bad.record.key.decode(errors="replace") if bad.record.key else ""
+        # PostgreSQL text holds no NUL: a key with one is kept with U+FFFD in its place.
+        key = bad.record.key.decode(errors="replace").replace("\x00", "\ufffd") if bad.record.key else ""
         topic, value, sealing = dlq_topic(bad.record.topic), bad.record.value, self.database.dead_letter_key
         if sealing is not None:
             value = crypto.seal_bytes(sealing, value, bound_to=dead_letter_binding(topic, key)).encode()

@@ -5,6 +5,7 @@ everything else is dead-lettered as `evidence_unauthenticated` and never counts.
 Each refused piece is a checked partner-office record, which alone would verify its case: so a
 refusal that leaked would show as a verification (or as a stored evidence row)."""
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from services.runtime.db import connect
 from tests.conftest import Infra
 from tests.integration.helpers import EVIDENCE, VERIFIED, Collector, now, outbox_count, partner_office, start_service
 from tests.integration.test_arrival import collector, new_case, open_case, verification
-from tests.support import TEST_SIGNERS, ServiceRunner, envelope, eventually
+from tests.support import TEST_SIGNERS, ServiceRunner, envelope, eventually, homeward_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("arrival")]
 
@@ -230,3 +231,52 @@ async def test_a_forged_copy_sent_first_does_not_shadow_the_genuine_one(infra: I
 
 async def _processed(database: asyncpg.Connection, event_id: str) -> bool:
     return bool(await database.fetchval("SELECT count(*) FROM arrival.processed_events WHERE event_id = $1", event_id))
+
+
+async def test_evidence_refused_before_its_signer_was_registered_counts_once_replayed(infra: Infra, database):
+    """Nobody owed goes unpaid: the dead-letter copy keeps the signature headers, so once the
+    signer is registered an operator's `dlq replay` makes the genuine evidence count."""
+    case = new_case(infra)
+    signer_id, key = f"partner_office-{uuid4().hex[:8]}", Ed25519PrivateKey.generate()
+    data, value = office_evidence(case.case_id)
+    async with collector(infra) as kafka:
+        await open_case(kafka, database, case)
+        await send(kafka, value, case.key, signature_headers(signer_id, key, value))
+        headers = await dead_letter(kafka, value)
+        assert headers["x-error-detail"].startswith("unknown_signer")
+        assert headers["x-signer"] == signer_id and headers["x-signature"]
+        connection = await connect(infra.database_url, schema="arrival")
+        try:
+            await signers.add(connection, signer_id, "partner_office", public_key_pem(key))
+        finally:
+            await connection.close()
+        replayed = await asyncio.to_thread(
+            homeward_cli, "dlq", "replay", "--topic", EVIDENCE, "--id", json.loads(value)["id"],
+            HOMEWARD_KAFKA_BOOTSTRAP=infra.kafka_bootstrap, HOMEWARD_DATABASE_URL=infra.database_url,
+            HOMEWARD_OPERATOR="tester",
+        )  # fmt: skip
+        assert replayed.returncode == 0, replayed.stderr
+        event = await verification(kafka, case)
+    assert event["data"]["evidence_ids"] == [data["evidence_id"]]
+
+
+async def test_hostile_headers_and_keys_are_refused_without_stopping_the_partition(infra: Infra, database):
+    """A NUL in `x-signer` or in the key (PostgreSQL text holds none) is one more refusal, coded as
+    such; the genuine evidence behind it still counts."""
+    case = new_case(infra)
+    signer_id, key = await register(infra, "partner_office")
+    hostile_data, hostile = office_evidence(case.case_id)
+    _, genuine = office_evidence(case.case_id)
+    async with collector(infra) as kafka:
+        await open_case(kafka, database, case)
+        signature = signature_headers(signer_id, key, hostile)[1]
+        await send(kafka, hostile, case.key, [(SIGNER_HEADER, b"office\x00tgu"), signature])
+        await kafka.producer.send_and_wait(EVIDENCE, hostile + b" ", key=b"\x00" + case.key.encode())
+        await send(kafka, genuine, case.key, signature_headers(signer_id, key, genuine))
+        await verification(kafka, case)
+        codes = await eventually(
+            lambda: [h["x-error-code"] for h, v in kafka.dead_letters(EVIDENCE) if v in (hostile, hostile + b" ")],
+            what="both hostile records dead-lettered",
+        )  # fmt: skip
+    assert codes == ["evidence_unauthenticated", "evidence_unauthenticated"]
+    assert not await stored(database, hostile_data["evidence_id"])

@@ -26,3 +26,9 @@ async def test_metrics_answer_only_the_bearer_of_the_token() -> None:
 async def test_without_a_token_metrics_are_open() -> None:
     async with client(None) as http:
         assert (await http.get("/metrics")).status_code == 200
+
+
+async def test_an_empty_token_shuts_metrics_rather_than_opening_them() -> None:
+    async with client("") as http:
+        assert (await http.get("/metrics", headers={"Authorization": "Bearer "})).status_code == 401
+        assert (await http.get("/metrics")).status_code == 401

@@ -6,7 +6,7 @@ one id per key, office binding only for partner offices).
 """
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -96,9 +96,10 @@ async def add(
 
 
 async def revoke(connection: Connection, signer_id: str, *, at: datetime | None = None) -> datetime:
-    """Revokes a signer from `at` (default now): evidence received from then on no longer counts.
+    """Revokes a signer from `at` (default: now, by the database's clock): evidence received from
+    then on no longer counts.
     Returns the revocation time in force (the first one, if it was revoked before)."""
-    row = await queries().revoke_signer(connection, signer_id=signer_id, revoked_at=at or datetime.now(UTC))
+    row = await queries().revoke_signer(connection, signer_id=signer_id, revoked_at=at)
     if row is None:
         raise SignerRefused(f"no signer {signer_id!r}; `homeward signers list` shows the registered ones")
     revoked_at: datetime = row["revoked_at"]

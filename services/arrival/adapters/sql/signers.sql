@@ -23,8 +23,9 @@ FROM evidence_signers WHERE signer_id = :signer_id AND NOT EXISTS (SELECT 1 FROM
 SELECT signer_id FROM evidence_signers WHERE public_key = :public_key;
 
 -- name: revoke_signer^
--- Revoking again keeps the first revocation time.
-UPDATE evidence_signers SET revoked_at = coalesce(revoked_at, :revoked_at)
+-- Revoking again keeps the first revocation time; without one given, the database's clock (which
+-- stamps evidence received) says when, not the operator's machine.
+UPDATE evidence_signers SET revoked_at = coalesce(revoked_at, :revoked_at, now())
 WHERE signer_id = :signer_id
 RETURNING signer_id, revoked_at;
 
