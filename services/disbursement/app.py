@@ -10,6 +10,7 @@ from services.disbursement.adapters.provider import HttpPayoutProvider
 from services.disbursement.settings import DisbursementSettings
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries
+from services.runtime.http import RETRY_WAIT_MAX_FACTOR
 from services.runtime.service import ServiceDefinition, Worker
 from services.runtime.uow import ServiceDatabase
 
@@ -35,9 +36,9 @@ def provider(settings: DisbursementSettings) -> HttpPayoutProvider:
 
 def call_seconds_max(settings: DisbursementSettings) -> float:
     """The longest one payout batch call takes: each try may look keys up and post, both timing
-    out, then pause at most 16 times the first pause (the provider's retry bound)."""
+    out, then pause at most RETRY_WAIT_MAX_FACTOR times the first pause (the provider's retry bound)."""
     timeout_seconds = settings.payout_timeout_ms / 1000
-    pause_max_seconds = settings.payout_backoff_initial_ms / 1000 * 16
+    pause_max_seconds = settings.payout_backoff_initial_ms / 1000 * RETRY_WAIT_MAX_FACTOR
     return settings.payout_attempts_max * (2 * timeout_seconds + pause_max_seconds)
 
 

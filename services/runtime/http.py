@@ -5,9 +5,15 @@ its own, a bearer token)."""
 import hmac
 import ssl
 from pathlib import Path
+from typing import Any
 
 import httpx
+import stamina
 from starlette.requests import Request
+
+PROVIDER_CONNECT_TIMEOUT_SECONDS = 2.0
+RETRY_WAIT_MAX_FACTOR = 16
+"""A retried call's pause doubles from the first one up to this many times it."""
 
 
 async def bounded_body(request: Request, bytes_max: int) -> bytes | None:
@@ -42,3 +48,36 @@ def provider_client(
     headers = {"Authorization": f"Bearer {token}"} if token else None
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
     return httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers, verify=verify)
+
+
+class HttpProvider:
+    """What a client of a provider's API holds, payouts and travel alike: the HTTP client (token,
+    CA), and the bounded retries every call shares."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_seconds: float,
+        attempts_max: int,
+        backoff_initial_seconds: float,
+        token: str | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
+        timeout = httpx.Timeout(timeout_seconds, connect=PROVIDER_CONNECT_TIMEOUT_SECONDS)
+        self.client = provider_client(base_url, timeout, token=token, ca_file=ca_file)
+        self.attempts_max = attempts_max
+        self.backoff_initial_seconds = backoff_initial_seconds
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def _retrying(self, on: tuple[type[Exception], ...]) -> Any:
+        """`attempts_max` tries on the errors `on` names, the pause doubling from
+        `backoff_initial_seconds` up to RETRY_WAIT_MAX_FACTOR times it."""
+        return stamina.retry_context(
+            on=on,
+            attempts=self.attempts_max,
+            wait_initial=self.backoff_initial_seconds,
+            wait_max=self.backoff_initial_seconds * RETRY_WAIT_MAX_FACTOR,
+        )

@@ -7,18 +7,15 @@ sent again. The single `POST /payouts` stays for callers that pay one at a time.
 
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
-import stamina
 import structlog
 
-from services.runtime.http import provider_client
+from services.runtime.http import HttpProvider
 
 logger = structlog.get_logger("homeward.disbursement.provider")
 
-CONNECT_TIMEOUT_SECONDS = 2.0
 PAYOUT_REFUSED = "payout_refused"
 LOOKUP_KEYS_MAX = 200
 """Keys per `GET /payouts?keys=` (the sandbox's PAYOUT_LOOKUP_KEYS_MAX)."""
@@ -92,34 +89,8 @@ def _payout(document: dict[str, Any]) -> Payout:
     )
 
 
-class HttpPayoutProvider:
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout_seconds: float,
-        attempts_max: int,
-        backoff_initial_seconds: float,
-        token: str | None = None,
-        ca_file: Path | None = None,
-    ) -> None:
-        timeout = httpx.Timeout(timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS)
-        self.client = provider_client(base_url, timeout, token=token, ca_file=ca_file)
-        self.attempts_max = attempts_max
-        self.backoff_initial_seconds = backoff_initial_seconds
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-    def _retrying(self, on: tuple[type[Exception], ...]) -> Any:
-        """The bounded retries every call shares: `attempts_max` tries, the pause doubling from
-        `backoff_initial_seconds` up to 16 times it."""
-        return stamina.retry_context(
-            on=on,
-            attempts=self.attempts_max,
-            wait_initial=self.backoff_initial_seconds,
-            wait_max=self.backoff_initial_seconds * 16,
-        )
+class HttpPayoutProvider(HttpProvider):
+    """Pays through the payout provider's API (the client and retries: `HttpProvider`)."""
 
     async def pay(
         self, *, key: str, amount: Decimal, currency: str, method: str, instrument: dict[str, Any], resolve_first: bool

@@ -7,16 +7,11 @@ Bookings go in batches (`POST /booking-batches`, each item with its own key); th
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
-import stamina
 
-from services.runtime.http import provider_client
-
-CONNECT_TIMEOUT_SECONDS = 2.0
-
+from services.runtime.http import HttpProvider
 
 # Why a booking was not made: the `reason` of travel.booking_failed.v1, a code and never the text
 # of an exception or of the provider's answer (either could echo the traveller's name).
@@ -95,39 +90,15 @@ def _ticket(document: dict[str, Any]) -> Ticket:
     )
 
 
-class HttpTravelProvider:
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout_seconds: float,
-        attempts_max: int,
-        backoff_initial_seconds: float,
-        token: str | None = None,
-        ca_file: Path | None = None,
-    ) -> None:
-        timeout = httpx.Timeout(timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS)
-        self.client = provider_client(base_url, timeout, token=token, ca_file=ca_file)
-        self.attempts_max = attempts_max
-        self.backoff_initial_seconds = backoff_initial_seconds
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-    def _retrying(self) -> Any:
-        return stamina.retry_context(
-            on=TransientProviderError,
-            attempts=self.attempts_max,
-            wait_initial=self.backoff_initial_seconds,
-            wait_max=self.backoff_initial_seconds * 16,
-        )
+class HttpTravelProvider(HttpProvider):
+    """Books through the travel provider's API (the client and retries: `HttpProvider`)."""
 
     async def book_batch(self, items: list[BookingItem]) -> dict[str, BookingOutcome]:
         """Books every item once per key, as one batch; a batch that could not be answered is asked
         again whole (the keys make a repeat harmless), and after `attempts_max` tries every item
         gets the error."""
         try:
-            async for attempt in self._retrying():
+            async for attempt in self._retrying((TransientProviderError,)):
                 with attempt:
                     return await self._post_batch(items)
         except TransientProviderError as error:
@@ -160,7 +131,7 @@ class HttpTravelProvider:
         After `attempts_max` tries the error goes to the booking worker, which schedules the case again."""
         body = {"traveler_name": traveler_name, "origin_airport": origin_airport,
                 "destination_airport": destination_airport}  # fmt: skip
-        async for attempt in self._retrying():
+        async for attempt in self._retrying((TransientProviderError,)):
             with attempt:
                 return await self._post(idempotency_key, body)
         raise AssertionError("stamina either returns or raises")  # pragma: no cover
