@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contracts.events import EVIDENCE_TOPIC
 from contracts.registry import PAYLOAD_TYPES
-from contracts.signing import SIGNER_SOURCES, public_key_pem, signature_headers
+from contracts.signing import SIGNER_SOURCES, signature_headers
 
 WAIT_SECONDS_MAX = 60.0
 POLL_SECONDS = 0.05
@@ -55,16 +55,11 @@ def evidence_headers(topic: str, value: bytes) -> list[tuple[str, bytes]] | None
 
 
 async def register_test_signers(database_url: str) -> None:
-    """Registers the test signers in a database whose arrival schema is migrated (again: a no-op)."""
-    from services.arrival.adapters import signers
-    from services.runtime.db import connect
+    """Registers the test signers in a database whose arrival schema is migrated (again: a no-op),
+    the way the demo's world registers its own."""
+    from services.ops.world import EvidenceSigners
 
-    connection = await connect(database_url, schema="arrival")
-    try:
-        for source, (signer_id, key) in TEST_SIGNERS.items():
-            await signers.add(connection, signer_id, source, public_key_pem(key))
-    finally:
-        await connection.close()
+    await EvidenceSigners(TEST_SIGNERS).register(database_url)
 
 
 def register_test_signers_now(database_url: str) -> None:

@@ -12,6 +12,7 @@ from services.runtime.consumer import Route
 from services.runtime.db import load_queries
 from services.runtime.http import RETRY_WAIT_MAX_FACTOR
 from services.runtime.service import ServiceDefinition, Worker
+from services.runtime.settings import revealed
 from services.runtime.uow import ServiceDatabase
 
 SQL = Path(__file__).parent / "adapters" / "sql"
@@ -29,7 +30,7 @@ def provider(settings: DisbursementSettings) -> HttpPayoutProvider:
         timeout_seconds=settings.payout_timeout_ms / 1000,
         attempts_max=settings.payout_attempts_max,
         backoff_initial_seconds=settings.payout_backoff_initial_ms / 1000,
-        token=settings.payout_provider_token.get_secret_value() if settings.payout_provider_token else None,
+        token=revealed(settings.payout_provider_token),
         ca_file=settings.provider_ca_file,
     )
 

@@ -21,6 +21,7 @@ from services.runtime.settings import (
     PayoutProviderAccess,
     ProviderTls,
     StateDirectory,
+    revealed,
 )
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 PROVIDER_CALL_SECONDS = 30.0
+MIGRATE_FIRST = "Run `homeward migrate` against it first (each service also migrates as it starts)."
 PIPED_WIDTH = 160
 """Piped output gets a wide console, so ids and amounts are not cut to fit 80 columns."""
 
@@ -91,7 +93,7 @@ async def record_action(
     except asyncpg.UndefinedTableError as error:
         # Raised inside the change's transaction, so the change is rolled back with it.
         typer.echo("error: the database has no audit trail yet; nothing was changed.", err=True)
-        typer.echo("Run `homeward migrate` against it first (each service also migrates as it starts).", err=True)
+        typer.echo(MIGRATE_FIRST, err=True)
         raise typer.Exit(2) from error
 
 
@@ -190,7 +192,7 @@ def on_schema(
             raise typer.Exit(2) from error
         except asyncpg.UndefinedTableError as error:
             typer.echo(f"error: the database has no {holds} yet ({error}).", err=True)
-            typer.echo("Run `homeward migrate` against it first (each service also migrates as it starts).", err=True)
+            typer.echo(MIGRATE_FIRST, err=True)
             raise typer.Exit(2) from error
         finally:
             await connection.close()
@@ -204,7 +206,7 @@ def payout_provider(base_url: str, *, attempts_max: int, backoff_initial_seconds
     from services.disbursement.adapters.provider import HttpPayoutProvider
 
     settings = OpsSettings()
-    token = settings.payout_provider_token.get_secret_value() if settings.payout_provider_token else None
+    token = revealed(settings.payout_provider_token)
     return HttpPayoutProvider(
         base_url, timeout_seconds=PROVIDER_CALL_SECONDS, attempts_max=attempts_max,
         backoff_initial_seconds=backoff_initial_seconds, token=token, ca_file=settings.provider_ca_file,

@@ -29,7 +29,7 @@ from services.runtime.messages import Record
 from services.runtime.produce import KafkaPublisher
 from services.runtime.redrive import Redrive, RedriveSweeper, close_cases
 from services.runtime.relay import OutboxRelay
-from services.runtime.settings import SealedData, ServiceSettings
+from services.runtime.settings import SealedData, ServiceSettings, revealed
 from services.runtime.uow import ServiceDatabase
 from services.runtime.wakeup import Signal, Wakeup, outbox_channel
 
@@ -281,7 +281,7 @@ def create_app(service: str) -> FastStream:
         if own_port == settings.http_port:
             own_port = 0  # the same port twice: one server, the routes beside /health
         if settings.http_port:
-            token = settings.metrics_token.get_secret_value() if settings.metrics_token is not None else None
+            token = revealed(settings.metrics_token)
             readiness = Readiness(
                 state["pool"], broker, state["subscriber"], definition.health_details, definition.scrape, token
             )

@@ -30,6 +30,11 @@ def masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def revealed(secret: SecretStr | None) -> str | None:
+    """A secret setting's value where the code must hand it on (a header, a client), or None."""
+    return None if secret is None else secret.get_secret_value()
+
+
 class HomewardSettings(BaseSettings):
     """What every Homeward process reads."""
 

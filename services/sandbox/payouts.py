@@ -55,6 +55,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from services.runtime import signing
+from services.runtime.settings import revealed
 from services.sandbox import server
 from services.sandbox.settings import PayoutSandboxSettings
 from services.sandbox.store import SqliteStore
@@ -339,8 +340,7 @@ class PayoutSandbox:
         self.callback_turn = 0
         secret = settings.payout_callback_secret
         self.callback_secret = None if secret is None else secret.get_secret_value().encode()
-        token = settings.sandbox_payout_token
-        self.token = None if token is None else token.get_secret_value()
+        self.token = revealed(settings.sandbox_payout_token)
         self._store: PayoutStore | None = None
 
     @property

@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from services.runtime.settings import revealed
 from services.sandbox import server
 from services.sandbox.settings import TravelSandboxSettings
 from services.sandbox.store import SqliteStore
@@ -109,7 +110,7 @@ class TravelSandbox:
         self.departure_delay = timedelta(seconds=settings.sandbox_flight_departure_delay_seconds)
         self.flight_duration = timedelta(seconds=settings.sandbox_flight_duration_seconds)
         self.random = rng or random.Random()
-        self.token = None if settings.sandbox_travel_token is None else settings.sandbox_travel_token.get_secret_value()
+        self.token = revealed(settings.sandbox_travel_token)
         self._store: TicketStore | None = None
 
     @property

@@ -9,6 +9,7 @@ from services.runtime.consumer import Route
 from services.runtime.db import load_queries
 from services.runtime.redrive import Redrive
 from services.runtime.service import ServiceDefinition, Worker
+from services.runtime.settings import revealed
 from services.runtime.uow import ServiceDatabase
 from services.travel import handlers
 from services.travel.adapters.provider import HttpTravelProvider
@@ -33,7 +34,7 @@ def travel_provider(settings: TravelSettings) -> HttpTravelProvider:
         timeout_seconds=settings.travel_provider_timeout_ms / 1000,
         attempts_max=settings.travel_provider_attempts_max,
         backoff_initial_seconds=settings.travel_provider_backoff_initial_ms / 1000,
-        token=settings.travel_provider_token.get_secret_value() if settings.travel_provider_token else None,
+        token=revealed(settings.travel_provider_token),
         ca_file=settings.provider_ca_file,
     )
 

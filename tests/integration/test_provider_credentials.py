@@ -1,6 +1,7 @@
 """The providers' credential: with a token set, the sandboxes answer only calls that bear it (as
 a real provider's API requires its credential), and Homeward's clients send it on every call."""
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,6 @@ def test_a_client_trusts_a_ca_file(tmp_path: Path):
     HttpPayoutProvider("https://provider.example", timeout_seconds=1, attempts_max=1, backoff_initial_seconds=0.1,
                        ca_file=tmp_path / "ca.pem")  # fmt: skip
     (tmp_path / "empty.pem").write_text("")
-    with pytest.raises(Exception):
+    with pytest.raises(ssl.SSLError):
         HttpPayoutProvider("https://provider.example", timeout_seconds=1, attempts_max=1,
                            backoff_initial_seconds=0.1, ca_file=tmp_path / "empty.pem")  # fmt: skip
