@@ -166,7 +166,7 @@ def replay(
     state_dir: StateDir = None,
 ) -> None:
     """Send dead letters back to their original topic, bytes unchanged (safe to repeat)."""
-    who = operator_name(operator)
+    who, settings = operator_name(operator), OpsSettings()
     bootstrap = locate_kafka(state_dir)
     database_url, _ = locate(state_dir)
 
@@ -181,7 +181,7 @@ def replay(
                                {"status": "starting", "letters": len(chosen)})  # fmt: skip
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, enable_idempotence=False, acks="all",
-            compression_type=OpsSettings().kafka_compression_type, **client_options(OpsSettings()),
+            compression_type=settings.kafka_compression_type, **client_options(settings),
         )  # fmt: skip
         await producer.start()
         try:
@@ -193,7 +193,7 @@ def replay(
                 )  # fmt: skip
         finally:
             await producer.stop()
-        # Recorded once sent: the broker, not the database, is what changed.
+        # And once sent, with what was sent.
         replayed = [f"{letter.dlq_topic}:{letter.name}" for letter in chosen]
         await record_action_at(database_url, who, "dlq replay", {"topic": topic, "id": letter_id},
                                {"status": "done", "replayed": len(chosen),

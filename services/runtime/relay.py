@@ -31,6 +31,7 @@ from services.runtime.wakeup import Wakeup
 
 logger = structlog.get_logger("homeward.relay")
 PARK_REASON_CHARS_MAX = 300
+UNOPENED_REASON = "dead-letter copy sealed under another data key (HOMEWARD_DATA_KEY changed?)"
 # Enough to reach any sensible cap; more would only overflow a float during a long outage.
 BACKOFF_DOUBLINGS_MAX = 30
 # What the broker refuses because of the record itself: it would be refused on every try, so that
@@ -103,7 +104,7 @@ class OutboxRelay:
                 # deduplicate what did arrive).
                 raise outcome
         # One row the broker refuses for good must not hold up the rest: find and park it.
-        parked = {row["id"] for row in await self._park_refused(connection, refused)}
+        parked = {row["id"] for row in await self._park_refused(connection, refused, opened)}
         await self.queries.mark_sent(connection, ids=[row["id"] for row in rows if row["id"] not in parked])
         self.published_total += len(rows) - len(parked)
         for row in rows:
@@ -118,9 +119,9 @@ class OutboxRelay:
             try:
                 opened[row["id"]] = self._record(row)
             except crypto.UNSEAL_ERRORS:
-                reason = "dead-letter copy sealed under another data key (HOMEWARD_DATA_KEY changed?)"
-                await self.queries.park(connection, id=row["id"], reason=reason)
-                logger.error("relay.parked", outbox_id=row["id"], event_type=row["topic"], reason=reason)
+                await self._park(
+                    connection, row, "dead-letter copy sealed under another data key (HOMEWARD_DATA_KEY changed?)"
+                )
                 metrics.PARKED.labels(row["topic"]).inc()
         return opened
 
@@ -134,19 +135,22 @@ class OutboxRelay:
             value = crypto.unseal_bytes(self.dead_letter_key, value.decode(), bound_to=binding)
         return Record(row["topic"], row["key"].encode(), value, headers)
 
-    async def _park_refused(self, connection: Any, rows: list[Any]) -> list[Any]:
-        """Sends each row of a refused batch alone; parks (and returns) those refused on their own."""
+    async def _park_refused(self, connection: Any, rows: list[Any], opened: dict[int, Record]) -> list[Any]:
+        """Sends each row of a refused batch alone (as `_open` made it); parks (and returns) those
+        refused on their own."""
         parked = []
         for row in rows:
             try:
-                for batch in await self.publisher.send_batched([self._record(row)]):
+                for batch in await self.publisher.send_batched([opened[row["id"]]]):
                     await batch.future
             except REFUSED_FOR_GOOD as error:
-                reason = f"{type(error).__name__}: {error}"[:PARK_REASON_CHARS_MAX]
-                await self.queries.park(connection, id=row["id"], reason=reason)
-                logger.error("relay.parked", outbox_id=row["id"], event_type=row["topic"], reason=reason)
+                await self._park(connection, row, f"{type(error).__name__}: {error}"[:PARK_REASON_CHARS_MAX])
                 parked.append(row)
         return parked
+
+    async def _park(self, connection: Any, row: Any, reason: str) -> None:
+        await self.queries.park(connection, id=row["id"], reason=reason)
+        logger.error("relay.parked", outbox_id=row["id"], event_type=row["topic"], reason=reason)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Relays while this process holds the service's relay lock; stands by while another
