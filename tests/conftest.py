@@ -5,7 +5,7 @@ import asyncio
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import uuid4
 
@@ -15,6 +15,7 @@ import pytest
 from contracts.registry import all_topics
 from services.devstack.embedded import EMBEDDED_BROKER_CLIENT_SETTINGS
 from services.runtime.crypto import new_key_hex
+from services.runtime.settings import SERVICE_NAMES
 from tests.support import PayoutSandbox, TravelSandbox
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
@@ -25,6 +26,7 @@ TEST_PARTITIONS = 3
 @dataclass(frozen=True)
 class Infra:
     database_url: str
+    """The administrator's: tests read and arrange any schema with it."""
     kafka_bootstrap: str
     identity_secret: str
     data_key: str
@@ -33,6 +35,12 @@ class Infra:
     http_port: int
     travel_url: str
     callback_port: int
+    role_urls: dict[str, str] = field(default_factory=dict)
+    """Each login role's URL (services/runtime/roles.py): a service under test logs in as its own."""
+
+    def service_env(self, service: str, **extra: str) -> dict[str, str]:
+        """What a service under test runs with: `env`, logged in as the service's own role."""
+        return self.env(**{"HOMEWARD_DATABASE_URL": self.role_urls[service], **extra})
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -63,9 +71,24 @@ def _database(tmp: Path) -> tuple[str, object | None]:
         return existing.rsplit("/", 1)[0] + f"/{name}", None
     from services.devstack.embedded import EmbeddedPostgres, free_port
 
-    server = EmbeddedPostgres(tmp / "postgres", free_port())
+    server = EmbeddedPostgres(tmp / "postgres", free_port(), new_key_hex())
     server.start()
     return server.url, server
+
+
+def _provision(database_url: str) -> dict[str, str]:
+    """The roles, as `homeward up` makes them, and every schema migrated as its owner: the URL of
+    each login role. (Roles belong to the whole server: with HOMEWARD_TEST_DATABASE_URL, two test
+    sessions at once on one server would set each other's passwords.)"""
+    from services.runtime.migrate import migrate, migrate_audit
+    from services.runtime.roles import LOGINS, provision, role_url
+
+    passwords = {login: new_key_hex() for login in LOGINS}
+    provision(database_url, passwords)
+    for service in SERVICE_NAMES:
+        migrate(database_url, service)
+    migrate_audit(database_url)
+    return {login: role_url(database_url, login, password) for login, password in passwords.items()}
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +97,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
 
     tmp = tmp_path_factory.mktemp("infra")
     database_url, postgres = _database(tmp)
+    role_urls = _provision(database_url)
     kafka = EmbeddedKafka(free_port(), tmp / "kafka.log")
     kafka.start()
     callback_secret, disbursement_port, callback_port = new_key_hex(), free_port(), free_port()
@@ -89,7 +113,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         travel.start()
         yield Infra(
             database_url, kafka.bootstrap, new_key_hex(), new_key_hex(), sandbox.url, callback_secret,
-            disbursement_port, travel.url, callback_port,
+            disbursement_port, travel.url, callback_port, role_urls,
         )  # fmt: skip
     finally:
         travel.stop()

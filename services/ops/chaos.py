@@ -27,7 +27,7 @@ from rich.table import Table
 from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
 from services.devstack.embedded import free_port
 from services.devstack.running import STATUS_FILE, Runtime, service_of
-from services.ops.common import OpsSettings, payout_provider
+from services.ops.common import READ_ONLY, OpsSettings, payout_provider
 from services.ops.world import Demo, running_up
 from services.runtime.kafka_security import client_options
 from services.runtime.produce import Record
@@ -128,7 +128,7 @@ class World(Demo):
         from services.runtime.db import TRANSIENT_ERRORS, connect
 
         try:
-            connection = await connect(self.runtime.database_url, schema="disbursement")
+            connection = await connect(self.runtime.database_url_of(READ_ONLY), schema="disbursement")
             try:
                 paid = await connection.fetchval("SELECT count(*) FROM payments WHERE status = 'disbursed'")
             finally:
@@ -202,7 +202,7 @@ async def judge(runtime: Runtime, world: World) -> Verdict:
     # The monkey may have just killed the payouts sandbox, and the supervisor backs off up to
     # 30 s when a process keeps dying young: the audit asks the provider for up to about a minute.
     provider = payout_provider(runtime.payouts, attempts_max=PROVIDER_ATTEMPTS_MAX, backoff_initial_seconds=0.5)
-    connection = await connect(runtime.database_url, schema="disbursement")
+    connection = await connect(runtime.database_url_of(READ_ONLY), schema="disbursement")
     try:
         deadline = time.monotonic() + SETTLE_SECONDS_MAX
         while True:

@@ -65,22 +65,48 @@ def run(
     run_service(service)
 
 
+def _administrator_url() -> str:
+    settings = Infrastructure()
+    if not settings.database_url:
+        raise typer.BadParameter(
+            "set HOMEWARD_DATABASE_URL to the database's administrator, e.g. postgresql://postgres:PASSWORD@db:5432/homeward"
+        )
+    return settings.database_url
+
+
+@app.command()
+def roles() -> None:
+    """Create or update Homeward's PostgreSQL roles; run once per database, before `homeward migrate`.
+
+    HOMEWARD_DATABASE_URL names the administrator (a superuser, or a role with CREATEROLE that owns
+    the database). Made: an owner role per schema (no login; migrations run as it), a login role
+    per service (homeward_registration, …) that reads and writes its own schema only, and
+    homeward_operator, which reads every schema. The passwords come from HOMEWARD_DB_PASSWORD_<LOGIN>
+    (or _FILE); running it again sets them anew. `homeward up` does all this by itself."""
+    from services.ops.common import RolePasswords
+    from services.runtime.roles import login_role, provision
+
+    passwords = RolePasswords().passwords()
+    provision(_administrator_url(), passwords)
+    typer.echo(f"roles ready: {', '.join(login_role(login) for login in passwords)}")
+
+
 @app.command()
 def migrate(
     service: Annotated[str | None, typer.Option(help="Only this service's schema (default: all four)")] = None,
 ) -> None:
-    """Apply pending SQL migrations to each service's schema and the audit trail's (services do it at start too)."""
+    """Apply pending SQL migrations to each service's schema and the audit trail's, as each schema's
+    owner role where `homeward roles` made them. HOMEWARD_DATABASE_URL names the administrator. A
+    service checks at start that its schema is current (and migrates it if its role may)."""
     from services.runtime.migrate import migrate as apply
     from services.runtime.migrate import migrate_audit
 
-    settings = Infrastructure()
-    if not settings.database_url:
-        raise typer.BadParameter("set HOMEWARD_DATABASE_URL, e.g. postgresql://homeward@localhost:5432/homeward")
+    database_url = _administrator_url()
     for name in [_service(service)] if service else SERVICE_NAMES:
-        applied = apply(settings.database_url, name)
+        applied = apply(database_url, name)
         typer.echo(f"{name}: {applied} migration(s) applied")
     # The operator commands' audit trail, whichever schema was asked for.
-    typer.echo(f"audit: {migrate_audit(settings.database_url)} migration(s) applied")
+    typer.echo(f"audit: {migrate_audit(database_url)} migration(s) applied")
 
 
 @contracts_app.command("export")

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from pydantic import Field
+from pydantic import Field, SecretStr
 from rich.console import Console
 from rich.table import Table
 
 from services.devstack.running import Runtime
+from services.runtime.roles import LOGINS, OPERATOR
 from services.runtime.settings import (
     SERVICE_NAMES,
     Infrastructure,
@@ -22,6 +23,7 @@ from services.runtime.settings import (
     ProviderTls,
     StateDirectory,
     revealed,
+    secret_files,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +43,31 @@ class OpsSettings(Infrastructure, KafkaClients, StateDirectory, PayoutProviderAc
     operator: str | None = Field(
         default=None, description="Who runs the commands that change state, as the audit trail records it"
     )
+
+
+class RolePasswords(Infrastructure):
+    """What `homeward roles` reads: the password of each login role it creates (services/runtime/roles.py)."""
+
+    db_password_registration: SecretStr | None = Field(default=None, description="Password of registration's role")
+    db_password_travel: SecretStr | None = Field(default=None, description="Password of travel's role")
+    db_password_arrival: SecretStr | None = Field(default=None, description="Password of arrival's role")
+    db_password_disbursement: SecretStr | None = Field(default=None, description="Password of disbursement's role")
+    db_password_operator: SecretStr | None = Field(default=None, description="Password of the operator's role")
+    db_password_registration_file: Path | None = Field(default=None, description="A file holding it, instead")
+    db_password_travel_file: Path | None = Field(default=None, description="A file holding it, instead")
+    db_password_arrival_file: Path | None = Field(default=None, description="A file holding it, instead")
+    db_password_disbursement_file: Path | None = Field(default=None, description="A file holding it, instead")
+    db_password_operator_file: Path | None = Field(default=None, description="A file holding it, instead")
+
+    _from_files = secret_files(*(f"db_password_{login}" for login in LOGINS))
+
+    def passwords(self) -> dict[str, str]:
+        """Each login's password; the command names the variables still unset."""
+        given = {login: revealed(getattr(self, f"db_password_{login}")) for login in LOGINS}
+        unset = [f"HOMEWARD_DB_PASSWORD_{login.upper()}" for login, password in given.items() if not password]
+        if unset:
+            raise typer.BadParameter(f"set {', '.join(unset)} (or each one's _FILE); `openssl rand -hex 24` makes one")
+        return {login: password for login, password in given.items() if password}
 
 
 StateDir = Annotated[
@@ -136,11 +163,24 @@ def running(state_dir: Path | None) -> Runtime | None:
     return Runtime.read(state_dir or OpsSettings().state_dir)
 
 
-def locate(state_dir: Path | None) -> tuple[str, str | None]:
-    """The database URL and payout-provider URL: from the environment, else from a running `up`."""
+ADMINISTRATOR = "administrator"
+"""Who creates databases (the benchmarks' own): the server's administrator, not a Homeward role."""
+READ_ONLY = OPERATOR
+"""The role of the commands that read: SELECT on every schema; the only thing it may change is to
+append to the audit trail, which `dlq replay` (a change on the broker alone) does."""
+
+
+def locate(state_dir: Path | None, login: str) -> tuple[str, str | None]:
+    """The database URL and payout-provider URL: from the environment, else from a running `up`.
+    `login` is the role a command connects as on a running `up`: the service whose data it
+    changes (that role may append to the audit trail), READ_ONLY where it only reads, or
+    ADMINISTRATOR. HOMEWARD_DATABASE_URL, where set, is used as given: its role is yours to choose."""
     settings = OpsSettings()
     runtime = running(state_dir)
-    database_url = settings.database_url or (runtime.database_url if runtime else None)
+    from_up = None
+    if runtime is not None:
+        from_up = runtime.database_url if login == ADMINISTRATOR else runtime.database_url_of(login)
+    database_url = settings.database_url or from_up
     payouts = settings.payout_provider_url or (runtime.payouts if runtime else None) or None
     if not database_url:
         raise typer.BadParameter(

@@ -4,7 +4,7 @@ The README's configuration table is checked against this (tests/unit/test_settin
 from services.arrival.settings import ArrivalSettings
 from services.devstack.settings import DevstackSettings
 from services.disbursement.settings import DisbursementSettings, ProgramCurrency
-from services.ops.common import OpsSettings
+from services.ops.common import OpsSettings, RolePasswords
 from services.registration.settings import RegistrationSettings
 from services.runtime.settings import HomewardSettings
 from services.sandbox.settings import PayoutSandboxSettings, TravelSandboxSettings
@@ -18,8 +18,8 @@ READERS: dict[str, tuple[type[HomewardSettings], ...]] = {
     "sandbox-payouts": (PayoutSandboxSettings,),
     "sandbox-travel": (TravelSandboxSettings,),
     "up": (DevstackSettings,),
-    # `homeward ledger fund` reads the program's currency.
-    "commands": (OpsSettings, ProgramCurrency),
+    # `homeward ledger fund` reads the program's currency, `homeward roles` the roles' passwords.
+    "commands": (OpsSettings, ProgramCurrency, RolePasswords),
 }
 
 

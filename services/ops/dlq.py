@@ -22,6 +22,7 @@ from rich.table import Table
 
 from contracts.registry import PAYLOAD_TYPES, dlq_topic
 from services.ops.common import (
+    READ_ONLY,
     AsJson,
     Operator,
     OpsSettings,
@@ -168,7 +169,8 @@ def replay(
     """Send dead letters back to their original topic, bytes unchanged (safe to repeat)."""
     who, settings = operator_name(operator), OpsSettings()
     bootstrap = locate_kafka(state_dir)
-    database_url, _ = locate(state_dir)
+    # The change is on the broker: only the audit trail is written, which the operator's role may append to.
+    database_url, _ = locate(state_dir, READ_ONLY)
 
     async def main() -> int:
         letters = await read_dead_letters(bootstrap, _topics(topic))
@@ -235,7 +237,7 @@ def parked(
 ) -> None:
     """Outbox rows the broker refused for good (e.g. larger than it accepts), oldest first: their
     events were never published, so their cases wait. Fix the cause, then `homeward dlq unpark`."""
-    database_url, _ = locate(state_dir)
+    database_url, _ = locate(state_dir, READ_ONLY)
     rows = asyncio.run(read_parked(database_url, chosen_services(service), limit))
     table = Table(title=f"Parked outbox rows ({len(rows)} shown)")
     for column in ("service", "id", "topic", "key", "parked at", "reason"):
@@ -257,7 +259,7 @@ def unreadable(
     whose library it lacks, damaged bytes), newest first. Their records were never decoded, so
     they have no dead letter: ask their producer to send them again, or read those offsets with a
     client that has the codec (they stay on the broker until its retention) and publish them anew."""
-    database_url, _ = locate(state_dir)
+    database_url, _ = locate(state_dir, READ_ONLY)
     rows = asyncio.run(read_each_service(database_url, chosen_services(service), "unreadable_batches", limit))
     rows = sorted(rows, key=lambda row: row["last_seen_at"], reverse=True)[:limit]
     table = Table(title=f"Unreadable record batches ({len(rows)} shown)")
@@ -284,8 +286,8 @@ def unpark(
     if (row_id is None) == (not every):
         raise typer.BadParameter("name one row with --id, or pass --all")
     who = operator_name(operator)
-    database_url, _ = locate(state_dir)
     (schema,) = chosen_services(service)
+    database_url, _ = locate(state_dir, schema)
 
     async def main() -> int:
         from services.runtime.db import connect, fetch_all, runtime_queries
@@ -338,8 +340,9 @@ def republish(
         raise typer.BadParameter(f"unknown topic {topic!r}; one of: {', '.join(PAYLOAD_TYPES)}")
     moment = since_moment(since, datetime.now(UTC))
     who = None if dry_run else operator_name(operator)  # a dry run changes nothing, so names no one
-    database_url, _ = locate(state_dir)
     services = chosen_services(service)
+    # Each service's outbox is changed with that service's role (a dry run only reads, but alike).
+    database_urls = {schema: locate(state_dir, schema)[0] for schema in services}
 
     notes: list[str] = []
 
@@ -348,7 +351,7 @@ def republish(
 
         queries, counted = runtime_queries(), []
         for schema in services:
-            connection = await connect(database_url, schema=schema)
+            connection = await connect(database_urls[schema], schema=schema)
             try:
                 async with connection.transaction():
                     select = queries.sent_since if dry_run else queries.republish_since

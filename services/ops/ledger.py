@@ -16,6 +16,7 @@ from rich.table import Table
 
 from services.disbursement.settings import ProgramCurrency
 from services.ops.common import (
+    READ_ONLY,
     AsJson,
     Operator,
     StateDir,
@@ -34,10 +35,10 @@ RELEASE_BATCH_SIZE_MAX = 200
 RELEASE_ROUNDS_MAX = 1000
 
 
-def _run(state_dir: Path | None, work: Callable[[Any, Any, str | None], Awaitable[T]]) -> T:
+def _run(state_dir: Path | None, work: Callable[[Any, Any, str | None], Awaitable[T]], *, login: str = READ_ONLY) -> T:
     from services.disbursement.app import queries
 
-    database_url, payouts = locate(state_dir)
+    database_url, payouts = locate(state_dir, login)
     return on_schema(
         database_url, "disbursement", lambda connection: work(connection, queries(), payouts), holds="ledger"
     )
@@ -94,7 +95,7 @@ def fund(
                 break
         return {**asdict(result), "amount": f"{value:.2f}", "currency": currency, "held_released": released}
 
-    outcome = _run(state_dir, work)
+    outcome = _run(state_dir, work, login="disbursement")
     table = Table(title="Budget top-up")
     for key in ("status", "transfer_id", "amount", "currency", "held_released", "code", "field"):
         table.add_column(key)

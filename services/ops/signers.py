@@ -16,7 +16,17 @@ import typer
 from rich.table import Table
 
 from contracts.signing import SIGNER_SOURCES
-from services.ops.common import AsJson, Operator, StateDir, emit, locate, on_schema, operator_name, record_action
+from services.ops.common import (
+    READ_ONLY,
+    AsJson,
+    Operator,
+    StateDir,
+    emit,
+    locate,
+    on_schema,
+    operator_name,
+    record_action,
+)
 
 signers_app = typer.Typer(
     help="Evidence signers: add (register a public key for a source), revoke, list.", no_args_is_help=True
@@ -25,10 +35,10 @@ signers_app = typer.Typer(
 T = TypeVar("T")
 
 
-def _run(state_dir: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:
+def _run(state_dir: Path | None, work: Callable[[Any], Awaitable[T]], *, login: str = READ_ONLY) -> T:
     from services.arrival.adapters.signers import SignerRefused
 
-    database_url, _ = locate(state_dir)
+    database_url, _ = locate(state_dir, login)
     return on_schema(database_url, "arrival", work, holds="signer registry", refusals=(SignerRefused,))
 
 
@@ -60,7 +70,7 @@ def add(
             await record_action(connection, who, "signers add", arguments, {"added": added})
         return entry, added
 
-    entry, added = _run(state_dir, work)
+    entry, added = _run(state_dir, work, login="arrival")
     emit(as_json, {**asdict(entry), "added": added}, None)
     if not as_json:
         verb = "registered" if added else "already registered, unchanged:"
@@ -86,7 +96,7 @@ def revoke(
             await record_action(connection, who, "signers revoke", {"id": signer_id}, {"revoked_at": revoked_at})
         return revoked_at
 
-    revoked_at = _run(state_dir, work)
+    revoked_at = _run(state_dir, work, login="arrival")
     emit(as_json, {"signer_id": signer_id, "revoked_at": revoked_at}, None)
     if not as_json:
         typer.echo(f"revoked {signer_id} from {revoked_at.isoformat()}")

@@ -47,7 +47,7 @@ from contracts.events import (
 )
 from contracts.signing import SIGNER_SOURCES, public_key_pem, signature_headers
 from services.devstack.running import READY_PREFIX, Runtime
-from services.ops.common import payout_provider
+from services.ops.common import READ_ONLY, payout_provider
 from services.runtime.messages import build_envelope, encode
 from services.runtime.produce import Record, send_batched
 
@@ -373,7 +373,7 @@ class Demo:
         )
 
     async def run(self, timeout_seconds: float) -> float:
-        await self.signers.register(self.runtime.database_url)
+        await self.signers.register(self.runtime.database_url_of("arrival"))
         await self.producer.start()
         joined = _Joined()
         self.consumer.subscribe(OUTBOUND_TOPICS, listener=joined)
@@ -620,7 +620,7 @@ async def read_ledger(runtime: Runtime) -> LedgerView:
     from services.disbursement.app import queries
     from services.runtime.db import connect
 
-    connection = await connect(runtime.database_url, schema="disbursement")
+    connection = await connect(runtime.database_url_of(READ_ONLY), schema="disbursement")
     try:
         accounts = {account.code: account for account in await operations.balances(connection, queries())}
         twice = await queries().payments.identities_paid_twice(connection)

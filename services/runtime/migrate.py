@@ -1,28 +1,39 @@
 """Forward-only SQL migrations, applied by yoyo, one schema per service.
 
 Each service's schema holds its own yoyo bookkeeping, so the shared inbox/outbox
-migration applies once to every service's schema.
+migration applies once to every service's schema. Where the roles exist (`roles.provision`),
+migrations run as the schema's owner role and its privileges are granted afresh after each run;
+a service's own login role, which may not change a table, finds nothing pending and goes on.
 """
 
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
+from psycopg import sql
 from yoyo import get_backend, read_migrations
+from yoyo.migrations import default_migration_table
+
+from services.runtime import roles
 
 RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
 AUDIT_MIGRATIONS = Path(__file__).parent / "audit"
-AUDIT_SCHEMA = "audit"
+AUDIT_SCHEMA = roles.AUDIT_SCHEMA
 SERVICES_ROOT = Path(__file__).parent.parent
+
+
+class NotMigrated(RuntimeError):
+    """The schema lacks migrations and this connection's role may not apply them."""
 
 
 def migrations_dir(service: str) -> Path:
     return SERVICES_ROOT / service / "migrations"
 
 
-def _yoyo_url(database_url: str, schema: str) -> str:
+def _yoyo_url(database_url: str, schema: str, role: str | None = None) -> str:
     parts = urlsplit(database_url)
-    query = f"{parts.query}&schema={schema}" if parts.query else f"schema={schema}"
+    extra = f"schema={schema}" + (f"&options={quote(f'-c role={role}')}" if role else "")
+    query = f"{parts.query}&{extra}" if parts.query else extra
     return urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, query, parts.fragment))
 
 
@@ -36,17 +47,45 @@ def migrate_audit(database_url: str) -> int:
     return _apply(database_url, AUDIT_SCHEMA, [AUDIT_MIGRATIONS])
 
 
+def _applied(connection: psycopg.Connection, schema: str) -> set[str]:
+    """The ids yoyo recorded as applied in `schema`; none where it never ran there."""
+    table = connection.execute("SELECT to_regclass(%s)", (f'"{schema}".{default_migration_table}',)).fetchone()
+    if table is None or table[0] is None:
+        return set()
+    query = sql.SQL("SELECT migration_id FROM {}").format(sql.Identifier(schema, default_migration_table))
+    return {row[0] for row in connection.execute(query)}
+
+
 def _apply(database_url: str, schema: str, folders: list[Path]) -> int:
+    migrations = read_migrations(*(str(folder) for folder in folders))
     with psycopg.connect(database_url, autocommit=True) as connection:
+        # Up to date needs no privilege beyond reading yoyo's table: a service's role starts here.
+        if {migration.id for migration in migrations} <= _applied(connection, schema):
+            return 0
         # CREATE SCHEMA IF NOT EXISTS can still race between processes; the lock serialises it.
         connection.execute("SELECT pg_advisory_lock(hashtext('homeward.migrate'))")
         try:
-            connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            backend = get_backend(_yoyo_url(database_url, schema))
-            migrations = read_migrations(*(str(folder) for folder in folders))
-            with backend.lock():
-                pending = backend.to_apply(migrations)
-                backend.apply_migrations(pending)
+            owner = roles.owner_role(schema) if roles.is_provisioned(connection, schema) else None
+            try:
+                authorization = sql.SQL(" AUTHORIZATION {}").format(sql.Identifier(owner)) if owner else sql.SQL("")
+                connection.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}{}").format(sql.Identifier(schema), authorization)
+                )
+                if owner:
+                    roles.adopt(connection, schema)  # tables made by hand or before the roles: the owner's now
+                backend = get_backend(_yoyo_url(database_url, schema, owner))
+                with backend.lock():
+                    pending = backend.to_apply(migrations)
+                    backend.apply_migrations(pending)
+                if owner:
+                    connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+                    roles.grant(connection, schema)
+                    connection.execute("RESET ROLE")
+            except psycopg.errors.InsufficientPrivilege as error:
+                raise NotMigrated(
+                    f"schema {schema!r} has migrations pending and this role may not apply them ({error}); "
+                    "run `homeward migrate` with the database's administrator first"
+                ) from error
             return len(pending)
         finally:
             connection.execute("SELECT pg_advisory_unlock(hashtext('homeward.migrate'))")

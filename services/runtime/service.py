@@ -187,11 +187,15 @@ def create_app(service: str) -> FastStream:
     async def prepare() -> None:
         if settings.migrate_on_start:
             # Imported here: psycopg and yoyo are a fifth of a service's start-up CPU.
-            from services.runtime.migrate import migrate, migrate_audit
+            from services.runtime.migrate import NotMigrated, migrate, migrate_audit
 
-            applied = await asyncio.to_thread(migrate, database_url, service)
-            # The audit trail's schema, so the operator commands can record what they change.
-            applied += await asyncio.to_thread(migrate_audit, database_url)
+            try:
+                applied = await asyncio.to_thread(migrate, database_url, service)
+                # The audit trail's schema, so the operator commands can record what they change.
+                applied += await asyncio.to_thread(migrate_audit, database_url)
+            except NotMigrated as error:
+                # A service's own role may not change its tables: the administrator migrates.
+                raise SystemExit(f"{service}: {error}") from None
             logger.info("service.migrated", migrations_applied=applied)
         pool = await create_pool(settings, schema=service)
         opens = loaded.redrive.opens_on if loaded.redrive is not None else frozenset()

@@ -57,10 +57,11 @@ BANK_ACCOUNT = {"method": "bank_account", "bank_code": "BAC", "account_number": 
 
 def start_service(name: str, infra: Infra, **extra_env: str) -> Iterator[ServiceRunner]:
     """Runs one service for the whole module; startup takes a couple of seconds (imports, the group join)."""
-    runner = ServiceRunner(name, infra.env(**extra_env))
+    # Logged in as its own role, as under `homeward up`; the session migrated every schema.
+    runner = ServiceRunner(name, infra.service_env(name, **extra_env))
     runner.start()
     if name == "arrival":
-        # Evidence must be signed (contract v1.1); arrival migrated its schema as it started.
+        # Evidence must be signed (contract v1.1).
         register_test_signers_now(infra.database_url)
     try:
         yield runner

@@ -1,6 +1,7 @@
 """The embedded PostgreSQL server and Kafka broker start, serve clients, and stop."""
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from services.devstack.embedded import (
 pytestmark = pytest.mark.integration
 
 CONSUME_TIMEOUT_SECONDS = 10.0
+PASSWORD = "superuser-password-of-the-test"
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ async def test_postgres_serves_and_keeps_rows_across_restart(tmp_path: Path) -> 
     data_dir = tmp_path / "pgdata"
     port = free_port()
 
-    postgres = EmbeddedPostgres(data_dir, port)
+    postgres = EmbeddedPostgres(data_dir, port, PASSWORD)
     try:
         postgres.start()
         assert (await _query(postgres.url, "SELECT 1 AS one"))[0]["one"] == 1
@@ -52,7 +54,7 @@ async def test_postgres_serves_and_keeps_rows_across_restart(tmp_path: Path) -> 
         postgres.stop()
     assert postgres.process is not None and postgres.process.poll() is not None
 
-    restarted = EmbeddedPostgres(data_dir, port)
+    restarted = EmbeddedPostgres(data_dir, port, PASSWORD)
     try:
         restarted.start()
         rows = await _query(restarted.url, "SELECT n FROM kept ORDER BY n")
@@ -63,7 +65,7 @@ async def test_postgres_serves_and_keeps_rows_across_restart(tmp_path: Path) -> 
 
 async def test_postgres_starts_despite_stale_pid_file(tmp_path: Path) -> None:
     data_dir = tmp_path / "pgdata"
-    postgres = EmbeddedPostgres(data_dir, free_port())
+    postgres = EmbeddedPostgres(data_dir, free_port(), PASSWORD)
     try:
         postgres.start()
         pid_file = data_dir / "postmaster.pid"
@@ -72,6 +74,42 @@ async def test_postgres_starts_despite_stale_pid_file(tmp_path: Path) -> None:
         postgres.process.wait()
         assert pid_file.exists()
         postgres.start()
+        assert (await _query(postgres.url, "SELECT 1 AS one"))[0]["one"] == 1
+    finally:
+        postgres.stop()
+
+
+async def _refused(url: str) -> None:
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await _query(url, "SELECT 1")
+
+
+async def test_postgres_asks_every_connection_for_its_password(tmp_path: Path) -> None:
+    postgres = EmbeddedPostgres(tmp_path / "pgdata", free_port(), PASSWORD)
+    try:
+        postgres.start()
+        await _refused(f"postgresql://postgres@127.0.0.1:{postgres.port}/homeward")
+        await _refused(f"postgresql://postgres:wrong@127.0.0.1:{postgres.port}/homeward")
+        assert (await _query(postgres.url, "SHOW password_encryption"))[0][0] == "scram-sha-256"
+        hba = await _query(postgres.url, "SELECT DISTINCT auth_method FROM pg_hba_file_rules")
+        assert [row[0] for row in hba] == ["scram-sha-256"]
+    finally:
+        postgres.stop()
+
+
+async def test_a_data_directory_that_trusted_local_connections_asks_for_passwords_once_started(
+    tmp_path: Path,
+) -> None:
+    """State dirs made before passwords were required: their server trusted every local client."""
+    data_dir = tmp_path / "pgdata"
+    old = EmbeddedPostgres(data_dir, free_port(), PASSWORD)
+    old._prepare_data_dir()
+    initdb = [str(old.bin_dir / "initdb"), "-D", str(data_dir), "--auth=trust", "-U", "postgres"]
+    await asyncio.to_thread(subprocess.run, initdb, check=True, capture_output=True, **old._as_system_user())
+    postgres = EmbeddedPostgres(data_dir, free_port(), PASSWORD)
+    try:
+        postgres.start()
+        await _refused(f"postgresql://postgres@127.0.0.1:{postgres.port}/homeward")
         assert (await _query(postgres.url, "SELECT 1 AS one"))[0]["one"] == 1
     finally:
         postgres.stop()

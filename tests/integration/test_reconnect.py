@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.devstack.embedded import EmbeddedPostgres, free_port
+from services.runtime.crypto import new_key_hex
 from tests.conftest import Infra
 from tests.support import Kafka, ServiceRunner, envelope, eventually, outbound_and_dlq_topics, submission
 
@@ -19,7 +20,7 @@ RECOVERY_SECONDS_MAX = 90.0
 
 @pytest.fixture(scope="module")
 def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("reconnect")) / "postgres", free_port())
+    server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("reconnect")) / "postgres", free_port(), new_key_hex())
     server.start()
     try:
         yield server

@@ -8,7 +8,7 @@ import re
 import shlex
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import pytest
 import yaml
@@ -58,6 +58,13 @@ def _environment(service: dict[str, Any]) -> dict[str, str | None]:
         pairs = (item.split("=", 1) for item in environment)
         return {pair[0]: (pair[1] if len(pair) == 2 else None) for pair in pairs}
     return {key: (None if value is None else str(value)) for key, value in environment.items()}
+
+
+def _database_url(service: dict[str, Any]) -> SplitResult:
+    """A container's HOMEWARD_DATABASE_URL as compose hands it over: each `${NAME:?…}` stands for a
+    value of the user's, written here as `NAME`."""
+    value = _environment(service).get("HOMEWARD_DATABASE_URL") or ""
+    return urlsplit(re.sub(r"\$\{(\w+)(?::[?-][^}]*)?\}", r"\1", value))
 
 
 def _builds_homeward(service: dict[str, Any]) -> bool:
@@ -228,10 +235,8 @@ def test_services_reach_the_kafka_and_postgres_defined_here() -> None:
         environment = _environment(svc)
         for server in (environment["HOMEWARD_KAFKA_BOOTSTRAP"] or "").split(","):
             assert server in advertised, f"{container}: {server} is not advertised by kafka"
-        url = urlsplit(environment["HOMEWARD_DATABASE_URL"] or "")
+        url = _database_url(svc)
         assert url.hostname == "postgres"
-        assert url.username == pg_env["POSTGRES_USER"]
-        assert url.password == pg_env["POSTGRES_PASSWORD"]
         assert url.path.lstrip("/") == pg_env["POSTGRES_DB"]
         partitions = environment.get("HOMEWARD_TOPIC_PARTITIONS")
         if partitions is not None:
@@ -283,3 +288,31 @@ def test_travel_reaches_the_travel_sandbox_container() -> None:
     assert _command(sandbox)[:2] == ["sandbox", "travel"]
     assert _command(sandbox)[_command(sandbox).index("--port") + 1] == str(url.port)
     assert "HOMEWARD_DATA_KEY" not in _environment(sandbox), "the travel sandbox holds no program secret"
+
+
+def test_each_service_logs_in_as_its_own_role_and_only_the_jobs_as_the_administrator() -> None:
+    for container, svc in _run_services().items():
+        url = _database_url(svc)
+        assert (url.username, url.password) == (f"homeward_{container}", f"HOMEWARD_DB_PASSWORD_{container.upper()}")
+    postgres = _environment(SERVICES["postgres"])
+    for job in ("roles", "migrate"):
+        url = _database_url(SERVICES[job])
+        assert (url.username, url.password) == (postgres["POSTGRES_USER"], "HOMEWARD_POSTGRES_PASSWORD"), job
+    administrators = {name for name, svc in SERVICES.items() if _database_url(svc).username == "postgres"}
+    assert administrators == {"roles", "migrate"}
+
+
+def test_the_roles_job_creates_the_roles_before_migrate_runs() -> None:
+    roles = SERVICES["roles"]
+    assert _command(roles) == ["roles"]
+    assert _builds_homeward(roles)
+    assert roles["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert SERVICES["migrate"]["depends_on"]["roles"]["condition"] == "service_completed_successfully"
+    environment = _environment(roles)
+    for login in (*SERVICE_NAMES, "operator"):
+        assert (environment.get(f"HOMEWARD_DB_PASSWORD_{login.upper()}") or "").startswith(
+            f"${{HOMEWARD_DB_PASSWORD_{login.upper()}:?"
+        ), login
+    postgres = _environment(SERVICES["postgres"])
+    assert postgres["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    assert (postgres["POSTGRES_PASSWORD"] or "").startswith("${HOMEWARD_POSTGRES_PASSWORD:?")
