@@ -16,7 +16,7 @@ from contracts.registry import all_topics
 from services.devstack.embedded import EMBEDDED_BROKER_CLIENT_SETTINGS
 from services.runtime.crypto import new_key_hex
 from services.runtime.settings import SERVICE_NAMES
-from tests.support import PayoutSandbox, TravelSandbox
+from tests.support import TEST_LEDGER_KEY, PayoutSandbox, TravelSandbox
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
@@ -51,6 +51,7 @@ class Infra:
             "HOMEWARD_LOG_LEVEL": "INFO",
             "HOMEWARD_PAYOUT_PROVIDER_URL": self.payouts_url,
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": self.callback_secret,
+            "HOMEWARD_LEDGER_KEY": TEST_LEDGER_KEY,
             "HOMEWARD_TRAVEL_PROVIDER_URL": self.travel_url,
             "HOMEWARD_HTTP_PORT": str(self.http_port),
             "HOMEWARD_CALLBACK_PORT": str(self.callback_port),  # read by disbursement only

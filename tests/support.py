@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from contracts.events import EVIDENCE_TOPIC
 from contracts.registry import PAYLOAD_TYPES
 from contracts.signing import SIGNER_SOURCES, signature_headers
+from services.disbursement.ledger import ChainKey
+from services.runtime.crypto import new_key_hex
 
 WAIT_SECONDS_MAX = 60.0
 POLL_SECONDS = 0.05
@@ -35,6 +37,9 @@ def _test_key(seed: str) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed.encode()).digest())
 
 
+TEST_LEDGER_KEY = new_key_hex()
+"""The ledger key of the services the tests start (their journal's hash chain)."""
+TEST_CHAIN = ChainKey(bytes.fromhex(TEST_LEDGER_KEY))
 TEST_SIGNERS: dict[str, tuple[str, Ed25519PrivateKey]] = {
     source: (f"test-{source}", _test_key(f"homeward-test-{source}")) for source in SIGNER_SOURCES
 }

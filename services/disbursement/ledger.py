@@ -8,6 +8,7 @@ the field; a transfer refused for a state reason keeps being refused the same wa
 """
 
 import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,31 @@ CENT = Decimal("0.01")
 STATE_REFUSALS = frozenset({EXCEEDS_CREDITS, PENDING_ALREADY_RESOLVED})
 
 GENESIS_HASH = "genesis"
+LEDGER_KEY_BYTES_MIN = 32
+KEY_ID_BYTES = 8
+
+
+@dataclass(frozen=True)
+class ChainKey:
+    """The key of the journal's hash chain, held by disbursement (and by whoever verifies): each
+    row's hash is an HMAC-SHA256 under it, so someone who can write the database but does not hold
+    the key cannot rewrite a row and recompute the chain after it. A hash names the key's id
+    (`<key id>:<hex>`): the first 8 bytes of the key's SHA-256, which say which key without
+    revealing it."""
+
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < LEDGER_KEY_BYTES_MIN:
+            raise ValueError(f"a ledger key has at least {LEDGER_KEY_BYTES_MIN} bytes")
+
+    @property
+    def key_id(self) -> str:
+        return hashlib.sha256(self.secret).digest()[:KEY_ID_BYTES].hex()
+
+    def seal(self, prev_hash: str, seq: int, transfer: "Transfer") -> str:
+        canonical = "|".join([prev_hash, str(seq), *transfer.fields().values()])
+        return f"{self.key_id}:{hmac.new(self.secret, canonical.encode(), hashlib.sha256).hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -91,11 +117,6 @@ class LedgerRefusal(Exception):
         self.code = code
 
 
-def chain_hash(prev_hash: str, seq: int, transfer: Transfer) -> str:
-    canonical = "|".join([prev_hash, str(seq), *transfer.fields().values()])
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 def first_difference(transfer: Transfer, recorded: dict[str, str]) -> str | None:
     """The first field in which a request differs from what was recorded under its id."""
     for key, value in transfer.fields().items():
@@ -126,13 +147,15 @@ def malformed(transfer: Transfer) -> str | None:
     return None
 
 
-async def create_transfer(connection: Connection, queries: Any, transfer: Transfer) -> Result:
+async def create_transfer(connection: Connection, queries: Any, transfer: Transfer, chain: ChainKey) -> Result:
     """Applies one transfer inside the caller's transaction; never raises for a refusal."""
-    [result] = await create_transfers(connection, queries, [transfer])
+    [result] = await create_transfers(connection, queries, [transfer], chain)
     return result
 
 
-async def create_transfers(connection: Connection, queries: Any, transfers: Sequence[Transfer]) -> list[Result]:
+async def create_transfers(
+    connection: Connection, queries: Any, transfers: Sequence[Transfer], chain: ChainKey
+) -> list[Result]:
     """Applies `transfers` in order inside the caller's transaction, each exactly as if it were
     applied alone after the ones before it; never raises for a refusal.
 
@@ -149,6 +172,7 @@ async def create_transfers(connection: Connection, queries: Any, transfers: Sequ
     pending_ids = [transfer.pending_id for transfer in transfers if transfer.pending_id is not None]
     codes = sorted({code for transfer in transfers for code in (transfer.debit_account, transfer.credit_account)})
     batch = _Batch(
+        chain=chain,
         seq=head["seq"],
         hash=head["hash"],
         recorded={row["transfer_id"]: dict(row) for row in await fetch_all(
@@ -200,6 +224,7 @@ MOVES: dict[str, tuple[int, int]] = {
 class _Batch:
     """The ledger as a batch sees it: what was read, plus what the batch decided so far."""
 
+    chain: ChainKey
     seq: int
     hash: str
     recorded: dict[str, dict[str, Any]]
@@ -268,7 +293,7 @@ class _Batch:
 
     def _append(self, transfer: Transfer) -> None:
         self.seq += 1
-        digest = chain_hash(self.hash, self.seq, transfer)
+        digest = self.chain.seal(self.hash, self.seq, transfer)
         row = {**transfer.row(), "seq": self.seq, "prev_hash": self.hash, "hash": digest}
         self.appended.append(row)
         self.recorded[transfer.transfer_id] = row

@@ -55,7 +55,9 @@ def _expected_balances(journal: list[Any]) -> dict[str, dict[str, Decimal]]:
     return expected
 
 
-def _chain_breaches(journal: list[Any]) -> list[str]:
+def _chain_breaches(journal: list[Any], chain: ledger.ChainKey | None) -> list[str]:
+    if chain is None:
+        return ["hash chain not checked: no ledger key (HOMEWARD_LEDGER_KEY)"]
     breaches, previous = [], ledger.GENESIS_HASH
     for position, row in enumerate(journal, start=1):
         if row["seq"] != position:
@@ -65,7 +67,11 @@ def _chain_breaches(journal: list[Any]) -> list[str]:
             row["transfer_id"], row["kind"], row["debit_account"], row["credit_account"],
             row["amount"], row["currency"], row["pending_id"], row["payment_id"],
         )  # fmt: skip
-        if row["prev_hash"] != previous or row["hash"] != ledger.chain_hash(previous, row["seq"], transfer):
+        if row["hash"].partition(":")[0] != chain.key_id:
+            breaches.append(f"hash chain at seq {row['seq']} names key {row['hash'].partition(':')[0]!r}, "
+                            f"not this ledger key's {chain.key_id!r}")  # fmt: skip
+            break
+        if row["prev_hash"] != previous or row["hash"] != chain.seal(previous, row["seq"], transfer):
             breaches.append(f"hash chain broken at seq {row['seq']} ({row['transfer_id']})")
             break
         previous = row["hash"]
@@ -88,7 +94,7 @@ async def verify(connection: Connection, queries: Queries, provider_payouts: lis
             actual, summed = getattr(account, name), expected[account.code][name]
             if actual != summed:
                 breaches.append(f"{account.code}.{name} is {actual} but its transfers sum to {summed}")
-    breaches += _chain_breaches(journal)
+    breaches += _chain_breaches(journal, queries.chain)
     twice = await queries.payments.identities_paid_twice(connection)
     if twice:
         breaches.append(f"{twice} identities have more than one posted stipend")

@@ -1,16 +1,20 @@
 """What only disbursement reads: the program's money, the payout provider and its signed callbacks."""
 
 from decimal import Decimal
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
 from services.runtime.settings import (
+    HMAC_KEY_BYTES_MIN,
     HomewardSettings,
     PayoutCallbacks,
     PayoutProviderAccess,
     ProviderTls,
     SealedData,
     ServiceSettings,
+    hex_key,
+    secret_files,
 )
 
 
@@ -18,6 +22,30 @@ class ProgramCurrency(HomewardSettings):
     """The program's currency; `homeward ledger fund` reads it too."""
 
     program_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+
+
+class LedgerKey(HomewardSettings):
+    """The key of the journal's hash chain: disbursement appends with it, `homeward ledger verify` checks with it."""
+
+    ledger_key: SecretStr | None = Field(
+        default=None, description="Hex key (at least 32 bytes) of the ledger's HMAC hash chain"
+    )
+    ledger_key_file: Path | None = Field(default=None, description="A file holding HOMEWARD_LEDGER_KEY, instead of it")
+
+    _ledger_key_from_file = secret_files("ledger_key")
+
+    @field_validator("ledger_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        hex_key(value, "HOMEWARD_LEDGER_KEY", at_least=HMAC_KEY_BYTES_MIN)
+        return value
+
+    def require_ledger_key(self) -> bytes:
+        if self.ledger_key is None:
+            raise SystemExit(
+                "HOMEWARD_LEDGER_KEY is not set (hex, at least 64 characters); `homeward up` generates one."
+            )
+        return bytes.fromhex(self.ledger_key.get_secret_value())
 
 
 class ProgramSettings(ProgramCurrency):
@@ -30,7 +58,7 @@ class ProgramSettings(ProgramCurrency):
 
 
 class DisbursementSettings(
-    ServiceSettings, SealedData, PayoutCallbacks, PayoutProviderAccess, ProviderTls, ProgramSettings
+    ServiceSettings, SealedData, LedgerKey, PayoutCallbacks, PayoutProviderAccess, ProviderTls, ProgramSettings
 ):
     payout_provider_url: str | None = Field(
         default=None, description="Base URL of the payout provider, e.g. http://127.0.0.1:8090"

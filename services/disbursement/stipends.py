@@ -27,8 +27,16 @@ logger = structlog.get_logger("homeward.disbursement")
 
 @dataclass(frozen=True)
 class Queries:
+    """The stipends' SQL, and the key that chains the journal (None where only reading it)."""
+
     payments: Any
     ledger: Any
+    chain: ledger.ChainKey | None = None
+
+    def require_chain(self) -> ledger.ChainKey:
+        if self.chain is None:
+            raise RuntimeError("appending to the ledger needs its key (HOMEWARD_LEDGER_KEY)")
+        return self.chain
 
 
 async def open_accounts(connection: Connection, queries: Queries, currency: str) -> None:
@@ -47,7 +55,7 @@ async def fund(
         domain.funding_transfer_id(reference), "single_phase",
         domain.FUNDING_ACCOUNT, domain.BUDGET_ACCOUNT, amount, currency,
     )  # fmt: skip
-    return await ledger.create_transfer(connection, queries.ledger, transfer)
+    return await ledger.create_transfer(connection, queries.ledger, transfer, queries.require_chain())
 
 
 def _reservation(payment: Any, transfer_id: str) -> ledger.Transfer:
@@ -64,7 +72,7 @@ async def reserve(connection: Connection, queries: Queries, payments: Sequence[A
         _reservation(payment, domain.reserve_transfer_id(payment["payment_id"], payment["reserve_attempts"] + 1))
         for payment in payments
     ]
-    results = await ledger.create_transfers(connection, queries.ledger, transfers)
+    results = await ledger.create_transfers(connection, queries.ledger, transfers, queries.require_chain())
     reserved = [result.ok for result in results]
     await queries.payments.mark_reserve_attempts(
         connection,
@@ -150,7 +158,7 @@ async def apply(uow: UnitOfWork, queries: Queries, changes: Sequence[Change]) ->
     if not changes:
         return
     transfers = [transfer for change in changes for transfer in change.transfers]
-    for result in await ledger.create_transfers(uow.connection, queries.ledger, transfers):
+    for result in await ledger.create_transfers(uow.connection, queries.ledger, transfers, queries.require_chain()):
         if not result.ok:
             raise LedgerInvariantBroken(f"{result.transfer_id}: {result.code} {result.field or ''}".strip())
     await queries.payments.change_payments(

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -39,6 +39,9 @@ from services.ops.pgbench import (
     pgbench_tps,
 )  # fmt: skip
 from services.runtime.db import PLANNING
+
+if TYPE_CHECKING:
+    from services.disbursement.ledger import ChainKey
 
 bench_app = typer.Typer(help="Benchmarks against a real PostgreSQL.", no_args_is_help=True)
 
@@ -78,16 +81,19 @@ async def bench_ledger(
         raise ValueError(f"pgbench_seconds must be between 1 and {PGBENCH_SECONDS_MAX}, not {pgbench_seconds}")
     if not 1 <= batch <= BATCH_MAX:
         raise ValueError(f"batch must be between 1 and {BATCH_MAX}, not {batch}")
+    from services.disbursement.ledger import ChainKey
     from services.runtime.migrate import migrate
 
+    # The journal is chained under a key of the run's own, as disbursement's is under its own.
+    chain = ChainKey(secrets.token_bytes(32))
     name = f"{DATABASE_PREFIX}{uuid4().hex[:12]}"
     bench_url = database_url_for(database_url, name)
     await execute(database_url, f'CREATE DATABASE "{name}"')
     try:
         await asyncio.to_thread(migrate, bench_url, SCHEMA)
-        wall_seconds, refused = await _run_stipends(bench_url, stipends, concurrency, batch)
+        wall_seconds, refused = await _run_stipends(bench_url, stipends, concurrency, batch, chain)
         tps = await pgbench_tps(bin_dir, bench_url, concurrency, pgbench_seconds)
-        breaches = await _verify(bench_url)
+        breaches = await _verify(bench_url, chain)
     finally:
         await execute(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return _report(stipends, batch, concurrency, wall_seconds, refused, tps, pgbench_seconds, breaches)
@@ -128,13 +134,15 @@ async def _decode_json(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def _run_stipends(bench_url: str, stipends: int, concurrency: int, batch: int) -> tuple[float, int]:
+async def _run_stipends(
+    bench_url: str, stipends: int, concurrency: int, batch: int, chain: "ChainKey"
+) -> tuple[float, int]:
     """Funds the budget for exactly `stipends`, then pays them `batch` at a time with `concurrency`
     connections; returns the wall-clock seconds of the payments and how many were refused."""
     from services.disbursement.app import queries
     from services.disbursement.stipends import fund
 
-    named = queries()
+    named = queries(chain)
     pool = await asyncpg.create_pool(
         bench_url,
         min_size=concurrency,
@@ -201,25 +209,25 @@ async def _pay_batch(connection: Any, named: Any, size: int) -> int:
     payment_ids = [uuid4() for _ in range(size)]
     reservations = [_reservation(payment_id) for payment_id in payment_ids]
     async with connection.transaction(isolation="read_committed"):
-        reserved = await ledger.create_transfers(connection, named.ledger, reservations)
+        reserved = await ledger.create_transfers(connection, named.ledger, reservations, named.require_chain())
     postings = [
         ledger.post_of(reservation, domain.post_transfer_id(payment_id))
         for reservation, payment_id, result in zip(reservations, payment_ids, reserved, strict=True)
         if result.status == "created"
     ]
     async with connection.transaction(isolation="read_committed"):
-        posted = await ledger.create_transfers(connection, named.ledger, postings)
+        posted = await ledger.create_transfers(connection, named.ledger, postings, named.require_chain())
     return sum(result.status == "created" for result in posted)
 
 
-async def _verify(bench_url: str) -> list[str]:
+async def _verify(bench_url: str, chain: "ChainKey") -> list[str]:
     from services.disbursement import operations
     from services.disbursement.app import queries
     from services.runtime.db import connect
 
     connection = await connect(bench_url, schema=SCHEMA)
     try:
-        return await operations.verify(connection, queries(), None)
+        return await operations.verify(connection, queries(chain), None)
     finally:
         await connection.close()
 

@@ -27,7 +27,7 @@ from rich.table import Table
 from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
 from services.devstack.embedded import free_port
 from services.devstack.running import STATUS_FILE, Runtime, service_of
-from services.ops.common import READ_ONLY, OpsSettings, payout_provider
+from services.ops.common import READ_ONLY, OpsSettings, ledger_chain, payout_provider
 from services.ops.world import Demo, running_up
 from services.runtime.kafka_security import client_options
 from services.runtime.produce import Record
@@ -214,7 +214,8 @@ async def judge(runtime: Runtime, world: World) -> Verdict:
                 break
             await asyncio.sleep(SETTLE_POLL_SECONDS)
         twice = await queries().payments.identities_paid_twice(connection)
-        breaches, _ = await operations.audit(connection, queries(), provider.list_payouts)
+        chain = ledger_chain(Path(runtime.state_dir))
+        breaches, _ = await operations.audit(connection, queries(chain), provider.list_payouts)
     finally:
         await connection.close()
         await provider.close()

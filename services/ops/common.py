@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.devstack.running import Runtime
+from services.disbursement.settings import LedgerKey
 from services.runtime.roles import LOGINS, OPERATOR
 from services.runtime.settings import (
     SERVICE_NAMES,
@@ -28,6 +29,7 @@ from services.runtime.settings import (
 
 if TYPE_CHECKING:
     from services.disbursement.adapters.provider import HttpPayoutProvider
+    from services.disbursement.ledger import ChainKey
 
 T = TypeVar("T")
 PROVIDER_CALL_SECONDS = 30.0
@@ -36,7 +38,7 @@ PIPED_WIDTH = 160
 """Piped output gets a wide console, so ids and amounts are not cut to fit 80 columns."""
 
 
-class OpsSettings(Infrastructure, KafkaClients, StateDirectory, PayoutProviderAccess, ProviderTls):
+class OpsSettings(Infrastructure, KafkaClients, StateDirectory, PayoutProviderAccess, ProviderTls, LedgerKey):
     """What the operator commands read; unset database, broker and provider come from a running `up`."""
 
     payout_provider_url: str | None = Field(default=None, description="Base URL of the payout provider")
@@ -188,6 +190,19 @@ def locate(state_dir: Path | None, login: str) -> tuple[str, str | None]:
             "start `homeward up` or pass --state-dir"
         )
     return database_url, payouts
+
+
+def ledger_chain(state_dir: Path | None) -> "ChainKey | None":
+    """The key of the ledger's hash chain: HOMEWARD_LEDGER_KEY, else the one a running `up`
+    generated; None where neither is there (the chain then cannot be checked or extended)."""
+    from services.disbursement.ledger import ChainKey
+
+    settings = OpsSettings()
+    if settings.ledger_key is not None:
+        return ChainKey(settings.require_ledger_key())
+    runtime = running(state_dir)
+    key = runtime.secret("HOMEWARD_LEDGER_KEY") if runtime is not None else None
+    return ChainKey(bytes.fromhex(key)) if key else None
 
 
 def locate_kafka(state_dir: Path | None) -> str:

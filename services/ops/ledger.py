@@ -21,6 +21,7 @@ from services.ops.common import (
     Operator,
     StateDir,
     emit,
+    ledger_chain,
     locate,
     on_schema,
     operator_name,
@@ -39,8 +40,14 @@ def _run(state_dir: Path | None, work: Callable[[Any, Any, str | None], Awaitabl
     from services.disbursement.app import queries
 
     database_url, payouts = locate(state_dir, login)
+    chain = ledger_chain(state_dir)
+    if chain is None and login != READ_ONLY:
+        raise typer.BadParameter(
+            "appending to the ledger needs its key: set HOMEWARD_LEDGER_KEY (or _FILE), or pass the --state-dir "
+            "of the running `homeward up` that made it"
+        )
     return on_schema(
-        database_url, "disbursement", lambda connection: work(connection, queries(), payouts), holds="ledger"
+        database_url, "disbursement", lambda connection: work(connection, queries(chain), payouts), holds="ledger"
     )
 
 

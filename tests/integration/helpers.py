@@ -36,7 +36,15 @@ from services.disbursement.app import queries
 from services.runtime import crypto, signing
 from services.runtime.db import connect
 from tests.conftest import Infra
-from tests.support import Kafka, ServiceRunner, envelope, eventually, evidence_headers, register_test_signers_now
+from tests.support import (
+    TEST_CHAIN,
+    Kafka,
+    ServiceRunner,
+    envelope,
+    eventually,
+    evidence_headers,
+    register_test_signers_now,
+)
 
 SUBMITTED = RegistrationSubmitted.TOPIC
 ACCEPTED = RegistrationAccepted.TOPIC
@@ -304,7 +312,7 @@ async def ledger_breaches(database_url: str, payouts_url: str) -> list[str]:
     # balances and the journal are read at the same instant while the service keeps paying.
     payouts = await provider_payouts(payouts_url)
     async with ledger_connection(database_url) as connection, snapshot(connection):
-        return await operations.verify(connection, queries(), payouts)
+        return await operations.verify(connection, queries(TEST_CHAIN), payouts)
 
 
 async def reconciliation(database_url: str, payouts_url: str) -> operations.Reconciliation:

@@ -38,7 +38,7 @@ from tests.integration.helpers import (
     send_pair,
     start_service,
 )
-from tests.support import ServiceRunner, eventually, outbound_and_dlq_topics
+from tests.support import TEST_LEDGER_KEY, ServiceRunner, eventually, outbound_and_dlq_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("small_budget_disbursement")]
 
@@ -85,6 +85,8 @@ async def homeward_ledger(infra: Infra, database_url: str, *arguments: str) -> C
         "HOMEWARD_DATABASE_URL": database_url,
         "HOMEWARD_PAYOUT_PROVIDER_URL": infra.payouts_url,
         "HOMEWARD_OPERATOR": "test-operator",
+        # The key the disbursement under test chains the journal with: a top-up appends to it.
+        "HOMEWARD_LEDGER_KEY": TEST_LEDGER_KEY,
     }
     completed = await asyncio.to_thread(
         subprocess.run,

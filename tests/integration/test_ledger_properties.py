@@ -7,6 +7,7 @@ concurrency tests use separate connections and commit, each in a database of its
 """
 
 import asyncio
+import hashlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from services.disbursement.ledger import (
     EXCEEDS_CREDITS,
     ID_REUSED,
     PENDING_ALREADY_RESOLVED,
+    ChainKey,
     Result,
     Transfer,
     create_transfer,
@@ -37,13 +39,14 @@ from services.disbursement.ledger import (
 from services.runtime.db import connect, fetch_all
 from services.runtime.migrate import migrate
 from tests.conftest import Infra
+from tests.support import TEST_CHAIN
 
 pytestmark = pytest.mark.integration
 
 SCHEMA = "disbursement"
 CURRENCY = "USD"
 OTHER_CURRENCY = "EUR"
-QUERIES = queries()
+QUERIES = queries(TEST_CHAIN)
 FUNDING, BUDGET, STIPENDS = domain.FUNDING_ACCOUNT, domain.BUDGET_ACCOUNT, domain.STIPENDS_ACCOUNT
 ACCOUNTS = (FUNDING, BUDGET, STIPENDS)
 PAIRS = [(debit, credit) for debit in ACCOUNTS for credit in ACCOUNTS if debit != credit]
@@ -267,7 +270,7 @@ def _changed(transfer: Transfer, name: str) -> Transfer:
 
 async def _submit(connection: asyncpg.Connection, model: Model, transfer: Transfer) -> Result:
     note(f"submit {transfer}")
-    result = await create_transfer(connection, QUERIES.ledger, transfer)
+    result = await create_transfer(connection, QUERIES.ledger, transfer, TEST_CHAIN)
     event(f"{transfer.kind}: {result.status} {result.code or ''}".strip())  # see --hypothesis-show-statistics
     model.submitted.append((transfer, result))
     return result
@@ -351,7 +354,9 @@ async def _as_one_batch(connection: asyncpg.Connection, model: Model) -> None:
     try:
         await stipends.open_accounts(connection, QUERIES, CURRENCY)
         requests = [transfer for transfer, _ in model.submitted]
-        assert await create_transfers(connection, QUERIES.ledger, requests) == [result for _, result in model.submitted]
+        assert await create_transfers(connection, QUERIES.ledger, requests, TEST_CHAIN) == [
+            result for _, result in model.submitted
+        ]
         await _check(connection, model)
         assert await _journal(connection) == model.journal, "the same chain, hash for hash"
     finally:
@@ -380,7 +385,7 @@ def test_every_sequence_of_transfers_keeps_the_ledger_sound_and_is_the_same_as_o
 
 async def _committed(connection: asyncpg.Connection, transfer: Transfer) -> Result:
     async with connection.transaction(isolation="read_committed"):
-        return await create_transfer(connection, QUERIES.ledger, transfer)
+        return await create_transfer(connection, QUERIES.ledger, transfer, TEST_CHAIN)
 
 
 async def _fund(connection: asyncpg.Connection, amount: Decimal) -> None:
@@ -495,8 +500,8 @@ async def test_accounts_are_never_deleted_or_renamed(rolled_back: asyncpg.Connec
 async def test_tampering_with_an_amount_breaks_the_chain_and_the_balances(rolled_back: asyncpg.Connection) -> None:
     await stipends.fund(rolled_back, QUERIES, amount=STIPEND * 2, currency=CURRENCY, reference="initial")
     pending = Transfer("reserve:tampered", "pending", BUDGET, STIPENDS, STIPEND, CURRENCY)
-    assert (await create_transfer(rolled_back, QUERIES.ledger, pending)).ok
-    assert (await create_transfer(rolled_back, QUERIES.ledger, post_of(pending, "post:tampered"))).ok
+    assert (await create_transfer(rolled_back, QUERIES.ledger, pending, TEST_CHAIN)).ok
+    assert (await create_transfer(rolled_back, QUERIES.ledger, post_of(pending, "post:tampered"), TEST_CHAIN)).ok
     assert await operations.verify(rolled_back, QUERIES, None) == []
 
     # Only the table owner or a superuser can do this; the rollback puts the trigger back.
@@ -508,6 +513,41 @@ async def test_tampering_with_an_amount_breaks_the_chain_and_the_balances(rolled
     balance_breach = f"{BUDGET}.debits_pending is 0.00 but its transfers sum to -1.00"
     assert chain_breach in breaches, breaches
     assert balance_breach in breaches, breaches
+
+
+async def test_a_rewrite_with_the_chain_recomputed_without_the_key_is_detected(
+    rolled_back: asyncpg.Connection,
+) -> None:
+    """Someone who can write the database but lacks the ledger key changes an amount and recomputes
+    every hash from there: with a key of their own, or unkeyed under the key id the rows show."""
+    await stipends.fund(rolled_back, QUERIES, amount=STIPEND * 2, currency=CURRENCY, reference="initial")
+    pending = Transfer("reserve:rewritten", "pending", BUDGET, STIPENDS, STIPEND, CURRENCY)
+    assert (await create_transfer(rolled_back, QUERIES.ledger, pending, TEST_CHAIN)).ok
+    assert (await create_transfer(rolled_back, QUERIES.ledger, post_of(pending, "post:rewritten"), TEST_CHAIN)).ok
+    await rolled_back.execute("ALTER TABLE transfers DISABLE TRIGGER transfers_append_only")
+
+    def unkeyed(prev_hash: str, seq: int, transfer: Transfer) -> str:
+        canonical = "|".join([prev_hash, str(seq), *transfer.fields().values()])
+        return f"{TEST_CHAIN.key_id}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+    for forge, breach in ((ChainKey(b"k" * 32).seal, "names key"), (unkeyed, "hash chain broken at seq 2")):
+        forgery = rolled_back.transaction()  # a savepoint: each forgery is undone before the next
+        await forgery.start()
+        journal = await rolled_back.fetch("SELECT * FROM transfers ORDER BY seq")
+        previous = journal[0]["hash"]
+        for row in journal[1:]:
+            amount = row["amount"] - 1
+            forged = Transfer(row["transfer_id"], row["kind"], row["debit_account"], row["credit_account"],
+                              amount, row["currency"], row["pending_id"], row["payment_id"])  # fmt: skip
+            digest = forge(previous, row["seq"], forged)
+            await rolled_back.execute(
+                "UPDATE transfers SET amount = $1, prev_hash = $2, hash = $3 WHERE seq = $4",
+                amount, previous, digest, row["seq"],
+            )  # fmt: skip
+            previous = digest
+        breaches = await operations.verify(rolled_back, QUERIES, None)
+        await forgery.rollback()
+        assert any(breach in found for found in breaches), breaches
 
 
 async def test_the_append_only_trigger_is_enabled(property_database: str) -> None:

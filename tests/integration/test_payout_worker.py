@@ -20,6 +20,7 @@ from services.runtime.migrate import migrate
 from services.runtime.uow import ServiceDatabase
 from tests.conftest import Infra
 from tests.integration.helpers import new_database, sealed_for
+from tests.support import TEST_CHAIN
 
 pytestmark = pytest.mark.integration
 
@@ -84,14 +85,14 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         database_url, server_settings={"search_path": "disbursement"}, init=init_connection
     )
     assert created is not None
-    await handlers.fund_initial_budget(created, queries(), Decimal("1000000.00"), "USD")
+    await handlers.fund_initial_budget(created, queries(TEST_CHAIN), Decimal("1000000.00"), "USD")
     yield created
     await created.close()
 
 
 async def reserve(pool: asyncpg.Pool, infra: Infra, count: int) -> list[UUID]:
     """`count` accepted and verified cases, so `count` reserved stipends."""
-    named, cases = queries(), [uuid4() for _ in range(count)]
+    named, cases = queries(TEST_CHAIN), [uuid4() for _ in range(count)]
     async with ServiceDatabase(pool, "disbursement", runtime_queries()).unit() as uow:
         connection = uow.connection
         await named.payments.remember_cases(
@@ -106,7 +107,8 @@ async def reserve(pool: asyncpg.Pool, infra: Infra, count: int) -> list[UUID]:
 
 def worker(pool: asyncpg.Pool, infra: Infra, provider: WatchingProvider) -> handlers.PayoutWorker:
     return handlers.PayoutWorker(
-        database=ServiceDatabase(pool, "disbursement", runtime_queries()), queries=queries(), provider=provider,
+        database=ServiceDatabase(pool, "disbursement", runtime_queries()), queries=queries(TEST_CHAIN),
+        provider=provider,
         data_key=bytes.fromhex(infra.data_key), batch_size_max=STIPENDS, batch_items_max=10,
         concurrency_max=2, call_seconds_max=5.0,
     )  # fmt: skip

@@ -24,11 +24,12 @@ PROMETHEUS_FILE = ROOT / "deploy" / "prometheus.yml"
 # Commands the containers rely on, used when services/cli.py does not exist yet.
 FALLBACK_CLI_COMMANDS = frozenset({"run", "migrate"})
 OFFICIAL_KAFKA_IMAGES = frozenset({"apache/kafka", "apache/kafka-native"})
-SECRETS = ("HOMEWARD_DATA_KEY", "HOMEWARD_IDENTITY_SECRET")
+SECRETS = ("HOMEWARD_DATA_KEY", "HOMEWARD_IDENTITY_SECRET", "HOMEWARD_LEDGER_KEY")
 # Which service containers may hold which secret.
 SECRET_HOLDERS = {
     "HOMEWARD_IDENTITY_SECRET": {"registration"},
     "HOMEWARD_DATA_KEY": {"registration", "travel", "disbursement"},
+    "HOMEWARD_LEDGER_KEY": {"disbursement"},
 }
 SETTINGS_ENV_NAMES = frozenset(readers())
 
@@ -316,3 +317,30 @@ def test_the_roles_job_creates_the_roles_before_migrate_runs() -> None:
     postgres = _environment(SERVICES["postgres"])
     assert postgres["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
     assert (postgres["POSTGRES_PASSWORD"] or "").startswith("${HOMEWARD_POSTGRES_PASSWORD:?")
+
+
+SASL_SSL_OVERRIDE = ROOT / "deploy" / "compose.sasl-ssl.yml"
+
+
+def test_the_sasl_ssl_override_leaves_no_plaintext_listener_open_to_other_containers() -> None:
+    override = yaml.safe_load(SASL_SSL_OVERRIDE.read_text(encoding="utf-8"))
+    kafka = _environment(override["services"]["kafka"])
+    protocols = dict(pair.split(":") for pair in (kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] or "").split(","))
+    for listener in (kafka["KAFKA_LISTENERS"] or "").split(","):
+        name, _, address = listener.partition("://")
+        assert protocols[name] == "SASL_SSL" or address.startswith("127.0.0.1:"), listener
+    assert "PlainLoginModule required" in (kafka["KAFKA_LISTENER_NAME_CLIENTS_PLAIN_SASL_JAAS_CONFIG"] or "")
+    assert override["services"]["topics"]["network_mode"] == "service:kafka"
+
+
+def test_the_sasl_ssl_override_gives_every_service_its_client_settings_as_files() -> None:
+    override = yaml.safe_load(SASL_SSL_OVERRIDE.read_text(encoding="utf-8"))
+    for service in SERVICE_NAMES:
+        container = override["services"][service]
+        environment = _environment(container)
+        assert environment["HOMEWARD_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", service
+        assert set(environment) <= SETTINGS_ENV_NAMES, service
+        secrets = {path.removeprefix("/run/secrets/") for path in (
+            environment["HOMEWARD_KAFKA_SSL_CA_FILE"], environment["HOMEWARD_KAFKA_SASL_PASSWORD_FILE"]
+        )}  # fmt: skip
+        assert secrets == set(container["secrets"]) <= set(override["secrets"]), service

@@ -6,7 +6,9 @@ from uuid import UUID
 
 import pytest
 
-from services.disbursement.ledger import INVALID_AMOUNT, SAME_ACCOUNT, Transfer, chain_hash, first_difference, malformed
+from services.disbursement.ledger import INVALID_AMOUNT, SAME_ACCOUNT, ChainKey, Transfer, first_difference, malformed
+
+CHAIN = ChainKey(b"k" * 32)
 
 
 def transfer(amount: str = "1000.00", debit: str = "program_budget", credit: str = "stipends_paid") -> Transfer:
@@ -35,10 +37,21 @@ def test_the_first_changed_field_is_named() -> None:
 
 
 def test_the_chain_hash_covers_the_previous_hash_the_position_and_every_field() -> None:
+    chain_hash = CHAIN.seal
     base = chain_hash("genesis", 1, transfer())
     assert base == chain_hash("genesis", 1, transfer())
     assert len({base, chain_hash("other", 1, transfer()), chain_hash("genesis", 2, transfer()),
                 chain_hash("genesis", 1, transfer("999.99"))}) == 4  # fmt: skip
+
+
+def test_the_chain_hash_is_keyed_and_names_its_key() -> None:
+    other = ChainKey(b"o" * 32)
+    mine, theirs = CHAIN.seal("genesis", 1, transfer()), other.seal("genesis", 1, transfer())
+    assert mine != theirs
+    assert mine.partition(":")[0] == CHAIN.key_id != other.key_id
+    assert CHAIN.secret.hex() not in repr(CHAIN)
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        ChainKey(b"short")
 
 
 def test_the_hashed_text_keeps_every_field_in_declaration_order() -> None:
