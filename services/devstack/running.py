@@ -10,6 +10,9 @@ from pathlib import Path
 READY_PREFIX = "homeward ready"
 STATUS_FILE = "status.json"
 SECRETS_FILE = "secrets.json"
+SANDBOX_TOKENS = {"payouts": "HOMEWARD_SANDBOX_PAYOUT_TOKEN", "travel": "HOMEWARD_SANDBOX_TRAVEL_TOKEN"}
+"""The bearer tokens `up` makes for its sandbox providers (in secrets.json, under these names): each
+sandbox requires its own, the one service that calls it sends it, and so do the commands."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,15 @@ from services.devstack.embedded import (
     create_topics,
     free_port,
 )
-from services.devstack.running import READY_PREFIX, SECRETS_FILE, STATUS_FILE, Runtime, process_name, service_of
+from services.devstack.running import (
+    READY_PREFIX,
+    SANDBOX_TOKENS,
+    SECRETS_FILE,
+    STATUS_FILE,
+    Runtime,
+    process_name,
+    service_of,
+)
 from services.devstack.settings import DevstackSettings
 from services.runtime import crypto, roles
 from services.runtime.migrate import migrate, migrate_audit
@@ -72,6 +80,9 @@ def database_secret(login: str) -> str:
 
 
 DATABASE_SECRETS = (DATABASE_SUPERUSER, *(database_secret(login) for login in roles.LOGINS))
+PROVIDER_TOKENS = {"disbursement": "HOMEWARD_PAYOUT_PROVIDER_TOKEN", "travel": "HOMEWARD_TRAVEL_PROVIDER_TOKEN"}
+"""The variable each caller of a sandbox sends its token in (SANDBOX_TOKENS holds the values)."""
+CALLED_SANDBOX = {"disbursement": "payouts", "travel": "travel"}
 # How the services reach their providers and where callbacks arrive; `up` sets these itself, for
 # the one process that needs each.
 PROVIDER_WIRING = (
@@ -80,6 +91,7 @@ PROVIDER_WIRING = (
     "HOMEWARD_TRAVEL_PROVIDER_URL",
     "HOMEWARD_HTTP_PORT",
     "HOMEWARD_CALLBACK_PORT",
+    *PROVIDER_TOKENS.values(),
 )
 
 logger = structlog.get_logger("homeward.up")
@@ -89,7 +101,7 @@ def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
     """Program secrets are generated once, on first run, and kept readable by the owner only."""
     path = state_dir / SECRETS_FILE
     secrets: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    missing = [name for name in (*PROGRAM_SECRETS, *DATABASE_SECRETS) if name not in secrets]
+    missing = [name for name in (*PROGRAM_SECRETS, *DATABASE_SECRETS, *SANDBOX_TOKENS.values()) if name not in secrets]
     if missing:
         # A secrets file from an older version keeps its keys (the data key opens sealed data)
         # and gains the ones it lacks.
@@ -315,6 +327,8 @@ class Supervisor:
                 # Each service logs in as its own role, which sees its own schema only.
                 own = {"HOMEWARD_DATABASE_URL": database_urls[name], "HOMEWARD_HTTP_PORT": str(port)}
                 own.update(wiring.get(name, {}))
+                if name in PROVIDER_TOKENS:  # the token its sandbox requires
+                    own[PROVIDER_TOKENS[name]] = secrets[SANDBOX_TOKENS[CALLED_SANDBOX[name]]]
                 if name == "disbursement":
                     own["HOMEWARD_CALLBACK_PORT"] = str(callback_ports[replica - 1])
                 env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}, **own}
@@ -359,17 +373,22 @@ class Supervisor:
         }
         sandbox_dir = self.state_dir / "sandbox"
         payouts = self._sandbox(
-            SANDBOX_PAYOUTS, "payouts", {**base, **callbacks},
+            SANDBOX_PAYOUTS, "payouts", {**base, **callbacks, **self._token(secrets, "payouts")},
             self.settings.sandbox_payout_port, self.settings.sandbox_payout_store or sandbox_dir / "payouts.sqlite3",
         )  # fmt: skip
         travel = self._sandbox(
-            SANDBOX_TRAVEL, "travel", base,
+            SANDBOX_TRAVEL, "travel", {**base, **self._token(secrets, "travel")},
             self.settings.sandbox_travel_port, self.settings.sandbox_travel_store or sandbox_dir / "travel.sqlite3",
         )  # fmt: skip
         for sandbox in (payouts, travel):
             await sandbox.start()
             self.services.append(sandbox)
         return payouts, travel
+
+    @staticmethod
+    def _token(secrets: dict[str, str], kind: str) -> dict[str, str]:
+        """The bearer token the sandbox of `kind` requires of every call but /health."""
+        return {SANDBOX_TOKENS[kind]: secrets[SANDBOX_TOKENS[kind]]}
 
     def _sandbox(self, name: str, kind: str, env: dict[str, str], port: int, store: Path) -> SandboxProcess:
         log = self.state_dir / "logs" / f"{name}.log"

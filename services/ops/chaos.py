@@ -201,7 +201,10 @@ async def judge(runtime: Runtime, world: World) -> Verdict:
     eligible = Counter(p.expected for p in world.cohort)["accepted"]
     # The monkey may have just killed the payouts sandbox, and the supervisor backs off up to
     # 30 s when a process keeps dying young: the audit asks the provider for up to about a minute.
-    provider = payout_provider(runtime.payouts, attempts_max=PROVIDER_ATTEMPTS_MAX, backoff_initial_seconds=0.5)
+    provider = payout_provider(
+        runtime.payouts, attempts_max=PROVIDER_ATTEMPTS_MAX, backoff_initial_seconds=0.5,
+        state_dir=Path(runtime.state_dir),
+    )  # fmt: skip
     connection = await connect(runtime.database_url_of(READ_ONLY), schema="disbursement")
     try:
         deadline = time.monotonic() + SETTLE_SECONDS_MAX

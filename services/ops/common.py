@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from services.devstack.running import Runtime
+from services.devstack.running import SANDBOX_TOKENS, Runtime
 from services.disbursement.settings import LedgerKey
 from services.runtime.roles import LOGINS, OPERATOR
 from services.runtime.settings import (
@@ -255,13 +255,18 @@ def on_schema(
     return asyncio.run(main())
 
 
-def payout_provider(base_url: str, *, attempts_max: int, backoff_initial_seconds: float) -> "HttpPayoutProvider":
+def payout_provider(
+    base_url: str, *, attempts_max: int, backoff_initial_seconds: float, state_dir: Path | None = None
+) -> "HttpPayoutProvider":
     """The payout provider's client as the commands use it: 30 s calls, with the token and CA the
-    settings give (HOMEWARD_PAYOUT_PROVIDER_TOKEN, HOMEWARD_PROVIDER_CA_FILE)."""
+    settings give (HOMEWARD_PAYOUT_PROVIDER_TOKEN, HOMEWARD_PROVIDER_CA_FILE), else the token of
+    the sandbox of the `up` running in `state_dir`."""
     from services.disbursement.adapters.provider import HttpPayoutProvider
 
     settings = OpsSettings()
     token = revealed(settings.payout_provider_token)
+    if token is None and (runtime := running(state_dir)) is not None:
+        token = runtime.secret(SANDBOX_TOKENS["payouts"])
     return HttpPayoutProvider(
         base_url, timeout_seconds=PROVIDER_CALL_SECONDS, attempts_max=attempts_max,
         backoff_initial_seconds=backoff_initial_seconds, token=token, ca_file=settings.provider_ca_file,

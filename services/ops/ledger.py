@@ -51,12 +51,12 @@ def _run(state_dir: Path | None, work: Callable[[Any, Any, str | None], Awaitabl
     )
 
 
-async def _provider_payouts(payouts_url: str | None) -> list[Any]:
+async def _provider_payouts(payouts_url: str | None, state_dir: Path | None) -> list[Any]:
     from services.disbursement.adapters.provider import ProviderUnavailableError
 
     if not payouts_url:
         raise typer.BadParameter("no payout provider: HOMEWARD_PAYOUT_PROVIDER_URL is not set and no `up` is running")
-    provider = payout_provider(payouts_url, attempts_max=3, backoff_initial_seconds=0.2)
+    provider = payout_provider(payouts_url, attempts_max=3, backoff_initial_seconds=0.2, state_dir=state_dir)
     try:
         return await provider.list_payouts()
     except ProviderUnavailableError as error:
@@ -143,7 +143,7 @@ def verify(
     from services.disbursement import operations
 
     async def work(connection: Any, named: Any, payouts_url: str | None) -> list[str]:
-        fetch = None if skip_provider else partial(_provider_payouts, payouts_url)
+        fetch = None if skip_provider else partial(_provider_payouts, payouts_url, state_dir)
         breaches, _ = await operations.audit(connection, named, fetch)
         return breaches
 
@@ -163,7 +163,7 @@ def reconcile(state_dir: StateDir = None, as_json: AsJson = False) -> None:
     from services.disbursement import operations
 
     async def work(connection: Any, named: Any, payouts_url: str | None) -> Any:
-        _, report = await operations.audit(connection, named, partial(_provider_payouts, payouts_url))
+        _, report = await operations.audit(connection, named, partial(_provider_payouts, payouts_url, state_dir))
         return report
 
     report = _run(state_dir, work)

@@ -626,7 +626,9 @@ async def read_ledger(runtime: Runtime) -> LedgerView:
         twice = await queries().payments.identities_paid_twice(connection)
     finally:
         await connection.close()
-    provider = payout_provider(runtime.payouts, attempts_max=3, backoff_initial_seconds=0.2)
+    provider = payout_provider(
+        runtime.payouts, attempts_max=3, backoff_initial_seconds=0.2, state_dir=Path(runtime.state_dir)
+    )
     try:
         payouts = [payout for payout in await provider.list_payouts() if payout.status == "paid"]
     finally:

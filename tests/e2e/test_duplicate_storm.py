@@ -255,7 +255,10 @@ async def test_tripled_shuffled_delivery_ends_like_a_clean_run(homeward):
     assert {row["payment_id"] for row in payments} == payment_ids
     assert transfers == {"pending": CASES, "post_pending": CASES}, transfers
     # The provider moved the money once per payment.
-    async with httpx.AsyncClient(base_url=found["payouts"], timeout=30) as client:
+    # The sandbox answers only calls bearing the token `up` made for it (secrets.json).
+    token = json.loads((homeward.state_dir / "secrets.json").read_text())["HOMEWARD_SANDBOX_PAYOUT_TOKEN"]
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=found["payouts"], timeout=30, headers=headers) as client:
         payouts = (await client.get("/payouts")).raise_for_status().json()["payouts"]
     ours = [payout for payout in payouts if payout["key"] in payment_ids]
     assert sorted(payout["key"] for payout in ours) == sorted(payment_ids)

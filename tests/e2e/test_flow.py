@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
+import httpx
 import pytest
 
 from tests.support import Kafka, envelope, eventually, homeward_cli, outbound_and_dlq_topics, submission
@@ -215,6 +216,22 @@ async def test_no_personal_data_in_any_log_line(homeward):
 async def test_ready_line_names_the_payout_and_travel_sandboxes(homeward):
     assert " payouts=http://127.0.0.1:" in homeward.ready_line
     assert " travel=http://127.0.0.1:" in homeward.ready_line
+
+
+async def test_the_sandboxes_of_up_answer_only_calls_bearing_their_token(homeward):
+    """`up` makes a token per sandbox (its secrets.json): the service calling it sends it, nobody else has it."""
+    runtime = json.loads((homeward.state_dir / "runtime.json").read_text())
+    secrets = json.loads((homeward.state_dir / "secrets.json").read_text())
+    calls = [
+        (f"{runtime['payouts']}/payouts", secrets["HOMEWARD_SANDBOX_PAYOUT_TOKEN"]),
+        (f"{runtime['travel']}/bookings/unknown", secrets["HOMEWARD_SANDBOX_TRAVEL_TOKEN"]),
+    ]
+    async with httpx.AsyncClient(timeout=10) as client:
+        for url, token in calls:
+            assert (await client.get(url)).status_code == 401
+            assert (await client.get(url, headers={"Authorization": "Bearer wrong"})).status_code == 401
+            bearing = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+            assert bearing.status_code in (200, 404), (url, bearing.status_code)
 
 
 async def test_ledger_verifies_and_reconciles_after_the_flows(homeward):
