@@ -322,7 +322,8 @@ class Sandbox:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
-            if line.startswith(f"sandbox {self.kind} listening on"):
+            if line.startswith(prefix := f"sandbox {self.kind} listening on "):
+                self.url = line.removeprefix(prefix).strip()  # https:// where it was given a certificate
                 self.listening.set()
 
     def stop(self) -> None:

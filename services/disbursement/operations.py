@@ -95,6 +95,10 @@ async def verify(connection: Connection, queries: Queries, provider_payouts: lis
             if actual != summed:
                 breaches.append(f"{account.code}.{name} is {actual} but its transfers sum to {summed}")
     breaches += _chain_breaches(journal, queries.chain)
+    head = await queries.ledger.head(connection)
+    last = (journal[-1]["seq"], journal[-1]["hash"]) if journal else (0, ledger.GENESIS_HASH)
+    if head is not None and (head["seq"], head["hash"]) != last:
+        breaches.append(f"the chain's head (seq {head['seq']}) is not its last row (seq {last[0]}): rows were removed")
     twice = await queries.payments.identities_paid_twice(connection)
     if twice:
         breaches.append(f"{twice} identities have more than one posted stipend")

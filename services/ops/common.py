@@ -265,9 +265,11 @@ def payout_provider(
 
     settings = OpsSettings()
     token = revealed(settings.payout_provider_token)
-    if token is None and (runtime := running(state_dir)) is not None:
+    runtime = running(state_dir)
+    if token is None and runtime is not None and base_url == runtime.payouts:  # never to another provider
         token = runtime.secret(SANDBOX_TOKENS["payouts"])
     return HttpPayoutProvider(
         base_url, timeout_seconds=PROVIDER_CALL_SECONDS, attempts_max=attempts_max,
         backoff_initial_seconds=backoff_initial_seconds, token=token, ca_file=settings.provider_ca_file,
+        client_cert=settings.provider_client_cert(),
     )  # fmt: skip

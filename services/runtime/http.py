@@ -41,12 +41,22 @@ def bearer_is(authorization: str, token: str) -> bool:
 
 
 def provider_client(
-    base_url: str, timeout: httpx.Timeout, *, token: str | None = None, ca_file: Path | None = None
+    base_url: str,
+    timeout: httpx.Timeout,
+    *,
+    token: str | None = None,
+    ca_file: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> httpx.AsyncClient:
-    """The client of a provider's API: its bearer token on every request, when it has one, and
-    for an https URL the system's CAs or `ca_file`'s."""
+    """The client of a provider's API: its bearer token on every request, when it has one; for an
+    https URL the system's CAs or `ca_file`'s, and `client_cert` (certificate, key) where the
+    provider asks the client to prove itself (mutual TLS)."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+    verify: ssl.SSLContext | bool = True
+    if ca_file is not None or client_cert is not None:
+        verify = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if client_cert is not None:
+            verify.load_cert_chain(certfile=client_cert[0], keyfile=client_cert[1])
     return httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers, verify=verify)
 
 
@@ -63,9 +73,10 @@ class HttpProvider:
         backoff_initial_seconds: float,
         token: str | None = None,
         ca_file: Path | None = None,
+        client_cert: tuple[Path, Path] | None = None,
     ) -> None:
         timeout = httpx.Timeout(timeout_seconds, connect=PROVIDER_CONNECT_TIMEOUT_SECONDS)
-        self.client = provider_client(base_url, timeout, token=token, ca_file=ca_file)
+        self.client = provider_client(base_url, timeout, token=token, ca_file=ca_file, client_cert=client_cert)
         self.attempts_max = attempts_max
         self.backoff_initial_seconds = backoff_initial_seconds
 

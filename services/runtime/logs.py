@@ -10,7 +10,10 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, TextIO
+from uuid import UUID
 
 import structlog
 
@@ -50,8 +53,16 @@ _LOOKS_PERSONAL = (
     (re.compile(r"(Key \([^)]*\)=\().*?(\))"), r"\1[redacted]\2"),
     (re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+"), "[redacted: e-mail]"),
     (re.compile(r"(?<![\w+-])\+[1-9]\d{6,14}(?![\w-])"), "[redacted: phone]"),
+    # Before the digit runs, which would take an IBAN's digits and leave its start. An IBAN (two
+    # letters, two check digits, up to 30 letters and digits, in groups or not), and a
+    # document number as passports and national ids write it (one to three capitals, 6 to 9 digits).
+    (re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), "[redacted: account]"),
+    (re.compile(r"\b[A-Z]{1,3}\d{6,9}\b"), "[redacted: document]"),
     (re.compile(r"(?<![\w.:+-])\d(?:[ -]?\d){8,}(?![\w.:-])"), "[redacted: digits]"),
 )
+PLAIN_VALUES = (bool, int, float, Decimal, UUID, datetime, date, type(None))
+"""Values that cannot hold free text; anything else (bytes, an exception, an object) is masked as
+the text the renderer would write for it."""
 MASKED_TEXT_CHARS_MAX = 20_000
 """Longer texts (a huge exception) are cut before the patterns run, so a log line costs bounded time."""
 
@@ -66,13 +77,17 @@ def _mask(text: str) -> str:
 def _masked(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return _mask(value)
-    if depth > REDACTION_DEPTH_MAX:
+    if isinstance(value, PLAIN_VALUES):
         return value
+    if depth > REDACTION_DEPTH_MAX:
+        return "[redacted: too deep]"
     if isinstance(value, dict):
         return {key: _masked(item, depth + 1) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [_masked(item, depth + 1) for item in value]
-    return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _mask(bytes(value).decode("utf-8", errors="replace"))
+    return _mask(str(value))
 
 
 def _mask_personal_text(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:

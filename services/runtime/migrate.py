@@ -56,11 +56,22 @@ def _applied(connection: psycopg.Connection, schema: str) -> set[str]:
     return {row[0] for row in connection.execute(query)}
 
 
+def _may_own(connection: psycopg.Connection, schema: str) -> bool:
+    """Whether this connection's role may act as `schema`'s owner role (an administrator may)."""
+    if not roles.is_provisioned(connection, schema):
+        return False
+    row = connection.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", (roles.owner_role(schema),)).fetchone()
+    return bool(row and row[0])
+
+
 def _apply(database_url: str, schema: str, folders: list[Path]) -> int:
     migrations = read_migrations(*(str(folder) for folder in folders))
     with psycopg.connect(database_url, autocommit=True) as connection:
         # Up to date needs no privilege beyond reading yoyo's table: a service's role starts here.
-        if {migration.id for migration in migrations} <= _applied(connection, schema):
+        # Whoever may act as the schema's owner (`homeward migrate`) grants the privileges anew.
+        if {migration.id for migration in migrations} <= _applied(connection, schema) and not _may_own(
+            connection, schema
+        ):
             return 0
         # CREATE SCHEMA IF NOT EXISTS can still race between processes; the lock serialises it.
         connection.execute("SELECT pg_advisory_lock(hashtext('homeward.migrate'))")
@@ -81,7 +92,11 @@ def _apply(database_url: str, schema: str, folders: list[Path]) -> int:
                     connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
                     roles.grant(connection, schema)
                     connection.execute("RESET ROLE")
-            except psycopg.errors.InsufficientPrivilege as error:
+            except psycopg.Error as error:
+                # A privilege refused, or yoyo's connection refused the owner's role at its start.
+                refused = isinstance(error, psycopg.errors.InsufficientPrivilege) or "permission denied" in str(error)
+                if not refused:
+                    raise
                 raise NotMigrated(
                     f"schema {schema!r} has migrations pending and this role may not apply them ({error}); "
                     "run `homeward migrate` with the database's administrator first"

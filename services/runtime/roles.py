@@ -16,7 +16,7 @@ migration, so tables added later are covered. SQL in sql/roles.sql.
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -44,6 +44,7 @@ BOOKKEEPING = (
 )  # fmt: skip
 """yoyo's own tables in each schema: the service reads what is applied, and changes nothing."""
 PASSWORD_CHARS_MIN = 16
+IDENTITY_PARAMETERS = frozenset({"user", "password", "passfile", "options", "service"})
 
 
 def login_role(login: str) -> str:
@@ -77,7 +78,7 @@ def provision(admin_url: str, passwords: Mapping[str, str]) -> None:
             role = login_role(login)
             _run(
                 connection, "login", login_role=sql.Identifier(role), login_name=sql.Literal(role),
-                password=sql.Literal(passwords[login]),
+                password=sql.Literal(scram(connection, role, passwords[login])),
             )  # fmt: skip
         for schema in SCHEMAS:
             owner = {"owner_role": sql.Identifier(owner_role(schema)), "owner_name": sql.Literal(owner_role(schema))}
@@ -93,6 +94,12 @@ def provision(admin_url: str, passwords: Mapping[str, str]) -> None:
                 connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner_role(schema))))
                 grant(connection, schema)
                 connection.execute("RESET ROLE")
+
+
+def scram(connection: psycopg.Connection, role: str, password: str) -> str:
+    """The SCRAM-SHA-256 verifier of `password`, computed here by libpq (PQencryptPasswordConn), so
+    that the server, and any log of its statements, never sees the password itself."""
+    return connection.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
 
 
 def _has_bookkeeping(connection: psycopg.Connection, schema: str) -> bool:
@@ -138,4 +145,6 @@ def role_url(admin_url: str, login: str, password: str) -> str:
     parts = urlsplit(admin_url)
     host = parts.netloc.rpartition("@")[2]
     credentials = f"{quote(login_role(login), safe='')}:{quote(password, safe='')}"
-    return urlunsplit(parts._replace(netloc=f"{credentials}@{host}"))
+    # Parameters that would log in as someone else, which libpq and asyncpg prefer to the URL's user.
+    kept = [(key, value) for key, value in parse_qsl(parts.query) if key not in IDENTITY_PARAMETERS]
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{host}", query=urlencode(kept)))

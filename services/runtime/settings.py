@@ -200,11 +200,28 @@ class SealedData(HomewardSettings):
 
 
 class ProviderTls(HomewardSettings):
-    """How a service trusts its provider's HTTPS certificate (payouts, travel)."""
+    """How a service trusts its provider's HTTPS certificate (payouts, travel), and the client
+    certificate it proves itself with where the provider asks for one (mutual TLS)."""
 
     provider_ca_file: Path | None = Field(
         default=None, description="PEM of the CA that signed the providers' HTTPS certificates (default: the system's)"
     )
+    provider_cert_file: Path | None = Field(
+        default=None, description="PEM of the client certificate presented to the providers (mutual TLS)"
+    )
+    provider_key_file: Path | None = Field(default=None, description="PEM of that client certificate's private key")
+
+    @model_validator(mode="after")
+    def _certificate_is_whole(self) -> "ProviderTls":
+        if (self.provider_cert_file is None) != (self.provider_key_file is None):
+            raise ValueError("HOMEWARD_PROVIDER_CERT_FILE and HOMEWARD_PROVIDER_KEY_FILE go together (mutual TLS)")
+        return self
+
+    def provider_client_cert(self) -> tuple[Path, Path] | None:
+        """The client certificate and its key, or None."""
+        if self.provider_cert_file is None or self.provider_key_file is None:
+            return None
+        return self.provider_cert_file, self.provider_key_file
 
 
 class PayoutProviderAccess(HomewardSettings):

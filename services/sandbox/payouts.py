@@ -556,4 +556,5 @@ def _accepted(response: httpx.Response, batch: list[PendingNotification]) -> set
 
 async def serve(settings: PayoutSandboxSettings, *, port: int, store_path: Path) -> None:
     """Runs the sandbox on `HOMEWARD_HTTP_HOST`:`port` (0: a free port) until SIGINT or SIGTERM."""
-    await server.serve(PayoutSandbox(settings, store_path).app(), name="payouts", host=settings.http_host, port=port)
+    app = PayoutSandbox(settings, store_path).app()
+    await server.serve(app, name="payouts", host=settings.http_host, port=port, tls=settings)

@@ -4,6 +4,7 @@ fields and rules, never the values sent."""
 
 import asyncio
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from services.runtime.http import bearer_is, bounded_body
+from services.sandbox.settings import SandboxTls
 
 REQUEST_BODY_BYTES_MAX = 64 * 1024
 IDEMPOTENCY_KEY_CHARS_MAX = 200
@@ -184,8 +186,15 @@ async def _announce(server: uvicorn.Server, line: str) -> None:
     sys.stdout.flush()
 
 
-async def serve(app: Starlette, *, name: str, host: str, port: int) -> None:
-    """Serves `app` on `host`:`port` until SIGINT or SIGTERM; prints `sandbox NAME listening on URL`."""
+async def serve(app: Starlette, *, name: str, host: str, port: int, tls: SandboxTls) -> None:
+    """Serves `app` on `host`:`port` until SIGINT or SIGTERM; prints `sandbox NAME listening on URL`.
+    With a certificate it speaks HTTPS, and with a client CA it requires a client certificate
+    that CA signed (the handshake fails without one)."""
+    https: dict[str, Any] = {}
+    if tls.sandbox_tls_cert_file is not None:
+        https = {"ssl_certfile": tls.sandbox_tls_cert_file, "ssl_keyfile": tls.sandbox_tls_key_file}
+    if tls.sandbox_client_ca_file is not None:
+        https |= {"ssl_ca_certs": str(tls.sandbox_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     config = uvicorn.Config(
         app,
         log_config=None,
@@ -193,10 +202,12 @@ async def serve(app: Starlette, *, name: str, host: str, port: int) -> None:
         lifespan="on",
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
         server_header=False,
+        **https,
     )
     server = uvicorn.Server(config)
     sock = _listening_socket(host, port)
-    line = f"sandbox {name} listening on http://{host}:{sock.getsockname()[1]}"
+    scheme = "https" if https else "http"
+    line = f"sandbox {name} listening on {scheme}://{host}:{sock.getsockname()[1]}"
     announcer = asyncio.create_task(_announce(server, line))
     try:
         await server.serve(sockets=[sock])

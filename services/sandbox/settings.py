@@ -4,12 +4,32 @@ key that signs its callbacks)."""
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
-from services.runtime.settings import HttpListener, PayoutCallbacks, StateDirectory
+from services.runtime.settings import HomewardSettings, HttpListener, PayoutCallbacks, StateDirectory
 
 
-class PayoutSandboxSettings(HttpListener, PayoutCallbacks, StateDirectory):
+class SandboxTls(HomewardSettings):
+    """HTTPS for a sandbox provider, and the CA whose client certificates it requires (mutual TLS)."""
+
+    sandbox_tls_cert_file: Path | None = Field(default=None, description="PEM of the sandbox's HTTPS certificate")
+    sandbox_tls_key_file: Path | None = Field(default=None, description="PEM of that certificate's private key")
+    sandbox_client_ca_file: Path | None = Field(
+        default=None, description="When set, the sandbox accepts only clients whose certificate this CA signed"
+    )
+
+    @model_validator(mode="after")
+    def _tls_is_whole(self) -> "SandboxTls":
+        if (self.sandbox_tls_cert_file is None) != (self.sandbox_tls_key_file is None):
+            raise ValueError("HOMEWARD_SANDBOX_TLS_CERT_FILE and HOMEWARD_SANDBOX_TLS_KEY_FILE go together")
+        if self.sandbox_client_ca_file is not None and self.sandbox_tls_cert_file is None:
+            raise ValueError(
+                "HOMEWARD_SANDBOX_CLIENT_CA_FILE needs HTTPS: set HOMEWARD_SANDBOX_TLS_CERT_FILE and _KEY_FILE"
+            )
+        return self
+
+
+class PayoutSandboxSettings(HttpListener, PayoutCallbacks, StateDirectory, SandboxTls):
     """`homeward sandbox payouts`. Faults apply to POST /payouts and POST /payout-batches only."""
 
     sandbox_payout_port: int = Field(
@@ -56,7 +76,7 @@ class PayoutSandboxSettings(HttpListener, PayoutCallbacks, StateDirectory):
         return self.sandbox_payout_store or self.state_dir / "sandbox" / "payouts.sqlite3"
 
 
-class TravelSandboxSettings(HttpListener, StateDirectory):
+class TravelSandboxSettings(HttpListener, StateDirectory, SandboxTls):
     """`homeward sandbox travel`. Faults apply to POST /bookings only."""
 
     sandbox_travel_port: int = Field(

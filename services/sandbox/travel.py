@@ -201,4 +201,5 @@ class TravelSandbox:
 
 async def serve(settings: TravelSandboxSettings, *, port: int, store_path: Path) -> None:
     """Runs the sandbox on `HOMEWARD_HTTP_HOST`:`port` (0: a free port) until SIGINT or SIGTERM."""
-    await server.serve(TravelSandbox(settings, store_path).app(), name="travel", host=settings.http_host, port=port)
+    app = TravelSandbox(settings, store_path).app()
+    await server.serve(app, name="travel", host=settings.http_host, port=port, tls=settings)

@@ -36,6 +36,7 @@ def travel_provider(settings: TravelSettings) -> HttpTravelProvider:
         backoff_initial_seconds=settings.travel_provider_backoff_initial_ms / 1000,
         token=revealed(settings.travel_provider_token),
         ca_file=settings.provider_ca_file,
+        client_cert=settings.provider_client_cert(),
     )
 
 

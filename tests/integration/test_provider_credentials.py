@@ -1,16 +1,24 @@
 """The providers' credential: with a token set, the sandboxes answer only calls that bear it (as
-a real provider's API requires its credential), and Homeward's clients send it on every call."""
+a real provider's API requires its credential), and Homeward's clients send it on every call; over
+HTTPS with a client CA, the sandbox takes only clients whose certificate that CA signed, and
+Homeward's clients present theirs (mutual TLS)."""
 
 import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from services.disbursement.adapters.provider import HttpPayoutProvider
+from services.disbursement.adapters.provider import HttpPayoutProvider, ProviderUnavailableError
+from services.runtime.settings import ProviderTls
 from services.travel.adapters.provider import HttpTravelProvider
 from tests.support import PayoutSandbox, TravelSandbox
+
+if TYPE_CHECKING:
+    import trustme
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +92,70 @@ def test_a_client_trusts_a_ca_file(tmp_path: Path):
     with pytest.raises(ssl.SSLError):
         HttpPayoutProvider("https://provider.example", timeout_seconds=1, attempts_max=1,
                            backoff_initial_seconds=0.1, ca_file=tmp_path / "empty.pem")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MutualTls:
+    sandbox: PayoutSandbox
+    ca_file: Path
+    client: tuple[Path, Path]
+    stranger: tuple[Path, Path]
+    """A client certificate of another CA's."""
+
+
+def _write_pair(certificate: "trustme.LeafCert", directory: Path, name: str) -> tuple[Path, Path]:
+    certificate.cert_chain_pems[0].write_to_path(str(directory / f"{name}.pem"))
+    certificate.private_key_pem.write_to_path(str(directory / f"{name}.key"))
+    return directory / f"{name}.pem", directory / f"{name}.key"
+
+
+@pytest.fixture(scope="module")
+def mutual_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MutualTls]:
+    """A payout sandbox over HTTPS that requires a client certificate signed by the program's CA."""
+    import trustme
+
+    tmp = tmp_path_factory.mktemp("mutual-tls")
+    ca, other = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    server = _write_pair(ca.issue_cert("127.0.0.1"), tmp, "server")
+    sandbox = PayoutSandbox(
+        tmp / "p.sqlite3", HOMEWARD_SANDBOX_TLS_CERT_FILE=str(server[0]), HOMEWARD_SANDBOX_TLS_KEY_FILE=str(server[1]),
+        HOMEWARD_SANDBOX_CLIENT_CA_FILE=str(tmp / "ca.pem"),
+    )  # fmt: skip
+    sandbox.start()
+    client = _write_pair(ca.issue_cert("disbursement.homeward"), tmp, "client")
+    stranger = _write_pair(other.issue_cert("disbursement.homeward"), tmp, "stranger")
+    yield MutualTls(sandbox, tmp / "ca.pem", client, stranger)
+    sandbox.stop()
+
+
+def _payout_client(tls: MutualTls, client_cert: tuple[Path, Path] | None) -> HttpPayoutProvider:
+    return HttpPayoutProvider(
+        tls.sandbox.url, timeout_seconds=CALL_SECONDS, attempts_max=1, backoff_initial_seconds=0.1,
+        ca_file=tls.ca_file, client_cert=client_cert,
+    )  # fmt: skip
+
+
+async def test_the_payout_client_proves_itself_with_its_certificate(mutual_tls: MutualTls):
+    assert mutual_tls.sandbox.url.startswith("https://127.0.0.1:")
+    client = _payout_client(mutual_tls, mutual_tls.client)
+    try:
+        assert await client.list_payouts() == []
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("who", ["no certificate", "another CA's certificate"])
+async def test_a_client_without_a_certificate_the_ca_signed_is_refused(mutual_tls: MutualTls, who: str):
+    client = _payout_client(mutual_tls, None if who == "no certificate" else mutual_tls.stranger)
+    try:
+        with pytest.raises(ProviderUnavailableError):
+            await client.list_payouts()
+    finally:
+        await client.close()
+
+
+def test_a_client_certificate_needs_its_key(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HOMEWARD_PROVIDER_CERT_FILE", "/run/secrets/client.pem")
+    with pytest.raises(ValueError, match="HOMEWARD_PROVIDER_KEY_FILE"):
+        ProviderTls()

@@ -7,10 +7,11 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import psycopg
 import pytest
 
 from services.runtime.migrate import NotMigrated, migrate
-from services.runtime.roles import LOGINS, login_role
+from services.runtime.roles import LOGINS, login_role, provision, role_url
 from tests.conftest import Infra
 from tests.integration.helpers import new_database
 
@@ -48,8 +49,8 @@ async def test_registration_cannot_read_disbursement_nor_disbursement_registrati
 async def test_the_roles_can_do_nothing_but_use_data(infra: Infra) -> None:
     async with logged_in(infra, "registration") as connection:
         rows = await connection.fetch(
-            "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls FROM pg_roles "
-            "WHERE rolname = ANY($1)",
+            "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, rolinherit "
+            "FROM pg_roles WHERE rolname = ANY($1)",
             [login_role(login) for login in LOGINS],
         )
         assert len(rows) == len(LOGINS)
@@ -90,6 +91,13 @@ async def test_the_operator_reads_every_schema_and_changes_no_data(infra: Infra)
 
 async def test_a_service_role_cannot_alter_the_audit_trail(infra: Infra) -> None:
     async with logged_in(infra, "arrival") as arrival:
+        # It appends a line, but when it happened and its number are the database's to say.
+        await refused(
+            arrival,
+            "INSERT INTO audit.operator_actions (at, operator, command) VALUES (now() - interval '1 year', 'a', 'b')",
+        )
+        with pytest.raises((Refused, asyncpg.GeneratedAlwaysError)):
+            await arrival.execute("INSERT INTO audit.operator_actions (id, operator, command) VALUES (1, 'a', 'b')")
         await refused(arrival, "SELECT * FROM audit.operator_actions")
         await refused(arrival, "UPDATE audit.operator_actions SET operator = 'someone else'")
         await refused(arrival, "DELETE FROM audit.operator_actions")
@@ -117,3 +125,34 @@ def test_a_service_role_finds_its_schema_current_and_cannot_migrate_one_that_is_
     fresh = new_database(infra, "unmigrated").rsplit("/", 1)[1]
     with pytest.raises(NotMigrated, match="homeward migrate"):
         migrate(infra.role_urls["travel"].rsplit("/", 1)[0] + f"/{fresh}", "travel")
+
+
+def test_a_role_made_before_homeward_provisions_it_keeps_no_other_privilege(infra: Infra) -> None:
+    """Someone with CREATEROLE made `homeward_travel` first, a member of a role that reads everything:
+    provisioning strips it of every membership and of what it may do by itself."""
+    with psycopg.connect(infra.database_url, autocommit=True) as admin:
+        admin.execute("GRANT pg_read_all_data TO homeward_travel")
+        admin.execute("ALTER ROLE homeward_disbursement_owner LOGIN PASSWORD 'owner-password-123456'")
+        provision(infra.database_url, {login: urlsplit(url).password or "" for login, url in infra.role_urls.items()})
+        memberships = admin.execute(
+            "SELECT count(*) FROM pg_auth_members WHERE member = 'homeward_travel'::regrole"
+        ).fetchone()
+        owner_logs_in = admin.execute(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'homeward_disbursement_owner'"
+        ).fetchone()
+    assert memberships == (0,) and owner_logs_in == (False,)
+    assert migrate(infra.role_urls["travel"], "travel") == 0  # and it still logs in
+
+
+def test_a_service_url_keeps_nothing_of_the_administrators_identity() -> None:
+    administrator = (
+        "postgresql://postgres:secret@db:5432/homeward?sslmode=verify-full&user=postgres&options=-c%20role%3Dx"
+    )
+    url = urlsplit(role_url(administrator, "travel", "travel-password-1234"))
+    assert (url.username, url.password, url.hostname, url.path) == (
+        "homeward_travel",
+        "travel-password-1234",
+        "db",
+        "/homeward",
+    )
+    assert url.query == "sslmode=verify-full"

@@ -114,3 +114,22 @@ def test_exception_text_and_free_text_are_masked_where_they_look_personal(stream
     assert first["case_id"] == str(case_id) and "2026-12-01T10:00:00.123456+00:00" in first["note"]
     assert "[redacted: e-mail]" in first["exception"] and "[redacted: phone]" in first["exception"]
     assert second["event"] == "sent to [redacted: e-mail]"
+
+
+def test_values_that_are_not_text_are_masked_as_the_text_they_are_written_as(stream: io.StringIO) -> None:
+    """Bytes, an exception object or any other value the renderer turns into text goes through the
+    same backstop; so do IBANs and document numbers, which no key name announced."""
+    logger = configure("travel", "INFO", stream=stream)
+    case_id = uuid4()
+    logger.warning(
+        "provider.refused", case_id=case_id, amount=Decimal("1000.00"), attempt=2,
+        body=b'{"email": "zebulon@example.org"}', error=ValueError("no account GB29 NWBK 6016 1331 9268 19"),
+        seen={"HN12345678"}, detail="passport F1234567 and IBAN DE89370400440532013000 refused",
+    )  # fmt: skip
+
+    [line] = _lines(stream)
+    text = stream.getvalue()
+    for value in ("zebulon@example.org", "GB29 NWBK", "HN12345678", "F1234567", "DE89370400440532013000"):
+        assert value not in text, value
+    assert "[redacted: account]" in line["error"] and "[redacted: document]" in line["detail"]
+    assert (line["case_id"], line["amount"], line["attempt"]) == (str(case_id), "1000.00", 2)

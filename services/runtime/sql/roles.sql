@@ -14,6 +14,8 @@ BEGIN
         CREATE ROLE {owner_role} NOLOGIN;
     END IF;
 END $$;
+-- A role of that name made by someone else is held to the same: it cannot log in or do more.
+ALTER ROLE {owner_role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
 GRANT {owner_role} TO CURRENT_USER;
 CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner_role};
 ALTER SCHEMA {schema} OWNER TO {owner_role};
@@ -47,15 +49,24 @@ BEGIN
 END $$;
 
 -- block: login
--- A login role that can do nothing by itself: no superuser, no roles, no databases, and it does
--- not inherit what it is later granted as a member of another role.
+-- A login role that can do nothing by itself: no superuser, no roles, no databases, no other
+-- role's privileges (a role of that name made before is stripped of every membership), and it
+-- does not inherit what it might be granted later. The password arrives hashed (SCRAM), so no
+-- statement log can hold it.
 DO $$
+DECLARE
+    granted record;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {login_name}) THEN
         CREATE ROLE {login_role} LOGIN;
     END IF;
+    FOR granted IN SELECT m.roleid::regrole::text AS name FROM pg_auth_members m
+                   WHERE m.member = {login_name}::regrole
+    LOOP
+        EXECUTE format('REVOKE %s FROM %I', granted.name, {login_name});
+    END LOOP;
 END $$;
-ALTER ROLE {login_role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+ALTER ROLE {login_role} LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
     PASSWORD {password};
 
 -- block: database
@@ -83,8 +94,9 @@ REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM {service_role};
 -- with that service's role, in the change's own transaction; those that change only the broker
 -- (`dlq replay`) with the operator's. Nobody but the owner may alter or remove a line.
 GRANT USAGE ON SCHEMA {schema} TO {service_roles}, {operator_role};
-GRANT INSERT ON ALL TABLES IN SCHEMA {schema} TO {service_roles}, {operator_role};
+-- Only the columns a record is made of: when (`at`) and the line's number are the database's own.
+REVOKE INSERT ON ALL TABLES IN SCHEMA {schema} FROM {service_roles}, {operator_role};
+GRANT INSERT (operator, command, arguments, outcome) ON {schema}.operator_actions TO {service_roles}, {operator_role};
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {service_roles}, {operator_role};
-REVOKE INSERT ON {bookkeeping} FROM {service_roles}, {operator_role};
 GRANT SELECT ON {bookkeeping} TO {service_roles};
 GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {operator_role};

@@ -24,6 +24,10 @@ SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE code 
 -- journal stays a line; held until commit.
 SELECT seq, hash FROM ledger_head WHERE singleton FOR UPDATE;
 
+-- name: head^
+-- Read-only (`ledger verify`): where the chain ends, as the writers left it.
+SELECT seq, hash FROM ledger_head WHERE singleton;
+
 -- name: get_transfers
 SELECT seq, transfer_id, kind, debit_account, credit_account, amount, currency, pending_id, payment_id
 FROM transfers WHERE transfer_id = ANY(:transfer_ids::text[]);
