@@ -47,7 +47,7 @@ from contracts.events import (
 )
 from contracts.signing import SIGNER_SOURCES, public_key_pem, signature_headers
 from services.devstack.running import READY_PREFIX, Runtime
-from services.ops.common import READ_ONLY, payout_provider
+from services.ops.common import READ_ONLY, payout_provider, record_action
 from services.runtime.messages import build_envelope, encode
 from services.runtime.produce import Record, send_batched
 
@@ -251,6 +251,10 @@ class Booking:
     scheduled_arrival: datetime
 
 
+WORLD_OPERATOR = "homeward world"
+"""Who the audit trail names for the signers a world (the demo, chaos, a benchmark) registers."""
+
+
 @dataclass(frozen=True)
 class EvidenceSigners:
     """The world's evidence signers (contract v1.1): a key of its own per source, made for the run
@@ -264,13 +268,17 @@ class EvidenceSigners:
         return cls({source: (f"world-{source}-{run_tag}", Ed25519PrivateKey.generate()) for source in SIGNER_SOURCES})
 
     async def register(self, database_url: str) -> None:
+        """Adds each signer, with its line in the audit trail, as `homeward signers add` does."""
         from services.arrival.adapters import signers
         from services.runtime.db import connect
 
         connection = await connect(database_url, schema="arrival")
         try:
             for source, (signer_id, key) in self.keys.items():
-                await signers.add(connection, signer_id, source, public_key_pem(key))
+                async with connection.transaction():
+                    entry, added = await signers.add(connection, signer_id, source, public_key_pem(key))
+                    arguments = {"id": signer_id, "source": source, "fingerprint": entry.fingerprint}
+                    await record_action(connection, WORLD_OPERATOR, "signers add", arguments, {"added": added})
         finally:
             await connection.close()
 

@@ -75,3 +75,19 @@ async def test_the_trail_is_append_only(infra: Infra, database: asyncpg.Connecti
     ):
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
             await database.execute(statement)
+
+
+async def test_a_worlds_signers_are_registered_with_their_lines_in_the_trail(
+    infra: Infra, database: asyncpg.Connection
+):
+    """The demo's, chaos's and the benchmarks' worlds register their signers as an operator does,
+    through arrival's own role, and the trail says so."""
+    from services.ops.world import WORLD_OPERATOR, EvidenceSigners
+
+    signers = EvidenceSigners.generate(uuid4().hex[:8])
+    await signers.register(infra.role_urls["arrival"])
+    ids = [signer_id for signer_id, _ in signers.keys.values()]
+    rows = await database.fetch(
+        "SELECT operator, command FROM audit.operator_actions WHERE arguments->>'id' = ANY($1::text[])", ids
+    )
+    assert sorted((row["operator"], row["command"]) for row in rows) == [(WORLD_OPERATOR, "signers add")] * len(ids)
