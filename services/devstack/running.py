@@ -67,3 +67,16 @@ def service_of(process: str) -> str:
     """The service (or sandbox) a supervised process is of: `travel-2` is travel."""
     service, _, replica = process.rpartition("-")
     return service if service and replica.isdigit() else process
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replaces `path` atomically with an owner-only file, so a crash cannot leave it half written.
+    A temporary file left by a crash is removed first: opened as it was, it would keep its mode."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)

@@ -34,6 +34,7 @@ from services.devstack.running import (
     Runtime,
     process_name,
     service_of,
+    write_private,
 )
 from services.devstack.settings import DevstackSettings
 from services.runtime import crypto, roles
@@ -75,6 +76,8 @@ SECRETS_BY_SERVICE: dict[str, tuple[str, ...]] = {
 PROGRAM_SECRETS = (
     "HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY",
 )  # fmt: skip
+RETIRED_DATA_KEYS = "HOMEWARD_DATA_KEYS_RETIRED"
+"""Kept in secrets.json once `homeward keys rotate` retired a data key; handed to whoever holds the data key."""
 DATABASE_SUPERUSER = "database:superuser"
 """The embedded PostgreSQL's superuser password, in secrets.json; `up` alone uses it (roles, migrations)."""
 
@@ -111,21 +114,8 @@ def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
         # A secrets file from an older version keeps its keys (the data key opens sealed data)
         # and gains the ones it lacks.
         secrets.update({name: crypto.new_key_hex() for name in missing})
-        _write_private(path, json.dumps(secrets))
+        write_private(path, json.dumps(secrets))
     return secrets
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Replaces `path` atomically with an owner-only file, so a crash cannot leave it half written.
-    A temporary file left by a crash is removed first: opened as it was, it would keep its mode."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
 
 
 def topic_configs(settings: DevstackSettings) -> dict[str, dict[str, str]]:
@@ -325,7 +315,7 @@ class Supervisor:
         if self.kafka is not None:
             for name, value in EMBEDDED_BROKER_CLIENT_SETTINGS.items():
                 base_env.setdefault(name, value)
-        for secret in (*PROGRAM_SECRETS, *PROVIDER_WIRING):
+        for secret in (*PROGRAM_SECRETS, RETIRED_DATA_KEYS, *PROVIDER_WIRING):
             base_env.pop(secret, None)
         for name in SERVICE_NAMES:
             for replica, port in enumerate(ports[name], start=1):
@@ -337,6 +327,8 @@ class Supervisor:
                 if name == "disbursement":
                     own["HOMEWARD_CALLBACK_PORT"] = str(callback_ports[replica - 1])
                 env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}, **own}
+                if "HOMEWARD_DATA_KEY" in SECRETS_BY_SERVICE[name] and secrets.get(RETIRED_DATA_KEYS):
+                    env[RETIRED_DATA_KEYS] = secrets[RETIRED_DATA_KEYS]  # what they sealed stays readable
                 named = process_name(name, replica, self.replicas)
                 log = self.state_dir / "logs" / f"{named}.log"
                 process = ServiceProcess(named, env, log, http_port=port)
@@ -349,7 +341,7 @@ class Supervisor:
             os.getpid(), bootstrap, database_url, str(self.state_dir), payouts.url, travel.url, database_urls
         )
         # It holds the database URLs (and so their passwords): the owner's only.
-        _write_private(Runtime.path(self.state_dir), json.dumps(runtime.__dict__))
+        write_private(Runtime.path(self.state_dir), json.dumps(runtime.__dict__))
         self.announced = True
         ready = f"{READY_PREFIX} kafka={bootstrap} database={masked_url(database_url)} state_dir={self.state_dir}"
         print(f"{ready} payouts={payouts.url} travel={travel.url}", flush=True)
@@ -528,7 +520,7 @@ class Supervisor:
                 alive = server.process.poll() is None
                 processes.append({"name": name, "pid": server.process.pid, "alive": alive, "embedded": True})
         status = {"supervisor_pid": os.getpid(), "written_at": time.time(), "processes": processes}
-        _write_private(self.state_dir / STATUS_FILE, json.dumps(status))
+        write_private(self.state_dir / STATUS_FILE, json.dumps(status))
 
     async def _stop(self) -> None:
         # The providers stop last, so that a payout or booking in flight at shutdown still gets its answer.

@@ -135,7 +135,7 @@ class PayoutWorker:
     database: ServiceDatabase
     queries: Queries
     provider: PayoutProvider
-    data_key: bytes
+    data_key: crypto.Keyring
     batch_size_max: int
     """Stipends claimed per pass."""
     batch_items_max: int

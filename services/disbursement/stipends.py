@@ -82,7 +82,7 @@ async def reserve(connection: Connection, queries: Queries, payments: Sequence[A
     return reserved
 
 
-def method_of(payment: Any, data_key: bytes) -> str:
+def method_of(payment: Any, data_key: crypto.Keyring) -> str:
     person = crypto.unseal(data_key, payment["sealed"], bound_to=str(payment["case_id"]))
     method: str = person["payout"]["method"]
     return method

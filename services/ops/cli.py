@@ -13,6 +13,7 @@ from services.ops.audit import audit_app
 from services.ops.bench import bench_app
 from services.ops.common import OpsSettings, StateDir
 from services.ops.dlq import dlq_app
+from services.ops.keys import keys_app
 from services.ops.ledger import ledger_app
 from services.ops.sandbox import sandbox_app
 from services.ops.signers import signers_app
@@ -35,6 +36,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(signers_app, name="signers")
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 
 
 @app.callback()

@@ -28,7 +28,7 @@ logger = structlog.get_logger("homeward.registration")
 @dataclass(frozen=True)
 class Keys:
     identity_secret: bytes
-    data_key: bytes
+    data_key: crypto.Keyring
 
 
 Outcome = RegistrationAccepted | RegistrationRejected

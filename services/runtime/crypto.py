@@ -1,7 +1,7 @@
 """Identity keys (HMAC-SHA256) and sealed personal data (AES-256-GCM, `cryptography`).
 
-A sealed blob is bound to its case id as associated data, so a blob copied onto
-another case does not open.
+A sealed blob names the key that sealed it and is bound to its case id as associated data, so a
+blob copied onto another case does not open; a retired key still opens what it sealed.
 """
 
 import base64
@@ -9,43 +9,93 @@ import hashlib
 import hmac
 import json
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-SEAL_VERSION = "v1"
+LEGACY_SEAL_VERSION = "v1"
+"""`v1.<nonce and ciphertext>`: no key id; opened by trying the current key, then the retired ones."""
+SEAL_VERSION = "v2"
+"""`v2.<key id>.<nonce and ciphertext>`: the key id names the key, and is bound in the associated data."""
 UNSEAL_ERRORS: tuple[type[Exception], ...] = (InvalidTag, ValueError, KeyError, TypeError)
 """What opening a damaged, foreign or tampered blob can raise."""
 NONCE_BYTES = 12
+KEY_ID_BYTES = 8
+
+
+def key_id(key: bytes) -> str:
+    """A key's id: the first 8 bytes of its SHA-256, which say which key without revealing it."""
+    return hashlib.sha256(key).digest()[:KEY_ID_BYTES].hex()
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The data key that seals now, and the retired ones that still open what they sealed
+    (`homeward keys rotate` retires the current key and makes a new one)."""
+
+    current: bytes = field(repr=False)
+    retired: tuple[bytes, ...] = field(default=(), repr=False)
+
+    @property
+    def current_id(self) -> str:
+        return key_id(self.current)
+
+    def by_id(self, wanted: str) -> bytes:
+        for key in (self.current, *self.retired):
+            if key_id(key) == wanted:
+                return key
+        raise KeyError(f"no data key with id {wanted!r} (retired keys go in HOMEWARD_DATA_KEYS_RETIRED)")
+
+
+Keys = Keyring | bytes
+"""A keyring, or one key alone (a keyring without retired keys)."""
+
+
+def _ring(keys: Keys) -> Keyring:
+    return keys if isinstance(keys, Keyring) else Keyring(keys)
 
 
 def identity_key(secret: bytes, normalized_document: str) -> str:
     return hmac.new(secret, normalized_document.encode(), hashlib.sha256).hexdigest()
 
 
-def seal(key: bytes, plaintext: dict[str, Any], *, bound_to: str) -> str:
-    return seal_bytes(key, json.dumps(plaintext, separators=(",", ":"), sort_keys=True).encode(), bound_to=bound_to)
+def seal(keys: Keys, plaintext: dict[str, Any], *, bound_to: str) -> str:
+    return seal_bytes(keys, json.dumps(plaintext, separators=(",", ":"), sort_keys=True).encode(), bound_to=bound_to)
 
 
-def unseal(key: bytes, sealed: str, *, bound_to: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(unseal_bytes(key, sealed, bound_to=bound_to))
+def unseal(keys: Keys, sealed: str, *, bound_to: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(unseal_bytes(keys, sealed, bound_to=bound_to))
     return result
 
 
-def seal_bytes(key: bytes, body: bytes, *, bound_to: str) -> str:
-    """`v1.` and the URL-safe base64 of nonce and ciphertext; `bound_to` is the associated data."""
+def seal_bytes(keys: Keys, body: bytes, *, bound_to: str) -> str:
+    """`v2.`, the current key's id, `.` and the URL-safe base64 of nonce and ciphertext; the
+    associated data binds `bound_to` (a case id) and the key id."""
+    ring = _ring(keys)
     nonce = os.urandom(NONCE_BYTES)
-    ciphertext = AESGCM(key).encrypt(nonce, body, bound_to.encode())
-    return f"{SEAL_VERSION}.{base64.urlsafe_b64encode(nonce + ciphertext).decode()}"
+    ciphertext = AESGCM(ring.current).encrypt(nonce, body, f"{bound_to}|{ring.current_id}".encode())
+    return f"{SEAL_VERSION}.{ring.current_id}.{base64.urlsafe_b64encode(nonce + ciphertext).decode()}"
 
 
-def unseal_bytes(key: bytes, sealed: str, *, bound_to: str) -> bytes:
-    version, _, encoded = sealed.partition(".")
-    if version != SEAL_VERSION:
-        raise ValueError(f"unknown seal version {version!r}")
-    raw = base64.urlsafe_b64decode(encoded)
-    return AESGCM(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], bound_to.encode())
+def unseal_bytes(keys: Keys, sealed: str, *, bound_to: str) -> bytes:
+    ring = _ring(keys)
+    version, _, rest = sealed.partition(".")
+    if version == SEAL_VERSION:
+        sealed_with, _, encoded = rest.partition(".")
+        raw = base64.urlsafe_b64decode(encoded)
+        aad = f"{bound_to}|{sealed_with}".encode()
+        return AESGCM(ring.by_id(sealed_with)).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], aad)
+    if version == LEGACY_SEAL_VERSION:
+        raw = base64.urlsafe_b64decode(rest)
+        for key in (ring.current, *ring.retired):
+            try:
+                return AESGCM(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], bound_to.encode())
+            except InvalidTag:
+                continue
+        raise InvalidTag
+    raise ValueError(f"unknown seal version {version!r}")
 
 
 def new_key() -> bytes:

@@ -65,7 +65,7 @@ class OutboxRelay:
         retry_backoff_seconds: float = 0.5,
         retry_backoff_max_seconds: float = 10.0,
         wakeup: Wakeup | None = None,
-        dead_letter_key: bytes | None = None,
+        dead_letter_key: crypto.Keyring | None = None,
     ) -> None:
         self.pool = pool
         self.publisher = publisher

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.runtime.crypto import Keyring
+
 ServiceName = Literal["registration", "travel", "arrival", "disbursement"]
 SERVICE_NAMES: tuple[ServiceName, ...] = ("registration", "travel", "arrival", "disbursement")
 Codec = Literal["gzip", "snappy", "lz4", "zstd"]
@@ -184,8 +186,15 @@ class SealedData(HomewardSettings):
         default=None, description="Hex 32-byte AES-256-GCM key for `sealed` (registration, travel, disbursement)"
     )
     data_key_file: Path | None = Field(default=None, description="A file holding HOMEWARD_DATA_KEY, instead of it")
+    data_keys_retired: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated hex data keys retired by a rotation: what they sealed stays readable",
+    )
+    data_keys_retired_file: Path | None = Field(
+        default=None, description="A file holding HOMEWARD_DATA_KEYS_RETIRED, instead of it"
+    )
 
-    _data_key_from_file = secret_files("data_key")
+    _data_key_from_file = secret_files("data_key", "data_keys_retired")
 
     @field_validator("data_key")
     @classmethod
@@ -193,10 +202,24 @@ class SealedData(HomewardSettings):
         hex_key(value, "HOMEWARD_DATA_KEY", exactly=AES_KEY_BYTES)
         return value
 
-    def require_data_key(self) -> bytes:
+    @field_validator("data_keys_retired")
+    @classmethod
+    def _each_aes_256(cls, value: SecretStr | None) -> SecretStr | None:
+        for key in retired_keys(value):
+            hex_key(SecretStr(key), "HOMEWARD_DATA_KEYS_RETIRED (each key)", exactly=AES_KEY_BYTES)
+        return value
+
+    def require_data_key(self) -> Keyring:
+        """The data key that seals, with the retired ones that still open what they sealed."""
         if self.data_key is None:
             raise SystemExit("HOMEWARD_DATA_KEY is not set (64 hex characters); `homeward up` generates one.")
-        return bytes.fromhex(self.data_key.get_secret_value())
+        retired = tuple(bytes.fromhex(key) for key in retired_keys(self.data_keys_retired))
+        return Keyring(bytes.fromhex(self.data_key.get_secret_value()), retired)
+
+
+def retired_keys(value: SecretStr | None) -> list[str]:
+    """The hex keys of a comma-separated list (HOMEWARD_DATA_KEYS_RETIRED)."""
+    return [key.strip() for key in (value.get_secret_value() if value else "").split(",") if key.strip()]
 
 
 class ProviderTls(HomewardSettings):

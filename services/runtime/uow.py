@@ -64,7 +64,7 @@ class ServiceDatabase:
     runtime_queries: Any
     redrive_topics: frozenset[str] = frozenset()
     """Topics whose events open a case for re-driving (the service's `REDRIVE.opens_on`)."""
-    dead_letter_key: bytes | None = None
+    dead_letter_key: crypto.Keyring | None = None
     """Seals dead-letter copies until the relay has published them (the service's data key);
     None in a service that holds no data key (arrival: its inbound topics carry no identity data)."""
 

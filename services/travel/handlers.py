@@ -67,7 +67,7 @@ class BookingWorker:
     database: ServiceDatabase
     queries: Any
     provider: TravelProvider
-    data_key: bytes
+    data_key: crypto.Keyring
     policy: RetryPolicy
     batch_size_max: int
     """Requests claimed per pass."""

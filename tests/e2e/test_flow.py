@@ -285,3 +285,19 @@ async def test_stipend_outcomes_are_republished_with_their_envelope_ids(homeward
             return all(copies[envelope_id] >= 2 for envelope_id in ids)
 
         await eventually(sent_twice, what="every stipend outcome published again")
+
+
+async def test_a_data_key_rotation_retires_the_old_key_and_is_in_the_audit_trail(homeward):
+    state = ["--state-dir", str(homeward.state_dir)]
+    refused = homeward_cli("keys", "rotate", *state)
+    assert refused.returncode == 2 and "--operator" in refused.stderr
+    before = json.loads((homeward.state_dir / "secrets.json").read_text())
+    rotated = homeward_cli("keys", "rotate", "--operator", "kim.ops", "--json", *state)
+    assert rotated.returncode == 0, rotated.stderr
+    after = json.loads((homeward.state_dir / "secrets.json").read_text())
+    assert after["HOMEWARD_DATA_KEY"] != before["HOMEWARD_DATA_KEY"]
+    assert after["HOMEWARD_DATA_KEYS_RETIRED"].split(",")[0] == before["HOMEWARD_DATA_KEY"]
+    assert before["HOMEWARD_DATA_KEY"] not in rotated.stdout and after["HOMEWARD_DATA_KEY"] not in rotated.stdout
+    actions = json.loads(homeward_cli("audit", "list", "--json", *state).stdout)
+    [mine] = [action for action in actions if action["command"] == "keys rotate" and action["operator"] == "kim.ops"]
+    assert mine["outcome"] == json.loads(rotated.stdout)

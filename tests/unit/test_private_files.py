@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from services.devstack.supervisor import _write_private, load_or_create_secrets
+from services.devstack.running import write_private
+from services.devstack.supervisor import load_or_create_secrets
 from services.runtime.settings import masked_url
 
 
@@ -18,7 +19,7 @@ def test_a_private_file_is_the_owners_only_even_over_a_stale_temporary_file(tmp_
     stale = tmp_path / "runtime.json.tmp"
     stale.write_text("left by a crash")
     stale.chmod(0o644)
-    _write_private(target, '{"database_url": "postgresql://u:p@h/db"}')
+    write_private(target, '{"database_url": "postgresql://u:p@h/db"}')
     assert mode(target) == 0o600
     assert not stale.exists()
     assert target.read_text() == '{"database_url": "postgresql://u:p@h/db"}'

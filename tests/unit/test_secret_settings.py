@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.registration.settings import RegistrationSettings
+from services.runtime.crypto import Keyring
 from services.runtime.settings import PayoutCallbacks, SealedData
 
 KEY = "ab" * 32
@@ -13,7 +14,7 @@ KEY = "ab" * 32
 
 def test_a_data_key_must_be_an_aes_256_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOMEWARD_DATA_KEY", KEY)
-    assert SealedData().require_data_key() == bytes.fromhex(KEY)
+    assert SealedData().require_data_key() == Keyring(bytes.fromhex(KEY))
     for wrong, says in (("ab" * 16, "64 hex characters"), ("zz" * 32, "must be hex")):
         monkeypatch.setenv("HOMEWARD_DATA_KEY", wrong)
         with pytest.raises(ValidationError, match=says):
@@ -33,7 +34,7 @@ def test_a_secret_can_come_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path
     path = tmp_path / "data-key"
     path.write_text(KEY + "\n")  # as `openssl rand -hex 32 > file` writes it
     monkeypatch.setenv("HOMEWARD_DATA_KEY_FILE", str(path))
-    assert SealedData().require_data_key() == bytes.fromhex(KEY)
+    assert SealedData().require_data_key() == Keyring(bytes.fromhex(KEY))
     monkeypatch.setenv("HOMEWARD_DATA_KEY", KEY)
     with pytest.raises(ValidationError, match="not both"):
         SealedData()
@@ -43,3 +44,12 @@ def test_an_unreadable_secret_file_says_which(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("HOMEWARD_IDENTITY_SECRET_FILE", str(tmp_path / "missing"))
     with pytest.raises(ValidationError, match="HOMEWARD_IDENTITY_SECRET_FILE: cannot read"):
         RegistrationSettings()
+
+
+def test_retired_data_keys_are_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOMEWARD_DATA_KEY", KEY)
+    monkeypatch.setenv("HOMEWARD_DATA_KEYS_RETIRED", f"{'cd' * 32}, {'ef' * 32}")
+    assert SealedData().require_data_key().retired == (bytes.fromhex("cd" * 32), bytes.fromhex("ef" * 32))
+    monkeypatch.setenv("HOMEWARD_DATA_KEYS_RETIRED", f"{'cd' * 32},{'ef' * 8}")
+    with pytest.raises(ValidationError, match="HOMEWARD_DATA_KEYS_RETIRED"):
+        SealedData()

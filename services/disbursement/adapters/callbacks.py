@@ -78,7 +78,7 @@ class CallbackEndpoint:
     database: ServiceDatabase
     queries: stipends.Queries
     secret: bytes
-    data_key: bytes
+    data_key: crypto.Keyring
     tolerance_seconds: int
     batch_size_max: int
     refused: Counter[str] = field(default_factory=Counter)
