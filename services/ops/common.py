@@ -194,12 +194,16 @@ def locate(state_dir: Path | None, login: str) -> tuple[str, str | None]:
 
 def ledger_chain(state_dir: Path | None) -> "ChainKey | None":
     """The key of the ledger's hash chain: HOMEWARD_LEDGER_KEY, else the one a running `up`
-    generated; None where neither is there (the chain then cannot be checked or extended)."""
+    generated; None where neither is there (the chain then cannot be checked or extended). Where
+    HOMEWARD_DATABASE_URL names the database, the key comes from the environment alone, as the
+    database does, never from a local `up` that chains another ledger."""
     from services.disbursement.ledger import ChainKey
 
     settings = OpsSettings()
     if settings.ledger_key is not None:
         return ChainKey(settings.require_ledger_key())
+    if settings.database_url:
+        return None
     runtime = running(state_dir)
     key = runtime.secret("HOMEWARD_LEDGER_KEY") if runtime is not None else None
     return ChainKey(bytes.fromhex(key)) if key else None

@@ -51,6 +51,8 @@ def provider_client(
     """The client of a provider's API: its bearer token on every request, when it has one; for an
     https URL the system's CAs or `ca_file`'s, and `client_cert` (certificate, key) where the
     provider asks the client to prove itself (mutual TLS)."""
+    if client_cert is not None and not base_url.startswith("https://"):
+        raise ValueError(f"a client certificate needs an https:// provider URL, not {base_url}")
     headers = {"Authorization": f"Bearer {token}"} if token else None
     verify: ssl.SSLContext | bool = True
     if ca_file is not None or client_cert is not None:

@@ -159,3 +159,10 @@ def test_a_client_certificate_needs_its_key(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HOMEWARD_PROVIDER_CERT_FILE", "/run/secrets/client.pem")
     with pytest.raises(ValueError, match="HOMEWARD_PROVIDER_KEY_FILE"):
         ProviderTls()
+
+
+def test_a_client_certificate_is_refused_for_a_plain_http_provider(mutual_tls: MutualTls):
+    """Sent nowhere rather than silently dropped: plain HTTP has no handshake to present it in."""
+    with pytest.raises(ValueError, match="https://"):
+        HttpPayoutProvider("http://127.0.0.1:1", timeout_seconds=1, attempts_max=1, backoff_initial_seconds=0.1,
+                           client_cert=mutual_tls.client)  # fmt: skip
