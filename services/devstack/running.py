@@ -10,6 +10,9 @@ from pathlib import Path
 READY_PREFIX = "homeward ready"
 STATUS_FILE = "status.json"
 SECRETS_FILE = "secrets.json"
+DATA_KEY = "HOMEWARD_DATA_KEY"
+RETIRED_DATA_KEYS = "HOMEWARD_DATA_KEYS_RETIRED"
+"""In secrets.json once `homeward keys rotate` retired a data key; handed to whoever holds the data key."""
 SANDBOX_TOKENS = {"payouts": "HOMEWARD_SANDBOX_PAYOUT_TOKEN", "travel": "HOMEWARD_SANDBOX_TRAVEL_TOKEN"}
 """The bearer tokens `up` makes for its sandbox providers (in secrets.json, under these names): each
 sandbox requires its own, the one service that calls it sends it, and so do the commands."""

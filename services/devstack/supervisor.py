@@ -27,7 +27,9 @@ from services.devstack.embedded import (
     free_port,
 )
 from services.devstack.running import (
+    DATA_KEY,
     READY_PREFIX,
+    RETIRED_DATA_KEYS,
     SANDBOX_TOKENS,
     SECRETS_FILE,
     STATUS_FILE,
@@ -67,17 +69,18 @@ SANDBOX_TLS_SETTINGS = (
 LOCALHOST = "127.0.0.1"
 
 # Which program secrets each service holds: arrival needs none, only registration derives identities.
+# The retired data keys exist only after a rotation (`homeward keys rotate`); the rest always.
 SECRETS_BY_SERVICE: dict[str, tuple[str, ...]] = {
-    "registration": ("HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY"),
-    "travel": ("HOMEWARD_DATA_KEY",),
+    "registration": ("HOMEWARD_IDENTITY_SECRET", DATA_KEY, RETIRED_DATA_KEYS),
+    "travel": (DATA_KEY, RETIRED_DATA_KEYS),
     "arrival": (),
-    "disbursement": ("HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY"),
+    "disbursement": (DATA_KEY, RETIRED_DATA_KEYS, "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY"),
 }
 PROGRAM_SECRETS = (
-    "HOMEWARD_IDENTITY_SECRET", "HOMEWARD_DATA_KEY", "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY",
+    "HOMEWARD_IDENTITY_SECRET", DATA_KEY, "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY",
 )  # fmt: skip
-RETIRED_DATA_KEYS = "HOMEWARD_DATA_KEYS_RETIRED"
-"""Kept in secrets.json once `homeward keys rotate` retired a data key; handed to whoever holds the data key."""
+"""The secrets `up` generates on its first run."""
+HELD_SECRETS = frozenset(secret for held in SECRETS_BY_SERVICE.values() for secret in held)
 DATABASE_SUPERUSER = "database:superuser"
 """The embedded PostgreSQL's superuser password, in secrets.json; `up` alone uses it (roles, migrations)."""
 
@@ -315,7 +318,7 @@ class Supervisor:
         if self.kafka is not None:
             for name, value in EMBEDDED_BROKER_CLIENT_SETTINGS.items():
                 base_env.setdefault(name, value)
-        for secret in (*PROGRAM_SECRETS, RETIRED_DATA_KEYS, *PROVIDER_WIRING):
+        for secret in (*HELD_SECRETS, *PROVIDER_WIRING):
             base_env.pop(secret, None)
         for name in SERVICE_NAMES:
             for replica, port in enumerate(ports[name], start=1):
@@ -326,9 +329,8 @@ class Supervisor:
                     own[PROVIDER_TOKENS[name]] = secrets[SANDBOX_TOKENS[CALLED_SANDBOX[name]]]
                 if name == "disbursement":
                     own["HOMEWARD_CALLBACK_PORT"] = str(callback_ports[replica - 1])
-                env = {**base_env, **{key: secrets[key] for key in SECRETS_BY_SERVICE[name]}, **own}
-                if "HOMEWARD_DATA_KEY" in SECRETS_BY_SERVICE[name] and secrets.get(RETIRED_DATA_KEYS):
-                    env[RETIRED_DATA_KEYS] = secrets[RETIRED_DATA_KEYS]  # what they sealed stays readable
+                held = {key: secrets[key] for key in SECRETS_BY_SERVICE[name] if key in secrets}
+                env = {**base_env, **held, **own}
                 named = process_name(name, replica, self.replicas)
                 log = self.state_dir / "logs" / f"{named}.log"
                 process = ServiceProcess(named, env, log, http_port=port)

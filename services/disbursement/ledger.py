@@ -13,9 +13,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cached_property
 from typing import Any, Literal
 from uuid import UUID
 
+from services.runtime import crypto
 from services.runtime.db import Connection, fetch_all
 
 Kind = Literal["single_phase", "pending", "post_pending", "void_pending"]
@@ -38,7 +40,6 @@ STATE_REFUSALS = frozenset({EXCEEDS_CREDITS, PENDING_ALREADY_RESOLVED})
 
 GENESIS_HASH = "genesis"
 LEDGER_KEY_BYTES_MIN = 32
-KEY_ID_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,7 @@ class ChainKey:
     """The key of the journal's hash chain, held by disbursement (and by whoever verifies): each
     row's hash is an HMAC-SHA256 under it, so someone who can write the database but does not hold
     the key cannot rewrite a row and recompute the chain after it. A hash names the key's id
-    (`<key id>:<hex>`): the first 8 bytes of the key's SHA-256, which say which key without
-    revealing it."""
+    (`<key id>:<hex>`), as a sealed value names its data key (`crypto.key_id`)."""
 
     secret: bytes = field(repr=False)
 
@@ -55,9 +55,10 @@ class ChainKey:
         if len(self.secret) < LEDGER_KEY_BYTES_MIN:
             raise ValueError(f"a ledger key has at least {LEDGER_KEY_BYTES_MIN} bytes")
 
-    @property
+    @cached_property
     def key_id(self) -> str:
-        return hashlib.sha256(self.secret).digest()[:KEY_ID_BYTES].hex()
+        """Computed once: every journal row names it."""
+        return crypto.key_id(self.secret)
 
     def seal(self, prev_hash: str, seq: int, transfer: "Transfer") -> str:
         canonical = "|".join([prev_hash, str(seq), *transfer.fields().values()])

@@ -8,15 +8,13 @@ from pathlib import Path
 
 import typer
 
-from services.devstack.running import SECRETS_FILE, write_private
+from services.devstack.running import DATA_KEY, RETIRED_DATA_KEYS, SECRETS_FILE, write_private
 from services.ops.common import READ_ONLY, AsJson, Operator, StateDir, emit, operator_name, record_action_at, running
 from services.runtime import crypto
 from services.runtime.settings import retired_keys
 
 keys_app = typer.Typer(help="The program's data keys: rotate.", no_args_is_help=True)
 
-DATA_KEY = "HOMEWARD_DATA_KEY"
-RETIRED = "HOMEWARD_DATA_KEYS_RETIRED"
 RETIRED_KEYS_MAX = 32
 """A rotation is refused once this many keys are retired: rewrap what they sealed first."""
 BY_HAND = (
@@ -31,13 +29,11 @@ def rotated(secrets: dict[str, str]) -> dict[str, str]:
     retired = [secrets[DATA_KEY], *retired_keys_of(secrets)]
     if len(retired) > RETIRED_KEYS_MAX:
         raise typer.BadParameter(f"{RETIRED_KEYS_MAX} data keys are retired already; no rotation before a rewrap")
-    return {**secrets, DATA_KEY: crypto.new_key_hex(), RETIRED: ",".join(retired)}
+    return {**secrets, DATA_KEY: crypto.new_key_hex(), RETIRED_DATA_KEYS: ",".join(retired)}
 
 
 def retired_keys_of(secrets: dict[str, str]) -> list[str]:
-    from pydantic import SecretStr
-
-    return retired_keys(SecretStr(secrets.get(RETIRED, "")))
+    return retired_keys(secrets.get(RETIRED_DATA_KEYS))
 
 
 @keys_app.command()

@@ -10,6 +10,7 @@ import hmac
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -38,15 +39,20 @@ class Keyring:
     current: bytes = field(repr=False)
     retired: tuple[bytes, ...] = field(default=(), repr=False)
 
-    @property
+    @cached_property
+    def _by_id(self) -> dict[str, bytes]:
+        """Each key by its id, hashed once per keyring rather than on every seal and unseal."""
+        return {key_id(key): key for key in (self.current, *self.retired)}
+
+    @cached_property
     def current_id(self) -> str:
         return key_id(self.current)
 
     def by_id(self, wanted: str) -> bytes:
-        for key in (self.current, *self.retired):
-            if key_id(key) == wanted:
-                return key
-        raise KeyError(f"no data key with id {wanted!r} (retired keys go in HOMEWARD_DATA_KEYS_RETIRED)")
+        try:
+            return self._by_id[wanted]
+        except KeyError:
+            raise KeyError(f"no data key with id {wanted!r} (retired keys go in HOMEWARD_DATA_KEYS_RETIRED)") from None
 
 
 Keys = Keyring | bytes

@@ -56,27 +56,23 @@ def _applied(connection: psycopg.Connection, schema: str) -> set[str]:
     return {row[0] for row in connection.execute(query)}
 
 
-def _may_own(connection: psycopg.Connection, schema: str) -> bool:
-    """Whether this connection's role may act as `schema`'s owner role (an administrator may)."""
-    if not roles.is_provisioned(connection, schema):
-        return False
-    row = connection.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", (roles.owner_role(schema),)).fetchone()
+def _member_of(connection: psycopg.Connection, role: str) -> bool:
+    """Whether this connection's role may act as `role` (an administrator may act as an owner)."""
+    row = connection.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", (role,)).fetchone()
     return bool(row and row[0])
 
 
 def _apply(database_url: str, schema: str, folders: list[Path]) -> int:
     migrations = read_migrations(*(str(folder) for folder in folders))
     with psycopg.connect(database_url, autocommit=True) as connection:
+        owner = roles.owner_role(schema) if roles.is_provisioned(connection, schema) else None
         # Up to date needs no privilege beyond reading yoyo's table: a service's role starts here.
         # Whoever may act as the schema's owner (`homeward migrate`) grants the privileges anew.
-        if {migration.id for migration in migrations} <= _applied(connection, schema) and not _may_own(
-            connection, schema
-        ):
+        current = {migration.id for migration in migrations} <= _applied(connection, schema)
+        if current and not (owner and _member_of(connection, owner)):
             return 0
-        # CREATE SCHEMA IF NOT EXISTS can still race between processes; the lock serialises it.
-        connection.execute("SELECT pg_advisory_lock(hashtext('homeward.migrate'))")
+        connection.execute(roles.MIGRATE_LOCK)
         try:
-            owner = roles.owner_role(schema) if roles.is_provisioned(connection, schema) else None
             try:
                 authorization = sql.SQL(" AUTHORIZATION {}").format(sql.Identifier(owner)) if owner else sql.SQL("")
                 connection.execute(
@@ -89,9 +85,7 @@ def _apply(database_url: str, schema: str, folders: list[Path]) -> int:
                     pending = backend.to_apply(migrations)
                     backend.apply_migrations(pending)
                 if owner:
-                    connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
-                    roles.grant(connection, schema)
-                    connection.execute("RESET ROLE")
+                    roles.grant_as_owner(connection, schema)
             except psycopg.Error as error:
                 # A privilege refused, or yoyo's connection refused the owner's role at its start.
                 refused = isinstance(error, psycopg.errors.InsufficientPrivilege) or "permission denied" in str(error)
@@ -103,4 +97,4 @@ def _apply(database_url: str, schema: str, folders: list[Path]) -> int:
                 ) from error
             return len(pending)
         finally:
-            connection.execute("SELECT pg_advisory_unlock(hashtext('homeward.migrate'))")
+            connection.execute(roles.MIGRATE_UNLOCK)

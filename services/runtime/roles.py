@@ -15,6 +15,7 @@ migration, so tables added later are covered. SQL in sql/roles.sql.
 
 import re
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -44,6 +45,9 @@ BOOKKEEPING = (
 )  # fmt: skip
 """yoyo's own tables in each schema: the service reads what is applied, and changes nothing."""
 PASSWORD_CHARS_MIN = 16
+MIGRATE_LOCK = "SELECT pg_advisory_lock(hashtext('homeward.migrate'))"
+MIGRATE_UNLOCK = "SELECT pg_advisory_unlock(hashtext('homeward.migrate'))"
+"""Roles and migrations change one database one process at a time (CREATE … IF NOT EXISTS races)."""
 IDENTITY_PARAMETERS = frozenset({"user", "password", "passfile", "options", "service"})
 
 
@@ -56,6 +60,7 @@ def owner_role(schema: str) -> str:
     return f"homeward_{schema}_owner"
 
 
+@cache
 def _blocks() -> dict[str, str]:
     """roles.sql cut at its `-- block: NAME` lines."""
     parts = re.split(r"^-- block: (\w+)\n", ROLES_SQL.read_text(), flags=re.MULTILINE)
@@ -73,7 +78,7 @@ def provision(admin_url: str, passwords: Mapping[str, str]) -> None:
     if missing:
         raise ValueError(f"no password of at least {PASSWORD_CHARS_MIN} characters for: {', '.join(missing)}")
     with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute("SELECT pg_advisory_lock(hashtext('homeward.migrate'))")
+        connection.execute(MIGRATE_LOCK)
         for login in LOGINS:
             role = login_role(login)
             _run(
@@ -91,9 +96,7 @@ def provision(admin_url: str, passwords: Mapping[str, str]) -> None:
         # What was migrated before the roles existed gets its grants now, not at the next migration.
         for schema in SCHEMAS:
             if _has_bookkeeping(connection, schema):
-                connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner_role(schema))))
-                grant(connection, schema)
-                connection.execute("RESET ROLE")
+                grant_as_owner(connection, schema)
 
 
 def scram(connection: psycopg.Connection, role: str, password: str) -> str:
@@ -120,8 +123,16 @@ def is_provisioned(connection: psycopg.Connection, schema: str) -> bool:
     return found is not None
 
 
-def grant(connection: psycopg.Connection, schema: str) -> None:
-    """The privileges on `schema`'s tables, as its owner, after a migration added some."""
+def grant_as_owner(connection: psycopg.Connection, schema: str) -> None:
+    """The privileges on `schema`'s tables, granted as its owner role (after a migration added some)."""
+    connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner_role(schema))))
+    try:
+        _grant(connection, schema)
+    finally:
+        connection.execute("RESET ROLE")
+
+
+def _grant(connection: psycopg.Connection, schema: str) -> None:
     bookkeeping = sql.SQL(", ").join(sql.Identifier(schema, table) for table in BOOKKEEPING)
     operator = sql.Identifier(login_role(OPERATOR))
     if schema == AUDIT_SCHEMA:

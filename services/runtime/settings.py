@@ -205,7 +205,7 @@ class SealedData(HomewardSettings):
     @field_validator("data_keys_retired")
     @classmethod
     def _each_aes_256(cls, value: SecretStr | None) -> SecretStr | None:
-        for key in retired_keys(value):
+        for key in retired_keys(revealed(value)):
             hex_key(SecretStr(key), "HOMEWARD_DATA_KEYS_RETIRED (each key)", exactly=AES_KEY_BYTES)
         return value
 
@@ -213,13 +213,13 @@ class SealedData(HomewardSettings):
         """The data key that seals, with the retired ones that still open what they sealed."""
         if self.data_key is None:
             raise SystemExit("HOMEWARD_DATA_KEY is not set (64 hex characters); `homeward up` generates one.")
-        retired = tuple(bytes.fromhex(key) for key in retired_keys(self.data_keys_retired))
+        retired = tuple(bytes.fromhex(key) for key in retired_keys(revealed(self.data_keys_retired)))
         return Keyring(bytes.fromhex(self.data_key.get_secret_value()), retired)
 
 
-def retired_keys(value: SecretStr | None) -> list[str]:
+def retired_keys(listed: str | None) -> list[str]:
     """The hex keys of a comma-separated list (HOMEWARD_DATA_KEYS_RETIRED)."""
-    return [key.strip() for key in (value.get_secret_value() if value else "").split(",") if key.strip()]
+    return [key.strip() for key in (listed or "").split(",") if key.strip()]
 
 
 class ProviderTls(HomewardSettings):

@@ -7,7 +7,8 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from services.ops.keys import RETIRED, rotated
+from services.devstack.running import RETIRED_DATA_KEYS as RETIRED
+from services.ops.keys import rotated
 from services.runtime import crypto
 from services.runtime.crypto import Keyring, key_id
 
