@@ -14,7 +14,7 @@ import pytest
 
 from contracts.registry import all_topics
 from services.devstack.embedded import EMBEDDED_BROKER_CLIENT_SETTINGS
-from services.runtime.crypto import new_key_hex
+from services.runtime.crypto import Keyring, new_key_hex
 from services.runtime.settings import SERVICE_NAMES
 from tests.support import TEST_LEDGER_KEY, PayoutSandbox, TravelSandbox
 
@@ -30,6 +30,7 @@ class Infra:
     kafka_bootstrap: str
     identity_secret: str
     data_key: str
+    """Registration's own (its dead letters); travel's and disbursement's are `data_keys`."""
     payouts_url: str
     callback_secret: str
     http_port: int
@@ -37,10 +38,19 @@ class Infra:
     callback_port: int
     role_urls: dict[str, str] = field(default_factory=dict)
     """Each login role's URL (services/runtime/roles.py): a service under test logs in as its own."""
+    data_keys: dict[str, str] = field(default_factory=dict)
+    """Each holder's own data key (travel's and disbursement's open their parts of `sealed`)."""
 
     def service_env(self, service: str, **extra: str) -> dict[str, str]:
-        """What a service under test runs with: `env`, logged in as the service's own role."""
-        return self.env(**{"HOMEWARD_DATABASE_URL": self.role_urls[service], **extra})
+        """What a service under test runs with: `env`, logged in as the service's own role, with
+        its own data key."""
+        own = {"HOMEWARD_DATABASE_URL": self.role_urls[service]}
+        if service in self.data_keys:
+            own["HOMEWARD_DATA_KEY"] = self.data_keys[service]
+        return self.env(**{**own, **extra})
+
+    def keyring(self, service: str) -> Keyring:
+        return Keyring(bytes.fromhex(self.data_keys[service]))
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -48,6 +58,8 @@ class Infra:
             "HOMEWARD_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "HOMEWARD_IDENTITY_SECRET": self.identity_secret,
             "HOMEWARD_DATA_KEY": self.data_key,
+            "HOMEWARD_TRAVEL_DATA_KEY": self.data_keys["travel"],
+            "HOMEWARD_DISBURSEMENT_DATA_KEY": self.data_keys["disbursement"],
             "HOMEWARD_LOG_LEVEL": "INFO",
             "HOMEWARD_PAYOUT_PROVIDER_URL": self.payouts_url,
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": self.callback_secret,
@@ -108,13 +120,14 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         HOMEWARD_PAYOUT_CALLBACK_SECRET=callback_secret,
     )
     travel = TravelSandbox(tmp / "travel.sqlite3")
+    data_keys = {holder: new_key_hex() for holder in ("registration", "travel", "disbursement")}
     try:
         asyncio.run(create_topics(kafka.bootstrap, all_topics(), TEST_PARTITIONS))
         sandbox.start()
         travel.start()
         yield Infra(
-            database_url, kafka.bootstrap, new_key_hex(), new_key_hex(), sandbox.url, callback_secret,
-            disbursement_port, travel.url, callback_port, role_urls,
+            database_url, kafka.bootstrap, new_key_hex(), data_keys["registration"], sandbox.url, callback_secret,
+            disbursement_port, travel.url, callback_port, role_urls, data_keys,
         )  # fmt: skip
     finally:
         travel.stop()

@@ -11,8 +11,22 @@ READY_PREFIX = "homeward ready"
 STATUS_FILE = "status.json"
 SECRETS_FILE = "secrets.json"
 DATA_KEY = "HOMEWARD_DATA_KEY"
+"""How a service reads its own data key; in secrets.json, registration's (it seals its dead letters)."""
 RETIRED_DATA_KEYS = "HOMEWARD_DATA_KEYS_RETIRED"
-"""In secrets.json once `homeward keys rotate` retired a data key; handed to whoever holds the data key."""
+TRAVEL_DATA_KEY = "HOMEWARD_TRAVEL_DATA_KEY"
+DISBURSEMENT_DATA_KEY = "HOMEWARD_DISBURSEMENT_DATA_KEY"
+DATA_KEYS = {"registration": DATA_KEY, "travel": TRAVEL_DATA_KEY, "disbursement": DISBURSEMENT_DATA_KEY}
+"""Each holder's own data key, by the name secrets.json (and docker-compose) keeps it under: travel's
+and disbursement's wrap the case keys of the parts they open; every holder seals its dead-letter
+copies with its own. Arrival holds none."""
+
+
+def retired_name(data_key: str) -> str:
+    """Where the keys a rotation retired are kept: HOMEWARD_TRAVEL_DATA_KEY's in
+    HOMEWARD_TRAVEL_DATA_KEYS_RETIRED (in secrets.json once `homeward keys rotate` ran)."""
+    return data_key.replace("_DATA_KEY", "_DATA_KEYS") + "_RETIRED"
+
+
 SANDBOX_TOKENS = {"payouts": "HOMEWARD_SANDBOX_PAYOUT_TOKEN", "travel": "HOMEWARD_SANDBOX_TRAVEL_TOKEN"}
 """The bearer tokens `up` makes for its sandbox providers (in secrets.json, under these names): each
 sandbox requires its own, the one service that calls it sends it, and so do the commands."""

@@ -28,20 +28,24 @@ from services.devstack.embedded import (
 )
 from services.devstack.running import (
     DATA_KEY,
+    DATA_KEYS,
+    DISBURSEMENT_DATA_KEY,
     READY_PREFIX,
     RETIRED_DATA_KEYS,
     SANDBOX_TOKENS,
     SECRETS_FILE,
     STATUS_FILE,
+    TRAVEL_DATA_KEY,
     Runtime,
     process_name,
+    retired_name,
     service_of,
     write_private,
 )
 from services.devstack.settings import DevstackSettings
 from services.runtime import crypto, roles
 from services.runtime.migrate import migrate, migrate_audit
-from services.runtime.settings import SERVICE_NAMES, masked_url
+from services.runtime.settings import SERVICE_NAMES, masked_url, retired_keys
 
 READY_TIMEOUT_SECONDS = 120.0
 READY_POLL_SECONDS = 0.1
@@ -68,19 +72,35 @@ SANDBOX_TLS_SETTINGS = (
 )  # fmt: skip
 LOCALHOST = "127.0.0.1"
 
-# Which program secrets each service holds: arrival needs none, only registration derives identities.
+# Which program secrets each service holds, by the variable it reads each from: arrival needs none,
+# only registration derives identities, and a holder of a data key reads its own as HOMEWARD_DATA_KEY.
+# Registration holds the readers' current data keys to wrap case keys with, not their retired ones.
 # The retired data keys exist only after a rotation (`homeward keys rotate`); the rest always.
-SECRETS_BY_SERVICE: dict[str, tuple[str, ...]] = {
-    "registration": ("HOMEWARD_IDENTITY_SECRET", DATA_KEY, RETIRED_DATA_KEYS),
-    "travel": (DATA_KEY, RETIRED_DATA_KEYS),
-    "arrival": (),
-    "disbursement": (DATA_KEY, RETIRED_DATA_KEYS, "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY"),
+SECRETS_BY_SERVICE: dict[str, dict[str, str]] = {
+    "registration": {
+        "HOMEWARD_IDENTITY_SECRET": "HOMEWARD_IDENTITY_SECRET",
+        DATA_KEY: DATA_KEY,
+        RETIRED_DATA_KEYS: RETIRED_DATA_KEYS,
+        TRAVEL_DATA_KEY: TRAVEL_DATA_KEY,
+        DISBURSEMENT_DATA_KEY: DISBURSEMENT_DATA_KEY,
+    },
+    "travel": {DATA_KEY: TRAVEL_DATA_KEY, RETIRED_DATA_KEYS: retired_name(TRAVEL_DATA_KEY)},
+    "arrival": {},
+    "disbursement": {
+        DATA_KEY: DISBURSEMENT_DATA_KEY,
+        RETIRED_DATA_KEYS: retired_name(DISBURSEMENT_DATA_KEY),
+        "HOMEWARD_PAYOUT_CALLBACK_SECRET": "HOMEWARD_PAYOUT_CALLBACK_SECRET",
+        "HOMEWARD_LEDGER_KEY": "HOMEWARD_LEDGER_KEY",
+    },
 }
 PROGRAM_SECRETS = (
-    "HOMEWARD_IDENTITY_SECRET", DATA_KEY, "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY",
+    "HOMEWARD_IDENTITY_SECRET", *DATA_KEYS.values(), "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY",
 )  # fmt: skip
 """The secrets `up` generates on its first run."""
-HELD_SECRETS = frozenset(secret for held in SECRETS_BY_SERVICE.values() for secret in held)
+HELD_SECRETS = frozenset(name for held in SECRETS_BY_SERVICE.values() for pair in held.items() for name in pair) | {
+    retired_name(key) for key in DATA_KEYS.values()
+}
+"""Kept out of what the services inherit from `up`'s environment: each gets only its own."""
 DATABASE_SUPERUSER = "database:superuser"
 """The embedded PostgreSQL's superuser password, in secrets.json; `up` alone uses it (roles, migrations)."""
 
@@ -117,8 +137,17 @@ def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
         # A secrets file from an older version keeps its keys (the data key opens sealed data)
         # and gains the ones it lacks.
         secrets.update({name: crypto.new_key_hex() for name in missing})
+        if path.exists() and DATA_KEY not in missing:
+            secrets.update(_readers_inherit(secrets, missing))
         write_private(path, json.dumps(secrets))
     return secrets
+
+
+def _readers_inherit(secrets: dict[str, str], created: list[str]) -> dict[str, str]:
+    """A reader's data key created for a state dir whose one data key sealed everything before:
+    that key is among the reader's retired ones, so what it sealed for the reader still opens."""
+    shared = ",".join([secrets[DATA_KEY], *retired_keys(secrets.get(RETIRED_DATA_KEYS))])
+    return {retired_name(key): shared for key in (TRAVEL_DATA_KEY, DISBURSEMENT_DATA_KEY) if key in created}
 
 
 def topic_configs(settings: DevstackSettings) -> dict[str, dict[str, str]]:
@@ -329,7 +358,7 @@ class Supervisor:
                     own[PROVIDER_TOKENS[name]] = secrets[SANDBOX_TOKENS[CALLED_SANDBOX[name]]]
                 if name == "disbursement":
                     own["HOMEWARD_CALLBACK_PORT"] = str(callback_ports[replica - 1])
-                held = {key: secrets[key] for key in SECRETS_BY_SERVICE[name] if key in secrets}
+                held = {variable: secrets[key] for variable, key in SECRETS_BY_SERVICE[name].items() if key in secrets}
                 env = {**base_env, **held, **own}
                 named = process_name(name, replica, self.replicas)
                 log = self.state_dir / "logs" / f"{named}.log"

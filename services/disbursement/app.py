@@ -12,6 +12,7 @@ from services.disbursement.settings import DisbursementSettings
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries
 from services.runtime.http import RETRY_WAIT_MAX_FACTOR
+from services.runtime.retention import Retention
 from services.runtime.service import ServiceDefinition, Worker
 from services.runtime.settings import revealed
 from services.runtime.uow import ServiceDatabase
@@ -49,6 +50,10 @@ def call_seconds_max(settings: DisbursementSettings) -> float:
 
 
 SETTINGS = DisbursementSettings
+
+
+# Disbursement keeps the payout part of a case's personal data, until its retention after closing.
+RETENTION = Retention(SQL)
 
 
 def build(settings: DisbursementSettings, database: ServiceDatabase) -> ServiceDefinition:

@@ -22,7 +22,7 @@ from services.disbursement.adapters.provider import (
     PermanentPayoutError,
 )
 from services.disbursement.stipends import Queries
-from services.runtime import crypto, metrics
+from services.runtime import casekeys, crypto, metrics
 from services.runtime.db import fetch_all
 from services.runtime.messages import now
 from services.runtime.uow import ServiceDatabase, UnitOfWork
@@ -39,16 +39,19 @@ class Program:
 async def handle_accepted(
     events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Queries, program: Program
 ) -> None:
-    """A run of accepted cases, remembered by one insert; those already verified get their payment."""
+    """A run of accepted cases, remembered by one insert with the payout part of `sealed` (its
+    ciphertext with the case, its case key in `case_keys`); those already verified get their payment."""
     cases = [event.data for event in events]
+    parts = [casekeys.take(case.sealed, casekeys.PAYOUT) for case in cases]
     await queries.payments.remember_cases(
         uow.connection,
         case_ids=[case.case_id for case in cases],
         identity_keys=[case.identity_key for case in cases],
         correlationids=[event.correlationid for event in events],
-        sealed=[case.sealed for case in cases],
+        sealed=[part.ciphertext for part in parts],
         accepted_event_ids=[event.id for event in events],
     )
+    await casekeys.keep_case_keys(uow, [case.case_id for case in cases], parts)
     await open_payments(uow, queries, [case.case_id for case in cases], program)
 
 
@@ -188,7 +191,7 @@ class PayoutWorker:
         for row in claimed:
             key = str(row["payment_id"])
             try:
-                person = crypto.unseal(self.data_key, row["sealed"], bound_to=str(row["case_id"]))
+                person = casekeys.opened(self.data_key, row, purpose=casekeys.PAYOUT)
             except crypto.UNSEAL_ERRORS:
                 outcomes[key] = PermanentPayoutError(domain.FAILED_INSTRUMENT_UNREADABLE)
                 continue

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from contracts.events import StipendDisbursed, StipendFailed, StipendHeld
 from services.disbursement import domain, ledger
 from services.disbursement.adapters.provider import Payout
-from services.runtime import crypto
+from services.runtime import casekeys, crypto
 from services.runtime.db import Connection, fetch_all
 from services.runtime.messages import now
 from services.runtime.uow import UnitOfWork
@@ -83,7 +83,7 @@ async def reserve(connection: Connection, queries: Queries, payments: Sequence[A
 
 
 def method_of(payment: Any, data_key: crypto.Keyring) -> str:
-    person = crypto.unseal(data_key, payment["sealed"], bound_to=str(payment["case_id"]))
+    person = casekeys.opened(data_key, payment, purpose=casekeys.PAYOUT)
     method: str = person["payout"]["method"]
     return method
 

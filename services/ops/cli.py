@@ -15,6 +15,7 @@ from services.ops.common import OpsSettings, StateDir
 from services.ops.dlq import dlq_app
 from services.ops.keys import keys_app
 from services.ops.ledger import ledger_app
+from services.ops.retention import retention_app
 from services.ops.sandbox import sandbox_app
 from services.ops.signers import signers_app
 from services.runtime.settings import SERVICE_NAMES, HomewardSettings, Infrastructure
@@ -37,6 +38,7 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(signers_app, name="signers")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(retention_app, name="retention")
 
 
 @app.callback()

@@ -6,7 +6,7 @@ from services.devstack.settings import DevstackSettings
 from services.disbursement.settings import DisbursementSettings, ProgramCurrency
 from services.ops.common import OpsSettings, RolePasswords
 from services.registration.settings import RegistrationSettings
-from services.runtime.settings import HomewardSettings
+from services.runtime.settings import HomewardSettings, PiiRetention, SealedData
 from services.sandbox.settings import PayoutSandboxSettings, TravelSandboxSettings
 from services.travel.settings import TravelSettings
 
@@ -18,8 +18,9 @@ READERS: dict[str, tuple[type[HomewardSettings], ...]] = {
     "sandbox-payouts": (PayoutSandboxSettings,),
     "sandbox-travel": (TravelSandboxSettings,),
     "up": (DevstackSettings,),
-    # `homeward ledger fund` reads the program's currency, `homeward roles` the roles' passwords.
-    "commands": (OpsSettings, ProgramCurrency, RolePasswords),
+    # `homeward ledger fund` reads the program's currency, `homeward roles` the roles' passwords,
+    # `homeward retention run` the retention, `homeward keys rewrap` a service's data keys.
+    "commands": (OpsSettings, ProgramCurrency, RolePasswords, PiiRetention, SealedData),
 }
 
 

@@ -17,6 +17,7 @@ from services.registration.settings import RegistrationSettings
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries
 from services.runtime.redrive import Redrive
+from services.runtime.retention import Retention
 from services.runtime.service import ServiceDefinition
 from services.runtime.uow import ServiceDatabase
 
@@ -42,9 +43,13 @@ REDRIVE = Redrive(
 )
 
 
+# Registration keeps a copy of each case's `sealed` (its case, its recorded outcome, its outbox).
+RETENTION = Retention(SQL)
+
+
 def build(settings: RegistrationSettings, database: ServiceDatabase) -> ServiceDefinition:
     queries = load_queries(SQL)
-    keys = handlers.Keys(settings.require_identity_secret(), settings.require_data_key())
+    keys = handlers.Keys(settings.require_identity_secret(), settings.require_reader_keys())
     routes = {
         RegistrationSubmitted.TOPIC: Route(
             batch=partial(handlers.handle_submitted, queries=queries, keys=keys),

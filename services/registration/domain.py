@@ -5,6 +5,7 @@ from datetime import date
 from typing import Any
 
 from contracts.events import IdentityDocument, RegistrationSubmitted
+from services.runtime.casekeys import PAYOUT, TRAVELER
 
 ADULT_AGE_YEARS = 18
 HOME_COUNTRY_EXCLUDED = "US"
@@ -51,13 +52,16 @@ def normalized_document(document: IdentityDocument) -> str:
     return f"{document.type}|{document.issuing_country}|{number}"
 
 
-def sealed_contents(application: RegistrationSubmitted) -> dict[str, Any]:
-    """What travel and disbursement need of the person: name, birth date, document, payout."""
+def sealed_contents(application: RegistrationSubmitted) -> dict[str, dict[str, Any]]:
+    """What each reader needs of the person, by purpose: travel the traveler (name, birth date,
+    document), disbursement the payout (name, instrument); neither gets the other's."""
     person = application.person
+    name = {"given_name": person.given_name, "family_name": person.family_name}
     return {
-        "given_name": person.given_name,
-        "family_name": person.family_name,
-        "date_of_birth": person.date_of_birth.isoformat(),
-        "document": application.identity_document.model_dump(mode="json"),
-        "payout": application.payout.model_dump(mode="json"),
+        TRAVELER: {
+            **name,
+            "date_of_birth": person.date_of_birth.isoformat(),
+            "document": application.identity_document.model_dump(mode="json"),
+        },
+        PAYOUT: {**name, "payout": application.payout.model_dump(mode="json")},
     }

@@ -1,5 +1,6 @@
 """Registration handlers: open a case, refuse an application, or repeat the first outcome."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,7 @@ from contracts.events import (
 )
 from contracts.registry import PAYLOAD_TYPES
 from services.registration import domain
-from services.runtime import crypto
+from services.runtime import casekeys, crypto
 from services.runtime.db import fetch_all
 from services.runtime.ids import new_id
 from services.runtime.messages import Undeliverable, now
@@ -28,7 +29,9 @@ logger = structlog.get_logger("homeward.registration")
 @dataclass(frozen=True)
 class Keys:
     identity_secret: bytes
-    data_key: crypto.Keyring
+    readers: Mapping[str, crypto.Keyring]
+    """The readers' program keys by purpose (casekeys.TRAVELER, casekeys.PAYOUT): each case's
+    parts are wrapped with them; registration opens none of them again."""
 
 
 Outcome = RegistrationAccepted | RegistrationRejected
@@ -128,7 +131,7 @@ async def _claim_identities(
             duplicate = domain.Refusal("duplicate_registration", "identity_document", "this person already has a case")
             decided[application.application_id] = _rejected(application.application_id, [duplicate], holder)
             continue
-        sealed = crypto.seal(keys.data_key, domain.sealed_contents(application), bound_to=str(case_id))
+        sealed = casekeys.seal_case(keys.readers, domain.sealed_contents(application), case_id=str(case_id))
         accepted = RegistrationAccepted(
             case_id=case_id,
             application_id=application.application_id,

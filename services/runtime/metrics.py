@@ -21,6 +21,9 @@ BATCH_SECONDS = Histogram(
 PUBLISHED = Counter("homeward_outbox_published", "Outbox events the relay published, by topic", ["topic"])
 PARKED = Counter("homeward_outbox_parked", "Outbox rows the broker refused for good, by topic", ["topic"])
 RELAY_FAILURES = Counter("homeward_relay_failures", "Relay passes that failed and will be retried")
+ERASED_CASES = Counter(
+    "homeward_erased_cases", "Closed cases whose personal data was erased here (keys destroyed, copies removed)"
+)
 REDRIVEN = Counter("homeward_redriven_cases", "Stalled cases whose hand-over events were queued again")
 UNREADABLE_BATCHES = Counter(
     "homeward_unreadable_batches", "Record batches stepped over because no library here reads them "

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -29,8 +30,10 @@ from services.runtime.messages import Record
 from services.runtime.produce import KafkaPublisher
 from services.runtime.redrive import Redrive, RedriveSweeper, close_cases
 from services.runtime.relay import OutboxRelay
+from services.runtime.retention import ERASURE_BATCH_MAX, Retention, RetentionSweeper
+from services.runtime.retention import close_cases as close_for_erasure
 from services.runtime.settings import SealedData, ServiceSettings, revealed
-from services.runtime.uow import ServiceDatabase
+from services.runtime.uow import ServiceDatabase, UnitOfWork
 from services.runtime.wakeup import Signal, Wakeup, outbox_channel
 
 ASSIGNMENT_WAIT_SECONDS_MAX = 60.0
@@ -93,6 +96,8 @@ class ServiceModule:
     build: Builder
     settings: type[ServiceSettings]
     redrive: Redrive | None
+    retention: Retention | None = None
+    """Set where the service keeps personal data, which it erases once a case's retention is over."""
 
 
 async def run_worker(worker: Worker, stopping: asyncio.Event, signal: Signal | None = None) -> None:
@@ -132,10 +137,7 @@ def _record(raw: ConsumerRecord) -> Record:
 def _enable_redrive(
     definition: ServiceDefinition, redrive: Redrive, settings: ServiceSettings, pool: asyncpg.Pool
 ) -> None:
-    """Subscribes to the closing topics and adds the sweepers that resend stalled cases' events."""
-    for topic in redrive.closes_on:
-        assert topic not in definition.routes, f"{topic} closes cases and has a handler: combine them"
-        definition.routes[topic] = Route(batch=close_cases)
+    """Adds the sweepers that resend stalled cases' events (the closing topics: `_closing_routes`)."""
     sweeper = RedriveSweeper(
         pool=pool,
         runtime_queries=runtime_queries(),
@@ -150,11 +152,48 @@ def _enable_redrive(
     definition.workers.append(Worker("outbox-retention", sweeper.forget_old_events, RETENTION_INTERVAL_SECONDS, 1))
 
 
+def _enable_retention(
+    definition: ServiceDefinition, retention: Retention, settings: ServiceSettings, pool: asyncpg.Pool
+) -> None:
+    """Adds the sweep that erases closed cases' personal data once their retention is over."""
+    sweeper = RetentionSweeper(
+        pool=pool,
+        runtime_queries=runtime_queries(),
+        retention=retention,
+        days=settings.pii_retention_days,
+        batch_size_max=ERASURE_BATCH_MAX,
+    )
+    definition.workers.append(Worker("erasure", sweeper.sweep, settings.erasure_interval_ms / 1000, ERASURE_BATCH_MAX))
+
+
+Closing = Callable[[list[Any], UnitOfWork], Awaitable[None]]
+
+
+def _closing_routes(definition: ServiceDefinition, loaded: "ServiceModule") -> None:
+    """Subscribes to the topics that close cases: for the re-drive (the case moved on), for the
+    retention (its personal data may go), or both, in one route per topic."""
+    steps: dict[str, list[Closing]] = {}
+    for topic in loaded.redrive.closes_on if loaded.redrive is not None else ():
+        steps.setdefault(topic, []).append(close_cases)
+    for topic in loaded.retention.closes_on if loaded.retention is not None else ():
+        steps.setdefault(topic, []).append(close_for_erasure)
+    for topic, closings in steps.items():
+        assert topic not in definition.routes, f"{topic} closes cases and has a handler: combine them"
+        definition.routes[topic] = Route(batch=partial(_close_all, closings))
+
+
+async def _close_all(closings: list[Closing], events: list[Any], uow: UnitOfWork) -> None:
+    for closing in closings:
+        await closing(events, uow)
+
+
 def load_service(service: str) -> ServiceModule:
     """Imports only the named service, so a process never loads another service's code: its
     builder, the settings class it reads (and nothing another service reads), and its re-drive."""
     module = importlib.import_module(f"services.{service}.app")
-    return ServiceModule(module.build, module.SETTINGS, getattr(module, "REDRIVE", None))
+    return ServiceModule(
+        module.build, module.SETTINGS, getattr(module, "REDRIVE", None), getattr(module, "RETENTION", None)
+    )
 
 
 def create_app(service: str) -> FastStream:
@@ -205,8 +244,11 @@ def create_app(service: str) -> FastStream:
             pool, service, runtime_queries(), redrive_topics=opens, dead_letter_key=dead_letter_key
         )
         definition = loaded.build(settings, database)
+        _closing_routes(definition, loaded)
         if loaded.redrive is not None:
             _enable_redrive(definition, loaded.redrive, settings, pool)
+        if loaded.retention is not None:
+            _enable_retention(definition, loaded.retention, settings, pool)
         if definition.on_start is not None:
             await definition.on_start()
         consumer = BatchConsumer(

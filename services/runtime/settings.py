@@ -278,7 +278,19 @@ class PayoutCallbacks(HomewardSettings):
         return value
 
 
-class ServiceSettings(Infrastructure, KafkaClients, HttpListener):
+class PiiRetention(HomewardSettings):
+    """How long personal data outlives its case (services/runtime/retention.py)."""
+
+    pii_retention_days: int = Field(
+        default=90,
+        ge=0,
+        le=3650,
+        description="Days after a case closes (paid, failed, rejected at arrival, booking failed) before its "
+        "personal data is erased; 0 erases at the next sweep",
+    )
+
+
+class ServiceSettings(Infrastructure, KafkaClients, HttpListener, PiiRetention):
     """What every service process reads: the runtime's bounds (consumer, relay, re-drive, pool, workers)."""
 
     # Consumer and outbox relay bounds.
@@ -306,6 +318,9 @@ class ServiceSettings(Infrastructure, KafkaClients, HttpListener):
     redrive_interval_ms: int = Field(default=5_000, ge=10, description="How often the re-drive sweeper looks")
     outbox_retention_hours: int = Field(
         default=1080, ge=1, description="Sent outbox rows of closed cases are kept this long (for re-driving)"
+    )
+    erasure_interval_ms: int = Field(
+        default=60_000, ge=10, le=86_400_000, description="How often a service looks for cases due for erasure"
     )
     handler_attempts_max: int = Field(
         default=3, ge=1, le=20, description="Tries of a failing event before it is dead-lettered"

@@ -8,6 +8,7 @@ from contracts.events import ArrivalRejected, ArrivalVerified, RegistrationAccep
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries
 from services.runtime.redrive import Redrive
+from services.runtime.retention import Retention
 from services.runtime.service import ServiceDefinition, Worker
 from services.runtime.settings import revealed
 from services.runtime.uow import ServiceDatabase
@@ -44,6 +45,10 @@ def travel_provider(settings: TravelSettings) -> HttpTravelProvider:
 REDRIVE = Redrive(
     opens_on=frozenset({TravelBooked.TOPIC}), closes_on=frozenset({ArrivalVerified.TOPIC, ArrivalRejected.TOPIC})
 )
+
+
+# Travel keeps the traveler's part of a case's personal data, until its retention after closing.
+RETENTION = Retention(SQL)
 
 
 def build(settings: TravelSettings, database: ServiceDatabase) -> ServiceDefinition:

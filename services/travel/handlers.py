@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from contracts.envelope import Envelope
 from contracts.events import RegistrationAccepted, TravelBooked, TravelBookingFailed
-from services.runtime import crypto
+from services.runtime import casekeys, crypto
+from services.runtime.casekeys import keep_case_keys
 from services.runtime.db import fetch_all
 from services.runtime.messages import now
 from services.runtime.uow import ServiceDatabase, UnitOfWork
@@ -35,7 +36,9 @@ BOOKING_ERROR = "booking_error"
 
 
 async def handle_accepted(events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Any) -> None:
-    """A run of accepted cases: one booking request each, by one insert; the worker books them."""
+    """A run of accepted cases: one booking request each, by one insert, keeping the traveler part
+    of `sealed` (its ciphertext with the booking, its case key in `case_keys`); the worker books them."""
+    parts = [casekeys.take(event.data.sealed, casekeys.TRAVELER) for event in events]
     await queries.request_bookings(
         uow.connection,
         case_ids=[event.data.case_id for event in events],
@@ -43,8 +46,9 @@ async def handle_accepted(events: list[Envelope[RegistrationAccepted]], uow: Uni
         cause_event_ids=[event.id for event in events],
         origin_airports=[event.data.origin_airport for event in events],
         destination_airports=[event.data.destination_airport for event in events],
-        sealed=[event.data.sealed for event in events],
+        sealed=[part.ciphertext for part in parts],
     )
+    await keep_case_keys(uow, [event.data.case_id for event in events], parts)
     for event in events:
         logger.debug("travel.booking_requested", case_id=event.data.case_id, correlationid=event.correlationid)
 
@@ -117,10 +121,10 @@ class BookingWorker:
         for request in due:
             key = str(request["case_id"])
             try:
-                traveler = crypto.unseal(self.data_key, request["sealed"], bound_to=key)
+                traveler = casekeys.opened(self.data_key, request, purpose=casekeys.TRAVELER)
             except crypto.UNSEAL_ERRORS:
                 # One unreadable case fails alone; it must not hold up the rest of the batch.
-                unreadable[key] = PermanentProviderError(TRAVELER_DATA_UNREADABLE, "sealed with another data key")
+                unreadable[key] = PermanentProviderError(TRAVELER_DATA_UNREADABLE, "another data key, or erased")
                 continue
             name = f"{traveler['given_name']} {traveler['family_name']}"
             items.append(BookingItem(key, name, request["origin_airport"], request["destination_airport"]))

@@ -33,7 +33,7 @@ from contracts.events import (
 from services.disbursement import operations
 from services.disbursement.adapters.provider import HttpPayoutProvider, Payout
 from services.disbursement.app import queries
-from services.runtime import crypto, signing
+from services.runtime import casekeys, signing
 from services.runtime.db import connect
 from tests.conftest import Infra
 from tests.support import (
@@ -116,14 +116,15 @@ def now() -> datetime:
 
 
 def sealed_for(infra: Infra, case_id: UUID, *, payout: dict[str, Any] | None = None, given_name: str = "Ana") -> str:
-    traveler = {
-        "given_name": given_name,
-        "family_name": "Reyes",
-        "date_of_birth": "1991-03-14",
-        "document": {"type": "passport", "number": "F1234567", "issuing_country": "HN", "expires_on": "2030-01-01"},
-        "payout": payout or MOBILE_MONEY,
+    """`sealed` as registration seals it: the traveler part for travel, the payout part for disbursement."""
+    name = {"given_name": given_name, "family_name": "Reyes"}
+    document = {"type": "passport", "number": "F1234567", "issuing_country": "HN", "expires_on": "2030-01-01"}
+    contents = {
+        casekeys.TRAVELER: {**name, "date_of_birth": "1991-03-14", "document": document},
+        casekeys.PAYOUT: {**name, "payout": payout or MOBILE_MONEY},
     }
-    return crypto.seal(bytes.fromhex(infra.data_key), traveler, bound_to=str(case_id))
+    readers = {casekeys.TRAVELER: infra.keyring("travel"), casekeys.PAYOUT: infra.keyring("disbursement")}
+    return casekeys.seal_case(readers, contents, case_id=str(case_id))
 
 
 def accepted(

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from services.disbursement import domain
+from services.runtime import casekeys
 from tests.conftest import Infra
 from tests.integration.helpers import (
     ACCEPTED,
@@ -226,8 +227,8 @@ async def test_budget_cannot_spend_more_than_it_was_credited(database: asyncpg.C
 async def test_a_case_whose_sealed_data_cannot_be_opened_fails_and_does_not_stop_other_payouts(
     infra: Infra, database: asyncpg.Connection, disbursement: ServiceRunner
 ):
-    # The stored blob is replaced by one sealed for another case (authentic ciphertext that does not
-    # open under this case id), as after corruption at rest or a key mix-up. It is done in the table,
+    # The stored ciphertext is replaced by another case's (authentic ciphertext that does not open
+    # under this case's key and id), as after corruption at rest or a key mix-up. It is done in the table,
     # not on the topic, because travel reads the same accepted events and would choke on it too.
     broken, healthy = uuid4(), uuid4()
     opened = envelope(ACCEPTED, accepted(infra, case_id=broken))
@@ -235,7 +236,9 @@ async def test_a_case_whose_sealed_data_cannot_be_opened_fails_and_does_not_stop
         await kafka.send(ACCEPTED, opened, str(broken))
         await wait_until_processed(database, "disbursement", opened["id"])
         await database.execute(
-            "UPDATE disbursement.cases SET sealed = $2 WHERE case_id = $1", broken, sealed_for(infra, uuid4())
+            "UPDATE disbursement.cases SET sealed = $2 WHERE case_id = $1",
+            broken,
+            casekeys.take(sealed_for(infra, uuid4()), casekeys.PAYOUT).ciphertext,
         )
         await kafka.send(VERIFIED, envelope(VERIFIED, verified(broken)), str(broken))
         await send_pair(kafka, infra, healthy)

@@ -106,7 +106,8 @@ def disbursement(
 ) -> Iterator[ServiceRunner]:
     runner = ServiceRunner(
         "disbursement",
-        infra.env(
+        infra.service_env(
+            "disbursement",
             HOMEWARD_DATABASE_URL=fault_database_url,
             HOMEWARD_PAYOUT_PROVIDER_URL=faulty_provider.url,
             HOMEWARD_HTTP_PORT=str(health_port),

@@ -15,6 +15,7 @@ import pytest
 from services.disbursement import handlers
 from services.disbursement.adapters.provider import ItemOutcome, Payout, PayoutItem
 from services.disbursement.app import queries
+from services.runtime import casekeys
 from services.runtime.db import fetch_all, init_connection, runtime_queries
 from services.runtime.migrate import migrate
 from services.runtime.uow import ServiceDatabase
@@ -95,11 +96,13 @@ async def reserve(pool: asyncpg.Pool, infra: Infra, count: int) -> list[UUID]:
     named, cases = queries(TEST_CHAIN), [uuid4() for _ in range(count)]
     async with ServiceDatabase(pool, "disbursement", runtime_queries()).unit() as uow:
         connection = uow.connection
+        parts = [casekeys.take(sealed_for(infra, case_id), casekeys.PAYOUT) for case_id in cases]
         await named.payments.remember_cases(
             connection, case_ids=cases, identity_keys=[uuid4().hex for _ in cases],
-            correlationids=[uuid4() for _ in cases], sealed=[sealed_for(infra, case_id) for case_id in cases],
+            correlationids=[uuid4() for _ in cases], sealed=[part.ciphertext for part in parts],
             accepted_event_ids=[uuid4() for _ in cases],
         )  # fmt: skip
+        await casekeys.keep_case_keys(uow, cases, parts)
         await named.payments.remember_verified(connection, case_ids=cases, verified_event_ids=[uuid4() for _ in cases])
         await handlers.open_payments(uow, named, cases, PROGRAM)
     return cases
@@ -109,7 +112,7 @@ def worker(pool: asyncpg.Pool, infra: Infra, provider: WatchingProvider) -> hand
     return handlers.PayoutWorker(
         database=ServiceDatabase(pool, "disbursement", runtime_queries()), queries=queries(TEST_CHAIN),
         provider=provider,
-        data_key=bytes.fromhex(infra.data_key), batch_size_max=STIPENDS, batch_items_max=10,
+        data_key=infra.keyring("disbursement"), batch_size_max=STIPENDS, batch_items_max=10,
         concurrency_max=2, call_seconds_max=5.0,
     )  # fmt: skip
 

@@ -10,7 +10,7 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
-from services.runtime import crypto
+from services.runtime import casekeys, crypto
 from tests.conftest import Infra
 from tests.integration.helpers import (
     ACCEPTED,
@@ -68,14 +68,24 @@ async def test_valid_submission_opens_a_case_with_a_traceable_envelope(infra: In
         "HN",
         "TGU",
     )
-    traveler = crypto.unseal(bytes.fromhex(infra.data_key), payload["sealed"], bound_to=case_id)
-    assert traveler == {
+    # One part per reader, each opened by that reader's key alone.
+    traveler = casekeys.take(payload["sealed"], casekeys.TRAVELER)
+    payout = casekeys.take(payload["sealed"], casekeys.PAYOUT)
+    opened = casekeys.open_taken(infra.keyring("travel"), traveler, case_id=case_id, purpose=casekeys.TRAVELER)
+    assert opened == {
         "given_name": "Ana",
         "family_name": "Reyes",
         "date_of_birth": "1991-03-14",
         "document": data["identity_document"],
-        "payout": data["payout"],
     }
+    opened = casekeys.open_taken(infra.keyring("disbursement"), payout, case_id=case_id, purpose=casekeys.PAYOUT)
+    assert opened == {"given_name": "Ana", "family_name": "Reyes", "payout": data["payout"]}
+    for keyring, part, purpose in (
+        (infra.keyring("travel"), payout, casekeys.PAYOUT),
+        (infra.keyring("disbursement"), traveler, casekeys.TRAVELER),
+    ):
+        with pytest.raises(crypto.UNSEAL_ERRORS):
+            casekeys.open_taken(keyring, part, case_id=case_id, purpose=purpose)
     row = await database.fetchrow("SELECT * FROM registration.cases WHERE case_id = $1::uuid", case_id)
     assert str(row["application_id"]) == data["application_id"]
     assert row["identity_key"] == payload["identity_key"]

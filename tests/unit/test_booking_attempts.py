@@ -8,7 +8,7 @@ from typing import Any
 from uuid import uuid4
 
 from contracts.events import TravelBooked
-from services.runtime import crypto
+from services.runtime import casekeys, crypto
 from services.travel.adapters.provider import (
     BookingItem,
     BookingOutcome,
@@ -18,7 +18,7 @@ from services.travel.adapters.provider import (
 )
 from services.travel.handlers import BookingWorker, RetryPolicy
 
-KEY = bytes.fromhex(crypto.new_key_hex())
+KEY = crypto.Keyring(crypto.new_key())
 POLICY = RetryPolicy(attempts_max=3, backoff_base_ms=10, backoff_max_ms=50, call_seconds_max=5, lease_margin_seconds=30)
 
 
@@ -48,9 +48,12 @@ def worker(provider: FakeProvider, batch_items_max: int = 50) -> BookingWorker:
 
 
 def request(sealed_for: Any = None) -> dict[str, Any]:
+    """A claimed booking row: the traveler's ciphertext and its wrapped case key."""
     case_id = uuid4()
-    traveler = {"given_name": "Ana", "family_name": "Reyes"}
-    return {"case_id": case_id, "sealed": crypto.seal(KEY, traveler, bound_to=str(sealed_for or case_id)),
+    traveler = {casekeys.TRAVELER: {"given_name": "Ana", "family_name": "Reyes"}}
+    sealed = casekeys.seal_case({casekeys.TRAVELER: KEY}, traveler, case_id=str(sealed_for or case_id))
+    part = casekeys.take(sealed, casekeys.TRAVELER)
+    return {"case_id": case_id, "sealed": part.ciphertext, "case_key_id": part.key_id, "wrapped_key": part.wrapped,
             "origin_airport": "IAH", "destination_airport": "TGU"}  # fmt: skip
 
 

@@ -24,13 +24,21 @@ PROMETHEUS_FILE = ROOT / "deploy" / "prometheus.yml"
 # Commands the containers rely on, used when services/cli.py does not exist yet.
 FALLBACK_CLI_COMMANDS = frozenset({"run", "migrate"})
 OFFICIAL_KAFKA_IMAGES = frozenset({"apache/kafka", "apache/kafka-native"})
-SECRETS = ("HOMEWARD_DATA_KEY", "HOMEWARD_IDENTITY_SECRET", "HOMEWARD_LEDGER_KEY")
-# Which service containers may hold which secret.
+SECRETS = (
+    "HOMEWARD_DATA_KEY", "HOMEWARD_TRAVEL_DATA_KEY", "HOMEWARD_DISBURSEMENT_DATA_KEY", "HOMEWARD_IDENTITY_SECRET",
+    "HOMEWARD_LEDGER_KEY",
+)  # fmt: skip
+# Which service containers may hold which secret (of the user's environment, by its name there):
+# each data key is its holder's own, and registration holds the readers' too, to wrap with.
 SECRET_HOLDERS = {
     "HOMEWARD_IDENTITY_SECRET": {"registration"},
-    "HOMEWARD_DATA_KEY": {"registration", "travel", "disbursement"},
+    "HOMEWARD_DATA_KEY": {"registration"},
+    "HOMEWARD_TRAVEL_DATA_KEY": {"registration", "travel"},
+    "HOMEWARD_DISBURSEMENT_DATA_KEY": {"registration", "disbursement"},
     "HOMEWARD_LEDGER_KEY": {"disbursement"},
 }
+OWN_DATA_KEY = {"travel": "HOMEWARD_TRAVEL_DATA_KEY", "disbursement": "HOMEWARD_DISBURSEMENT_DATA_KEY"}
+"""A reader reads its own key as HOMEWARD_DATA_KEY; the environment holds it under its reader's name."""
 SETTINGS_ENV_NAMES = frozenset(readers())
 
 
@@ -180,9 +188,14 @@ def test_homeward_containers_are_configured_only_by_homeward_variables() -> None
         assert environment.get("HOMEWARD_KAFKA_BOOTSTRAP"), container
 
 
+def _references(svc: dict[str, Any]) -> set[str]:
+    """The variables of the user's environment a container's environment is made of."""
+    return {name for value in _environment(svc).values() for name in re.findall(r"\$\{(\w+)", value or "")}
+
+
 def test_secrets_go_only_where_they_are_needed() -> None:
     for secret, holders in SECRET_HOLDERS.items():
-        have = {name for name, svc in SERVICES.items() if secret in _environment(svc)}
+        have = {name for name, svc in SERVICES.items() if secret in _references(svc)}
         assert have == holders, f"{secret} is given to {sorted(have)}, expected {sorted(holders)}"
     arrival = _environment(SERVICES["arrival"])
     assert "HOMEWARD_DATA_KEY" not in arrival
@@ -195,6 +208,7 @@ def test_secrets_come_from_the_users_environment() -> None:
         for secret in SECRETS:
             if secret in environment:
                 value = environment[secret] or ""
+                secret = OWN_DATA_KEY.get(container, secret) if secret == "HOMEWARD_DATA_KEY" else secret
                 # Required interpolation: `${NAME:?message}`; never a literal key in the file.
                 assert re.fullmatch(rf"\$\{{{secret}:\?[^}}]+\}}", value), (
                     f"{container}: {secret} must be `${{{secret}:?...}}`, got {value!r}"

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from contracts.registry import envelope_adapter
 from services.registration.handlers import Keys, handle_invalid_submission, handle_submitted
-from services.runtime import crypto
+from services.runtime import casekeys, crypto
 from services.runtime.messages import Undeliverable, decode
 from services.runtime.uow import ServiceDatabase, UnitOfWork
 from tests.unit.factories import envelope, record, submission
@@ -81,7 +81,8 @@ class FakeRegistrationQueries:
 
 
 def _keys() -> Keys:
-    return Keys(identity_secret=os.urandom(32), data_key=os.urandom(32))
+    readers = {purpose: crypto.Keyring(os.urandom(32)) for purpose in (casekeys.TRAVELER, casekeys.PAYOUT)}
+    return Keys(identity_secret=os.urandom(32), readers=readers)
 
 
 def _uow() -> UnitOfWork:
@@ -146,7 +147,10 @@ async def test_valid_submission_opens_a_case_and_emits_accepted() -> None:
     assert NAME_CANARY not in payload["sealed"]
     assert NAME_CANARY not in json.dumps(accepted)
     assert list(queries.cases) == [case_id]
-    assert crypto.unseal(keys.data_key, payload["sealed"], bound_to=str(case_id))["given_name"] == NAME_CANARY
+    for purpose in (casekeys.TRAVELER, casekeys.PAYOUT):
+        part = casekeys.take(payload["sealed"], purpose)
+        opened = casekeys.open_taken(keys.readers[purpose], part, case_id=str(case_id), purpose=purpose)
+        assert opened["given_name"] == NAME_CANARY
 
 
 # Rejected -------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from cryptography.exceptions import InvalidTag
 
 from contracts.events import IdentityDocument
 from services.registration.domain import eligibility_refusals, normalized_document, sealed_contents
-from services.runtime import crypto
+from services.runtime import casekeys, crypto
 from tests.unit.factories import application
 
 NAME_CANARY = "Zebulon"
@@ -129,25 +129,31 @@ def test_identity_key_is_stable_hex_and_depends_on_the_secret() -> None:
 # Sealed personal data ----------------------------------------------------------------------------------
 
 
-def test_sealed_contents_carry_what_travel_and_disbursement_need() -> None:
+def test_sealed_contents_give_travel_the_traveler_and_disbursement_the_payout_and_neither_the_other() -> None:
     contents = sealed_contents(application(person__given_name=NAME_CANARY))
+    traveler, payout = contents[casekeys.TRAVELER], contents[casekeys.PAYOUT]
 
-    assert contents["given_name"] == NAME_CANARY
-    assert contents["family_name"] == "Reyes"
-    assert contents["date_of_birth"] == "1991-03-14"
-    assert contents["document"]["type"] == "passport"
-    assert contents["payout"] == {"method": "mobile_money", "msisdn": "+50499887766", "provider": "tigo"}
+    assert (traveler["given_name"], traveler["family_name"]) == (NAME_CANARY, "Reyes")
+    assert traveler["date_of_birth"] == "1991-03-14"
+    assert traveler["document"]["type"] == "passport"
+    assert "payout" not in traveler
+    assert (payout["given_name"], payout["family_name"]) == (NAME_CANARY, "Reyes")
+    assert payout["payout"] == {"method": "mobile_money", "msisdn": "+50499887766", "provider": "tigo"}
+    assert "document" not in payout and "date_of_birth" not in payout
 
 
 def test_seal_round_trips_and_hides_the_plaintext() -> None:
-    key, case_id = os.urandom(32), str(uuid4())
+    readers = {purpose: crypto.Keyring(os.urandom(32)) for purpose in (casekeys.TRAVELER, casekeys.PAYOUT)}
+    case_id = str(uuid4())
     contents = sealed_contents(application(person__given_name=NAME_CANARY))
 
-    sealed = crypto.seal(key, contents, bound_to=case_id)
+    sealed = casekeys.seal_case(readers, contents, case_id=case_id)
 
     assert NAME_CANARY not in sealed
     assert "+50499887766" not in sealed
-    assert crypto.unseal(key, sealed, bound_to=case_id) == contents
+    for purpose, keyring in readers.items():
+        part = casekeys.take(sealed, purpose)
+        assert casekeys.open_taken(keyring, part, case_id=case_id, purpose=purpose) == contents[purpose]
 
 
 def test_sealing_twice_gives_different_blobs() -> None:

@@ -1,5 +1,6 @@
 """Sealed data names the key that sealed it: a rotation leaves what an old key sealed readable,
-a blob opens only for its case and its key, and what was sealed before key ids still opens."""
+a blob opens only for its case and its key, and what was sealed before key ids still opens. A
+case's envelope gives each reader its own part only, under a case key its program key wraps."""
 
 import base64
 import os
@@ -7,9 +8,10 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from services.devstack.running import DATA_KEYS
 from services.devstack.running import RETIRED_DATA_KEYS as RETIRED
 from services.ops.keys import rotated
-from services.runtime import crypto
+from services.runtime import casekeys, crypto
 from services.runtime.crypto import Keyring, key_id
 
 OLD, NEW = b"o" * 32, b"n" * 32
@@ -44,12 +46,85 @@ def test_what_was_sealed_before_key_ids_still_opens_with_a_retired_key() -> None
         crypto.unseal(Keyring(NEW), legacy, bound_to=CASE)
 
 
-def test_a_rotation_retires_the_current_key_first_and_keeps_the_others() -> None:
-    before = {"HOMEWARD_DATA_KEY": "aa" * 32, RETIRED: "bb" * 32, "HOMEWARD_LEDGER_KEY": "cc" * 32}
+def test_a_rotation_retires_every_holders_current_key_first_and_keeps_the_others() -> None:
+    before = {
+        "HOMEWARD_DATA_KEY": "aa" * 32, RETIRED: "bb" * 32, "HOMEWARD_LEDGER_KEY": "cc" * 32,
+        "HOMEWARD_TRAVEL_DATA_KEY": "dd" * 32, "HOMEWARD_DISBURSEMENT_DATA_KEY": "ee" * 32,
+    }  # fmt: skip
     after = rotated(before)
     assert after[RETIRED] == f"{'aa' * 32},{'bb' * 32}"
-    assert len(bytes.fromhex(after["HOMEWARD_DATA_KEY"])) == 32 and after["HOMEWARD_DATA_KEY"] not in before.values()
+    assert after["HOMEWARD_TRAVEL_DATA_KEYS_RETIRED"] == "dd" * 32
+    assert after["HOMEWARD_DISBURSEMENT_DATA_KEYS_RETIRED"] == "ee" * 32
+    for name in DATA_KEYS.values():
+        assert len(bytes.fromhex(after[name])) == 32 and after[name] not in before.values()
     assert after["HOMEWARD_LEDGER_KEY"] == before["HOMEWARD_LEDGER_KEY"]
+
+
+# Envelopes: a key per case and reader, wrapped by the reader's program key -----------------------
+
+TRAVEL, PAYOUT = Keyring(b"t" * 32), Keyring(b"p" * 32)
+READERS = {casekeys.TRAVELER: TRAVEL, casekeys.PAYOUT: PAYOUT}
+CONTENTS = {casekeys.TRAVELER: {"given_name": "Ana", "document": "F1"}, casekeys.PAYOUT: {"msisdn": "+504"}}
+
+
+def test_each_reader_opens_its_own_part_and_not_the_others() -> None:
+    sealed = casekeys.seal_case(READERS, CONTENTS, case_id=CASE)
+    assert "Ana" not in sealed and "+504" not in sealed
+    for purpose, keyring in READERS.items():
+        part = casekeys.take(sealed, purpose)
+        assert part.key_id == keyring.current_id and part.ciphertext.startswith("v3.")
+        assert casekeys.open_taken(keyring, part, case_id=CASE, purpose=purpose) == CONTENTS[purpose]
+    travel_part, payout_part = casekeys.take(sealed, casekeys.TRAVELER), casekeys.take(sealed, casekeys.PAYOUT)
+    with pytest.raises(crypto.UNSEAL_ERRORS):  # travel's key does not open the payout part
+        casekeys.open_taken(TRAVEL, payout_part, case_id=CASE, purpose=casekeys.PAYOUT)
+    with pytest.raises(crypto.UNSEAL_ERRORS):  # nor disbursement's the traveler part, even under its own id
+        forged = casekeys.Taken(travel_part.ciphertext, PAYOUT.current_id, travel_part.wrapped)
+        casekeys.open_taken(PAYOUT, forged, case_id=CASE, purpose=casekeys.TRAVELER)
+
+
+def test_a_part_opens_only_for_its_case_its_purpose_and_its_own_ciphertext() -> None:
+    sealed = casekeys.seal_case(READERS, CONTENTS, case_id=CASE)
+    other = casekeys.take(casekeys.seal_case(READERS, CONTENTS, case_id=CASE), casekeys.TRAVELER)
+    part = casekeys.take(sealed, casekeys.TRAVELER)
+    for attempt in (
+        lambda: casekeys.open_taken(TRAVEL, part, case_id="another-case", purpose=casekeys.TRAVELER),
+        lambda: casekeys.open_taken(TRAVEL, part, case_id=CASE, purpose=casekeys.PAYOUT),
+        # Another case key's ciphertext beside this case key: the same case, the same reader.
+        lambda: casekeys.open_taken(
+            TRAVEL,
+            casekeys.Taken(other.ciphertext, part.key_id, part.wrapped),
+            case_id=CASE,
+            purpose=casekeys.TRAVELER,
+        ),
+    ):
+        with pytest.raises(crypto.UNSEAL_ERRORS):
+            attempt()
+
+
+def test_a_destroyed_case_key_leaves_a_ciphertext_nobody_opens() -> None:
+    part = casekeys.take(casekeys.seal_case(READERS, CONTENTS, case_id=CASE), casekeys.TRAVELER)
+    with pytest.raises(crypto.UNSEAL_ERRORS, match="destroyed"):
+        casekeys.open_taken(TRAVEL, casekeys.Taken(part.ciphertext, part.key_id, None), case_id=CASE,
+                            purpose=casekeys.TRAVELER)  # fmt: skip
+
+
+def test_a_rewrapped_case_key_opens_under_the_new_program_key_alone() -> None:
+    part = casekeys.take(casekeys.seal_case(READERS, CONTENTS, case_id=CASE), casekeys.TRAVELER)
+    assert part.key_id is not None and part.wrapped is not None
+    rotated_ring = Keyring(b"T" * 32, (TRAVEL.current,))
+    case_key = casekeys.unwrap(rotated_ring, part.key_id, part.wrapped, case_id=CASE, purpose=casekeys.TRAVELER)
+    key_id_now, wrapped = casekeys.wrap(rotated_ring, case_key, case_id=CASE, purpose=casekeys.TRAVELER)
+    moved = casekeys.Taken(part.ciphertext, key_id_now, wrapped)
+    assert key_id_now == rotated_ring.current_id != part.key_id
+    opened = casekeys.open_taken(Keyring(b"T" * 32), moved, case_id=CASE, purpose=casekeys.TRAVELER)
+    assert opened == CONTENTS[casekeys.TRAVELER]
+
+
+def test_what_was_sealed_before_envelopes_is_kept_as_it_came_and_still_opens() -> None:
+    legacy = crypto.seal(TRAVEL, {"given_name": "Ana"}, bound_to=CASE)
+    part = casekeys.take(legacy, casekeys.TRAVELER)
+    assert part == casekeys.Taken(legacy)
+    assert casekeys.open_taken(TRAVEL, part, case_id=CASE, purpose=casekeys.TRAVELER) == {"given_name": "Ana"}
 
 
 def test_a_keyring_never_shows_its_keys() -> None:

@@ -151,3 +151,61 @@ SELECT topic, partition, first_offset, last_offset, codec, reason, detail, first
 FROM unreadable_batches
 ORDER BY last_seen_at DESC
 LIMIT :limit;
+
+-- name: keep_case_keys!
+-- A run of cases' wrapped keys, as they came with the accepted event; a case seen again changes
+-- nothing, and one erased already (its closing event came first) keeps no key.
+INSERT INTO case_keys (case_id, key_id, wrapped, destroyed_at)
+SELECT k.case_id, k.key_id,
+       CASE WHEN c.case_id IS NULL THEN k.wrapped END,
+       CASE WHEN c.case_id IS NOT NULL THEN now() END
+FROM unnest(:case_ids::uuid[], :key_ids::text[], :wrapped::text[]) AS k (case_id, key_id, wrapped)
+LEFT JOIN closed_cases c ON c.case_id = k.case_id AND c.erased_at IS NOT NULL
+ON CONFLICT (case_id) DO NOTHING;
+
+-- name: close_for_erasure!
+-- A case's first closing counts (the case ids distinct and sorted, so two consumers never deadlock).
+INSERT INTO closed_cases (case_id, closed_by)
+SELECT * FROM unnest(:case_ids::uuid[], :topics::text[])
+ON CONFLICT (case_id) DO NOTHING;
+
+-- name: due_for_erasure
+-- Closed cases past the retention and not yet erased, oldest first; a concurrent sweep (another
+-- replica, `homeward retention run`) takes others.
+SELECT case_id FROM closed_cases
+WHERE erased_at IS NULL AND closed_at <= now() - make_interval(days => :days)
+ORDER BY closed_at
+LIMIT :limit
+FOR UPDATE SKIP LOCKED;
+
+-- name: destroy_case_keys!
+-- Erasure: the cases' keys destroyed, and the cases marked erased.
+WITH destroyed AS (
+    UPDATE case_keys SET wrapped = NULL, destroyed_at = now()
+    WHERE case_id = ANY(:case_ids::uuid[]) AND wrapped IS NOT NULL
+)
+UPDATE closed_cases SET erased_at = now() WHERE case_id = ANY(:case_ids::uuid[]);
+
+-- name: erasure_backlog^
+SELECT count(*) FILTER (WHERE erased_at IS NULL AND closed_at <= now() - make_interval(days => :days)) AS due,
+       count(*) FILTER (WHERE erased_at IS NULL AND closed_at > now() - make_interval(days => :days)) AS waiting,
+       count(*) FILTER (WHERE erased_at IS NOT NULL) AS erased
+FROM closed_cases;
+
+-- name: case_keys_to_rewrap
+-- Live case keys wrapped by a retired program key, a batch at a time in case id order from
+-- :after (so a key that does not unwrap is passed over, not met again).
+SELECT case_id, key_id, wrapped FROM case_keys
+WHERE wrapped IS NOT NULL AND key_id = ANY(:retired_key_ids::text[]) AND case_id > :after::uuid
+ORDER BY case_id
+LIMIT :limit
+FOR UPDATE SKIP LOCKED;
+
+-- name: rewrap_case_keys!
+UPDATE case_keys k SET key_id = r.key_id, wrapped = r.wrapped, rewrapped_at = now()
+FROM unnest(:case_ids::uuid[], :key_ids::text[], :wrapped::text[]) AS r (case_id, key_id, wrapped)
+WHERE k.case_id = r.case_id AND k.wrapped IS NOT NULL;
+
+-- name: case_keys_by_program_key
+-- For `homeward keys rewrap --dry-run` and `status`: live case keys per program key.
+SELECT key_id, count(*) AS cases FROM case_keys WHERE wrapped IS NOT NULL GROUP BY key_id ORDER BY key_id;

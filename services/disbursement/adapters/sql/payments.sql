@@ -78,10 +78,10 @@ FROM (
     ORDER BY payout_attempts, created_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
-) due, cases c
+) due, cases c LEFT JOIN case_keys k USING (case_id)
 WHERE p.payment_id = due.payment_id AND c.case_id = p.case_id
 RETURNING p.payment_id, p.case_id, p.amount, p.currency, p.payout_attempts - 1 AS earlier_claims,
-          p.correlationid, c.sealed;
+          p.correlationid, c.sealed, k.key_id AS case_key_id, k.wrapped AS wrapped_key;
 
 -- name: lock_payments
 -- Payments locked in one order for a short transaction that writes their outcomes: a payout pass
@@ -89,8 +89,9 @@ RETURNING p.payment_id, p.case_id, p.amount, p.currency, p.payout_attempts - 1 A
 -- FOR NO KEY UPDATE, like the UPDATE that follows: it excludes the other writer, but not the
 -- foreign-key check of a callback being recorded, which never waits on these locks.
 SELECT p.payment_id, p.case_id, p.identity_key, p.amount, p.currency, p.status, p.reserve_attempts,
-       p.reserve_id, p.payout_attempts, p.correlationid, p.cause_event_id, p.method, p.provider_ref, c.sealed
-FROM payments p JOIN cases c USING (case_id)
+       p.reserve_id, p.payout_attempts, p.correlationid, p.cause_event_id, p.method, p.provider_ref, c.sealed,
+       k.key_id AS case_key_id, k.wrapped AS wrapped_key
+FROM payments p JOIN cases c USING (case_id) LEFT JOIN case_keys k USING (case_id)
 WHERE p.payment_id = ANY(:payment_ids::uuid[]) AND (:lease_id::uuid IS NULL OR p.lease_id = :lease_id::uuid)
 ORDER BY p.payment_id
 FOR NO KEY UPDATE OF p;
@@ -164,3 +165,9 @@ SELECT count(*) FROM (
 -- For /metrics: stipends reserved and waiting for the provider, and held until the budget is topped up.
 SELECT count(*) FILTER (WHERE status = 'reserved') AS reserved, count(*) FILTER (WHERE status = 'held') AS held
 FROM payments WHERE status IN ('reserved', 'held');
+
+-- name: erase_cases!
+-- Erasure (services/runtime/retention.py): besides the case key, destroyed with it, the payout
+-- ciphertext goes too (and with it what was sealed before case keys existed). The payments, the
+-- identity key and the ledger stay.
+UPDATE cases SET sealed = 'erased' WHERE case_id = ANY(:case_ids::uuid[]);

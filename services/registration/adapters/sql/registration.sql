@@ -39,3 +39,17 @@ SET outcome_topic = o.outcome_topic, outcome_data = o.outcome_data::jsonb, decid
 FROM unnest(:application_ids::uuid[], :outcome_topics::text[], :outcome_data::text[])
      AS o (application_id, outcome_topic, outcome_data)
 WHERE a.application_id = o.application_id;
+
+-- name: erase_cases!
+-- Erasure (services/runtime/retention.py): what registration kept of a closed case's personal
+-- data, the `sealed` of its case and of its recorded outcome (a resubmission is then answered with
+-- `sealed` "erased"), and its accepted event in the outbox (kept for re-driving). The identity
+-- claim, the outcome otherwise and the consent record stay.
+WITH erased_cases AS (
+    UPDATE cases SET sealed = 'erased' WHERE case_id = ANY(:case_ids::uuid[]) RETURNING application_id
+), erased_outcomes AS (
+    UPDATE applications a SET outcome_data = jsonb_set(a.outcome_data, '{sealed}', '"erased"')
+    FROM erased_cases e
+    WHERE a.application_id = e.application_id AND a.outcome_data ? 'sealed'
+)
+DELETE FROM outbox WHERE key = ANY(:case_ids::uuid[]::text[]) AND topic = 'registration.accepted.v1';

@@ -19,9 +19,10 @@ FROM (
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
 ) due
+LEFT JOIN case_keys k ON k.case_id = due.case_id
 WHERE b.case_id = due.case_id
 RETURNING b.case_id, b.correlationid, b.cause_event_id, b.origin_airport, b.destination_airport, b.sealed,
-          b.attempts;
+          k.key_id AS case_key_id, k.wrapped AS wrapped_key, b.attempts;
 
 -- The outcomes below apply only to a request still pending and still held by the pass that
 -- claimed it: a pass that outlived its lease changes nothing and emits nothing.
@@ -51,3 +52,8 @@ WITH failed AS (
     RETURNING 1
 )
 SELECT count(*) FROM failed;
+
+-- name: erase_cases!
+-- Erasure (services/runtime/retention.py): besides the case key, destroyed with it, the traveler's
+-- ciphertext goes too (and with it what was sealed before case keys existed).
+UPDATE bookings SET sealed = 'erased', updated_at = now() WHERE case_id = ANY(:case_ids::uuid[]);
