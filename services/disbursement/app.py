@@ -3,7 +3,7 @@
 from functools import partial
 from pathlib import Path
 
-from contracts.events import ArrivalVerified, RegistrationAccepted
+from contracts.events import ArrivalVerified, RegistrationAccepted, StipendDisbursed, StipendFailed
 from services.disbursement import handlers, stipends
 from services.disbursement.adapters.callbacks import CallbackEndpoint
 from services.disbursement.adapters.provider import HttpPayoutProvider
@@ -52,8 +52,9 @@ def call_seconds_max(settings: DisbursementSettings) -> float:
 SETTINGS = DisbursementSettings
 
 
-# Disbursement keeps the payout part of a case's personal data, until its retention after closing.
-RETENTION = Retention(SQL)
+# Disbursement keeps the payout part of a case's personal data, until its retention after closing;
+# a stipend paid or failed, its own decisions, close the case in the transaction that records them.
+RETENTION = Retention(SQL, decides=frozenset({StipendDisbursed.TOPIC, StipendFailed.TOPIC}))
 
 
 def build(settings: DisbursementSettings, database: ServiceDatabase) -> ServiceDefinition:

@@ -37,10 +37,17 @@ ERASURE_BATCH_MAX = 500
 @dataclass(frozen=True)
 class Retention:
     """A service that keeps personal data: its `erase_cases` statement lives in `sql` (one
-    statement over `:case_ids`, run in the transaction that destroys their keys)."""
+    statement over `:case_ids`, run in the transaction that destroys their keys). Of the closing
+    topics, those it `decides` (emits) close the case in the transaction that emits them; it
+    consumes the others."""
 
     sql: Path
-    closes_on: frozenset[str] = CLOSING_TOPICS
+    decides: frozenset[str] = frozenset()
+
+    @property
+    def closes_on(self) -> frozenset[str]:
+        """The closing topics it learns of from others."""
+        return CLOSING_TOPICS - self.decides
 
     def erase_cases(self) -> Any:
         return _queries(self.sql).erase_cases

@@ -240,9 +240,11 @@ def create_app(service: str) -> FastStream:
         opens = loaded.redrive.opens_on if loaded.redrive is not None else frozenset()
         # A service that holds the data key seals its dead-letter copies with it until they are sent.
         dead_letter_key = settings.require_data_key() if isinstance(settings, SealedData) else None
+        decides = loaded.retention.decides if loaded.retention is not None else frozenset()
         database = ServiceDatabase(
-            pool, service, runtime_queries(), redrive_topics=opens, dead_letter_key=dead_letter_key
-        )
+            pool, service, runtime_queries(), redrive_topics=opens, dead_letter_key=dead_letter_key,
+            closing_topics=decides,
+        )  # fmt: skip
         definition = loaded.build(settings, database)
         _closing_routes(definition, loaded)
         if loaded.redrive is not None:

@@ -67,6 +67,9 @@ class ServiceDatabase:
     dead_letter_key: crypto.Keyring | None = None
     """Seals dead-letter copies until the relay has published them (the service's data key);
     None in a service that holds no data key (arrival: its inbound topics carry no identity data)."""
+    closing_topics: frozenset[str] = frozenset()
+    """Topics whose events, emitted here, close their case for erasure here, in the same
+    transaction (the service's `RETENTION.decides`)."""
 
     def unit(self) -> "UnitOfWork":
         """`async with database.unit() as uow:` a connection and its transaction, for one batch."""
@@ -167,4 +170,13 @@ class UnitOfWork:
         opened = sorted({row.key for row in self.pending if row.topic in self.database.redrive_topics})
         if opened:
             await self.runtime_queries.open_cases(self.connection, keys=opened)
+        closed: dict[UUID, str] = {}
+        for row in self.pending:
+            if row.topic in self.database.closing_topics and not row.dead_letter:
+                closed.setdefault(UUID(row.key), row.topic)
+        if closed:
+            ordered = sorted(closed)
+            await self.runtime_queries.close_for_erasure(
+                self.connection, case_ids=ordered, topics=[closed[case_id] for case_id in ordered]
+            )
         self.pending.clear()

@@ -4,7 +4,7 @@ import random
 from functools import partial
 from pathlib import Path
 
-from contracts.events import ArrivalRejected, ArrivalVerified, RegistrationAccepted, TravelBooked
+from contracts.events import ArrivalRejected, ArrivalVerified, RegistrationAccepted, TravelBooked, TravelBookingFailed
 from services.runtime.consumer import Route
 from services.runtime.db import load_queries
 from services.runtime.redrive import Redrive
@@ -47,8 +47,9 @@ REDRIVE = Redrive(
 )
 
 
-# Travel keeps the traveler's part of a case's personal data, until its retention after closing.
-RETENTION = Retention(SQL)
+# Travel keeps the traveler's part of a case's personal data, until its retention after closing;
+# a failed booking, its own decision, closes the case in the transaction that records it.
+RETENTION = Retention(SQL, decides=frozenset({TravelBookingFailed.TOPIC}))
 
 
 def build(settings: TravelSettings, database: ServiceDatabase) -> ServiceDefinition:

@@ -3,16 +3,21 @@
 over, and nothing else; `homeward keys rewrap` moves every case key a retired program key wraps
 to the current one, a batch at a time, leaving what it cannot open for an operator."""
 
+import contextlib
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
 
+from contracts.events import ArrivalRejected, ArrivalVerified, StipendDisbursed, StipendHeld, TravelBookingFailed
 from services.runtime import casekeys, crypto
 from services.runtime.db import runtime_queries
 from services.runtime.migrate import migrate, migrate_audit
+from services.runtime.retention import RetentionSweeper
+from services.runtime.service import ServiceDefinition, _closing_routes, load_service
 from services.runtime.uow import ServiceDatabase
 from tests.conftest import Infra
 from tests.integration.helpers import new_database
@@ -20,6 +25,7 @@ from tests.support import homeward_cli
 
 OLD, NEW, FOREIGN = crypto.Keyring(b"o" * 32), crypto.Keyring(b"n" * 32), crypto.Keyring(b"f" * 32)
 LATE = crypto.Keyring(b"l" * 32)
+TRAVEL_RETENTION = load_service("travel").retention
 REWRAPPED_CASES = 1_001
 """More than two of the command's batches, so that it pages through them."""
 
@@ -151,3 +157,86 @@ async def test_keys_rewrap_moves_every_case_key_of_a_retired_key_to_the_current_
         assert count == 1
     finally:
         await connection.close()
+
+
+async def test_a_services_own_sweep_erases_what_is_due_and_only_that(database_url: str):
+    due, recent = uuid4(), uuid4()
+    pool = await asyncpg.create_pool(database_url, server_settings={"search_path": "travel"}, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        for case_id, closed_days_ago in ((due, 91), (recent, 89)):
+            part = casekeys.take(
+                casekeys.seal_case({casekeys.TRAVELER: LATE}, {casekeys.TRAVELER: {"n": 1}}, case_id=str(case_id)),
+                casekeys.TRAVELER,
+            )
+            await pool.execute(
+                "INSERT INTO bookings (case_id, correlationid, cause_event_id, origin_airport, destination_airport, "
+                "sealed) VALUES ($1, $2, $3, 'IAH', 'TGU', $4)", case_id, uuid4(), uuid4(), part.ciphertext,
+            )  # fmt: skip
+            await pool.execute(
+                "INSERT INTO case_keys (case_id, key_id, wrapped) VALUES ($1, $2, $3)",
+                case_id,
+                part.key_id,
+                part.wrapped,
+            )
+            await pool.execute(
+                "INSERT INTO closed_cases (case_id, closed_by, closed_at) "
+                "VALUES ($1, 'stipend.disbursed.v1', now() - make_interval(days => $2))", case_id, closed_days_ago,
+            )  # fmt: skip
+        sweeper = RetentionSweeper(
+            pool=pool, runtime_queries=runtime_queries(), retention=TRAVEL_RETENTION, days=90, batch_size_max=10
+        )
+        assert await sweeper.sweep() >= 1
+        rows = {row["case_id"]: row for row in await pool.fetch(
+            "SELECT b.case_id, b.sealed, k.wrapped FROM bookings b JOIN case_keys k USING (case_id) "
+            "WHERE b.case_id = ANY($1)", [due, recent],
+        )}  # fmt: skip
+        assert (rows[due]["sealed"], rows[due]["wrapped"]) == ("erased", None)
+        assert rows[recent]["sealed"].startswith("v3.") and rows[recent]["wrapped"] is not None
+    finally:
+        await pool.close()
+
+
+def test_closing_events_feed_the_redrive_and_the_erasure_through_one_route_per_topic() -> None:
+
+    definition = ServiceDefinition(name="travel", routes={})
+    _closing_routes(definition, load_service("travel"))
+    routes = definition.routes
+    steps = {topic: route.batch.args[0] for topic, route in routes.items()}  # type: ignore[attr-defined]
+    assert [step.__module__ for step in steps[ArrivalRejected.TOPIC]] == [
+        "services.runtime.redrive", "services.runtime.retention",
+    ]  # fmt: skip
+    assert [step.__module__ for step in steps[ArrivalVerified.TOPIC]] == ["services.runtime.redrive"]
+    assert [step.__module__ for step in steps[StipendDisbursed.TOPIC]] == ["services.runtime.retention"]
+    assert StipendHeld.TOPIC not in routes, "a held stipend is not closed: it may still be paid"
+    assert TravelBookingFailed.TOPIC not in routes, "travel decides it, and closes the case as it does"
+    disbursement = ServiceDefinition(name="disbursement", routes={})
+    _closing_routes(disbursement, load_service("disbursement"))
+    assert set(disbursement.routes) == {ArrivalRejected.TOPIC, TravelBookingFailed.TOPIC}
+    assert load_service("arrival").retention is None, "arrival keeps no personal data"
+
+
+async def test_a_closing_event_a_service_emits_closes_the_case_in_the_same_transaction(database_url: str):
+    failed, kept_open = uuid4(), uuid4()
+    pool = await asyncpg.create_pool(database_url, server_settings={"search_path": "travel"}, min_size=1, max_size=1)
+    assert pool is not None
+    try:
+        database = ServiceDatabase(
+            pool, "travel", runtime_queries(), closing_topics=load_service("travel").retention.decides
+        )
+        with contextlib.suppress(RuntimeError):
+            async with database.unit() as uow:
+                uow.emit(booking_failed(kept_open), correlationid=uuid4(), causationid=None)
+                raise RuntimeError("rolled back: nothing closes")
+        async with database.unit() as uow:
+            uow.emit(booking_failed(failed), correlationid=uuid4(), causationid=None)
+        rows = await pool.fetch(
+            "SELECT case_id, closed_by FROM closed_cases WHERE case_id = ANY($1)", [failed, kept_open]
+        )
+        assert [tuple(row) for row in rows] == [(failed, TravelBookingFailed.TOPIC)]
+    finally:
+        await pool.close()
+
+
+def booking_failed(case_id: UUID) -> TravelBookingFailed:
+    return TravelBookingFailed(case_id=case_id, reason="provider_refused", attempts=1, failed_at=datetime.now(UTC))
