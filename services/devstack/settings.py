@@ -26,8 +26,8 @@ class DevstackSettings(Infrastructure, KafkaSecurity, StateDirectory):
     intake_retention_ms: int = Field(
         default=7 * 24 * 3600 * 1000,
         ge=60_000,
-        description="How long the broker keeps registration.submitted.v1 and its .dlq (personal data): "
-        "`dlq replay` works within it",
+        description="How long the broker keeps registration.submitted.v1, registration.accepted.v1 and their "
+        ".dlq (personal data; sealed parts with wrapped keys): `dlq replay` works within it",
     )
     sandbox_payout_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the sandbox payout provider; 0 picks a free one"

@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import structlog
 
-from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
+from contracts.events import EVIDENCE_TOPIC, RegistrationAccepted, RegistrationSubmitted
 from contracts.registry import all_topics, dlq_topic
 from services.devstack.embedded import (
     EMBEDDED_BROKER_CLIENT_SETTINGS,
@@ -152,13 +152,17 @@ def _readers_inherit(secrets: dict[str, str], created: list[str]) -> dict[str, s
 
 def topic_configs(settings: DevstackSettings) -> dict[str, dict[str, str]]:
     """What differs from the broker's defaults: the intake topic and its dead letters carry
-    personal data and are kept only `HOMEWARD_INTAKE_RETENTION_MS`; evidence is stamped with the
+    personal data, and the accepted topic each case's sealed parts with their wrapped keys, so
+    they are kept only `HOMEWARD_INTAKE_RETENTION_MS`; evidence is stamped with the
     broker's own time, which is when signed evidence counts as received (docker-compose's `topics`
     job sets the same)."""
     intake = {"retention.ms": str(settings.intake_retention_ms)}
     return {
         RegistrationSubmitted.TOPIC: intake,
         dlq_topic(RegistrationSubmitted.TOPIC): intake,
+        # Each case's parts with their wrapped keys: kept days, not the months before erasure.
+        RegistrationAccepted.TOPIC: intake,
+        dlq_topic(RegistrationAccepted.TOPIC): intake,
         EVIDENCE_TOPIC: {"message.timestamp.type": "LogAppendTime"},
     }
 

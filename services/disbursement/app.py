@@ -82,7 +82,9 @@ def build(settings: DisbursementSettings, database: ServiceDatabase) -> ServiceD
         batch_size_max=settings.worker_batch_size_max,
     )
     routes = {
-        RegistrationAccepted.TOPIC: Route(batch=partial(handlers.handle_accepted, queries=named, program=program)),
+        RegistrationAccepted.TOPIC: Route(
+            batch=partial(handlers.handle_accepted, queries=named, program=program, data_key=data_key)
+        ),
         ArrivalVerified.TOPIC: Route(batch=partial(handlers.handle_verified, queries=named, program=program)),
     }
     interval, fallback = settings.worker_poll_interval_ms / 1000, settings.worker_fallback_poll_ms / 1000

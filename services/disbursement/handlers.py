@@ -37,7 +37,12 @@ class Program:
 
 
 async def handle_accepted(
-    events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Queries, program: Program
+    events: list[Envelope[RegistrationAccepted]],
+    uow: UnitOfWork,
+    *,
+    queries: Queries,
+    program: Program,
+    data_key: crypto.Keyring,
 ) -> None:
     """A run of accepted cases, remembered by one insert with the payout part of `sealed` (its
     ciphertext with the case, its case key in `case_keys`); those already verified get their payment."""
@@ -51,7 +56,7 @@ async def handle_accepted(
         sealed=[part.ciphertext for part in parts],
         accepted_event_ids=[event.id for event in events],
     )
-    await casekeys.keep_case_keys(uow, [case.case_id for case in cases], parts)
+    await casekeys.keep_case_keys(uow, [case.case_id for case in cases], parts, data_key)
     await open_payments(uow, queries, [case.case_id for case in cases], program)
 
 
@@ -192,6 +197,11 @@ class PayoutWorker:
             key = str(row["payment_id"])
             try:
                 person = casekeys.opened(self.data_key, row, purpose=casekeys.PAYOUT)
+            except crypto.UnknownKey as missing:
+                # A key this process was not given: its configuration to fix, never the payment's
+                # failure. Left out of the call, it stays reserved (unresolved) for the next pass.
+                logger.error("payout.data_key_missing", payment_id=key, key_id=missing.key_id)
+                continue
             except crypto.UNSEAL_ERRORS:
                 outcomes[key] = PermanentPayoutError(domain.FAILED_INSTRUMENT_UNREADABLE)
                 continue

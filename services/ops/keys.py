@@ -50,9 +50,9 @@ READERS = tuple(casekeys.PURPOSE_OF)
 """The services that keep case keys."""
 BY_HAND = (
     "for a deployment configured by its environment: give each holder a new HOMEWARD_DATA_KEY (`openssl rand -hex "
-    "32`), add its old one to its HOMEWARD_DATA_KEYS_RETIRED (comma-separated), give registration the readers' new "
-    "keys (HOMEWARD_TRAVEL_DATA_KEY, HOMEWARD_DISBURSEMENT_DATA_KEY), and restart registration, travel and "
-    "disbursement"
+    "32`), add its old one to its HOMEWARD_DATA_KEYS_RETIRED (comma-separated), and restart travel and disbursement "
+    "first; then give registration the readers' new keys (HOMEWARD_TRAVEL_DATA_KEY, HOMEWARD_DISBURSEMENT_DATA_KEY) "
+    "and restart it (a reader refuses parts wrapped by a key it does not hold yet); then `keys rewrap --service S`"
 )
 
 
@@ -125,7 +125,7 @@ async def _rewrap(
     queries = runtime_queries()
     retired_ids = [crypto.key_id(key) for key in keyring.retired]
     by_key = {row["key_id"]: row["cases"] for row in await fetch_all(queries.case_keys_by_program_key(connection))}
-    report: dict[str, Any] = {"key_id": keyring.current_id, "before": by_key, "rewrapped": 0, "unopened": 0}
+    report: dict[str, Any] = {"key_id": keyring.current_id, "before": by_key, "rewrapped": 0, "unopened": 0, "left": 0}
     if dry_run:
         return report
     after = UUID(int=0)
@@ -154,8 +154,11 @@ async def _rewrap(
         if len(rows) < REWRAP_BATCH_MAX:
             break
         after = rows[-1]["case_id"]
+    after_run = {row["key_id"]: row["cases"] for row in await fetch_all(queries.case_keys_by_program_key(connection))}
+    # Left under a retired key: those it could not open, and any a concurrent erasure held locked.
+    report["left"] = sum(cases for key_id, cases in after_run.items() if key_id in retired_ids)
     assert who is not None
-    outcome = {"key_id": keyring.current_id, "rewrapped": report["rewrapped"], "unopened": report["unopened"]}
+    outcome = {key: report[key] for key in ("key_id", "rewrapped", "unopened", "left")}
     await record_action(connection, who, "keys rewrap", {"service": reader}, outcome)
     return report
 
@@ -196,9 +199,17 @@ def rewrap(
 
         report[reader] = on_schema(database_url, reader, work, holds="case keys")
     table = Table(title="Case keys" + (" (dry run)" if dry_run else ""))
-    for column in ("service", "current key", "case keys by key before", "rewrapped", "not opened"):
+    for column in ("service", "current key", "case keys by key before", "rewrapped", "not opened", "left retired"):
         table.add_column(column)
     for reader, counts in report.items():
         before = ", ".join(f"{key_id}: {cases}" for key_id, cases in counts["before"].items()) or "none"
-        table.add_row(reader, counts["key_id"], before, str(counts["rewrapped"]), str(counts["unopened"]))
+        row = (counts["rewrapped"], counts["unopened"], counts["left"])
+        table.add_row(reader, counts["key_id"], before, *(str(count) for count in row))
     emit(as_json, report, table)
+    if left := sum(counts["left"] for counts in report.values()):
+        typer.echo(
+            f"error: {left} case keys are still wrapped by a retired key (damaged, or locked by an erasure): "
+            "run `homeward keys rewrap` again; keep the retired keys until it reports none left",
+            err=True,
+        )
+        raise typer.Exit(1)

@@ -5,6 +5,7 @@ sweep, every HOMEWARD_ERASURE_INTERVAL_MS; this command runs the same erasure no
 service's own role, and says what it did. `--dry-run` counts what is due and changes nothing.
 """
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from services.ops.common import (
+    READ_ONLY,
     AsJson,
     Operator,
     StateDir,
@@ -29,6 +31,7 @@ retention_app = typer.Typer(
     help="Retention: erase closed cases' personal data once HOMEWARD_PII_RETENTION_DAYS have passed.",
     no_args_is_help=True,
 )
+SQL = Path(__file__).parent / "sql" / "retention.sql"
 ERASURE_PASSES_MAX = 100_000
 """Batches one run erases at most per service (50 million cases), so it always ends."""
 
@@ -107,3 +110,65 @@ def run(
             name, str(counts["erased_now"]), str(counts["due"]), str(counts["waiting"]), str(counts["erased"])
         )
     emit(as_json, document, table)
+
+
+BACKFILL_BATCH_MAX = 10_000
+"""Cases noted closed in one statement."""
+
+
+@retention_app.command()
+def backfill(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count the cases; note nothing")] = False,
+    operator: Operator = None,
+    state_dir: StateDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Note the cases that closed before this version noted closings (paid, failed, rejected at
+    arrival, booking failed, as the payments, arrival's outcomes and the bookings record them),
+    with the time each closed, in every service that keeps personal data, so that the sweep
+    erases them in their turn. Run it once after upgrading; again, it changes nothing. On a
+    running `up` it reads as the operator's role and writes as each service's; elsewhere
+    HOMEWARD_DATABASE_URL must read every schema and write each one's `closed_cases`.
+    Example: `homeward retention backfill --dry-run`, then `--operator ana`."""
+    from services.runtime.db import fetch_all, load_queries
+
+    who = None if dry_run else operator_name(operator)
+    queries = load_queries(SQL)
+    read_url, _ = locate(state_dir, READ_ONLY)
+
+    async def closed(connection: Any) -> dict[Any, tuple[str, Any]]:
+        earliest: dict[Any, tuple[str, Any]] = {}
+        for row in await fetch_all(queries.closed_before(connection)):
+            if row["case_id"] not in earliest or row["closed_at"] < earliest[row["case_id"]][1]:
+                earliest[row["case_id"]] = (row["closed_by"], row["closed_at"])
+        return earliest
+
+    found = on_schema(read_url, "public", closed, holds="services' records")
+    report: dict[str, int] = {}
+    for name in holders():
+        database_url, _ = locate(state_dir, name)
+
+        async def note(connection: Any, name: str = name) -> int:
+            if dry_run:
+                return 0
+            ids = sorted(found)
+            for first in range(0, len(ids), BACKFILL_BATCH_MAX):
+                batch = ids[first : first + BACKFILL_BATCH_MAX]
+                await queries.note_closed_before(
+                    connection, case_ids=batch, topics=[found[case_id][0] for case_id in batch],
+                    closed_ats=[found[case_id][1] for case_id in batch],
+                )  # fmt: skip
+            assert who is not None
+            await record_action(connection, who, "retention backfill", {"service": name}, {"cases": len(ids)})
+            return len(ids)
+
+        report[name] = on_schema(database_url, name, note, holds="retention records")
+    document = {"closed_cases": len(found), "dry_run": dry_run, "noted": report}
+    table = Table(title="Closed cases found" + (" (dry run)" if dry_run else ""))
+    table.add_column("service")
+    table.add_column("cases noted", justify="right")
+    for name, count in report.items():
+        table.add_row(name, str(count))
+    emit(as_json, document, table)
+    if not as_json:
+        typer.echo(f"{len(found)} closed cases found; the services' sweeps erase them once their retention is over.")

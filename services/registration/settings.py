@@ -66,6 +66,15 @@ class RegistrationSettings(ServiceSettings, SealedData):
         missing = [name for name, key in zip(READER_KEY_VARIABLES, keys.values(), strict=True) if key is None]
         if missing:
             raise SystemExit(f"{' and '.join(missing)} not set (64 hex characters each); `homeward up` generates them.")
+        values = [key.get_secret_value().lower() for key in keys.values() if key]
+        if self.data_key is not None:
+            values.append(self.data_key.get_secret_value().lower())
+        if len(set(values)) < len(values):
+            # One key for two holders would let each open the other's part.
+            raise SystemExit(
+                "HOMEWARD_TRAVEL_DATA_KEY, HOMEWARD_DISBURSEMENT_DATA_KEY and registration's HOMEWARD_DATA_KEY "
+                "must differ: each holder has a key of its own"
+            )
         return {purpose: Keyring(bytes.fromhex(key.get_secret_value())) for purpose, key in keys.items() if key}
 
 

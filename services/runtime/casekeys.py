@@ -126,15 +126,36 @@ def open_taken(program: crypto.Keyring, taken: Taken, *, case_id: str, purpose: 
     return result
 
 
+ROW_COLUMNS = frozenset({"case_id", "sealed", "case_key_id", "wrapped_key"})
+
+
 def opened(program: crypto.Keyring, row: Any, *, purpose: str) -> dict[str, Any]:
     """A reader's part from a row of its tables: `case_id`, `sealed` (the ciphertext) and the
     `case_key_id` and `wrapped_key` of its `case_keys` row (NULL where it has none)."""
+    # A query that forgot a column is a bug to see, not a case to fail as unreadable.
+    missing = ROW_COLUMNS - set(row.keys())
+    assert not missing, f"the row lacks {sorted(missing)}: join case_keys (see claim_due_bookings)"
     taken = Taken(row["sealed"], row["case_key_id"], row["wrapped_key"])
     return open_taken(program, taken, case_id=str(row["case_id"]), purpose=purpose)
 
 
-async def keep_case_keys(uow: "UnitOfWork", case_ids: list[Any], parts: list[Taken]) -> None:
-    """A reader keeps the wrapped case keys of a run of accepted cases in its `case_keys`."""
+def named_key(taken: Taken) -> str | None:
+    """The id of the data key a part needs: the one wrapping its case key, or the one a value
+    sealed before envelopes names (`v2.<key id>.…`); None where it names none."""
+    if taken.key_id:
+        return taken.key_id
+    version, _, rest = taken.ciphertext.partition(".")
+    return rest.partition(".")[0] if version == crypto.SEAL_VERSION else None
+
+
+async def keep_case_keys(uow: "UnitOfWork", case_ids: list[Any], parts: list[Taken], program: crypto.Keyring) -> None:
+    """A reader keeps the wrapped case keys of a run of accepted cases in its `case_keys`. A part
+    that needs a data key this reader does not hold is refused (`crypto.UnknownKey`): the batch is
+    retried, then dead-lettered, and registration's re-drive sends it again; stored, it would fail
+    its booking or payment for good."""
+    for part in parts:
+        if (needed := named_key(part)) is not None and not program.holds(needed):
+            raise crypto.UnknownKey(needed)
     kept = [(case_id, part) for case_id, part in zip(case_ids, parts, strict=True) if part.key_id and part.wrapped]
     if kept:
         await uow.runtime_queries.keep_case_keys(

@@ -48,11 +48,26 @@ class Keyring:
     def current_id(self) -> str:
         return key_id(self.current)
 
+    def holds(self, wanted: str) -> bool:
+        return wanted in self._by_id
+
     def by_id(self, wanted: str) -> bytes:
         try:
             return self._by_id[wanted]
         except KeyError:
-            raise KeyError(f"no data key with id {wanted!r} (retired keys go in HOMEWARD_DATA_KEYS_RETIRED)") from None
+            raise UnknownKey(wanted) from None
+
+
+class UnknownKey(KeyError):
+    """A value names a data key this process does not hold: a configuration to fix (a key not
+    handed over, or services restarted out of order after a rotation), not a damaged value."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(
+            f"no data key with id {key_id!r} here: give this service that key (retired keys go in "
+            "HOMEWARD_DATA_KEYS_RETIRED; after a rotation, restart travel and disbursement before registration)"
+        )
+        self.key_id = key_id
 
 
 Keys = Keyring | bytes

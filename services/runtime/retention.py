@@ -58,7 +58,7 @@ def _queries(sql: Path) -> Any:
     return load_queries(sql)
 
 
-async def close_cases(events: list[Envelope[Any]], uow: UnitOfWork) -> None:
+async def note_closed(events: list[Envelope[Any]], uow: UnitOfWork) -> None:
     """A run of closing events: each case's first closing is kept, with the topic that closed it."""
     closed: dict[Any, str] = {}
     for event in events:
@@ -79,6 +79,10 @@ async def erase_due(
         due = [row["case_id"] for row in await fetch_all(
             runtime_queries.due_for_erasure(connection, days=days, limit=limit)
         )]  # fmt: skip
+        late = [row["case_id"] for row in await fetch_all(
+            runtime_queries.erased_with_live_keys(connection, limit=limit)
+        )]  # fmt: skip
+        due += [case_id for case_id in late if case_id not in due]
         if due:
             await retention.erase_cases()(connection, case_ids=due)
             await runtime_queries.destroy_case_keys(connection, case_ids=due)

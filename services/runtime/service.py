@@ -22,16 +22,15 @@ from faststream.message import StreamMessage
 from starlette.applications import Starlette
 
 from contracts.registry import PAYLOAD_TYPES
-from services.runtime import kafka_security, unreadable
+from services.runtime import crypto, kafka_security, unreadable
 from services.runtime.consumer import BatchConsumer, Route
-from services.runtime.db import TRANSIENT_ERRORS, create_pool, runtime_queries
+from services.runtime.db import TRANSIENT_ERRORS, create_pool, fetch_all, runtime_queries
 from services.runtime.health import Readiness, http_server
 from services.runtime.messages import Record
 from services.runtime.produce import KafkaPublisher
 from services.runtime.redrive import Redrive, RedriveSweeper, close_cases
 from services.runtime.relay import OutboxRelay
-from services.runtime.retention import ERASURE_BATCH_MAX, Retention, RetentionSweeper
-from services.runtime.retention import close_cases as close_for_erasure
+from services.runtime.retention import ERASURE_BATCH_MAX, Retention, RetentionSweeper, note_closed
 from services.runtime.settings import SealedData, ServiceSettings, revealed
 from services.runtime.uow import ServiceDatabase, UnitOfWork
 from services.runtime.wakeup import Signal, Wakeup, outbox_channel
@@ -176,7 +175,7 @@ def _closing_routes(definition: ServiceDefinition, loaded: "ServiceModule") -> N
     for topic in loaded.redrive.closes_on if loaded.redrive is not None else ():
         steps.setdefault(topic, []).append(close_cases)
     for topic in loaded.retention.closes_on if loaded.retention is not None else ():
-        steps.setdefault(topic, []).append(close_for_erasure)
+        steps.setdefault(topic, []).append(note_closed)
     for topic, closings in steps.items():
         assert topic not in definition.routes, f"{topic} closes cases and has a handler: combine them"
         definition.routes[topic] = Route(batch=partial(_close_all, closings))
@@ -185,6 +184,19 @@ def _closing_routes(definition: ServiceDefinition, loaded: "ServiceModule") -> N
 async def _close_all(closings: list[Closing], events: list[Any], uow: UnitOfWork) -> None:
     for closing in closings:
         await closing(events, uow)
+
+
+async def _check_case_keys_open(pool: asyncpg.Pool, keyring: crypto.Keyring, service: str) -> None:
+    """Refuses to start a reader whose stored case keys name a data key it was not given: it
+    would fail those cases' bookings or payments for good instead of waiting for the key."""
+    async with pool.acquire() as connection:
+        needed = {row["key_id"] for row in await fetch_all(runtime_queries().live_case_key_ids(connection))}
+    if missing := sorted(key_id for key_id in needed if not keyring.holds(key_id)):
+        raise SystemExit(
+            f"{service}: its case keys are wrapped by data keys {', '.join(missing)}, which it does not hold: "
+            "give it those keys (retired ones in HOMEWARD_DATA_KEYS_RETIRED), or run `homeward keys rewrap` "
+            "with them first"
+        )
 
 
 def load_service(service: str) -> ServiceModule:
@@ -240,6 +252,8 @@ def create_app(service: str) -> FastStream:
         opens = loaded.redrive.opens_on if loaded.redrive is not None else frozenset()
         # A service that holds the data key seals its dead-letter copies with it until they are sent.
         dead_letter_key = settings.require_data_key() if isinstance(settings, SealedData) else None
+        if dead_letter_key is not None:
+            await _check_case_keys_open(pool, dead_letter_key, service)
         decides = loaded.retention.decides if loaded.retention is not None else frozenset()
         database = ServiceDatabase(
             pool, service, runtime_queries(), redrive_topics=opens, dead_letter_key=dead_letter_key,

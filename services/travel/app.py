@@ -55,11 +55,12 @@ RETENTION = Retention(SQL, decides=frozenset({TravelBookingFailed.TOPIC}))
 def build(settings: TravelSettings, database: ServiceDatabase) -> ServiceDefinition:
     queries = load_queries(SQL)
     provider = travel_provider(settings)
+    data_key = settings.require_data_key()
     worker = handlers.BookingWorker(
         database=database,
         queries=queries,
         provider=provider,
-        data_key=settings.require_data_key(),
+        data_key=data_key,
         policy=handlers.RetryPolicy(
             attempts_max=settings.booking_attempts_max,
             backoff_base_ms=settings.booking_backoff_base_ms,
@@ -72,7 +73,9 @@ def build(settings: TravelSettings, database: ServiceDatabase) -> ServiceDefinit
         concurrency_max=settings.worker_concurrency_max,
         rng=random.Random(),
     )
-    routes = {RegistrationAccepted.TOPIC: Route(batch=partial(handlers.handle_accepted, queries=queries))}
+    routes = {
+        RegistrationAccepted.TOPIC: Route(batch=partial(handlers.handle_accepted, queries=queries, data_key=data_key))
+    }
     workers = [
         Worker("booking", worker.book_due, settings.worker_poll_interval_ms / 1000, settings.worker_batch_size_max)
     ]

@@ -35,7 +35,16 @@ BOOKING_ERROR = "booking_error"
 """The reason of a booking that failed for a cause other than the provider's (a bug: see the logs)."""
 
 
-async def handle_accepted(events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Any) -> None:
+class Deferred:
+    """A request not attempted this pass (no attempt counted): it waits for its lease to end."""
+
+
+DEFERRED = Deferred()
+
+
+async def handle_accepted(
+    events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Any, data_key: crypto.Keyring
+) -> None:
     """A run of accepted cases: one booking request each, by one insert, keeping the traveler part
     of `sealed` (its ciphertext with the booking, its case key in `case_keys`); the worker books them."""
     parts = [casekeys.take(event.data.sealed, casekeys.TRAVELER) for event in events]
@@ -48,7 +57,7 @@ async def handle_accepted(events: list[Envelope[RegistrationAccepted]], uow: Uni
         destination_airports=[event.data.destination_airport for event in events],
         sealed=[part.ciphertext for part in parts],
     )
-    await keep_case_keys(uow, [event.data.case_id for event in events], parts)
+    await keep_case_keys(uow, [event.data.case_id for event in events], parts, data_key)
     for event in events:
         logger.debug("travel.booking_requested", case_id=event.data.case_id, correlationid=event.correlationid)
 
@@ -114,14 +123,20 @@ class BookingWorker:
         waves = -(-calls // self.concurrency_max)
         return self.policy.call_seconds_max * waves + self.policy.lease_margin_seconds
 
-    async def _attempt_all(self, due: list[Any]) -> list[TravelBooked | Exception]:
+    async def _attempt_all(self, due: list[Any]) -> list[TravelBooked | Exception | Deferred]:
         """Every due request's outcome, in order: the provider is asked in batches, a few at once."""
         items: list[BookingItem] = []
-        unreadable: dict[str, Exception] = {}
+        unreadable: dict[str, Exception | Deferred] = {}
         for request in due:
             key = str(request["case_id"])
             try:
                 traveler = casekeys.opened(self.data_key, request, purpose=casekeys.TRAVELER)
+            except crypto.UnknownKey as missing:
+                # A key this process was not given: its configuration to fix, never the case's
+                # failure. The request stays pending, and comes back when its lease ends.
+                logger.error("booking.data_key_missing", case_id=key, key_id=missing.key_id)
+                unreadable[key] = DEFERRED
+                continue
             except crypto.UNSEAL_ERRORS:
                 # One unreadable case fails alone; it must not hold up the rest of the batch.
                 unreadable[key] = PermanentProviderError(TRAVELER_DATA_UNREADABLE, "another data key, or erased")

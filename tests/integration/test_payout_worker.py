@@ -102,7 +102,7 @@ async def reserve(pool: asyncpg.Pool, infra: Infra, count: int) -> list[UUID]:
             correlationids=[uuid4() for _ in cases], sealed=[part.ciphertext for part in parts],
             accepted_event_ids=[uuid4() for _ in cases],
         )  # fmt: skip
-        await casekeys.keep_case_keys(uow, cases, parts)
+        await casekeys.keep_case_keys(uow, cases, parts, infra.keyring("disbursement"))
         await named.payments.remember_verified(connection, case_ids=cases, verified_event_ids=[uuid4() for _ in cases])
         await handlers.open_payments(uow, named, cases, PROGRAM)
     return cases

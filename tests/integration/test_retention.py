@@ -17,7 +17,7 @@ from services.runtime import casekeys, crypto
 from services.runtime.db import runtime_queries
 from services.runtime.migrate import migrate, migrate_audit
 from services.runtime.retention import RetentionSweeper
-from services.runtime.service import ServiceDefinition, _closing_routes, load_service
+from services.runtime.service import ServiceDefinition, _check_case_keys_open, _closing_routes, load_service
 from services.runtime.uow import ServiceDatabase
 from tests.conftest import Infra
 from tests.integration.helpers import new_database
@@ -35,7 +35,7 @@ def database_url(infra: Infra) -> Iterator[str]:
     """A database of this module's own, migrated like any other: erasing "every case due" here
     touches no other module's cases."""
     url = new_database(infra, "homeward_retention")
-    for service in ("registration", "travel"):
+    for service in ("registration", "travel", "arrival", "disbursement"):
         migrate(url, service)
     migrate_audit(url)
     yield url
@@ -111,7 +111,7 @@ async def test_a_case_key_that_arrives_after_its_case_was_erased_is_kept_destroy
                                               case_id=str(case_id)) for case_id in (late, fresh)}  # fmt: skip
         async with ServiceDatabase(pool, "travel", runtime_queries()).unit() as uow:
             parts = [casekeys.take(sealed[case_id], casekeys.TRAVELER) for case_id in (late, fresh)]
-            await casekeys.keep_case_keys(uow, [late, fresh], parts)
+            await casekeys.keep_case_keys(uow, [late, fresh], parts, LATE)
         rows = {row["case_id"]: row for row in await pool.fetch("SELECT * FROM case_keys WHERE case_id = ANY($1)",
                                                                 [late, fresh])}  # fmt: skip
         assert rows[late]["wrapped"] is None and rows[late]["destroyed_at"] is not None
@@ -240,3 +240,51 @@ async def test_a_closing_event_a_service_emits_closes_the_case_in_the_same_trans
 
 def booking_failed(case_id: UUID) -> TravelBookingFailed:
     return TravelBookingFailed(case_id=case_id, reason="provider_refused", attempts=1, failed_at=datetime.now(UTC))
+
+
+async def test_a_reader_whose_case_keys_need_a_key_it_lacks_refuses_to_start(database_url: str):
+    pool = await asyncpg.create_pool(database_url, server_settings={"search_path": "travel"}, min_size=1, max_size=1)
+    assert pool is not None
+    try:
+        await pool.execute(
+            "INSERT INTO case_keys (case_id, key_id, wrapped) VALUES ($1, $2, 'x')", uuid4(), FOREIGN.current_id
+        )
+        with pytest.raises(SystemExit, match=FOREIGN.current_id):
+            await _check_case_keys_open(pool, crypto.Keyring(NEW.current, (OLD.current, LATE.current)), "travel")
+    finally:
+        await pool.close()
+
+
+async def test_backfill_notes_the_cases_closed_before_closings_were_noted_with_when_they_closed(database_url: str):
+    failed_booking, rejected = uuid4(), uuid4()
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "INSERT INTO travel.bookings (case_id, correlationid, cause_event_id, origin_airport, destination_airport, "
+            "sealed, status, updated_at) "
+            "VALUES ($1, $2, $3, 'IAH', 'TGU', 'v2.k.x', 'failed', now() - interval '100 days')",
+            failed_booking, uuid4(), uuid4(),
+        )  # fmt: skip
+        await connection.execute(
+            "INSERT INTO arrival.outcomes (case_id, outcome, decided_at) "
+            "VALUES ($1, 'rejected', now() - interval '3 days')",
+            rejected,
+        )
+        planned = cli(database_url, "retention", "backfill", "--dry-run")
+        assert planned["closed_cases"] >= 2 and set(planned["noted"].values()) == {0}
+        done = cli(database_url, "retention", "backfill", "--operator", "ana")
+        assert set(done["noted"]) == {"registration", "travel", "disbursement"}
+        for schema in ("registration", "travel", "disbursement"):
+            rows = {row["case_id"]: row for row in await connection.fetch(
+                f"SELECT case_id, closed_by, now() - closed_at > interval '90 days' AS old FROM {schema}.closed_cases "
+                "WHERE case_id = ANY($1)", [failed_booking, rejected],
+            )}  # fmt: skip
+            assert (rows[failed_booking]["closed_by"], rows[failed_booking]["old"]) == (
+                "travel.booking_failed.v1",
+                True,
+            )
+            assert (rows[rejected]["closed_by"], rows[rejected]["old"]) == ("arrival.rejected.v1", False)
+        again = cli(database_url, "retention", "backfill", "--operator", "ana")
+        assert again["closed_cases"] == done["closed_cases"]
+    finally:
+        await connection.close()

@@ -16,7 +16,7 @@ from services.travel.adapters.provider import (
     Ticket,
     TransientProviderError,
 )
-from services.travel.handlers import BookingWorker, RetryPolicy
+from services.travel.handlers import DEFERRED, BookingWorker, RetryPolicy
 
 KEY = crypto.Keyring(crypto.new_key())
 POLICY = RetryPolicy(attempts_max=3, backoff_base_ms=10, backoff_max_ms=50, call_seconds_max=5, lease_margin_seconds=30)
@@ -79,3 +79,17 @@ async def test_an_unreadable_case_and_a_left_out_answer_fail_alone():
 def test_the_lease_covers_a_whole_pass():
     # 200 requests in batches of 50, 2 calls at a time: 2 waves of calls of up to 5 s each, plus the margin.
     assert worker(FakeProvider("XH")).lease_seconds() == 2 * 5 + 30
+
+
+async def test_a_case_wrapped_by_a_key_this_worker_lacks_waits_instead_of_failing():
+    stranger = crypto.Keyring(crypto.new_key())
+    case_id = uuid4()
+    sealed = casekeys.seal_case({casekeys.TRAVELER: stranger}, {casekeys.TRAVELER: {"given_name": "A"}},
+                                case_id=str(case_id))  # fmt: skip
+    part = casekeys.take(sealed, casekeys.TRAVELER)
+    waiting = {"case_id": case_id, "sealed": part.ciphertext, "case_key_id": part.key_id, "wrapped_key": part.wrapped,
+               "origin_airport": "IAH", "destination_airport": "TGU"}  # fmt: skip
+    provider = FakeProvider("XH")
+    outcomes = await worker(provider)._attempt_all([waiting, request()])
+    assert outcomes[0] is DEFERRED, "no attempt counted, no failure: the request waits for its lease"
+    assert isinstance(outcomes[1], TravelBooked)

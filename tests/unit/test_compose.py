@@ -141,8 +141,8 @@ def test_a_one_shot_job_sets_the_intake_retention_and_the_evidence_timestamps_be
     assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert str(topics.get("restart", "no")) == "no"
     [script] = topics["command"]
-    for topic in ("registration.submitted.v1", "registration.submitted.v1.dlq"):
-        assert topic in script
+    for topic in ("registration.submitted.v1", "registration.accepted.v1"):
+        assert f"{topic} {topic}.dlq" in script
     assert "retention.ms=${HOMEWARD_INTAKE_RETENTION_MS:-604800000}" in script
     assert "message.timestamp.type=LogAppendTime" in script
     # Compose interpolates $NAME itself: the script's own variables are escaped.

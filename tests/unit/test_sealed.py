@@ -129,3 +129,28 @@ def test_what_was_sealed_before_envelopes_is_kept_as_it_came_and_still_opens() -
 
 def test_a_keyring_never_shows_its_keys() -> None:
     assert OLD.decode() not in repr(Keyring(OLD, (NEW,))) and NEW.decode() not in repr(Keyring(OLD, (NEW,)))
+
+
+async def test_a_reader_refuses_a_part_wrapped_by_a_key_it_was_not_given() -> None:
+    part = casekeys.take(casekeys.seal_case(READERS, CONTENTS, case_id=CASE), casekeys.TRAVELER)
+    with pytest.raises(crypto.UnknownKey, match="restart travel and disbursement before registration"):
+        await casekeys.keep_case_keys(None, [CASE], [part], PAYOUT)  # type: ignore[arg-type]
+    legacy = casekeys.take(crypto.seal(PAYOUT, {"a": 1}, bound_to=CASE), casekeys.TRAVELER)
+    with pytest.raises(crypto.UnknownKey):
+        await casekeys.keep_case_keys(None, [CASE], [legacy], TRAVEL)  # type: ignore[arg-type]
+
+
+def test_registration_refuses_one_key_for_two_holders(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.registration.settings import RegistrationSettings
+
+    same = "ab" * 32
+    monkeypatch.setenv("HOMEWARD_TRAVEL_DATA_KEY", same)
+    monkeypatch.setenv("HOMEWARD_DISBURSEMENT_DATA_KEY", same)
+    with pytest.raises(SystemExit, match="must differ"):
+        RegistrationSettings().require_reader_keys()
+    monkeypatch.setenv("HOMEWARD_DISBURSEMENT_DATA_KEY", "cd" * 32)
+    monkeypatch.setenv("HOMEWARD_DATA_KEY", same)
+    with pytest.raises(SystemExit, match="must differ"):
+        RegistrationSettings().require_reader_keys()
+    monkeypatch.setenv("HOMEWARD_DATA_KEY", "ef" * 32)
+    assert set(RegistrationSettings().require_reader_keys()) == {casekeys.TRAVELER, casekeys.PAYOUT}

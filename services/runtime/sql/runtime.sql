@@ -209,3 +209,16 @@ WHERE k.case_id = r.case_id AND k.wrapped IS NOT NULL;
 -- name: case_keys_by_program_key
 -- For `homeward keys rewrap --dry-run` and `status`: live case keys per program key.
 SELECT key_id, count(*) AS cases FROM case_keys WHERE wrapped IS NOT NULL GROUP BY key_id ORDER BY key_id;
+
+-- name: live_case_key_ids
+-- The data keys this service's live case keys need (checked at start: each must be held).
+SELECT DISTINCT key_id FROM case_keys WHERE wrapped IS NOT NULL;
+
+-- name: erased_with_live_keys
+-- Erased cases that hold a live key again: their accepted event was stored while the sweep
+-- erased them (it could not see that row yet). The sweep erases them again.
+SELECT k.case_id FROM case_keys k JOIN closed_cases c USING (case_id)
+WHERE k.wrapped IS NOT NULL AND c.erased_at IS NOT NULL
+ORDER BY k.case_id
+LIMIT :limit
+FOR UPDATE OF k SKIP LOCKED;
