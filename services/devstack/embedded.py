@@ -113,12 +113,28 @@ set in the environment: tansu's groups and fetches are timed differently from Ap
 """
 
 
+FREE_PORT_TRIES_MAX = 100
+_HANDED_OUT: set[int] = set()
+"""Ports this process chose already: until their server binds, the system may offer them again."""
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nobody listens on right now, and that this process has not
+    chosen before (nor reserved: `reserve_port`)."""
+    for _ in range(FREE_PORT_TRIES_MAX):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError(f"no free port in {FREE_PORT_TRIES_MAX} tries")
+
+
+def reserve_port(port: int) -> None:
+    """A port chosen elsewhere (`--kafka-port`) that `free_port` must never offer: its server may
+    not have bound it yet (a chaos run once gave travel's HTTP port the broker's number)."""
+    _HANDED_OUT.add(port)
 
 
 def port_is_free(port: int) -> bool:

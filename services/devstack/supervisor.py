@@ -25,6 +25,7 @@ from services.devstack.embedded import (
     EmbeddedPostgres,
     create_topics,
     free_port,
+    reserve_port,
 )
 from services.devstack.running import (
     DATA_KEY,
@@ -290,6 +291,7 @@ class Supervisor:
         self.settings = settings
         self.state_dir = state_dir.resolve()
         self.kafka_port = kafka_port
+        reserve_port(kafka_port)
         self.partitions = partitions
         self.replicas = replicas
         """Processes of each service, in one consumer group (`travel-1`, `travel-2`, … when more than one)."""

@@ -124,11 +124,12 @@ def backfill(
     as_json: AsJson = False,
 ) -> None:
     """Note the cases that closed before this version noted closings (paid, failed, rejected at
-    arrival, booking failed, as the payments, arrival's outcomes and the bookings record them),
-    with the time each closed, in every service that keeps personal data, so that the sweep
-    erases them in their turn. Run it once after upgrading; again, it changes nothing. On a
-    running `up` it reads as the operator's role and writes as each service's; elsewhere
-    HOMEWARD_DATABASE_URL must read every schema and write each one's `closed_cases`.
+    arrival, booking failed, as the payments, arrival's outcomes and the bookings record them;
+    for travel, every booking booked or failed), with the time each closed, in every service that
+    keeps personal data, so that the sweep erases them in their turn. Run it once after
+    upgrading; again, it changes nothing. On a running `up` it reads as the operator's role and
+    writes as each service's; elsewhere HOMEWARD_DATABASE_URL must read every schema and write
+    each one's `closed_cases`.
     Example: `homeward retention backfill --dry-run`, then `--operator ana`."""
     from services.runtime.db import fetch_all, load_queries
 
@@ -136,19 +137,25 @@ def backfill(
     queries = load_queries(SQL)
     read_url, _ = locate(state_dir, READ_ONLY)
 
-    async def closed(connection: Any) -> dict[Any, tuple[str, Any]]:
-        earliest: dict[Any, tuple[str, Any]] = {}
-        for row in await fetch_all(queries.closed_before(connection)):
-            if row["case_id"] not in earliest or row["closed_at"] < earliest[row["case_id"]][1]:
-                earliest[row["case_id"]] = (row["closed_by"], row["closed_at"])
-        return earliest
+    async def closed(connection: Any) -> dict[str, dict[Any, tuple[str, Any]]]:
+        """Each holder's cases to note, each with its first closing: travel's from its bookings'
+        outcomes, the others' from the case's close."""
+        found: dict[str, dict[Any, tuple[str, Any]]] = {}
+        for source in ("closed_before", "bookings_settled_before"):
+            earliest: dict[Any, tuple[str, Any]] = {}
+            for row in await fetch_all(getattr(queries, source)(connection)):
+                if row["case_id"] not in earliest or row["closed_at"] < earliest[row["case_id"]][1]:
+                    earliest[row["case_id"]] = (row["closed_by"], row["closed_at"])
+            found[source] = earliest
+        return found
 
-    found = on_schema(read_url, "public", closed, holds="services' records")
+    sources = on_schema(read_url, "public", closed, holds="services' records")
     report: dict[str, int] = {}
     for name in holders():
         database_url, _ = locate(state_dir, name)
+        found = sources["bookings_settled_before" if name == "travel" else "closed_before"]
 
-        async def note(connection: Any, name: str = name) -> int:
+        async def note(connection: Any, name: str = name, found: dict[Any, tuple[str, Any]] = found) -> int:
             if dry_run:
                 return 0
             ids = sorted(found)
@@ -163,7 +170,8 @@ def backfill(
             return len(ids)
 
         report[name] = on_schema(database_url, name, note, holds="retention records")
-    document = {"closed_cases": len(found), "dry_run": dry_run, "noted": report}
+    total = len(sources["closed_before"].keys() | sources["bookings_settled_before"].keys())
+    document = {"closed_cases": total, "dry_run": dry_run, "noted": report}
     table = Table(title="Closed cases found" + (" (dry run)" if dry_run else ""))
     table.add_column("service")
     table.add_column("cases noted", justify="right")
@@ -171,4 +179,4 @@ def backfill(
         table.add_row(name, str(count))
     emit(as_json, document, table)
     if not as_json:
-        typer.echo(f"{len(found)} closed cases found; the services' sweeps erase them once their retention is over.")
+        typer.echo(f"{total} closed cases found; the services' sweeps erase them once their retention is over.")

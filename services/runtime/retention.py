@@ -37,17 +37,18 @@ ERASURE_BATCH_MAX = 500
 @dataclass(frozen=True)
 class Retention:
     """A service that keeps personal data: its `erase_cases` statement lives in `sql` (one
-    statement over `:case_ids`, run in the transaction that destroys their keys). Of the closing
-    topics, those it `decides` (emits) close the case in the transaction that emits them; it
-    consumes the others."""
+    statement over `:case_ids`, run in the transaction that destroys their keys). Its copy's
+    retention runs from the first of the events it `decides` (emits; noted in the transaction that
+    emits them) or `consumes` (learns from others, on its own consumer group)."""
 
     sql: Path
     decides: frozenset[str] = frozenset()
+    consumes: frozenset[str] = CLOSING_TOPICS
 
     @property
     def closes_on(self) -> frozenset[str]:
-        """The closing topics it learns of from others."""
-        return CLOSING_TOPICS - self.decides
+        """The closing topics it subscribes to."""
+        return self.consumes - self.decides
 
     def erase_cases(self) -> Any:
         return _queries(self.sql).erase_cases

@@ -47,9 +47,10 @@ REDRIVE = Redrive(
 )
 
 
-# Travel keeps the traveler's part of a case's personal data, until its retention after closing;
-# a failed booking, its own decision, closes the case in the transaction that records it.
-RETENTION = Retention(SQL, decides=frozenset({TravelBookingFailed.TOPIC}))
+# Travel needs the traveler's part to book and for nothing after: its copy's retention runs from
+# the booking's outcome (booked or failed, its own decisions, noted in the transaction that records
+# them), which comes before the case closes; so it consumes no closing events.
+RETENTION = Retention(SQL, decides=frozenset({TravelBooked.TOPIC, TravelBookingFailed.TOPIC}), consumes=frozenset())
 
 
 def build(settings: TravelSettings, database: ServiceDatabase) -> ServiceDefinition:

@@ -102,3 +102,20 @@ def test_a_public_key_is_read_from_pem_and_anything_else_is_refused_with_what_it
         )
     with pytest.raises(ValueError, match="not a PEM public key"):
         signing.public_key_from_pem(b"hello")
+
+
+def test_arrivals_fast_check_agrees_with_the_contracts_reference_check() -> None:
+    """Arrival verifies with libsodium, producers sign (and integrators check) with the contract's
+    module over OpenSSL: the two agree on what a signature is."""
+    other = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+    other_public = other.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    good = signing.decode_signature(signing.sign(KEY, VALUE).encode())
+    assert good is not None
+    flipped = bytes([good[0] ^ 1]) + good[1:]
+    cases = [
+        (PUBLIC, good, VALUE), (PUBLIC, good, VALUE + b" "), (PUBLIC, flipped, VALUE), (other_public, good, VALUE),
+        (PUBLIC, good[:63], VALUE), (b"short", good, VALUE), (PUBLIC, b"\x00" * 64, VALUE),
+    ]  # fmt: skip
+    for public_key, signature, value in cases:
+        assert domain.verifies(public_key, signature, value) == signing.verifies(public_key, signature, value)
+    assert domain.verifies(PUBLIC, good, VALUE)

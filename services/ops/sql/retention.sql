@@ -12,6 +12,13 @@ SELECT case_id, 'arrival.rejected.v1', decided_at FROM arrival.outcomes WHERE ou
 UNION ALL
 SELECT case_id, 'travel.booking_failed.v1', updated_at FROM travel.bookings WHERE status = 'failed';
 
+-- name: bookings_settled_before
+-- Travel's copy runs from the booking's outcome (services/travel/app.py: RETENTION).
+SELECT case_id,
+       CASE status WHEN 'booked' THEN 'travel.booked.v1' ELSE 'travel.booking_failed.v1' END AS closed_by,
+       updated_at AS closed_at
+FROM travel.bookings WHERE status IN ('booked', 'failed');
+
 -- name: note_closed_before!
 -- As each service's own role, in its schema; a case noted already keeps its first closing.
 INSERT INTO closed_cases (case_id, closed_by, closed_at)
