@@ -19,14 +19,10 @@ case key in its own `case_keys` table. `keys rewrap` wraps that key again under 
 program key; erasure destroys it, and the ciphertext no longer opens anywhere.
 """
 
-import base64
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.runtime import crypto
 
@@ -45,20 +41,6 @@ ERASED = "erased"
 """What stands where sealed data was once a case is erased."""
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _encrypt(key: bytes, body: bytes, aad: str) -> str:
-    nonce = os.urandom(crypto.NONCE_BYTES)
-    return _b64(nonce + AESGCM(key).encrypt(nonce, body, aad.encode()))
-
-
-def _decrypt(key: bytes, encoded: str, aad: str) -> bytes:
-    raw = base64.urlsafe_b64decode(encoded)
-    return AESGCM(key).decrypt(raw[: crypto.NONCE_BYTES], raw[crypto.NONCE_BYTES :], aad.encode())
-
-
 def _wrap_aad(case_id: str, key_id: str, purpose: str) -> str:
     return f"{case_id}|{key_id}|{purpose}|case key"
 
@@ -69,11 +51,13 @@ def _data_aad(case_id: str, purpose: str) -> str:
 
 def wrap(program: crypto.Keyring, case_key: bytes, *, case_id: str, purpose: str) -> tuple[str, str]:
     """The case key wrapped under the current program key, and that key's id."""
-    return program.current_id, _encrypt(program.current, case_key, _wrap_aad(case_id, program.current_id, purpose))
+    return program.current_id, crypto.encrypt(
+        program.current, case_key, _wrap_aad(case_id, program.current_id, purpose)
+    )
 
 
 def unwrap(program: crypto.Keyring, key_id: str, wrapped: str, *, case_id: str, purpose: str) -> bytes:
-    return _decrypt(program.by_id(key_id), wrapped, _wrap_aad(case_id, key_id, purpose))
+    return crypto.decrypt(program.by_id(key_id), wrapped, _wrap_aad(case_id, key_id, purpose))
 
 
 def seal_case(programs: Mapping[str, crypto.Keyring], contents: Mapping[str, dict[str, Any]], *, case_id: str) -> str:
@@ -84,7 +68,7 @@ def seal_case(programs: Mapping[str, crypto.Keyring], contents: Mapping[str, dic
         case_key = crypto.new_key()
         key_id, wrapped = wrap(programs[purpose], case_key, case_id=case_id, purpose=purpose)
         body = json.dumps(plaintext, separators=(",", ":"), sort_keys=True).encode()
-        ciphertext = _encrypt(case_key, body, _data_aad(case_id, purpose))
+        ciphertext = crypto.encrypt(case_key, body, _data_aad(case_id, purpose))
         parts.append(f"{purpose}.{key_id}.{wrapped}.{ciphertext}")
     return PART_SEPARATOR.join(parts)
 
@@ -122,7 +106,7 @@ def open_taken(program: crypto.Keyring, taken: Taken, *, case_id: str, purpose: 
     if taken.key_id is None or taken.wrapped is None:
         raise KeyError("this case's key is destroyed (erased) or was never received")
     case_key = unwrap(program, taken.key_id, taken.wrapped, case_id=case_id, purpose=purpose)
-    result: dict[str, Any] = json.loads(_decrypt(case_key, ciphertext, _data_aad(case_id, purpose)))
+    result: dict[str, Any] = json.loads(crypto.decrypt(case_key, ciphertext, _data_aad(case_id, purpose)))
     return result
 
 

@@ -91,13 +91,23 @@ def unseal(keys: Keys, sealed: str, *, bound_to: str) -> dict[str, Any]:
     return result
 
 
+def encrypt(key: bytes, body: bytes, aad: str) -> str:
+    """AES-256-GCM under a fresh nonce: the URL-safe base64 of nonce and ciphertext."""
+    nonce = os.urandom(NONCE_BYTES)
+    return base64.urlsafe_b64encode(nonce + AESGCM(key).encrypt(nonce, body, aad.encode())).decode()
+
+
+def decrypt(key: bytes, encoded: str, aad: str) -> bytes:
+    """What `encrypt` sealed; raises one of `UNSEAL_ERRORS` if it does not open."""
+    raw = base64.urlsafe_b64decode(encoded)
+    return AESGCM(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], aad.encode())
+
+
 def seal_bytes(keys: Keys, body: bytes, *, bound_to: str) -> str:
     """`v2.`, the current key's id, `.` and the URL-safe base64 of nonce and ciphertext; the
     associated data binds `bound_to` (a case id) and the key id."""
     ring = _ring(keys)
-    nonce = os.urandom(NONCE_BYTES)
-    ciphertext = AESGCM(ring.current).encrypt(nonce, body, f"{bound_to}|{ring.current_id}".encode())
-    return f"{SEAL_VERSION}.{ring.current_id}.{base64.urlsafe_b64encode(nonce + ciphertext).decode()}"
+    return f"{SEAL_VERSION}.{ring.current_id}.{encrypt(ring.current, body, f'{bound_to}|{ring.current_id}')}"
 
 
 def unseal_bytes(keys: Keys, sealed: str, *, bound_to: str) -> bytes:
@@ -105,9 +115,7 @@ def unseal_bytes(keys: Keys, sealed: str, *, bound_to: str) -> bytes:
     version, _, rest = sealed.partition(".")
     if version == SEAL_VERSION:
         sealed_with, _, encoded = rest.partition(".")
-        raw = base64.urlsafe_b64decode(encoded)
-        aad = f"{bound_to}|{sealed_with}".encode()
-        return AESGCM(ring.by_id(sealed_with)).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], aad)
+        return decrypt(ring.by_id(sealed_with), encoded, f"{bound_to}|{sealed_with}")
     if version == LEGACY_SEAL_VERSION:
         raw = base64.urlsafe_b64decode(rest)
         for key in (ring.current, *ring.retired):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import structlog
@@ -61,15 +62,11 @@ def _queries(sql: Path) -> Any:
 
 async def note_closed(events: list[Envelope[Any]], uow: UnitOfWork) -> None:
     """A run of closing events: each case's first closing is kept, with the topic that closed it."""
-    closed: dict[Any, str] = {}
+    closed: dict[UUID, str] = {}
     for event in events:
         if (case_id := getattr(event.data, "case_id", None)) is not None:
             closed.setdefault(case_id, event.type)
-    if closed:
-        ordered = sorted(closed)  # two consumers closing overlapping cases never deadlock
-        await uow.runtime_queries.close_for_erasure(
-            uow.connection, case_ids=ordered, topics=[closed[case_id] for case_id in ordered]
-        )
+    await uow.close_for_erasure(closed)
 
 
 async def erase_due(

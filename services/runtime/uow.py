@@ -174,9 +174,14 @@ class UnitOfWork:
         for row in self.pending:
             if row.topic in self.database.closing_topics and not row.dead_letter:
                 closed.setdefault(UUID(row.key), row.topic)
+        await self.close_for_erasure(closed)
+        self.pending.clear()
+
+    async def close_for_erasure(self, closed: dict[UUID, str]) -> None:
+        """Notes cases closed (each with the topic that closed it) for erasure, by one insert;
+        sorted, so that two transactions closing overlapping cases never deadlock."""
         if closed:
             ordered = sorted(closed)
             await self.runtime_queries.close_for_erasure(
                 self.connection, case_ids=ordered, topics=[closed[case_id] for case_id in ordered]
             )
-        self.pending.clear()

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from contracts.envelope import Envelope
 from contracts.events import RegistrationAccepted, TravelBooked, TravelBookingFailed
 from services.runtime import casekeys, crypto
-from services.runtime.casekeys import keep_case_keys
 from services.runtime.db import fetch_all
 from services.runtime.messages import now
 from services.runtime.uow import ServiceDatabase, UnitOfWork
@@ -57,7 +56,7 @@ async def handle_accepted(
         destination_airports=[event.data.destination_airport for event in events],
         sealed=[part.ciphertext for part in parts],
     )
-    await keep_case_keys(uow, [event.data.case_id for event in events], parts, data_key)
+    await casekeys.keep_case_keys(uow, [event.data.case_id for event in events], parts, data_key)
     for event in events:
         logger.debug("travel.booking_requested", case_id=event.data.case_id, correlationid=event.correlationid)
 

@@ -5,7 +5,7 @@ to the current one, a batch at a time, leaving what it cannot open for an operat
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -40,6 +40,15 @@ def database_url(infra: Infra) -> Iterator[str]:
         migrate(url, service)
     migrate_audit(url)
     yield url
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """Connections that see travel's schema, as travel's own pool does."""
+    created = await asyncpg.create_pool(database_url, server_settings={"search_path": "travel"}, min_size=1, max_size=2)
+    assert created is not None
+    yield created
+    await created.close()
 
 
 def cli(database_url: str, *arguments: str, **settings: str) -> dict:
@@ -100,25 +109,20 @@ async def test_retention_run_erases_what_registration_kept_of_a_closed_case_and_
         await connection.close()
 
 
-async def test_a_case_key_that_arrives_after_its_case_was_erased_is_kept_destroyed(database_url: str):
+async def test_a_case_key_that_arrives_after_its_case_was_erased_is_kept_destroyed(pool: asyncpg.Pool):
     late, fresh = uuid4(), uuid4()
-    pool = await asyncpg.create_pool(database_url, server_settings={"search_path": "travel"}, min_size=1, max_size=1)
-    assert pool is not None
-    try:
-        await pool.execute(
-            "INSERT INTO closed_cases (case_id, closed_by, erased_at) VALUES ($1, 'arrival.rejected.v1', now())", late
-        )
-        sealed = {case_id: casekeys.seal_case({casekeys.TRAVELER: LATE}, {casekeys.TRAVELER: {"n": 1}},
-                                              case_id=str(case_id)) for case_id in (late, fresh)}  # fmt: skip
-        async with ServiceDatabase(pool, "travel", runtime_queries()).unit() as uow:
-            parts = [casekeys.take(sealed[case_id], casekeys.TRAVELER) for case_id in (late, fresh)]
-            await casekeys.keep_case_keys(uow, [late, fresh], parts, LATE)
-        rows = {row["case_id"]: row for row in await pool.fetch("SELECT * FROM case_keys WHERE case_id = ANY($1)",
-                                                                [late, fresh])}  # fmt: skip
-        assert rows[late]["wrapped"] is None and rows[late]["destroyed_at"] is not None
-        assert rows[fresh]["wrapped"] is not None
-    finally:
-        await pool.close()
+    await pool.execute(
+        "INSERT INTO closed_cases (case_id, closed_by, erased_at) VALUES ($1, 'arrival.rejected.v1', now())", late
+    )
+    sealed = {case_id: casekeys.seal_case({casekeys.TRAVELER: LATE}, {casekeys.TRAVELER: {"n": 1}},
+                                          case_id=str(case_id)) for case_id in (late, fresh)}  # fmt: skip
+    async with ServiceDatabase(pool, "travel", runtime_queries()).unit() as uow:
+        parts = [casekeys.take(sealed[case_id], casekeys.TRAVELER) for case_id in (late, fresh)]
+        await casekeys.keep_case_keys(uow, [late, fresh], parts, LATE)
+    rows = {row["case_id"]: row for row in await pool.fetch("SELECT * FROM case_keys WHERE case_id = ANY($1)",
+                                                            [late, fresh])}  # fmt: skip
+    assert rows[late]["wrapped"] is None and rows[late]["destroyed_at"] is not None
+    assert rows[fresh]["wrapped"] is not None
 
 
 async def test_keys_rewrap_moves_every_case_key_of_a_retired_key_to_the_current_one(database_url: str):
@@ -160,42 +164,37 @@ async def test_keys_rewrap_moves_every_case_key_of_a_retired_key_to_the_current_
         await connection.close()
 
 
-async def test_a_services_own_sweep_erases_what_is_due_and_only_that(database_url: str):
+async def test_a_services_own_sweep_erases_what_is_due_and_only_that(pool: asyncpg.Pool):
     due, recent = uuid4(), uuid4()
-    pool = await asyncpg.create_pool(database_url, server_settings={"search_path": "travel"}, min_size=1, max_size=2)
-    assert pool is not None
-    try:
-        for case_id, closed_days_ago in ((due, 91), (recent, 89)):
-            part = casekeys.take(
-                casekeys.seal_case({casekeys.TRAVELER: LATE}, {casekeys.TRAVELER: {"n": 1}}, case_id=str(case_id)),
-                casekeys.TRAVELER,
-            )
-            await pool.execute(
-                "INSERT INTO bookings (case_id, correlationid, cause_event_id, origin_airport, destination_airport, "
-                "sealed) VALUES ($1, $2, $3, 'IAH', 'TGU', $4)", case_id, uuid4(), uuid4(), part.ciphertext,
-            )  # fmt: skip
-            await pool.execute(
-                "INSERT INTO case_keys (case_id, key_id, wrapped) VALUES ($1, $2, $3)",
-                case_id,
-                part.key_id,
-                part.wrapped,
-            )
-            await pool.execute(
-                "INSERT INTO closed_cases (case_id, closed_by, closed_at) "
-                "VALUES ($1, 'stipend.disbursed.v1', now() - make_interval(days => $2))", case_id, closed_days_ago,
-            )  # fmt: skip
-        sweeper = RetentionSweeper(
-            pool=pool, runtime_queries=runtime_queries(), retention=TRAVEL_RETENTION, days=90, batch_size_max=10
+    for case_id, closed_days_ago in ((due, 91), (recent, 89)):
+        part = casekeys.take(
+            casekeys.seal_case({casekeys.TRAVELER: LATE}, {casekeys.TRAVELER: {"n": 1}}, case_id=str(case_id)),
+            casekeys.TRAVELER,
         )
-        assert await sweeper.sweep() >= 1
-        rows = {row["case_id"]: row for row in await pool.fetch(
-            "SELECT b.case_id, b.sealed, k.wrapped FROM bookings b JOIN case_keys k USING (case_id) "
-            "WHERE b.case_id = ANY($1)", [due, recent],
-        )}  # fmt: skip
-        assert (rows[due]["sealed"], rows[due]["wrapped"]) == ("erased", None)
-        assert rows[recent]["sealed"].startswith("v3.") and rows[recent]["wrapped"] is not None
-    finally:
-        await pool.close()
+        await pool.execute(
+            "INSERT INTO bookings (case_id, correlationid, cause_event_id, origin_airport, destination_airport, "
+            "sealed) VALUES ($1, $2, $3, 'IAH', 'TGU', $4)", case_id, uuid4(), uuid4(), part.ciphertext,
+        )  # fmt: skip
+        await pool.execute(
+            "INSERT INTO case_keys (case_id, key_id, wrapped) VALUES ($1, $2, $3)",
+            case_id,
+            part.key_id,
+            part.wrapped,
+        )
+        await pool.execute(
+            "INSERT INTO closed_cases (case_id, closed_by, closed_at) "
+            "VALUES ($1, 'stipend.disbursed.v1', now() - make_interval(days => $2))", case_id, closed_days_ago,
+        )  # fmt: skip
+    sweeper = RetentionSweeper(
+        pool=pool, runtime_queries=runtime_queries(), retention=TRAVEL_RETENTION, days=90, batch_size_max=10
+    )
+    assert await sweeper.sweep() >= 1
+    rows = {row["case_id"]: row for row in await pool.fetch(
+        "SELECT b.case_id, b.sealed, k.wrapped FROM bookings b JOIN case_keys k USING (case_id) "
+        "WHERE b.case_id = ANY($1)", [due, recent],
+    )}  # fmt: skip
+    assert (rows[due]["sealed"], rows[due]["wrapped"]) == ("erased", None)
+    assert rows[recent]["sealed"].startswith("v3.") and rows[recent]["wrapped"] is not None
 
 
 def test_closing_events_feed_the_redrive_and_the_erasure_through_one_route_per_topic() -> None:
@@ -225,43 +224,31 @@ def modules(route: Any) -> list[str]:
     return [step.__module__ for step in route.batch.args[0]]
 
 
-async def test_a_closing_event_a_service_emits_closes_the_case_in_the_same_transaction(database_url: str):
+async def test_a_closing_event_a_service_emits_closes_the_case_in_the_same_transaction(pool: asyncpg.Pool):
     failed, kept_open = uuid4(), uuid4()
-    pool = await asyncpg.create_pool(database_url, server_settings={"search_path": "travel"}, min_size=1, max_size=1)
-    assert pool is not None
-    try:
-        database = ServiceDatabase(
-            pool, "travel", runtime_queries(), closing_topics=load_service("travel").retention.decides
-        )
-        with contextlib.suppress(RuntimeError):
-            async with database.unit() as uow:
-                uow.emit(booking_failed(kept_open), correlationid=uuid4(), causationid=None)
-                raise RuntimeError("rolled back: nothing closes")
+    database = ServiceDatabase(
+        pool, "travel", runtime_queries(), closing_topics=load_service("travel").retention.decides
+    )
+    with contextlib.suppress(RuntimeError):
         async with database.unit() as uow:
-            uow.emit(booking_failed(failed), correlationid=uuid4(), causationid=None)
-        rows = await pool.fetch(
-            "SELECT case_id, closed_by FROM closed_cases WHERE case_id = ANY($1)", [failed, kept_open]
-        )
-        assert [tuple(row) for row in rows] == [(failed, TravelBookingFailed.TOPIC)]
-    finally:
-        await pool.close()
+            uow.emit(booking_failed(kept_open), correlationid=uuid4(), causationid=None)
+            raise RuntimeError("rolled back: nothing closes")
+    async with database.unit() as uow:
+        uow.emit(booking_failed(failed), correlationid=uuid4(), causationid=None)
+    rows = await pool.fetch("SELECT case_id, closed_by FROM closed_cases WHERE case_id = ANY($1)", [failed, kept_open])
+    assert [tuple(row) for row in rows] == [(failed, TravelBookingFailed.TOPIC)]
 
 
 def booking_failed(case_id: UUID) -> TravelBookingFailed:
     return TravelBookingFailed(case_id=case_id, reason="provider_refused", attempts=1, failed_at=datetime.now(UTC))
 
 
-async def test_a_reader_whose_case_keys_need_a_key_it_lacks_refuses_to_start(database_url: str):
-    pool = await asyncpg.create_pool(database_url, server_settings={"search_path": "travel"}, min_size=1, max_size=1)
-    assert pool is not None
-    try:
-        await pool.execute(
-            "INSERT INTO case_keys (case_id, key_id, wrapped) VALUES ($1, $2, 'x')", uuid4(), FOREIGN.current_id
-        )
-        with pytest.raises(SystemExit, match=FOREIGN.current_id):
-            await _check_case_keys_open(pool, crypto.Keyring(NEW.current, (OLD.current, LATE.current)), "travel")
-    finally:
-        await pool.close()
+async def test_a_reader_whose_case_keys_need_a_key_it_lacks_refuses_to_start(pool: asyncpg.Pool):
+    await pool.execute(
+        "INSERT INTO case_keys (case_id, key_id, wrapped) VALUES ($1, $2, 'x')", uuid4(), FOREIGN.current_id
+    )
+    with pytest.raises(SystemExit, match=FOREIGN.current_id):
+        await _check_case_keys_open(pool, crypto.Keyring(NEW.current, (OLD.current, LATE.current)), "travel")
 
 
 async def test_backfill_notes_the_cases_closed_before_closings_were_noted_with_when_they_closed(database_url: str):
