@@ -187,9 +187,10 @@ def rewrap(
             "the keys were rotated after `homeward up` started: restart it first, so that the services hold the "
             "keys the case keys are wrapped with"
         )
+    secrets = _secrets(runtime) if runtime is not None else None
     report: dict[str, Any] = {}
     for reader in [service] if service else READERS:
-        keyring = keyring_of(_secrets(runtime), reader) if runtime is not None else SealedData().require_data_key()
+        keyring = keyring_of(secrets, reader) if secrets is not None else SealedData().require_data_key()
         database_url, _ = locate(state_dir, reader)
 
         async def work(connection: Any, keyring: crypto.Keyring = keyring, reader: str = reader) -> dict[str, Any]:

@@ -137,23 +137,21 @@ def backfill(
     queries = load_queries(SQL)
     read_url, _ = locate(state_dir, READ_ONLY)
 
-    async def closed(connection: Any) -> dict[str, dict[Any, tuple[str, Any]]]:
-        """Each holder's cases to note, each with its first closing: travel's from its bookings'
-        outcomes, the others' from the case's close."""
-        found: dict[str, dict[Any, tuple[str, Any]]] = {}
-        for source in ("closed_before", "bookings_settled_before"):
-            earliest: dict[Any, tuple[str, Any]] = {}
-            for row in await fetch_all(getattr(queries, source)(connection)):
-                if row["case_id"] not in earliest or row["closed_at"] < earliest[row["case_id"]][1]:
-                    earliest[row["case_id"]] = (row["closed_by"], row["closed_at"])
-            found[source] = earliest
-        return found
+    async def closings(connection: Any) -> list[Any]:
+        return await fetch_all(queries.closings_before(connection))
 
-    sources = on_schema(read_url, "public", closed, holds="services' records")
+    rows = on_schema(read_url, "public", closings, holds="services' records")
     report: dict[str, int] = {}
-    for name in holders():
+    noted: set[Any] = set()
+    for name, retention in holders().items():
+        # Each case's first closing of the kinds this holder's retention counts from.
+        counted = retention.decides | retention.consumes
+        found: dict[Any, tuple[str, Any]] = {}
+        for row in sorted(rows, key=lambda row: row["closed_at"]):
+            if row["closed_by"] in counted:
+                found.setdefault(row["case_id"], (row["closed_by"], row["closed_at"]))
+        noted |= found.keys()
         database_url, _ = locate(state_dir, name)
-        found = sources["bookings_settled_before" if name == "travel" else "closed_before"]
 
         async def note(connection: Any, name: str = name, found: dict[Any, tuple[str, Any]] = found) -> int:
             if dry_run:
@@ -170,7 +168,7 @@ def backfill(
             return len(ids)
 
         report[name] = on_schema(database_url, name, note, holds="retention records")
-    total = len(sources["closed_before"].keys() | sources["bookings_settled_before"].keys())
+    total = len(noted)
     document = {"closed_cases": total, "dry_run": dry_run, "noted": report}
     table = Table(title="Closed cases found" + (" (dry run)" if dry_run else ""))
     table.add_column("service")

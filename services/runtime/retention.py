@@ -5,8 +5,10 @@ ciphertext no longer opens; every holder runs its own `erase_cases` statement ov
 kept (registration: its copy of `sealed` and the accepted event in its outbox). The ledger, the
 identity key, the case's timeline and its consent record stay.
 
-A service learns that a case closed from the closing events themselves, on its own consumer
-group, and keeps the fact in `closed_cases`; a sweep (and `homeward retention run`) erases what
+A service notes in `closed_cases` when its copy's clock starts: on the closing events it decides
+itself, in the transaction that emits them, and on those it learns from others, on its own
+consumer group (travel, which needs the traveler only to book, starts it at the booking's
+outcome: `Retention.decides` and `consumes`). A sweep (and `homeward retention run`) erases what
 is due, a batch at a time, each batch in one transaction.
 """
 
@@ -80,7 +82,7 @@ async def erase_due(
         late = [row["case_id"] for row in await fetch_all(
             runtime_queries.erased_with_live_keys(connection, limit=limit)
         )]  # fmt: skip
-        due += [case_id for case_id in late if case_id not in due]
+        due = list(dict.fromkeys([*due, *late]))
         if due:
             await retention.erase_cases()(connection, case_ids=due)
             await runtime_queries.destroy_case_keys(connection, case_ids=due)
