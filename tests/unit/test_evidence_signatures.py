@@ -119,3 +119,14 @@ def test_arrivals_fast_check_agrees_with_the_contracts_reference_check() -> None
     for public_key, signature, value in cases:
         assert domain.verifies(public_key, signature, value) == signing.verifies(public_key, signature, value)
     assert domain.verifies(PUBLIC, good, VALUE)
+
+
+def test_signing_by_libsodium_makes_the_bytes_openssl_makes() -> None:
+    """`sign` goes through libsodium for speed; Ed25519 is deterministic, so every signature is
+    the one OpenSSL makes, and OpenSSL's verify accepts it."""
+    for seed in range(5):
+        key = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
+        for value in (b"", VALUE, VALUE * 20):
+            header = signing.sign(key, value)
+            assert signing.decode_signature(header.encode()) == key.sign(value)
+            key.public_key().verify(key.sign(value), value)
