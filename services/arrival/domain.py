@@ -45,6 +45,30 @@ class Verdict:
     evidence_ids: tuple[UUID, ...]
 
 
+# Why a piece of evidence did not count (`homeward case show`): the policy's words for it.
+WRONG_COUNTRY = "wrong_country"
+BEFORE_DEPARTURE = "before_departure"
+AFTER_WINDOW = "after_window"
+FROM_THE_FUTURE = "from_the_future"
+OFFICE_DOCUMENT_UNCHECKED = "document_not_checked"
+CARRIER_NOT_LANDED = "not_landed"
+CARRIER_OTHER_FLIGHT = "other_flight"
+APP_SCORE_TOO_LOW = "score_too_low"
+
+
+def _outside(evidence: Evidence, case: CaseFacts, window: timedelta) -> str | None:
+    """Why evidence is outside what may count at all (None: it may count)."""
+    if evidence.country != case.destination_country:
+        return WRONG_COUNTRY
+    if evidence.observed_at < case.scheduled_departure:
+        return BEFORE_DEPARTURE
+    if evidence.observed_at > case.scheduled_arrival + window:
+        return AFTER_WINDOW
+    if evidence.observed_at > evidence.received_at + FUTURE_TOLERANCE:
+        return FROM_THE_FUTURE
+    return None
+
+
 def counts(evidence: Evidence, case: CaseFacts, window: timedelta) -> bool:
     """Evidence counts if it is from the destination, inside the window, and not from the future.
 
@@ -56,6 +80,22 @@ def counts(evidence: Evidence, case: CaseFacts, window: timedelta) -> bool:
         and case.scheduled_departure <= evidence.observed_at <= case.scheduled_arrival + window
         and evidence.observed_at <= evidence.received_at + FUTURE_TOLERANCE
     )
+
+
+def not_counted(evidence: Evidence, case: CaseFacts, window: timedelta) -> str | None:
+    """Why a piece of evidence cannot serve the policy (`counts`, then what its rule asks of its
+    source), or None where it can. For people reading a case; `verify` decides."""
+    if (outside := _outside(evidence, case, window)) is not None:
+        return outside
+    if evidence.source == "partner_office" and evidence.document_checked is not True:
+        return OFFICE_DOCUMENT_UNCHECKED
+    if evidence.source == "carrier" and evidence.status != "landed":
+        return CARRIER_NOT_LANDED
+    if evidence.source == "carrier" and evidence.flight_number != case.flight_number:
+        return CARRIER_OTHER_FLIGHT
+    if evidence.source == "participant_app" and (evidence.identity_match_score or 0.0) < APP_MATCH_SCORE_MIN:
+        return APP_SCORE_TOO_LOW
+    return None
 
 
 def _earliest(candidates: Iterable[Evidence]) -> Evidence | None:

@@ -11,6 +11,7 @@ import typer
 from services.devstack.settings import REPLICAS_MAX
 from services.ops.audit import audit_app
 from services.ops.bench import bench_app
+from services.ops.cases import case_app, payments_app
 from services.ops.common import OpsSettings, StateDir
 from services.ops.dlq import dlq_app
 from services.ops.keys import keys_app
@@ -39,6 +40,8 @@ app.add_typer(signers_app, name="signers")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(retention_app, name="retention")
+app.add_typer(case_app, name="case")
+app.add_typer(payments_app, name="payments")
 
 
 @app.callback()

@@ -69,6 +69,8 @@ class DeadLetter:
     value: bytes
     kept_headers: tuple[tuple[str, bytes], ...] = ()
     """The original's headers the copy carried (its signature), sent again on replay."""
+    key: str = ""
+    """The original's Kafka key (its case or application id), as the copy carries it."""
 
     @property
     def name(self) -> str:
@@ -135,6 +137,7 @@ def _letter(record: Any) -> DeadLetter:
         age_seconds=max(0.0, time.time() - record.timestamp / 1000),
         value=value,
         kept_headers=tuple((name, headers[name].encode()) for name in KEPT_HEADERS if name in headers),
+        key=record.key.decode(errors="replace") if record.key else "",
     )
 
 

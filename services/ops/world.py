@@ -79,6 +79,10 @@ CONSUMER_SESSION_TIMEOUT_MS = 6_000
 CONSUMER_HEARTBEAT_INTERVAL_MS = 2_000
 JOIN_TIMEOUT_SECONDS = 60.0
 PARTNER_OFFICE_SHARE = 0.2
+POOR_CHECK_IN_SHARE = 0.05
+"""Of the travellers who check in with the app, those whose first try scores too low to count
+(a blurred photo, poor light) and who try again, as real check-ins go."""
+POOR_CHECK_IN_SCORE = (0.40, 0.79)
 PROGRESS_REFRESH_PER_SECOND = 4
 INELIGIBLE_CODES = ("ineligible_age", "ineligible_destination", "document_expired", "consent_missing")
 SOURCE_APP = "participant-app"
@@ -308,11 +312,15 @@ def evidence_for(
             )
         ]
     else:
+        app = {"source": "participant_app", "latitude": 14.07, "longitude": -87.19}
         reports = [
             ("carrier", {"source": "carrier", "flight_number": booking.flight_number, "status": "landed"}),
-            ("participant-app", {"source": "participant_app", "identity_match_score": round(rng.uniform(0.82, 0.99), 2),
-                                 "latitude": 14.07, "longitude": -87.19}),
-        ]  # fmt: skip
+            ("participant-app", app | {"identity_match_score": round(rng.uniform(0.82, 0.99), 2)}),
+        ]
+        if rng.random() < POOR_CHECK_IN_SHARE:
+            reports.insert(
+                1, ("participant-app", app | {"identity_match_score": round(rng.uniform(*POOR_CHECK_IN_SCORE), 2)})
+            )
     messages = []
     for source, fields in reports:
         evidence_id = uuid4()

@@ -171,3 +171,45 @@ def test_duplicates_of_one_piece_do_not_stand_in_for_the_missing_one() -> None:
     redelivered = replace(landed, received_at=landed.received_at + timedelta(hours=1))
 
     assert verify(CASE, [landed, landed, redelivered], WINDOW) is None
+
+
+@pytest.mark.parametrize(
+    ("piece", "reason"),
+    [
+        (carrier(country="GT"), "wrong_country"),
+        (carrier(observed_at=DEPARTURE - timedelta(minutes=1)), "before_departure"),
+        (carrier(observed_at=ARRIVAL + WINDOW + timedelta(seconds=1)), "after_window"),
+        (carrier(received_at=LANDED_AT - timedelta(hours=1)), "from_the_future"),
+        (office(checked=False), "document_not_checked"),
+        (carrier(status="delayed"), "not_landed"),
+        (carrier(flight="XH999"), "other_flight"),
+        (app(score=0.79), "score_too_low"),
+        (app(score=0.80), None),
+        (carrier(), None),
+        (office(), None),
+    ],
+)
+def test_why_evidence_cannot_serve_the_policy(piece: Evidence, reason: str | None) -> None:
+    """`homeward case show` says why a piece did not count, in the policy's words."""
+    from services.arrival.domain import not_counted
+
+    assert not_counted(piece, CASE, WINDOW) == reason
+
+
+def test_the_reasons_agree_with_what_counts() -> None:
+    """Outside the country, the window or the present (a reason of the first kind) is exactly what
+    `counts` refuses; and a piece with no reason at all serves its rule in `verify`."""
+    from services.arrival.domain import FROM_THE_FUTURE, not_counted
+
+    rng = random.Random(11)
+    outside = {"wrong_country", "before_departure", "after_window", FROM_THE_FUTURE}
+    for _ in range(2000):
+        observed = ARRIVAL + timedelta(hours=rng.uniform(-12, 24 * 35))
+        received = observed + timedelta(minutes=rng.uniform(-20, 20))
+        piece = rng.choice([carrier(status=rng.choice(["landed", "delayed"]), flight=rng.choice(["XH123", "XH9"])),
+                            app(score=rng.uniform(0.5, 1.0)), office(checked=rng.random() < 0.7)])  # fmt: skip
+        piece = replace(piece, observed_at=observed, received_at=received, country=rng.choice(["HN", "HN", "GT"]))
+        reason = not_counted(piece, CASE, WINDOW)
+        assert counts(piece, CASE, WINDOW) == (reason not in outside)
+        if reason is None and piece.source == "partner_office":
+            assert verify(CASE, [piece], WINDOW) is not None
