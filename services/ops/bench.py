@@ -310,7 +310,7 @@ def e2e_command(
         Path | None,
         typer.Option(
             "--plot",
-            help="Draw throughput and latency over time to this PNG (needs matplotlib: pip install -e '.\\[bench]')",
+            help="Draw throughput and latency over time to this PNG (needs matplotlib: pip install -e '.\\[charts]')",
         ),
     ] = None,
 ) -> None:

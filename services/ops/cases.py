@@ -26,7 +26,17 @@ from rich.table import Table
 from contracts.registry import PAYLOAD_TYPES, dlq_topic
 from services.arrival import domain as arrival_domain
 from services.disbursement.domain import HELD_BUDGET_EXHAUSTED
-from services.ops.common import READ_ONLY, AsJson, StateDir, console, emit, locate, locate_kafka, on_schema
+from services.ops.common import (
+    READ_ONLY,
+    AsJson,
+    StateDir,
+    console,
+    emit,
+    human_duration,
+    locate,
+    locate_kafka,
+    on_schema,
+)
 from services.ops.dlq import DeadLetter, read_dead_letters
 
 SQL = Path(__file__).parent / "sql" / "cases.sql"
@@ -424,21 +434,9 @@ def list_payments(
         table.add_column(column, overflow="fold")
     for payment in payments:
         table.add_row(payment["case_id"], payment["state"], f"{payment['amount']} {payment['currency']}",
-                      _age(payment["age_ms"]), payment["reason"] or "-")  # fmt: skip
+                      human_duration(payment["age_ms"] / 1000), payment["reason"] or "-")  # fmt: skip
     console().print(table)
 
 
 def _state_of(status: str) -> str:
     return next(state for state, statuses in PAYMENT_STATES.items() if status in statuses)
-
-
-def _age(milliseconds: int) -> str:
-    """An age as people read it: 42s, 5m 3s, 3h 12m, 2d 4h."""
-    seconds = milliseconds // 1000
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3_600:
-        return f"{seconds // 60}m {seconds % 60}s"
-    if seconds < 86_400:
-        return f"{seconds // 3_600}h {seconds % 3_600 // 60}m"
-    return f"{seconds // 86_400}d {seconds % 86_400 // 3_600}h"

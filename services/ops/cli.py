@@ -16,6 +16,7 @@ from services.ops.common import OpsSettings, StateDir
 from services.ops.dlq import dlq_app
 from services.ops.keys import keys_app
 from services.ops.ledger import ledger_app
+from services.ops.report import report
 from services.ops.retention import retention_app
 from services.ops.sandbox import sandbox_app
 from services.ops.signers import signers_app
@@ -42,6 +43,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(retention_app, name="retention")
 app.add_typer(case_app, name="case")
 app.add_typer(payments_app, name="payments")
+app.command("report")(report)
 
 
 @app.callback()
@@ -51,7 +53,7 @@ def _configure_logging() -> None:
     record batches it cannot read instead of stopping on them."""
     from services.runtime import logs, unreadable
 
-    logs.configure("cli", HomewardSettings().log_level, stream=sys.stderr)
+    logs.configure("cli", HomewardSettings().log_level, stream=sys.stderr, human=sys.stderr.isatty())
     unreadable.install()
 
 

@@ -142,6 +142,20 @@ def console() -> Console:
     return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
+def human_duration(seconds: float) -> str:
+    """A duration or an age as people read it: 0.72 s, 42 s, 5m 3s, 3h 12m, 2d 4h."""
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3_600:
+        return f"{whole // 60}m {whole % 60}s"
+    if whole < 86_400:
+        return f"{whole // 3_600}h {whole % 3_600 // 60}m"
+    return f"{whole // 86_400}d {whole % 86_400 // 3_600}h"
+
+
 def measure_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
     """A benchmark's report as a two-column table: what was measured, and its value."""
     table = Table(title=title)
@@ -249,8 +263,8 @@ def on_schema(
         except refusals as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from error
-        except asyncpg.UndefinedTableError as error:
-            typer.echo(f"error: the database has no {holds} yet ({error}).", err=True)
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as error:
+            typer.echo(f"error: the database has no {holds} of this version yet ({error}).", err=True)
             typer.echo(MIGRATE_FIRST, err=True)
             raise typer.Exit(2) from error
         finally:

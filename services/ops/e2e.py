@@ -304,11 +304,11 @@ def plotting_available() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as error:
-        raise SystemExit("--plot needs matplotlib: pip install -e '.[bench]'") from error
+        raise SystemExit("--plot needs matplotlib: pip install -e '.[charts]'") from error
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Throughput and latency over time, to a PNG (matplotlib: `pip install -e '.[bench]'`)."""
+    """Throughput and latency over time, to a PNG (matplotlib: `pip install -e '.[charts]'`)."""
     import matplotlib
 
     matplotlib.use("Agg")

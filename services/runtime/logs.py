@@ -96,8 +96,36 @@ def _mask_personal_text(_: Any, __: str, event_dict: MutableMapping[str, Any]) -
     return masked
 
 
-def configure(service: str, level: str = "INFO", stream: TextIO = sys.stdout) -> structlog.stdlib.BoundLogger:
-    """Route stdlib logging (FastStream, aiokafka) and structlog through one JSON renderer."""
+class OncePerCondition(logging.Filter):
+    """For a person at a terminal: a library's warnings once per kind (logger and message
+    template), with no repeats between progress bars; Homeward's own lines all come through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("homeward") or record.name == "root":
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        condition = (record.name, str(record.msg))
+        if condition in self.seen:
+            return False
+        if len(self.seen) < CONDITIONS_REMEMBERED_MAX:
+            self.seen.add(condition)
+        return True
+
+
+CONDITIONS_REMEMBERED_MAX = 1000
+
+
+def configure(
+    service: str, level: str = "INFO", stream: TextIO = sys.stdout, *, human: bool = False
+) -> structlog.stdlib.BoundLogger:
+    """Route stdlib logging (FastStream, aiokafka) and structlog through one JSON renderer; with
+    `human` (an operator's terminal), through one readable line each instead, libraries' warnings
+    once per kind and nothing of theirs below a warning."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -123,10 +151,14 @@ def configure(service: str, level: str = "INFO", stream: TextIO = sys.stdout) ->
                 _mask_personal_text,
                 # Ids (UUIDs), times and amounts are written as their text: a line below the level
                 # never pays for turning them into text.
-                structlog.processors.JSONRenderer(default=str),
+                structlog.dev.ConsoleRenderer(colors=stream.isatty())
+                if human
+                else structlog.processors.JSONRenderer(default=str),
             ],
         )
     )
+    if human:
+        handler.addFilter(OncePerCondition())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -141,6 +173,7 @@ def configure(service: str, level: str = "INFO", stream: TextIO = sys.stdout) ->
     # httpx logs every request at INFO without case ids; failures surface through our own lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # `report --html`: font cache notes
     structlog.contextvars.bind_contextvars(service=service)
     logger: structlog.stdlib.BoundLogger = structlog.get_logger("homeward")
     return logger

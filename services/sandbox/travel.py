@@ -1,6 +1,8 @@
 """The sandbox travel provider: issues one ticket per idempotency key and keeps its tickets in its
 own SQLite file, as a remote provider keeps them on its side.
 
+A ticket carries its fare (`fare_amount`, a decimal string, and `fare_currency`).
+
 HTTP API (JSON):
   POST /bookings        header Idempotency-Key; body {traveler_name, origin_airport, destination_airport}
                         201 a new ticket, 200 the ticket already issued for that key (never a second one),
@@ -43,6 +45,9 @@ from services.sandbox.settings import TravelSandboxSettings
 from services.sandbox.store import SqliteStore
 
 CARRIERS = ("XH", "HW", "RT")
+FARE_RANGE = (180.0, 720.0)
+"""One-way economy fares from a US hub to the program's destinations, roughly."""
+FARE_CURRENCY = "USD"
 TRAVELER_NAME_CHARS_MAX = 200
 SQL = Path(__file__).parent / "sql" / "travel.sql"
 
@@ -68,8 +73,11 @@ class StoredTicket:
     scheduled_departure: str
     scheduled_arrival: str
     issued_at: str
+    fare_amount: str | None = None
+    """The ticket's price, a decimal string (a ticket of a store made before fares has none)."""
+    fare_currency: str | None = None
 
-    def public(self) -> dict[str, str]:
+    def public(self) -> dict[str, str | None]:
         return asdict(self)
 
 
@@ -78,6 +86,9 @@ class TicketStore(SqliteStore):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, SQL)
+        with self._lock:  # a script commits on its own: no transaction around it
+            if "fare_amount" not in {row["name"] for row in self._queries.ticket_columns(self._connection)}:
+                self._queries.add_fares(self._connection)
 
     def issue(self, key: str, new_ticket: StoredTicket) -> tuple[StoredTicket, bool]:
         """The ticket for `key`: the one already issued (False), or `new_ticket` stored now (True)."""
@@ -151,6 +162,8 @@ class TravelSandbox:
             scheduled_departure=departure.isoformat(),
             scheduled_arrival=(departure + self.flight_duration).isoformat(),
             issued_at=now.isoformat(),
+            fare_amount=f"{self.random.uniform(*FARE_RANGE):.2f}",
+            fare_currency=FARE_CURRENCY,
         )
 
     async def book(self, request: Request) -> JSONResponse:

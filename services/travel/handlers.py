@@ -3,6 +3,7 @@
 import asyncio
 import random
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -36,6 +37,15 @@ BOOKING_ERROR = "booking_error"
 
 class Deferred:
     """A request not attempted this pass (no attempt counted): it waits for its lease to end."""
+
+
+@dataclass(frozen=True)
+class Booked:
+    """A ticket issued: its event, and the fare the provider reported (kept for the report only)."""
+
+    event: TravelBooked
+    fare_amount: Decimal | None = None
+    fare_currency: str | None = None
 
 
 DEFERRED = Deferred()
@@ -101,7 +111,7 @@ class BookingWorker:
             return 0
         outcomes = await self._attempt_all(due)
         tickets = [(request, outcome) for request, outcome in zip(due, outcomes, strict=True)
-                   if isinstance(outcome, TravelBooked)]  # fmt: skip
+                   if isinstance(outcome, Booked)]  # fmt: skip
         async with self.database.unit() as uow:
             await self._record_tickets(uow, tickets, lease_id)
             for request, outcome in zip(due, outcomes, strict=True):
@@ -112,7 +122,7 @@ class BookingWorker:
                         event_type=TravelBooked.TOPIC,
                     ):
                         await self._record_failure(uow, request, outcome, lease_id)
-        booked = sum(isinstance(outcome, TravelBooked) for outcome in outcomes)
+        booked = sum(isinstance(outcome, Booked) for outcome in outcomes)
         logger.info("booking.pass", claimed=len(due), booked=booked, not_booked=len(due) - booked)
         return len(due)
 
@@ -122,7 +132,7 @@ class BookingWorker:
         waves = -(-calls // self.concurrency_max)
         return self.policy.call_seconds_max * waves + self.policy.lease_margin_seconds
 
-    async def _attempt_all(self, due: list[Any]) -> list[TravelBooked | Exception | Deferred]:
+    async def _attempt_all(self, due: list[Any]) -> list[Booked | Exception | Deferred]:
         """Every due request's outcome, in order: the provider is asked in batches, a few at once."""
         items: list[BookingItem] = []
         unreadable: dict[str, Exception | Deferred] = {}
@@ -158,7 +168,7 @@ class BookingWorker:
             for request in due
         ]
 
-    async def _record_tickets(self, uow: UnitOfWork, tickets: list[tuple[Any, TravelBooked]], lease_id: UUID) -> None:
+    async def _record_tickets(self, uow: UnitOfWork, tickets: list[tuple[Any, Booked]], lease_id: UUID) -> None:
         """Every ticket of the pass with one statement; each booked case's event goes out."""
         if not tickets:
             return
@@ -167,17 +177,19 @@ class BookingWorker:
             for row in await fetch_all(
                 self.queries.mark_booked(
                     uow.connection, lease_id=lease_id,
-                    case_ids=[ticket.case_id for _, ticket in tickets],
-                    booking_ids=[ticket.booking_id for _, ticket in tickets],
-                    flight_numbers=[ticket.flight_number for _, ticket in tickets],
+                    case_ids=[booked.event.case_id for _, booked in tickets],
+                    booking_ids=[booked.event.booking_id for _, booked in tickets],
+                    flight_numbers=[booked.event.flight_number for _, booked in tickets],
+                    fare_amounts=[booked.fare_amount for _, booked in tickets],
+                    fare_currencies=[booked.fare_currency for _, booked in tickets],
                 )
             )
         }  # fmt: skip
-        for request, ticket in tickets:
-            if ticket.case_id in booked:
-                uow.emit(ticket, correlationid=request["correlationid"], causationid=request["cause_event_id"])
+        for request, issued in tickets:
+            if issued.event.case_id in booked:
+                uow.emit(issued.event, correlationid=request["correlationid"], causationid=request["cause_event_id"])
                 logger.debug(
-                    "travel.booked", case_id=ticket.case_id, correlationid=request["correlationid"],
+                    "travel.booked", case_id=issued.event.case_id, correlationid=request["correlationid"],
                     event_type=TravelBooked.TOPIC, attempts=request["attempts"] + 1,
                 )  # fmt: skip
 
@@ -203,13 +215,13 @@ class BookingWorker:
         logger.info("travel.booking_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 3))
 
 
-def _outcome(case_id: Any, answered: BookingOutcome | None) -> TravelBooked | Exception:
+def _outcome(case_id: Any, answered: BookingOutcome | None) -> Booked | Exception:
     if answered is None:
         return TransientProviderError(PROVIDER_LEFT_BOOKING_OUT)
     if isinstance(answered, Exception):
         return answered
     try:
-        return _booked(case_id, answered)
+        return Booked(_booked(case_id, answered), answered.fare_amount, answered.fare_currency)
     except ValidationError as error:
         # One odd ticket fails its own case (after its retries), never the rest of the pass.
         fields = ", ".join(".".join(map(str, problem["loc"])) for problem in error.errors(include_input=False))

@@ -24,5 +24,5 @@ def test_the_timeline_is_drawn_to_a_png(tmp_path: Path) -> None:
 
 def test_plotting_without_matplotlib_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(SystemExit, match=r"pip install -e '\.\[bench\]'"):
+    with pytest.raises(SystemExit, match=r"pip install -e '\.\[charts\]'"):
         e2e.plotting_available()

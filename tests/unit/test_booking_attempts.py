@@ -4,10 +4,10 @@ provider is asked in batches of `batch_items_max`."""
 
 import random
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from uuid import uuid4
 
-from contracts.events import TravelBooked
 from services.runtime import casekeys, crypto
 from services.travel.adapters.provider import (
     BookingItem,
@@ -15,8 +15,9 @@ from services.travel.adapters.provider import (
     PermanentProviderError,
     Ticket,
     TransientProviderError,
+    _ticket,
 )
-from services.travel.handlers import DEFERRED, BookingWorker, RetryPolicy
+from services.travel.handlers import DEFERRED, Booked, BookingWorker, RetryPolicy
 
 KEY = crypto.Keyring(crypto.new_key())
 POLICY = RetryPolicy(attempts_max=3, backoff_base_ms=10, backoff_max_ms=50, call_seconds_max=5, lease_margin_seconds=30)
@@ -36,7 +37,8 @@ class FakeProvider:
         departure = datetime.now(UTC)
         return {
             item.key: Ticket("SBX-1", self.carrier, f"{self.carrier}123", item.origin_airport,
-                             item.destination_airport, departure, departure + timedelta(hours=4))
+                             item.destination_airport, departure, departure + timedelta(hours=4),
+                             fare_amount=Decimal("412.50"), fare_currency="USD")
             for item in items[self.leaves_out:]
         }  # fmt: skip
 
@@ -60,7 +62,8 @@ def request(sealed_for: Any = None) -> dict[str, Any]:
 async def test_tickets_become_booked_events_asked_in_batches():
     provider = FakeProvider("XH")
     outcomes = await worker(provider, batch_items_max=2)._attempt_all([request() for _ in range(5)])
-    assert all(isinstance(outcome, TravelBooked) and outcome.carrier == "XH" for outcome in outcomes)
+    assert all(isinstance(outcome, Booked) and outcome.event.carrier == "XH" for outcome in outcomes)
+    assert all(isinstance(outcome, Booked) and outcome.fare_amount == Decimal("412.50") for outcome in outcomes)
     assert sorted(provider.batches) == [1, 2, 2]
 
 
@@ -73,7 +76,7 @@ async def test_a_ticket_that_breaks_the_contract_is_a_retryable_failure_of_its_c
 async def test_an_unreadable_case_and_a_left_out_answer_fail_alone():
     unreadable, left_out, fine = request(sealed_for=uuid4()), request(), request()
     outcomes = await worker(FakeProvider("XH", leaves_out=1))._attempt_all([unreadable, left_out, fine])
-    assert [type(outcome) for outcome in outcomes] == [PermanentProviderError, TransientProviderError, TravelBooked]
+    assert [type(outcome) for outcome in outcomes] == [PermanentProviderError, TransientProviderError, Booked]
 
 
 def test_the_lease_covers_a_whole_pass():
@@ -92,4 +95,19 @@ async def test_a_case_wrapped_by_a_key_this_worker_lacks_waits_instead_of_failin
     provider = FakeProvider("XH")
     outcomes = await worker(provider)._attempt_all([waiting, request()])
     assert outcomes[0] is DEFERRED, "no attempt counted, no failure: the request waits for its lease"
-    assert isinstance(outcomes[1], TravelBooked)
+    assert isinstance(outcomes[1], Booked)
+
+
+def test_a_fare_that_does_not_read_as_money_is_left_out_never_the_ticket():
+    """The fare is for the program's report: an odd one is dropped and the ticket still counts."""
+    ticket = {"booking_id": "SBX-1", "carrier": "XH", "flight_number": "XH1", "origin_airport": "IAH",
+              "destination_airport": "TGU", "scheduled_departure": "2026-12-01T10:00:00+00:00",
+              "scheduled_arrival": "2026-12-01T14:00:00+00:00"}  # fmt: skip
+    assert _ticket(ticket | {"fare_amount": "412.50", "fare_currency": "USD"}).fare_amount == Decimal("412.50")
+    odd = [{"fare_amount": 412.5, "fare_currency": "USD"}, {"fare_amount": "NaN", "fare_currency": "USD"},
+           {"fare_amount": "-1.00", "fare_currency": "USD"}, {"fare_amount": "1.001", "fare_currency": "USD"},
+           {"fare_amount": "1e30", "fare_currency": "USD"}, {"fare_amount": "10.00", "fare_currency": "usd"},
+           {"fare_amount": "10.00"}, {}]  # fmt: skip
+    for fare in odd:
+        parsed = _ticket(ticket | fare)
+        assert parsed.fare_amount is None and parsed.fare_currency is None and parsed.booking_id == "SBX-1"

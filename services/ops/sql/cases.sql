@@ -40,7 +40,7 @@ LIMIT :limit;
 
 -- name: booking^
 SELECT status, attempts, last_error, booking_id, flight_number, origin_airport, destination_airport,
-       created_at, updated_at, next_attempt_at
+       fare_amount, fare_currency, created_at, updated_at, next_attempt_at
 FROM travel.bookings
 WHERE case_id = :case_id;
 

@@ -12,16 +12,26 @@ CREATE TABLE IF NOT EXISTS tickets (
     destination_airport TEXT NOT NULL,
     scheduled_departure TEXT NOT NULL,
     scheduled_arrival TEXT NOT NULL,
-    issued_at TEXT NOT NULL
+    issued_at TEXT NOT NULL,
+    fare_amount TEXT,
+    fare_currency TEXT
 );
+
+-- name: ticket_columns
+-- A store made before fares has none: TicketStore adds the two columns.
+SELECT name FROM pragma_table_info('tickets');
+
+-- name: add_fares#
+ALTER TABLE tickets ADD COLUMN fare_amount TEXT;
+ALTER TABLE tickets ADD COLUMN fare_currency TEXT;
 
 -- name: ticket^
 SELECT idempotency_key, booking_id, carrier, flight_number, origin_airport, destination_airport,
-       scheduled_departure, scheduled_arrival, issued_at
+       scheduled_departure, scheduled_arrival, issued_at, fare_amount, fare_currency
 FROM tickets WHERE idempotency_key = :key;
 
 -- name: insert_ticket!
 INSERT INTO tickets (idempotency_key, booking_id, carrier, flight_number, origin_airport, destination_airport,
-                     scheduled_departure, scheduled_arrival, issued_at)
+                     scheduled_departure, scheduled_arrival, issued_at, fare_amount, fare_currency)
 VALUES (:key, :booking_id, :carrier, :flight_number, :origin_airport, :destination_airport,
-        :scheduled_departure, :scheduled_arrival, :issued_at);
+        :scheduled_departure, :scheduled_arrival, :issued_at, :fare_amount, :fare_currency);

@@ -7,6 +7,7 @@ Bookings go in batches (`POST /booking-batches`, each item with its own key); th
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 import httpx
@@ -23,6 +24,9 @@ PROVIDER_LEFT_BOOKING_OUT = "provider_left_booking_out"
 TICKET_INVALID = "ticket_invalid"
 TRAVELER_DATA_UNREADABLE = "traveler_data_unreadable"
 _PROVIDER_CODE = re.compile(r"[a-z0-9_.-]{1,40}")
+FARE_CURRENCY = re.compile(r"[A-Z]{3}")
+FARE_MAX = Decimal("10000000000")
+"""Fares fit travel's numeric(12,2)."""
 
 
 class ProviderError(Exception):
@@ -51,6 +55,9 @@ class Ticket:
     destination_airport: str
     scheduled_departure: datetime
     scheduled_arrival: datetime
+    fare_amount: Decimal | None = None
+    """What the ticket cost, where the provider says (`fare_amount` and `fare_currency`)."""
+    fare_currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,23 @@ def _ticket(document: dict[str, Any]) -> Ticket:
         destination_airport=document["destination_airport"],
         scheduled_departure=datetime.fromisoformat(document["scheduled_departure"]),
         scheduled_arrival=datetime.fromisoformat(document["scheduled_arrival"]),
+        **_fare(document),
     )
+
+
+def _fare(document: dict[str, Any]) -> dict[str, Any]:
+    """The ticket's fare, where the provider reports one that reads as money; else none (a fare
+    is for the program's report, never a reason to refuse a ticket)."""
+    amount, currency = document.get("fare_amount"), document.get("fare_currency")
+    if not isinstance(amount, str) or not isinstance(currency, str) or not FARE_CURRENCY.fullmatch(currency):
+        return {}
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        return {}
+    if not value.is_finite() or value < 0 or value >= FARE_MAX or value != value.quantize(Decimal("0.01")):
+        return {}
+    return {"fare_amount": value, "fare_currency": currency}
 
 
 class HttpTravelProvider(HttpProvider):

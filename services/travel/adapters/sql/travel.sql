@@ -32,9 +32,11 @@ RETURNING b.case_id, b.correlationid, b.cause_event_id, b.origin_airport, b.dest
 -- holds is left out, and emits nothing).
 UPDATE bookings b
 SET status = 'booked', attempts = b.attempts + 1, booking_id = ticket.booking_id,
-    flight_number = ticket.flight_number, last_error = NULL, updated_at = now()
-FROM unnest(:case_ids::uuid[], :booking_ids::text[], :flight_numbers::text[])
-     AS ticket (case_id, booking_id, flight_number)
+    flight_number = ticket.flight_number, fare_amount = ticket.fare_amount,
+    fare_currency = ticket.fare_currency, last_error = NULL, updated_at = now()
+FROM unnest(:case_ids::uuid[], :booking_ids::text[], :flight_numbers::text[], :fare_amounts::numeric[],
+            :fare_currencies::text[])
+     AS ticket (case_id, booking_id, flight_number, fare_amount, fare_currency)
 WHERE b.case_id = ticket.case_id AND b.status = 'pending' AND b.lease_id = :lease_id
 RETURNING b.case_id;
 
