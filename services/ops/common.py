@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import Field, SecretStr
@@ -123,7 +123,7 @@ async def record_action(
         # Raised inside the change's transaction, so the change is rolled back with it.
         typer.echo("error: the database has no audit trail yet; nothing was changed.", err=True)
         typer.echo(MIGRATE_FIRST, err=True)
-        raise typer.Exit(2) from error
+        raise typer.Exit(1) from error
 
 
 async def record_action_at(database_url: str, operator: str, command: str, arguments: dict[str, Any],
@@ -199,11 +199,22 @@ def locate(state_dir: Path | None, login: str) -> tuple[str, str | None]:
     database_url = settings.database_url or from_up
     payouts = settings.payout_provider_url or (runtime.payouts if runtime else None) or None
     if not database_url:
-        raise typer.BadParameter(
-            f"no running `homeward up` in {state_dir or settings.state_dir} and HOMEWARD_DATABASE_URL is not set; "
-            "start `homeward up` or pass --state-dir"
-        )
+        not_running(state_dir, "HOMEWARD_DATABASE_URL")
     return database_url, payouts
+
+
+def not_running(state_dir: Path | None, variable: str, elsewhere: str | None = None) -> NoReturn:
+    """Ends a command that found no running `homeward up` (a runtime condition: exit 1), saying
+    where it looked and what fixes it: start one there, point --state-dir at the one running, or
+    configure the deployment through `variable` (or what `elsewhere` says)."""
+    looked = state_dir or OpsSettings().state_dir
+    typer.echo(f"error: no running `homeward up` in {looked} (no {looked / 'runtime.json'} of a live `up`).", err=True)
+    advice = [f"start one with `homeward up --state-dir {looked}`"]
+    if state_dir is None:
+        advice.append("pass --state-dir of the one that runs")
+    advice.append(elsewhere or f"for a deployment, set {variable}")
+    typer.echo("Then: " + "; or ".join(advice) + ".", err=True)
+    raise typer.Exit(1)
 
 
 def ledger_chain(state_dir: Path | None) -> "ChainKey | None":
@@ -228,7 +239,7 @@ def locate_kafka(state_dir: Path | None) -> str:
     runtime = running(state_dir)
     found = OpsSettings().kafka_bootstrap or (runtime.kafka if runtime else None)
     if not found:
-        raise typer.BadParameter("no running `homeward up` and HOMEWARD_KAFKA_BOOTSTRAP is not set; pass --state-dir")
+        not_running(state_dir, "HOMEWARD_KAFKA_BOOTSTRAP")
     return found
 
 
@@ -257,7 +268,13 @@ def on_schema(
     async def main() -> T:
         import asyncpg
 
-        connection = await connect(database_url, schema=schema)
+        from services.runtime import reachability
+
+        try:
+            connection = await connect(database_url, schema=schema)
+        except reachability.errors() as error:
+            typer.echo(f"error: {reachability.describe(error, Infrastructure(database_url=database_url))}.", err=True)
+            raise typer.Exit(1) from error
         try:
             return await work(connection)
         except refusals as error:
@@ -266,7 +283,7 @@ def on_schema(
         except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as error:
             typer.echo(f"error: the database has no {holds} of this version yet ({error}).", err=True)
             typer.echo(MIGRATE_FIRST, err=True)
-            raise typer.Exit(2) from error
+            raise typer.Exit(1) from error
         finally:
             await connection.close()
 

@@ -2,6 +2,7 @@
 then what Homeward decided and paid, and every breach of the payment rules it can see."""
 
 import random
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -17,13 +18,16 @@ async def main(settings: OpsSettings, state_dir: Path, participants: int, timeou
     runtime = Runtime.read(state_dir)
     if runtime is not None:
         return await _demo(runtime, console, participants, timeout_seconds, settings)
+    starting = time.monotonic()
     async with running_up(state_dir, console) as started:
-        return await _demo(started, console, participants, timeout_seconds, settings)
+        return await _demo(started, console, participants, timeout_seconds, settings,
+                           started_up_seconds=time.monotonic() - starting)  # fmt: skip
 
 
 async def _demo(
-    runtime: Runtime, console: Console, participants: int, timeout_seconds: float, settings: OpsSettings
-) -> int:
+    runtime: Runtime, console: Console, participants: int, timeout_seconds: float, settings: OpsSettings,
+    *, started_up_seconds: float | None = None,
+) -> int:  # fmt: skip
     demo = Demo(
         runtime, participants, console, random.Random(),
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms, compression_type=settings.kafka_compression_type,
@@ -33,7 +37,7 @@ async def _demo(
     if not demo.up_alive():
         console.print("Start it again (`homeward up`, or let `homeward demo` start one) and rerun the demo.")
         return 1
-    table, breaches = summarize(demo, wall, await read_ledger(runtime))
+    table, breaches = summarize(demo, wall, await read_ledger(runtime), started_up_seconds=started_up_seconds)
     console.print(table)
     for breach in breaches:
         console.print(f"[red]breach:[/red] {breach}")

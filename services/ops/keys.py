@@ -29,6 +29,7 @@ from services.ops.common import (
     StateDir,
     emit,
     locate,
+    not_running,
     on_schema,
     operator_name,
     record_action,
@@ -88,7 +89,7 @@ def rotate(operator: Operator = None, state_dir: StateDir = None, as_json: AsJso
     who = operator_name(operator)
     runtime = running(state_dir)
     if runtime is None:
-        raise typer.BadParameter(f"no running `homeward up` (--state-dir); {BY_HAND}")
+        not_running(state_dir, "the keys", elsewhere=BY_HAND)
     after = rotated(_secrets(runtime))
     outcome = {
         holder: {
@@ -181,7 +182,7 @@ def rewrap(
         raise typer.BadParameter(f"{service!r} keeps no case keys; one of: {', '.join(READERS)}")
     runtime = running(state_dir)
     if runtime is None and service is None:
-        raise typer.BadParameter("no running `homeward up` (--state-dir); elsewhere name the reader with --service")
+        not_running(state_dir, "the keys", elsewhere="for a deployment, name the reader with --service")
     if runtime is not None and not dry_run and _rotated_since_start(runtime):
         raise typer.BadParameter(
             "the keys were rotated after `homeward up` started: restart it first, so that the services hold the "

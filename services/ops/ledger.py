@@ -20,9 +20,11 @@ from services.ops.common import (
     AsJson,
     Operator,
     StateDir,
+    console,
     emit,
     ledger_chain,
     locate,
+    not_running,
     on_schema,
     operator_name,
     payout_provider,
@@ -33,6 +35,9 @@ ledger_app = typer.Typer(help="The stipend ledger: fund, balances, verify, recon
 
 T = TypeVar("T")
 RELEASE_BATCH_SIZE_MAX = 200
+TOP_UP_MAX = Decimal("1000000000000000.00")
+"""The largest single top-up: far above any program's budget, far inside the ledger's numeric(20,2)."""
+CENT = Decimal("0.01")
 RELEASE_ROUNDS_MAX = 1000
 
 
@@ -55,16 +60,36 @@ async def _provider_payouts(payouts_url: str | None, state_dir: Path | None) -> 
     from services.disbursement.adapters.provider import ProviderUnavailableError
 
     if not payouts_url:
-        raise typer.BadParameter("no payout provider: HOMEWARD_PAYOUT_PROVIDER_URL is not set and no `up` is running")
+        not_running(state_dir, "HOMEWARD_PAYOUT_PROVIDER_URL")
     provider = payout_provider(payouts_url, attempts_max=3, backoff_initial_seconds=0.2, state_dir=state_dir)
     try:
         return await provider.list_payouts()
     except ProviderUnavailableError as error:
         typer.echo(f"error: the payout provider at {payouts_url} did not answer ({error}).", err=True)
         typer.echo("Check that it is running (`homeward status`), or pass --skip-provider to verify.", err=True)
-        raise typer.Exit(2) from error
+        raise typer.Exit(1) from error
     finally:
         await provider.close()
+
+
+def parse_amount(text: str, currency: str) -> Decimal:
+    """`--amount`: a positive decimal in whole cents, at most TOP_UP_MAX; anything else refused
+    with what to write instead (never rounded: 10.001 is not 10.00)."""
+    try:
+        value = Decimal(text.strip().replace(",", ""))
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite():
+        raise typer.BadParameter(f"{text!r} is not an amount; write it like 250000.00", param_hint="--amount")
+    if value <= 0:
+        raise typer.BadParameter(f"{text} is not more than 0.00 {currency}", param_hint="--amount")
+    if value != value.quantize(CENT):
+        raise typer.BadParameter(f"{text} has more than 2 decimals: {currency} is booked in whole cents",
+                                 param_hint="--amount")  # fmt: skip
+    if value > TOP_UP_MAX:
+        raise typer.BadParameter(f"{text} is more than one top-up may add ({TOP_UP_MAX:,} {currency})",
+                                 param_hint="--amount")  # fmt: skip
+    return value.quantize(CENT)
 
 
 @ledger_app.command()
@@ -75,18 +100,15 @@ def fund(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Top up the program budget (idempotent per reference); held stipends are then released oldest first."""
-    from services.disbursement import stipends
+    """Top up the program budget (idempotent per reference); held stipends are then released oldest first.
+
+    Example: `homeward ledger fund --amount 250000.00 --reference grant-2026-12 --operator ana`."""
+    from services.disbursement import operations, stipends
 
     who = operator_name(operator)
 
-    try:
-        value = Decimal(amount).quantize(Decimal("0.01"))
-    except InvalidOperation as error:
-        raise typer.BadParameter(f"amount must be a decimal number such as 250000.00, not {amount!r}") from error
-    if value <= 0:
-        raise typer.BadParameter("amount must be positive")
     currency = ProgramCurrency().program_currency
+    value = parse_amount(amount, currency)
 
     async def work(connection: Any, named: Any, _: str | None) -> dict[str, Any]:
         async with connection.transaction():
@@ -100,36 +122,75 @@ def fund(
             released += step
             if step < RELEASE_BATCH_SIZE_MAX:
                 break
-        return {**asdict(result), "amount": f"{value:.2f}", "currency": currency, "held_released": released}
+        budget = budget_of(await operations.balances(connection, named))
+        return {**asdict(result), "amount": f"{value:.2f}", "currency": currency, "held_released": released,
+                "budget": budget}  # fmt: skip
 
     outcome = _run(state_dir, work, login="disbursement")
-    table = Table(title="Budget top-up")
-    for key in ("status", "transfer_id", "amount", "currency", "held_released", "code", "field"):
-        table.add_column(key)
+    table = Table(title="Budget top-up", title_justify="left")
     columns = ("status", "transfer_id", "amount", "currency", "held_released", "code", "field")
-    table.add_row(*("" if outcome.get(key) is None else str(outcome[key]) for key in columns))
-    emit(as_json, outcome, table)
+    shown = [key for key in columns if outcome.get(key) is not None]
+    for key in shown:
+        table.add_column(key.replace("_", " "))
+    table.add_row(*(str(outcome[key]) for key in shown))
+    if as_json:
+        emit(True, outcome, None)
+    else:
+        console().print(table)
+        if outcome["budget"] is not None:
+            console().print(budget_table(outcome["budget"]))
     if outcome["status"] == "refused":
         raise typer.Exit(1)
 
 
+def budget_of(accounts: list[Any]) -> dict[str, str] | None:
+    """The program budget as people read it (its account, services/disbursement/domain.py): what
+    was funded, what pending stipends hold, what was paid, what is left."""
+    from services.disbursement.domain import BUDGET_ACCOUNT
+
+    account = next((account for account in accounts if account.code == BUDGET_ACCOUNT), None)
+    if account is None:
+        return None
+    figures = {"funded": account.credits_posted, "reserved": account.debits_pending, "spent": account.debits_posted,
+               "left": account.available}  # fmt: skip
+    return {name: f"{value:.2f}" for name, value in figures.items()} | {"currency": account.currency}
+
+
+def budget_table(budget: dict[str, str]) -> Table:
+    table = Table(title="Program budget", title_justify="left")
+    for column in ("funded", "reserved", "spent", "left"):
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{Decimal(budget[name]):,.2f} {budget['currency']}" for name in ("funded", "reserved", "spent",
+                                                                                     "left")))  # fmt: skip
+    return table
+
+
 @ledger_app.command()
 def balance(state_dir: StateDir = None, as_json: AsJson = False) -> None:
-    """A table of accounts with posted and pending balances."""
+    """The program budget (funded, reserved, spent, left), then every ledger account's balances."""
     from services.disbursement import operations
 
     async def work(connection: Any, named: Any, _: str | None) -> list[Any]:
         return await operations.balances(connection, named)
 
     accounts = _run(state_dir, work)
-    table = Table(title="Ledger balances")
+    budget = budget_of(accounts)
+    table = Table(title="Ledger accounts", title_justify="left")
     for column in ("account", "currency", "posted", "pending debits", "pending credits", "available"):
         table.add_column(column, justify="right" if column not in ("account", "currency") else "left")
     for account in accounts:
         table.add_row(account.code, account.currency, f"{account.posted:,.2f}", f"{account.debits_pending:,.2f}",
                       f"{account.credits_pending:,.2f}", f"{account.available:,.2f}")  # fmt: skip
-    document = [{**asdict(a), "posted": str(a.posted), "available": str(a.available)} for a in accounts]
-    emit(as_json, document, table)
+    document = {
+        "budget": budget,
+        "accounts": [{**asdict(a), "posted": str(a.posted), "available": str(a.available)} for a in accounts],
+    }
+    if as_json:
+        emit(True, document, None)
+        return
+    if budget is not None:
+        console().print(budget_table(budget))
+    console().print(table)
 
 
 @ledger_app.command()

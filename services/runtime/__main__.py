@@ -6,21 +6,27 @@ processes starting at once wait for each other's imports."""
 import asyncio
 import sys
 
-from services.runtime import logs
-from services.runtime.settings import SERVICE_NAMES, HomewardSettings
+from services.runtime import logs, reachability
+from services.runtime.settings import SERVICE_NAMES, HomewardSettings, Infrastructure
 
 USAGE = f"usage: python -m services.runtime SERVICE   (one of: {', '.join(SERVICE_NAMES)})"
 
 
 def run_service(service: str) -> None:
-    """Runs one service until SIGTERM or SIGINT, on uvloop, logging as its settings say."""
+    """Runs one service until SIGTERM or SIGINT, on uvloop, logging as its settings say. What it
+    needs and cannot have (a setting, the database, the broker) ends it with exit code 1 and one
+    line naming what is missing and where to look, never a traceback."""
     import uvloop
 
     from services.runtime.service import create_app
 
     logs.configure(service, HomewardSettings().log_level)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(create_app(service).run())
+    settings = Infrastructure()
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(create_app(service).run())
+    except reachability.errors() as error:
+        raise SystemExit(f"{service}: {reachability.describe(error, settings)}") from None
 
 
 def main(argv: list[str]) -> int:

@@ -208,9 +208,24 @@ def load_service(service: str) -> ServiceModule:
     )
 
 
+def preflight(settings: ServiceSettings) -> None:
+    """Every setting the service needs (each `require_…` of its settings), checked before it
+    touches the database: all that are missing or wrong, named at once."""
+    problems = []
+    for name in sorted(dir(type(settings))):
+        if name.startswith("require_"):
+            try:
+                getattr(settings, name)()
+            except SystemExit as problem:
+                problems.append(str(problem.code))
+    if problems:
+        raise SystemExit("\n".join(problems))
+
+
 def create_app(service: str) -> FastStream:
     loaded = load_service(service)
     settings = loaded.settings()
+    preflight(settings)
     unreadable.install()
     database_url, bootstrap = settings.require_infrastructure()
     logger = structlog.get_logger("homeward.service")

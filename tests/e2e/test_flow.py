@@ -244,9 +244,13 @@ async def test_ledger_verifies_and_reconciles_after_the_flows(homeward):
     assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
     report = json.loads(reconcile.stdout)
     assert report["clean"] and not report["missing"] and not report["extra"]
-    balances = {row["code"]: row for row in json.loads(homeward_cli("ledger", "balance", *state).stdout)}
+    ledger = json.loads(homeward_cli("ledger", "balance", *state).stdout)
+    balances = {row["code"]: row for row in ledger["accounts"]}
     assert float(balances["stipends_paid"]["credits_posted"]) >= 3 * 1000  # three cases above were paid
     assert float(balances["program_budget"]["available"]) >= 0
+    budget = ledger["budget"]
+    assert float(budget["left"]) == float(balances["program_budget"]["available"])
+    assert float(budget["funded"]) - float(budget["spent"]) - float(budget["reserved"]) == float(budget["left"])
 
 
 async def test_dead_letters_are_listed_and_can_be_replayed(homeward):

@@ -54,6 +54,9 @@ def test_the_demo_passes_twice_on_one_state_dir(demos):
     for run in demos:
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
         assert "every eligible participant was paid exactly once" in run.stdout
+        # This run's figures and the program's to date are told apart, and the time says what it covers.
+        assert "this run" in run.stdout and "all time" in run.stdout
+        assert "first registration to last payment" in run.stdout
 
 
 async def test_case_show_tells_a_paid_case_from_registration_to_payout(homeward, demos):
