@@ -24,7 +24,11 @@ def list_actions(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """List what operators did, newest first: who, when, which command, its arguments and outcome."""
+    """What operators changed with which command, newest first.
+
+    List what operators did, newest first: who, when, which command, its arguments and outcome.
+
+    Example: `homeward audit list --limit 20`."""
     from services.runtime.db import audit_queries, fetch_all
 
     database_url, _ = locate(state_dir, READ_ONLY)

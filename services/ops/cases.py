@@ -347,7 +347,9 @@ def show(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """A case's timeline across the four services, oldest first, with no personal data.
+    """A case's story across the four services, no personal data.
+
+    A case's timeline across the four services, oldest first, with no personal data.
 
     Example: `homeward case show 0192f4c2-…` or `homeward case show <application id> --json`."""
     try:
@@ -397,7 +399,9 @@ def list_payments(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Payments with their case, state, age and reason, oldest first.
+    """Payments with their case, state, age and reason.
+
+    Payments with their case, state, age and reason, oldest first.
 
     Example: `homeward payments list --state held` (waiting for budget: `homeward ledger fund`)."""
     from services.runtime.db import fetch_all

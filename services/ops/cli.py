@@ -3,6 +3,7 @@
 import asyncio
 import sys
 import warnings
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,7 @@ app = typer.Typer(
     help="Homeward: the back office of a voluntary-return program (registration, travel, arrival, stipend).",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
 contracts_app = typer.Typer(help="The public v1 event contract.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
@@ -41,13 +43,20 @@ app.add_typer(signers_app, name="signers")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(retention_app, name="retention")
-app.add_typer(case_app, name="case")
-app.add_typer(payments_app, name="payments")
-app.command("report")(report)
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"homeward {package_version('homeward')}")
+        raise typer.Exit
 
 
 @app.callback()
-def _configure_logging() -> None:
+def _configure_logging(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
     """Operator commands log to stderr, so their tables and --json output stay clean on stdout;
     `run` and `up` configure their own logging. Every Kafka consumer of the process steps over
     record batches it cannot read instead of stopping on them."""
@@ -68,7 +77,9 @@ def run(
     service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}", callback=_service)],
 ) -> None:
     """Run one service. Needs HOMEWARD_DATABASE_URL and HOMEWARD_KAFKA_BOOTSTRAP (and its secrets).
-    `python -m services.runtime SERVICE` is the same without loading the operator commands."""
+    `python -m services.runtime SERVICE` is the same without loading the operator commands.
+
+    Example: `HOMEWARD_DATABASE_URL=… HOMEWARD_KAFKA_BOOTSTRAP=… homeward run disbursement`."""
     from services.runtime.__main__ import run_service
 
     run_service(service)
@@ -85,13 +96,17 @@ def _administrator_url() -> str:
 
 @app.command()
 def roles() -> None:
-    """Create or update Homeward's PostgreSQL roles; run once per database, before `homeward migrate`.
+    """Create or update the PostgreSQL roles, as the administrator.
+
+    Create or update Homeward's PostgreSQL roles; run once per database, before `homeward migrate`.
 
     HOMEWARD_DATABASE_URL names the administrator (a superuser, or a role with CREATEROLE that owns
     the database). Made: an owner role per schema (no login; migrations run as it), a login role
     per service (homeward_registration, …) that reads and writes its own schema only, and
     homeward_operator, which reads every schema. The passwords come from HOMEWARD_DB_PASSWORD_<LOGIN>
-    (or _FILE); running it again sets them anew. `homeward up` does all this by itself."""
+    (or _FILE); running it again sets them anew. `homeward up` does all this by itself.
+
+    Example: `HOMEWARD_DATABASE_URL=postgresql://postgres:…@db/homeward homeward roles`."""
     from services.ops.common import RolePasswords
     from services.runtime.roles import login_role, provision
 
@@ -104,9 +119,13 @@ def roles() -> None:
 def migrate(
     service: Annotated[str | None, typer.Option(help="Only this service's schema (default: all four)")] = None,
 ) -> None:
-    """Apply pending SQL migrations to each service's schema and the audit trail's, as each schema's
+    """Apply pending SQL migrations, each schema as its owner.
+
+    Apply pending SQL migrations to each service's schema and the audit trail's, as each schema's
     owner role where `homeward roles` made them. HOMEWARD_DATABASE_URL names the administrator. A
-    service checks at start that its schema is current (and migrates it if its role may)."""
+    service checks at start that its schema is current (and migrates it if its role may).
+
+    Example: `homeward migrate --service disbursement`."""
     from services.runtime.migrate import migrate as apply
     from services.runtime.migrate import migrate_audit
 
@@ -122,7 +141,11 @@ def migrate(
 def export_contracts(
     directory: Annotated[Path | None, typer.Option(help="Where to write (default: contracts/schemas)")] = None,
 ) -> None:
-    """Write one JSON Schema per topic, generated from the pydantic models."""
+    """Write the JSON Schemas of the contract from the models.
+
+    Write one JSON Schema per topic, generated from the pydantic models.
+
+    Example: `homeward contracts export`, then commit contracts/schemas/."""
     from contracts.export import SCHEMA_DIR, export
 
     for path in export(directory or SCHEMA_DIR):
@@ -141,11 +164,14 @@ def up(
         typer.Option(min=1, max=REPLICAS_MAX, help="Processes of each service, sharing its consumer group [default 1]"),
     ] = None,
 ) -> None:
-    """Start everything on this machine: embedded PostgreSQL and Kafka (unless HOMEWARD_DATABASE_URL /
+    """Start everything on this machine, each service its own process.
+
+    Embedded PostgreSQL and Kafka (unless HOMEWARD_DATABASE_URL /
     HOMEWARD_KAFKA_BOOTSTRAP are set), every topic, and each service as its own process.
 
     Prints one line `homeward ready kafka=HOST:PORT ...` once every service consumes. Ctrl-C stops it all.
-    """
+
+    Example: `homeward up --state-dir .homeward`, then `homeward demo` in another terminal."""
     from services.devstack.settings import DevstackSettings
     from services.devstack.supervisor import Supervisor
     from services.runtime import logs
@@ -172,10 +198,14 @@ def chaos(
         int, typer.Option(min=1, max=REPLICAS_MAX, help="Processes of each service, sharing its consumer group")
     ] = 1,
 ) -> None:
-    """Run a cohort under faults: SIGKILL a random process every --kill-every seconds, restart the
+    """Run a cohort while killing processes; check every payment.
+
+    Run a cohort under faults: SIGKILL a random process every --kill-every seconds, restart the
     database once and the broker once (empty). Then check everyone owed a stipend was paid exactly
     once, nothing is stuck, and `ledger verify` and `ledger reconcile` are clean; exit 1 on any breach.
-    With --replicas, the kills fall on any replica, and the others keep working meanwhile."""
+    With --replicas, the kills fall on any replica, and the others keep working meanwhile.
+
+    Example: `homeward chaos --participants 2000 --kill-every 3`."""
     from services.ops.chaos import main as run_chaos
     from services.ops.world import stoppable
 
@@ -188,7 +218,11 @@ def status(
     state_dir: StateDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
 ) -> None:
-    """Each process of a running `homeward up`: pid, uptime, restarts and health (its /ready)."""
+    """Each process of a running `homeward up` and its health.
+
+    Each process of a running `homeward up`: pid, uptime, restarts and health (its /ready).
+
+    Example: `homeward status --json`."""
     from services.ops.status import show
 
     settings = OpsSettings()
@@ -201,8 +235,12 @@ def demo(
     state_dir: StateDir = None,
     timeout_seconds: Annotated[float, typer.Option(help="Give up waiting after this long")] = 600.0,
 ) -> None:
-    """Publish realistic registrations, answer every booking with arrival evidence like apps and
-    carriers would, and report what was paid. Uses a running `homeward up`, or starts one."""
+    """Send a realistic cohort through; report what was paid.
+
+    Publish realistic registrations, answer every booking with arrival evidence like apps and
+    carriers would, and report what was paid. Uses a running `homeward up`, or starts one.
+
+    Example: `homeward demo --participants 1000` (twice on one state dir is fine: each run has its own people)."""
     from services.ops.demo import main as run_demo
     from services.ops.world import stoppable
 
@@ -211,8 +249,13 @@ def demo(
     raise typer.Exit(asyncio.run(stoppable(demo)))
 
 
+app.command("report")(report)
+app.add_typer(case_app, name="case")
+app.add_typer(payments_app, name="payments")
+
+
 def main() -> None:
-    app()
+    app(prog_name="homeward")
 
 
 if __name__ == "__main__":

@@ -75,8 +75,9 @@ class RolePasswords(Infrastructure):
 StateDir = Annotated[
     Path | None,
     typer.Option(
+        metavar="DIR",
         help="State dir of `homeward up`: where it keeps PostgreSQL data, secrets and logs "
-        "[env: HOMEWARD_STATE_DIR; default .homeward]"
+        "[env: HOMEWARD_STATE_DIR; default .homeward]",
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table")]
@@ -84,6 +85,7 @@ Operator = Annotated[
     str | None,
     typer.Option(
         "--operator",
+        metavar="NAME",
         help="Who you are: recorded with what this command changes (`homeward audit list`) [env: HOMEWARD_OPERATOR]",
     ),
 ]

@@ -39,8 +39,9 @@ from services.runtime.kafka_security import client_options
 from services.runtime.messages import KEPT_HEADERS
 
 dlq_app = typer.Typer(
-    help="Dead letters (list, replay), parked outbox rows (parked, unpark), record batches no consumer could read "
-    "(unreadable), and sending published events again (republish).",
+    help="Dead letters, parked outbox rows and unreadable batches.\n\nDead letters (list, replay), parked "
+    "outbox rows (parked, unpark), record batches no consumer could read (unreadable), and sending published events "
+    "again (republish).",
     no_args_is_help=True,
 )
 
@@ -148,7 +149,9 @@ def list_letters(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Dead letters with their reason and age, oldest first."""
+    """Dead letters with their reason and age, oldest first.
+
+    Example: `homeward dlq list --topic arrival.evidence.v1`."""
     letters = asyncio.run(read_dead_letters(locate_kafka(state_dir), _topics(topic)))[:limit]
     rows = [{k: v for k, v in asdict(letter).items() if k != "value"} | {"name": letter.name} for letter in letters]
     table = Table(title=f"Dead letters ({len(letters)} shown)")
@@ -169,7 +172,11 @@ def replay(
     operator: Operator = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Send dead letters back to their original topic, bytes unchanged (safe to repeat)."""
+    """Send dead letters back to their topic (safe to repeat).
+
+    Send dead letters back to their original topic, bytes unchanged (safe to repeat).
+
+    Example: `homeward dlq replay --topic registration.submitted.v1 --id 0:42 --operator ana`."""
     who, settings = operator_name(operator), OpsSettings()
     bootstrap = locate_kafka(state_dir)
     # The change is on the broker: only the audit trail is written, which the operator's role may append to.
@@ -238,8 +245,12 @@ def parked(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Outbox rows the broker refused for good (e.g. larger than it accepts), oldest first: their
-    events were never published, so their cases wait. Fix the cause, then `homeward dlq unpark`."""
+    """Outbox rows the broker refused for good.
+
+    Outbox rows the broker refused for good (e.g. larger than it accepts), oldest first: their
+    events were never published, so their cases wait. Fix the cause, then `homeward dlq unpark`.
+
+    Example: `homeward dlq parked --service travel`."""
     database_url, _ = locate(state_dir, READ_ONLY)
     rows = asyncio.run(read_parked(database_url, chosen_services(service), limit))
     table = Table(title=f"Parked outbox rows ({len(rows)} shown)")
@@ -258,10 +269,14 @@ def unreadable(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Record batches a service's consumer stepped over because it could not read them (a codec
+    """Record batches a consumer could not read and stepped over.
+
+    Record batches a service's consumer stepped over because it could not read them (a codec
     whose library it lacks, damaged bytes), newest first. Their records were never decoded, so
     they have no dead letter: ask their producer to send them again, or read those offsets with a
-    client that has the codec (they stay on the broker until its retention) and publish them anew."""
+    client that has the codec (they stay on the broker until its retention) and publish them anew.
+
+    Example: `homeward dlq unreadable --json`."""
     database_url, _ = locate(state_dir, READ_ONLY)
     rows = asyncio.run(read_each_service(database_url, chosen_services(service), "unreadable_batches", limit))
     rows = sorted(rows, key=lambda row: row["last_seen_at"], reverse=True)[:limit]
@@ -283,9 +298,13 @@ def unpark(
     operator: Operator = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Hand parked outbox rows back to the relay, which publishes them on its next pass (consumers
+    """Hand parked outbox rows back to the relay.
+
+    Hand parked outbox rows back to the relay, which publishes them on its next pass (consumers
     deduplicate by envelope id, so this is safe to repeat). A row the broker still refuses is parked
-    again, with the new reason."""
+    again, with the new reason.
+
+    Example: `homeward dlq unpark --service travel --all --operator ana`."""
     if (row_id is None) == (not every):
         raise typer.BadParameter("name one row with --id, or pass --all")
     who = operator_name(operator)
@@ -334,11 +353,15 @@ def republish(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """After the broker lost its data (or a consumer lost its place), hand every event the services
+    """Send again every event published since a time.
+
+    After the broker lost its data (or a consumer lost its place), hand every event the services
     published since a time back to their relays, which publish them again on their next pass: same
     bytes and envelope ids, so consumers that already have an event deduplicate it, and those that
     lost it (integrators reading stipend outcomes, say) get it back. Reaches back as far as the
-    outbox retention (HOMEWARD_OUTBOX_RETENTION_HOURS) keeps rows of closed cases."""
+    outbox retention (HOMEWARD_OUTBOX_RETENTION_HOURS) keeps rows of closed cases.
+
+    Example: `homeward dlq republish --since 6h --dry-run`, then without --dry-run and with --operator."""
     if topic is not None and topic not in PAYLOAD_TYPES:
         raise typer.BadParameter(f"unknown topic {topic!r}; one of: {', '.join(PAYLOAD_TYPES)}")
     moment = since_moment(since, datetime.now(UTC))

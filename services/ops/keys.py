@@ -82,7 +82,9 @@ def _secrets(runtime: Runtime) -> dict[str, str]:
 
 @keys_app.command()
 def rotate(operator: Operator = None, state_dir: StateDir = None, as_json: AsJson = False) -> None:
-    """Make a new data key for each holder (registration, travel, disbursement) of a running
+    """Make new data keys for the three holders of a running up.
+
+    Make a new data key for each holder (registration, travel, disbursement) of a running
     `homeward up`. New cases use them once `up` restarts; the old keys are retired and still open
     what they sealed, until `homeward keys rewrap` moves the stored case keys to the new ones.
     Example: `homeward keys rotate --operator ana`, restart `up`, `homeward keys rewrap --operator ana`."""
@@ -172,7 +174,9 @@ def rewrap(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Wrap every stored case key that a retired data key wraps again under its reader's current
+    """Wrap stored case keys again under the current data keys.
+
+    Wrap every stored case key that a retired data key wraps again under its reader's current
     key, a batch at a time (each batch one transaction), so that the retired key protects
     nothing any more. Run it after `keys rotate` and a restart of `up`. On a running `up` the keys
     come from its secrets; elsewhere pass --service with that service's HOMEWARD_DATABASE_URL,

@@ -100,7 +100,9 @@ def fund(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Top up the program budget (idempotent per reference); held stipends are then released oldest first.
+    """Top up the program budget; held stipends are released.
+
+    Top up the program budget (idempotent per reference); held stipends are then released oldest first.
 
     Example: `homeward ledger fund --amount 250000.00 --reference grant-2026-12 --operator ana`."""
     from services.disbursement import operations, stipends
@@ -167,7 +169,11 @@ def budget_table(budget: dict[str, str]) -> Table:
 
 @ledger_app.command()
 def balance(state_dir: StateDir = None, as_json: AsJson = False) -> None:
-    """The program budget (funded, reserved, spent, left), then every ledger account's balances."""
+    """The program budget and every ledger account's balances.
+
+    The program budget (funded, reserved, spent, left), then every ledger account's balances.
+
+    Example: `homeward ledger balance --json`."""
     from services.disbursement import operations
 
     async def work(connection: Any, named: Any, _: str | None) -> list[Any]:
@@ -197,10 +203,16 @@ def balance(state_dir: StateDir = None, as_json: AsJson = False) -> None:
 def verify(
     state_dir: StateDir = None,
     as_json: AsJson = False,
-    skip_provider: Annotated[bool, typer.Option(help="Do not ask the payout provider")] = False,
+    skip_provider: Annotated[
+        bool, typer.Option("--skip-provider", help="Check the ledger alone, without asking the payout provider")
+    ] = False,
 ) -> None:
-    """Check debits = credits, balances = sum of postings, the hash chain, one stipend per identity,
-    and one provider payout per posted stipend. Exits 1 and names each breach."""
+    """Check the ledger's invariants; exits 1 on any breach.
+
+    Check debits = credits, balances = sum of postings, the hash chain, one stipend per identity,
+    and one provider payout per posted stipend. Exits 1 and names each breach.
+
+    Example: `homeward ledger verify`, or `--skip-provider` where the provider cannot be asked."""
     from services.disbursement import operations
 
     async def work(connection: Any, named: Any, payouts_url: str | None) -> list[str]:
@@ -219,8 +231,12 @@ def verify(
 
 @ledger_app.command()
 def reconcile(state_dir: StateDir = None, as_json: AsJson = False) -> None:
-    """Compare the ledger's paid stipends with the provider's payouts: missing, extra, mismatched.
-    Exits 1 on any difference."""
+    """Compare paid stipends with the provider's payouts.
+
+    Compare the ledger's paid stipends with the provider's payouts: missing, extra, mismatched.
+    Exits 1 on any difference.
+
+    Example: `homeward ledger reconcile --json`."""
     from services.disbursement import operations
 
     async def work(connection: Any, named: Any, payouts_url: str | None) -> Any:

@@ -341,7 +341,9 @@ def report(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Program totals: the funnel, rejections by code, payments held and failed by reason, the
+    """Program totals, per destination and per day; charts in HTML.
+
+    Program totals: the funnel, rejections by code, payments held and failed by reason, the
     budget, time to payment, cost per return; per destination and per day.
 
     Example: `homeward report --since 7d --html report.html`."""

@@ -28,7 +28,8 @@ from services.runtime.retention import ERASURE_BATCH_MAX
 from services.runtime.settings import SERVICE_NAMES, PiiRetention
 
 retention_app = typer.Typer(
-    help="Retention: erase closed cases' personal data once HOMEWARD_PII_RETENTION_DAYS have passed.",
+    help="Erase closed cases' personal data once its retention is over.\n\nA case's personal data is erased "
+    "HOMEWARD_PII_RETENTION_DAYS after it closed.",
     no_args_is_help=True,
 )
 SQL = Path(__file__).parent / "sql" / "retention.sql"
@@ -54,7 +55,9 @@ def run(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Erase the personal data of every case closed (paid, failed, rejected at arrival, booking
+    """Erase now the personal data whose retention is over.
+
+    Erase the personal data of every case closed (paid, failed, rejected at arrival, booking
     failed) more than HOMEWARD_PII_RETENTION_DAYS ago (default 90): each service destroys the
     case's keys, so its sealed fields no longer open anywhere, and removes its own copies
     (registration: its `sealed` and the accepted event in its outbox). The ledger, identity keys,
@@ -123,7 +126,9 @@ def backfill(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Note the cases that closed before this version noted closings (paid, failed, rejected at
+    """Note cases closed before this version, for erasure.
+
+    Note the cases that closed before this version noted closings (paid, failed, rejected at
     arrival, booking failed, as the payments, arrival's outcomes and the bookings record them;
     for travel, every booking booked or failed), with the time each closed, in every service that
     keeps personal data, so that the sweep erases them in their turn. Run it once after

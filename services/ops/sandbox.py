@@ -21,7 +21,9 @@ def sandbox_payouts(
         ),
     ] = None,
 ) -> None:
-    """Run the sandbox payout provider: an HTTP server that pays once per Idempotency-Key, keeps its
+    """Run the sandbox payout provider (an HTTP server).
+
+    Run the sandbox payout provider: an HTTP server that pays once per Idempotency-Key, keeps its
     payouts in its own SQLite file and sends signed callbacks. Prints `sandbox payouts listening on
     http://127.0.0.1:PORT` once it accepts connections; Ctrl-C or SIGTERM stops it.
 
@@ -42,7 +44,8 @@ def sandbox_payouts(
     {"notifications": [...]} of up to 100:
       HOMEWARD_PAYOUT_CALLBACK_URL     where they are POSTed (unset: recorded, not sent)
       HOMEWARD_PAYOUT_CALLBACK_SECRET  HMAC-SHA256 key of the X-Homeward-Signature header
-    """
+
+    Example: `homeward sandbox payouts --port 8081`."""
     from services.sandbox.__main__ import run_payouts
 
     run_payouts(port, store)
@@ -61,7 +64,9 @@ def sandbox_travel(
         ),
     ] = None,
 ) -> None:
-    """Run the sandbox travel provider: an HTTP server that issues one ticket per Idempotency-Key
+    """Run the sandbox travel provider (an HTTP server).
+
+    Run the sandbox travel provider: an HTTP server that issues one ticket per Idempotency-Key
     and keeps its tickets (never the travellers' names) in its own SQLite file. Prints `sandbox
     travel listening on http://127.0.0.1:PORT` once it accepts connections; Ctrl-C or SIGTERM stops it.
 
@@ -70,7 +75,8 @@ def sandbox_travel(
       HOMEWARD_SANDBOX_TRAVEL_FAILURE_RATE             answer 503 and book nothing
       HOMEWARD_SANDBOX_FLIGHT_DEPARTURE_DELAY_SECONDS  flights depart this long after booking
       HOMEWARD_SANDBOX_FLIGHT_DURATION_SECONDS         and land this long after departure
-    """
+
+    Example: `homeward sandbox travel --port 8082`."""
     from services.sandbox.__main__ import run_travel
 
     run_travel(port, store)

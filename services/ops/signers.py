@@ -28,9 +28,7 @@ from services.ops.common import (
     record_action,
 )
 
-signers_app = typer.Typer(
-    help="Evidence signers: add (register a public key for a source), revoke, list.", no_args_is_help=True
-)
+signers_app = typer.Typer(help="Evidence signers' public keys: add, revoke, list.", no_args_is_help=True)
 
 T = TypeVar("T")
 
@@ -57,7 +55,11 @@ def add(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Register an evidence signer. The same id with the same key again is a no-op; another key is refused."""
+    """Register an evidence signer's public key for a source.
+
+    Register an evidence signer. The same id with the same key again is a no-op; another key is refused.
+
+    Example: `homeward signers add --id carrier-xh --source carrier --public-key xh.pem --operator ana`."""
     from services.arrival.adapters import signers
 
     who, pem = operator_name(operator), public_key.read_bytes()
@@ -85,7 +87,11 @@ def revoke(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Revoke a signer now: evidence received from now on does not count; what it signed before still does."""
+    """Revoke a signer from now on.
+
+    Revoke a signer now: evidence received from now on does not count; what it signed before still does.
+
+    Example: `homeward signers revoke --id carrier-xh --operator ana`."""
     from services.arrival.adapters import signers
 
     who = operator_name(operator)
@@ -104,7 +110,11 @@ def revoke(
 
 @signers_app.command("list")
 def list_signers(state_dir: StateDir = None, as_json: AsJson = False) -> None:
-    """List the registered signers, revoked ones included, oldest first."""
+    """List the registered signers, revoked ones included.
+
+    List the registered signers, revoked ones included, oldest first.
+
+    Example: `homeward signers list --json`."""
     from services.arrival.adapters import signers
 
     entries = _run(state_dir, signers.listed)

@@ -5,6 +5,7 @@ expected, and readable durations."""
 import logging
 import secrets
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import typer
@@ -103,3 +104,53 @@ def test_a_command_that_finds_nothing_running_exits_1_and_says_where_it_looked(t
     unreachable = homeward_cli("payments", "list", HOMEWARD_DATABASE_URL=UNREACHABLE_DATABASE)
     assert unreachable.returncode == 1 and "cannot reach PostgreSQL" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
+
+
+def _commands() -> list[tuple[str, Any]]:
+    import typer.main
+
+    from services.ops.cli import app
+
+    found: list[tuple[str, Any]] = []
+
+    def walk(command: Any, path: str) -> None:
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}".strip())
+        else:
+            found.append((path, command))
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+def test_every_command_has_a_one_line_summary_an_example_and_plain_flags() -> None:
+    from typer.testing import CliRunner
+
+    from services.ops.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["--help"], prog_name="homeward", env={"COLUMNS": "100"})
+    commands = listed.output.split("Commands:")[1].splitlines()
+    assert listed.exit_code == 0 and not [line for line in commands if line.endswith("...")], "no summary cut short"
+    for path, command in _commands():
+        helped = runner.invoke(app, [*path.split(), "--help"], prog_name="homeward", env={"COLUMNS": "100"})
+        assert helped.exit_code == 0, path
+        assert helped.output.startswith(f"Usage: homeward {path}"), path
+        summary = command.get_short_help_str(limit=64)
+        assert summary and not summary.endswith("..."), f"{path}: a first sentence of at most 64 characters"
+        assert "Example" in (command.help or ""), f"{path} gives no example"
+        assert "--no-" not in helped.output, f"{path}: a flag reads as a double negative"
+        assert "<bool>" not in helped.output, f"{path}: a flag shows a type tag"
+        assert "[/" not in helped.output and "\\[" not in helped.output, f"{path}: markup shows through"
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from services.ops.cli import app
+
+    shown = CliRunner().invoke(app, ["--version"], prog_name="homeward")
+    assert shown.exit_code == 0 and shown.output.strip() == f"homeward {version('homeward')}"
