@@ -45,7 +45,7 @@ def list_actions(
             action["at"].isoformat(timespec="seconds"), action["operator"], action["command"],
             _compact(action["arguments"]), _compact(action["outcome"]),
         )  # fmt: skip
-    emit(as_json, actions, table)
+    emit(as_json, actions, table, empty="no operator actions recorded yet")
 
 
 def _compact(values: dict[str, Any]) -> str:

@@ -302,7 +302,7 @@ def letters_about(letters: list[DeadLetter], keys: set[str]) -> list[dict[str, A
     """The dead letters keyed by the case or its application: where, which code, why (never their bytes)."""
     return [
         {"topic": letter.original_topic, "name": letter.name, "code": letter.error_code, "detail": letter.detail,
-         "envelope_id": letter.envelope_id, "age_seconds": round(letter.age_seconds, 3)}
+         "envelope_id": letter.envelope_id, "age_ms": int(letter.age_seconds * 1000)}
         for letter in letters if letter.key in keys
     ]  # fmt: skip
 
@@ -374,7 +374,7 @@ def show(
         story.document["dead_letters"] = None
         story.document["dead_letters_unread"] = f"the broker could not be read: {type(error).__name__}"
     for letter in story.document["dead_letters"] or ():
-        moment = datetime.now(UTC) - timedelta(seconds=letter["age_seconds"])
+        moment = datetime.now(UTC) - timedelta(milliseconds=letter["age_ms"])
         story.timeline.append(_entry(moment, "-", f"dead letter on {letter['topic']}.dlq: {letter['code']}",
                                      detail=letter["detail"]))  # fmt: skip
     story.timeline = _in_order(story.timeline)

@@ -5,6 +5,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -168,12 +169,26 @@ def measure_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
     return table
 
 
-def emit(as_json: bool, document: Any, table: Table | None) -> None:
-    """Prints `document` as JSON for scripts, or `table` for people."""
+def emit(as_json: bool, document: Any, table: Table | None, *, empty: str | None = None) -> None:
+    """Prints `document` as JSON for scripts, or `table` for people; a table with no rows is the
+    line `empty` instead ("no dead letters"), never a header alone."""
     if as_json:
-        typer.echo(json.dumps(document, indent=2, default=str))
+        typer.echo(json.dumps(document, indent=2, default=json_value))
+    elif table is not None and table.row_count == 0 and empty is not None:
+        typer.echo(empty)
     elif table is not None:
         console().print(table)
+
+
+def json_value(value: Any) -> Any:
+    """What JSON output shows for a value JSON has no type for: RFC 3339 times in UTC with
+    milliseconds, ids and amounts as their text."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
 
 
 def running(state_dir: Path | None) -> Runtime | None:

@@ -12,7 +12,7 @@ import asyncio
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -29,6 +29,7 @@ from services.ops.common import (
     StateDir,
     chosen_services,
     emit,
+    human_duration,
     locate,
     locate_kafka,
     operator_name,
@@ -49,6 +50,8 @@ READ_TIMEOUT_MS = 500
 AUDIT_LETTERS_LISTED_MAX = 100
 """Letters a replay's audit record names one by one (it counts them all)."""
 READ_ROUNDS_MAX = 10_000
+REPLAY_WATCH_SECONDS = 10.0
+REPLAY_WATCH_SECONDS_MAX = 600.0
 LIST_LIMIT_DEFAULT = 100
 AGO = re.compile(r"(?P<amount>\d+)(?P<unit>[smhd])")
 AGO_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -124,6 +127,46 @@ async def read_dead_letters(bootstrap: str, topics: list[str]) -> list[DeadLette
         await consumer.stop()
 
 
+async def letters_returning(
+    bootstrap: str, topic: str, since: dict[int, int], values: set[bytes], seconds: float
+) -> list[DeadLetter]:
+    """The letters with one of `values` that land on `topic` after the offsets `since` (partition →
+    offset) within `seconds`: records a replay sent that their consumer dead-lettered again."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **client_options(OpsSettings())
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, partition) for partition in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        for partition in partitions:
+            consumer.seek(partition, since.get(partition.partition, 0))
+        returned: list[DeadLetter] = []
+        deadline = time.monotonic() + seconds
+        for _ in range(READ_ROUNDS_MAX):
+            if len(returned) >= len(values) or time.monotonic() >= deadline:
+                break
+            batches = await consumer.getmany(timeout_ms=READ_TIMEOUT_MS)
+            returned += [_letter(record) for records in batches.values() for record in records
+                         if (record.value or b"") in values]  # fmt: skip
+        return returned
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Each partition's next offset on `topic` now."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **client_options(OpsSettings())
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, partition) for partition in consumer.partitions_for_topic(topic) or ()]
+        return {partition.partition: offset for partition, offset in (await consumer.end_offsets(partitions)).items()}
+    finally:
+        await consumer.stop()
+
+
 def _letter(record: Any) -> DeadLetter:
     headers = {key: value.decode(errors="replace") for key, value in (record.headers or ())}
     value = record.value or b""
@@ -153,14 +196,29 @@ def list_letters(
 
     Example: `homeward dlq list --topic arrival.evidence.v1`."""
     letters = asyncio.run(read_dead_letters(locate_kafka(state_dir), _topics(topic)))[:limit]
-    rows = [{k: v for k, v in asdict(letter).items() if k != "value"} | {"name": letter.name} for letter in letters]
-    table = Table(title=f"Dead letters ({len(letters)} shown)")
-    for column in ("topic", "name", "code", "age", "envelope id", "detail"):
-        table.add_column(column)
+    rows = [letter_row(letter) for letter in letters]
+    table = Table(title=f"Dead letters ({len(letters)} shown, oldest first)", title_justify="left")
+    for column in ("topic", "name", "case or application", "code", "age", "detail"):
+        table.add_column(column, overflow="fold")
     for letter in letters:
-        table.add_row(letter.original_topic, letter.name, letter.error_code, f"{letter.age_seconds:,.0f} s",
-                      letter.envelope_id or "-", letter.detail[:80])  # fmt: skip
-    emit(as_json, rows, table)
+        table.add_row(letter.original_topic, letter.name, letter.key or "-", letter.error_code,
+                      human_duration(letter.age_seconds), letter.detail)  # fmt: skip
+    emit(
+        as_json,
+        rows,
+        table,
+        empty="no dead letters" + (f" on {dlq_topic(topic.removesuffix('.dlq'))}" if topic else ""),
+    )
+
+
+def letter_row(letter: DeadLetter) -> dict[str, Any]:
+    """A dead letter as `dlq list --json` shows it: where it is, what it was, why, how old (whole
+    milliseconds); never its bytes, which may hold personal data on the intake topic."""
+    return {
+        "name": letter.name, "dlq_topic": letter.dlq_topic, "partition": letter.partition, "offset": letter.offset,
+        "original_topic": letter.original_topic, "key": letter.key or None, "error_code": letter.error_code,
+        "detail": letter.detail, "envelope_id": letter.envelope_id, "age_ms": int(letter.age_seconds * 1000),
+    }  # fmt: skip
 
 
 @dlq_app.command()
@@ -169,28 +227,41 @@ def replay(
     letter_id: Annotated[
         str | None, typer.Option("--id", help="One letter: its envelope id or <partition>:<offset> (default: all)")
     ] = None,
+    watch_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=REPLAY_WATCH_SECONDS_MAX,
+            help="How long to watch whether a replayed letter comes back to the .dlq (0: do not)",
+        ),
+    ] = REPLAY_WATCH_SECONDS,
     operator: Operator = None,
     state_dir: StateDir = None,
 ) -> None:
     """Send dead letters back to their topic (safe to repeat).
 
-    Send dead letters back to their original topic, bytes unchanged (safe to repeat).
+    Send dead letters back to their original topic, bytes and key unchanged (safe to repeat:
+    consumers deduplicate by envelope id), then watch the dead-letter topic for a while: a letter
+    whose cause is still there (it is still not JSON, its signer is still unknown) comes straight
+    back, and the command names it and exits 1.
 
     Example: `homeward dlq replay --topic registration.submitted.v1 --id 0:42 --operator ana`."""
     who, settings = operator_name(operator), OpsSettings()
     bootstrap = locate_kafka(state_dir)
     # The change is on the broker: only the audit trail is written, which the operator's role may append to.
     database_url, _ = locate(state_dir, READ_ONLY)
+    letters_topic = dlq_topic(topic.removesuffix(".dlq"))
 
-    async def main() -> int:
+    async def main() -> tuple[list[DeadLetter], list[DeadLetter]]:
         letters = await read_dead_letters(bootstrap, _topics(topic))
         chosen = [letter for letter in letters if letter_id in (None, letter.name, letter.envelope_id)]
         if letter_id is not None and not chosen:
-            raise typer.BadParameter(f"no dead letter {letter_id!r} on {dlq_topic(topic.removesuffix('.dlq'))}")
+            raise typer.BadParameter(f"no dead letter {letter_id!r} on {letters_topic}", param_hint="--id")
         # Recorded before anything is sent (a replay the trail cannot hold does not start), and
         # again with its outcome once sent.
         await record_action_at(database_url, who, "dlq replay", {"topic": topic, "id": letter_id},
                                {"status": "starting", "letters": len(chosen)})  # fmt: skip
+        since = await end_offsets(bootstrap, letters_topic)
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, enable_idempotence=False, acks="all",
             compression_type=settings.kafka_compression_type, **client_options(settings),
@@ -200,19 +271,34 @@ def replay(
             for letter in chosen:
                 provenance = f"{letter.dlq_topic}:{letter.name}".encode()
                 await producer.send_and_wait(
-                    letter.original_topic, letter.value, key=(letter.envelope_id or letter.name).encode(),
+                    letter.original_topic, letter.value, key=(letter.key or letter.envelope_id or letter.name).encode(),
                     headers=[*letter.kept_headers, ("x-replayed-from", provenance)],
                 )  # fmt: skip
         finally:
             await producer.stop()
-        # And once sent, with what was sent.
+        back = []
+        if chosen and watch_seconds > 0:
+            back = await letters_returning(bootstrap, letters_topic, since, {letter.value for letter in chosen},
+                                           watch_seconds)  # fmt: skip
+        # And once sent, with what was sent and what came back.
         replayed = [f"{letter.dlq_topic}:{letter.name}" for letter in chosen]
         await record_action_at(database_url, who, "dlq replay", {"topic": topic, "id": letter_id},
-                               {"status": "done", "replayed": len(chosen),
+                               {"status": "done", "replayed": len(chosen), "came_back": len(back),
                                 "letters": replayed[:AUDIT_LETTERS_LISTED_MAX]})  # fmt: skip
-        return len(chosen)
+        return chosen, back
 
-    typer.echo(f"replayed {asyncio.run(main())} dead letter(s) to {topic.removesuffix('.dlq')}")
+    chosen, back = asyncio.run(main())
+    if not chosen:
+        typer.echo(f"no dead letters on {letters_topic}: nothing replayed")
+        return
+    typer.echo(f"replayed {len(chosen)} dead letter(s) to {topic.removesuffix('.dlq')}")
+    if back:
+        for letter in back:
+            typer.echo(f"came back to {letters_topic} as {letter.name}: {letter.error_code} {letter.detail}", err=True)
+        typer.echo(f"error: {len(back)} of them were dead-lettered again; fix their cause first.", err=True)
+        raise typer.Exit(1)
+    if watch_seconds > 0:
+        typer.echo(f"none came back to {letters_topic} within {watch_seconds:g} s")
 
 
 async def read_each_service(
@@ -258,8 +344,8 @@ def parked(
         table.add_column(column)
     for row in rows:
         table.add_row(row["service"], str(row["id"]), row["topic"], row["key"],
-                      f"{row['parked_at']:%Y-%m-%d %H:%M:%S}", (row["park_reason"] or "")[:80])  # fmt: skip
-    emit(as_json, rows, table)
+                      f"{row['parked_at']:%Y-%m-%d %H:%M:%S}", row["park_reason"] or "")  # fmt: skip
+    emit(as_json, rows, table, empty="no parked outbox rows: every event was published")
 
 
 @dlq_app.command()
@@ -287,7 +373,7 @@ def unreadable(
         table.add_row(row["service"], row["topic"], str(row["partition"]),
                       f"{row['first_offset']}-{row['last_offset']}", row["codec"], row["reason"],
                       f"{row['last_seen_at']:%Y-%m-%d %H:%M:%S}", str(row["times_seen"]))  # fmt: skip
-    emit(as_json, rows, table)
+    emit(as_json, rows, table, empty="no unreadable record batches")
 
 
 @dlq_app.command()

@@ -126,7 +126,12 @@ def list_signers(state_dir: StateDir = None, as_json: AsJson = False) -> None:
             entry.signer_id, entry.source, entry.office_code or "", entry.fingerprint,
             _when(entry.added_at), _when(entry.revoked_at),
         )  # fmt: skip
-    emit(as_json, [asdict(entry) for entry in entries], table)
+    emit(
+        as_json,
+        [asdict(entry) for entry in entries],
+        table,
+        empty="no signers registered: `homeward signers add` registers one",
+    )
 
 
 def _when(moment: datetime | None) -> str:
