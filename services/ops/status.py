@@ -3,6 +3,7 @@
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
 from services.devstack.running import STATUS_FILE, Runtime
-from services.ops.common import console
+from services.ops.common import console, human_duration, json_value
+from services.runtime.settings import masked_url
 
 PROBE_TIMEOUT_SECONDS = 2.0
 EVENT_OUTCOMES = ("applied", "duplicate", "dead_lettered")
@@ -54,6 +56,21 @@ def _events(process: dict[str, Any]) -> dict[str, int] | None:
     return counts
 
 
+def _document(runtime: Runtime, processes: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    """`status --json`: database URLs with their passwords masked, RFC 3339 times, ages in ms."""
+    shown = dict(runtime.__dict__)
+    shown["database_url"] = masked_url(runtime.database_url)
+    shown["database_urls"] = {login: masked_url(url) for login, url in (runtime.database_urls or {}).items()}
+    listed = []
+    for process in processes:
+        entry = {name: value for name, value in process.items() if name not in ("started_at", "uptime_seconds")}
+        started = process.get("started_at")
+        entry["started_at"] = json_value(datetime.fromtimestamp(started, UTC)) if started else None
+        entry["uptime_ms"] = int((now - started) * 1000) if started else None
+        listed.append(entry)
+    return {"runtime": shown, "processes": listed}
+
+
 def show(state_dir: Path, *, as_json: bool) -> int:
     """Prints the status table (or JSON); returns 1 when nothing runs or a part is unhealthy."""
     runtime = Runtime.read(state_dir)
@@ -69,21 +86,20 @@ def show(state_dir: Path, *, as_json: bool) -> int:
         started = process.get("started_at")
         process["uptime_seconds"] = round(now - started, 1) if started else None
     if as_json:
-        print(json.dumps({"runtime": runtime.__dict__, "processes": processes}, indent=2))
+        print(json.dumps(_document(runtime, processes, now), indent=2))
     else:
-        table = Table(title=f"homeward up (pid {runtime.pid}) kafka={runtime.kafka}")
+        table = Table(title=f"homeward up (pid {runtime.pid}) kafka={runtime.kafka}", title_justify="left")
         for column in ("process", "pid", "uptime", "restarts", "health"):
-            table.add_column(column)
-        for outcome in EVENT_OUTCOMES:
-            table.add_column(outcome.replace("_", " "), justify="right")
+            table.add_column(column, overflow="fold")
+        table.add_column("events in", justify="right")
         for process in processes:
             uptime = process["uptime_seconds"]
             events = process["events"]
-            counts = [f"{events[outcome]:,}" if events else "-" for outcome in EVENT_OUTCOMES]
+            counts = " / ".join(f"{events[outcome]:,}" for outcome in EVENT_OUTCOMES) if events else "-"
             table.add_row(process["name"], str(process.get("pid") or "-"),
-                          f"{uptime:,.0f} s" if uptime is not None else "-",
-                          str(process.get("restarts", "-")), process["health"], *counts)  # fmt: skip
-        table.caption = "events: inbound since the process started (its /metrics)"
+                          human_duration(uptime) if uptime is not None else "-",
+                          str(process.get("restarts", "-")), process["health"], counts)  # fmt: skip
+        table.caption = "events in: applied / duplicate / dead-lettered since the process started"
         console().print(table)
     healthy = {"ready", "ok", "running"}
     return 0 if all(process["health"] in healthy for process in processes) else 1

@@ -56,3 +56,22 @@ async def test_a_killed_service_is_restarted_and_the_flow_goes_on(homeward):
     async with Kafka(homeward.kafka, outbound_and_dlq_topics()) as kafka:
         sent = await submit(kafka, submission())
         await accepted_case(kafka, sent["data"]["application_id"])
+
+
+async def test_status_json_shows_no_password_and_rfc3339_times(homeward):
+    """The database URLs a status shows are masked (the state dir's secrets stay in it)."""
+    done = homeward_cli("status", "--json", "--state-dir", str(homeward.state_dir), timeout_seconds=60)
+    secrets = json.loads((homeward.state_dir / "secrets.json").read_text())
+    for name, value in secrets.items():
+        assert str(value) not in done.stdout, f"{name} shown by status --json"
+    report = json.loads(done.stdout)
+    assert report["runtime"]["database_url"].count(":***@") == 1
+    started = [entry["started_at"] for entry in report["processes"] if entry.get("started_at")]
+    assert started and all(moment.endswith("Z") and "T" in moment for moment in started)
+    assert all(isinstance(entry["uptime_ms"], int) for entry in report["processes"] if entry.get("started_at"))
+
+
+async def test_status_fits_80_columns(homeward):
+    done = homeward_cli("status", "--state-dir", str(homeward.state_dir), timeout_seconds=60)
+    assert done.returncode == 0, done.stderr
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
