@@ -137,6 +137,19 @@ def reserve_port(port: int) -> None:
     _HANDED_OUT.add(port)
 
 
+def kept_port(path: Path) -> int:
+    """The port a state dir's server had last time (kept in `path`), while it is free; else a new
+    one, kept for next time: the database keeps its address across restarts of `homeward up`."""
+    with contextlib.suppress(OSError, ValueError):
+        port = int(path.read_text().strip())
+        if port not in _HANDED_OUT and port_is_free(port):
+            _HANDED_OUT.add(port)
+            return port
+    port = free_port()
+    path.write_text(f"{port}\n")
+    return port
+
+
 def port_is_free(port: int) -> bool:
     """Whether a server could bind 127.0.0.1:port right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ from services.devstack.embedded import (
     EmbeddedPostgres,
     create_topics,
     free_port,
+    kept_port,
     reserve_port,
 )
 from services.devstack.running import (
@@ -302,8 +304,14 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.drills: list[asyncio.Task[None]] = []
         self.announced = False
+        self.began = time.monotonic()
+
+    def step(self, done: str) -> None:
+        """One line on stderr per step of the start and the stop (stdout keeps the ready line alone)."""
+        print(f"homeward up: {done} ({time.monotonic() - self.began:.1f} s)", file=sys.stderr, flush=True)
 
     async def run(self) -> int:
+        self.began = time.monotonic()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -311,6 +319,8 @@ class Supervisor:
         # broker with empty storage, while everything else keeps running.
         loop.add_signal_handler(signal.SIGUSR1, self._drill, self.restart_postgres)
         loop.add_signal_handler(signal.SIGUSR2, self._drill, self.restart_broker_empty)
+        database_dir = self.state_dir / "postgres"
+        new_database = not database_dir.exists()
         try:
             await self._start()
             await self._watch()
@@ -320,6 +330,10 @@ class Supervisor:
             return 1
         finally:
             await self._stop()
+            if not self.announced and new_database and database_dir.exists():
+                # A first start that failed leaves no half-made database for the next one to trip on.
+                shutil.rmtree(database_dir, ignore_errors=True)
+                self.step(f"removed the database this failed start had made in {database_dir}")
 
     async def _start(self) -> None:
         running = Runtime.read(self.state_dir)
@@ -337,9 +351,13 @@ class Supervisor:
         ports = {name: [free_port() for _ in range(self.replicas)] for name in SERVICE_NAMES}
         callback_ports = [free_port() for _ in range(self.replicas)]
         payouts, travel = await self._start_sandboxes(secrets, callback_ports)
+        self.step("sandbox payout and travel providers starting")
         database_url, bootstrap = await asyncio.gather(self._database(secrets[DATABASE_SUPERUSER]), self._broker())
+        self.step(f"database at {masked_url(database_url)}, broker at {bootstrap}")
         await self._create_topics(bootstrap)
+        self.step(f"{len(all_topics())} topics ready")
         database_urls = await asyncio.to_thread(self._provision, database_url, secrets)
+        self.step("roles and schemas migrated")
         wiring = {
             "disbursement": {"HOMEWARD_PAYOUT_PROVIDER_URL": payouts.url},
             "travel": {"HOMEWARD_TRAVEL_PROVIDER_URL": travel.url},
@@ -371,8 +389,11 @@ class Supervisor:
                 process = ServiceProcess(named, env, log, http_port=port)
                 await process.start()
                 self.services.append(process)
+        self.step(f"{len(self.services)} service processes started")
         await asyncio.gather(*(self._wait_until_listening(sandbox) for sandbox in (payouts, travel)))
+        self.step(f"providers answering at {payouts.url} and {travel.url}")
         await self._wait_until_consuming()
+        self.step("every service consuming")
         self._write_status()
         runtime = Runtime(
             os.getpid(), bootstrap, database_url, str(self.state_dir), payouts.url, travel.url, database_urls
@@ -467,7 +488,8 @@ class Supervisor:
     async def _database(self, superuser_password: str) -> str:
         if self.settings.database_url:
             return self.settings.database_url
-        self.postgres = EmbeddedPostgres(self.state_dir / "postgres", free_port(), superuser_password)
+        port = kept_port(self.state_dir / "postgres.port")
+        self.postgres = EmbeddedPostgres(self.state_dir / "postgres", port, superuser_password)
         await asyncio.to_thread(self.postgres.start)
         return self.postgres.url
 
@@ -562,10 +584,17 @@ class Supervisor:
     async def _stop(self) -> None:
         # The providers stop last, so that a payout or booking in flight at shutdown still gets its answer.
         services = [service for service in self.services if service not in self.sandboxes]
+        if self.announced:
+            self.step("stopping")
         await asyncio.gather(*(service.stop() for service in services), return_exceptions=True)
         await asyncio.gather(*(sandbox.stop() for sandbox in self.sandboxes), return_exceptions=True)
-        for server in (self.kafka, self.postgres):
+        stopped = [f"{len(services)} service processes"] if services else []
+        stopped += ["the sandbox providers"] if self.sandboxes else []
+        for name, server in (("the broker (its topics were in memory)", self.kafka), ("PostgreSQL", self.postgres)):
             if server is not None:
                 await asyncio.to_thread(server.stop)
+                stopped.append(name)
         if self.announced:
             Runtime.path(self.state_dir).unlink(missing_ok=True)
+        if stopped:
+            self.step(f"stopped {', '.join(stopped)}; the data stays in {self.state_dir}")

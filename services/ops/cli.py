@@ -177,7 +177,7 @@ def up(
     from services.runtime import logs
 
     settings = DevstackSettings()
-    logs.configure("up", settings.log_level, stream=sys.stderr)
+    logs.configure("up", settings.log_level, stream=sys.stderr, human=sys.stderr.isatty())
     supervisor = Supervisor(
         settings,
         state_dir=state_dir or settings.state_dir,
