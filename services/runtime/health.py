@@ -73,6 +73,8 @@ class Readiness:
             await asyncio.wait_for(self._read_gauges(), CHECK_TIMEOUT_SECONDS * 2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._read_lag(), CHECK_TIMEOUT_SECONDS * 2)
+        for check, passed in (await self.report()).items():
+            metrics.READY.labels(check).set(1 if passed else 0)
         return metrics.exposition()
 
     async def _read_gauges(self) -> None:

@@ -37,6 +37,9 @@ PAYOUTS = Counter(
     "homeward_payouts", "Payout attempts at the provider, by outcome (paid, declined, returned, unresolved, refused)",
     ["outcome"],
 )  # fmt: skip
+BOOKINGS = Counter(
+    "homeward_bookings", "Booking attempts at the travel provider, by outcome (booked, retry, failed)", ["outcome"]
+)
 
 # Read at each scrape (the database's and the consumer's view at that moment).
 CONSUMER_LAG = Gauge(
@@ -52,6 +55,10 @@ PAYMENTS_WAITING = Gauge(
     ["status"],
 )  # fmt: skip
 BUDGET_AVAILABLE = Gauge("homeward_budget_available", "Program budget not yet spent or reserved, in its currency")
+READY = Gauge(
+    "homeward_ready", "Whether each readiness check passes at the scrape (1) or not (0): database, broker, consuming",
+    ["check"],
+)  # fmt: skip
 OPEN_CASES = Gauge("homeward_open_cases", "Cases handed downstream and not yet seen to move on (re-drive candidates)")
 
 

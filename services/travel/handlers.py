@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 
 from contracts.envelope import Envelope
 from contracts.events import RegistrationAccepted, TravelBooked, TravelBookingFailed
-from services.runtime import casekeys, crypto
+from services.runtime import casekeys, crypto, metrics
 from services.runtime.db import fetch_all
 from services.runtime.messages import now
 from services.runtime.uow import ServiceDatabase, UnitOfWork
@@ -112,6 +113,7 @@ class BookingWorker:
         outcomes = await self._attempt_all(due)
         tickets = [(request, outcome) for request, outcome in zip(due, outcomes, strict=True)
                    if isinstance(outcome, Booked)]  # fmt: skip
+        settled: Counter[str] = Counter()
         async with self.database.unit() as uow:
             await self._record_tickets(uow, tickets, lease_id)
             for request, outcome in zip(due, outcomes, strict=True):
@@ -121,8 +123,12 @@ class BookingWorker:
                         correlationid=request["correlationid"],
                         event_type=TravelBooked.TOPIC,
                     ):
-                        await self._record_failure(uow, request, outcome, lease_id)
+                        settled[await self._record_failure(uow, request, outcome, lease_id)] += 1
+        # Committed: only now do the attempts count.
         booked = sum(isinstance(outcome, Booked) for outcome in outcomes)
+        settled["booked"] += booked
+        for settled_as, count in settled.items():
+            metrics.BOOKINGS.labels(settled_as).inc(count)
         logger.info("booking.pass", claimed=len(due), booked=booked, not_booked=len(due) - booked)
         return len(due)
 
@@ -193,8 +199,9 @@ class BookingWorker:
                     event_type=TravelBooked.TOPIC, attempts=request["attempts"] + 1,
                 )  # fmt: skip
 
-    async def _record_failure(self, uow: UnitOfWork, request: Any, outcome: Exception, lease_id: UUID) -> None:
-        """A booking not made: failed for good, or tried again later (rare: one statement each)."""
+    async def _record_failure(self, uow: UnitOfWork, request: Any, outcome: Exception, lease_id: UUID) -> str:
+        """A booking not made: failed for good, or tried again later (rare: one statement each).
+        Says which (`failed`, `retry`), for /metrics."""
         case_id, attempts = request["case_id"], request["attempts"] + 1
         correlation = {"correlationid": request["correlationid"], "causationid": request["cause_event_id"]}
         held = {"case_id": case_id, "lease_id": lease_id}
@@ -207,12 +214,13 @@ class BookingWorker:
                 failed = TravelBookingFailed(case_id=case_id, reason=reason, attempts=attempts, failed_at=now())
                 uow.emit(failed, **correlation)
                 logger.warning("travel.booking_failed", attempts=attempts, reason=reason, detail=detail)
-            return
+            return "failed"
         delay = domain.retry_delay_seconds(
             attempts, base_ms=self.policy.backoff_base_ms, max_ms=self.policy.backoff_max_ms, rng=self.rng
         )
         await self.queries.schedule_retry(uow.connection, **held, error=detail, delay_seconds=delay)
         logger.info("travel.booking_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 3))
+        return "retry"
 
 
 def _outcome(case_id: Any, answered: BookingOutcome | None) -> Booked | Exception:

@@ -19,7 +19,7 @@ from services.runtime.settings import SERVICE_NAMES
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-PROMETHEUS_FILE = ROOT / "deploy" / "prometheus.yml"
+PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 
 # Commands the containers rely on, used when services/cli.py does not exist yet.
 FALLBACK_CLI_COMMANDS = frozenset({"run", "migrate"})
@@ -272,9 +272,9 @@ def test_every_service_serves_http_where_prometheus_and_the_payout_provider_look
         )
         assert f"127.0.0.1:{port}/ready" in " ".join(svc["healthcheck"]["test"]), f"{container}: healthcheck"
         expected.add(f"{container}:{port}")
-    assert targets == expected, "deploy/prometheus.yml must scrape every service at its HTTP port"
+    assert targets == expected, "deploy/prometheus/prometheus.yml must scrape every service at its HTTP port"
     mounts = [str(volume) for volume in SERVICES["prometheus"]["volumes"]]
-    assert any(mount.startswith("./deploy/prometheus.yml:") for mount in mounts)
+    assert any(mount.startswith("./deploy/prometheus/prometheus.yml:") for mount in mounts)
     callback = urlsplit(_environment(SERVICES["payout-sandbox"])["HOMEWARD_PAYOUT_CALLBACK_URL"] or "")
     disbursement = _environment(SERVICES["disbursement"])
     # The provider's callbacks arrive on a port of their own, apart from /health and /metrics.
