@@ -152,6 +152,28 @@ def export_contracts(
         typer.echo(str(path))
 
 
+@contracts_app.command("check")
+def check_contracts() -> None:
+    """Check that the contract still works for v1 producers and consumers.
+
+    Compares the models with the released v1 schemas frozen in contracts/schemas/released/ and
+    names, topic and field, each change that would break a v1 producer (inbound topics: a new
+    required field, a tightened limit) or consumer (outbound topics: a field removed or made
+    optional, a changed type, an enum value removed); exits 1 on any. CI runs it as a test.
+
+    Example: `homeward contracts check`."""
+    from contracts.compat import check_released
+
+    found = check_released()
+    for problem in found:
+        typer.echo(f"breaks v1: {problem}", err=True)
+    if found:
+        typer.echo(f"error: {len(found)} change(s) would break v1 producers or consumers; make them a new "
+                   "topic version (….v2) instead, or undo them.", err=True)  # fmt: skip
+        raise typer.Exit(1)
+    typer.echo("compatible: every v1 producer and consumer still works")
+
+
 @app.command()
 def up(
     state_dir: StateDir = None,
