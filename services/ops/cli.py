@@ -1,6 +1,7 @@
 """The `homeward` command: run services, migrate, export contracts, start the embedded default, demo."""
 
 import asyncio
+import contextlib
 import sys
 import warnings
 from importlib.metadata import version as package_version
@@ -143,18 +144,71 @@ def export_contracts(
 ) -> None:
     """Write the JSON Schemas of the contract from the models.
 
-    Write one JSON Schema per topic, generated from the pydantic models.
+    Write one JSON Schema per topic, generated from the pydantic models, and the AsyncAPI 3.0
+    document of them all (contracts/asyncapi.yaml).
 
-    Example: `homeward contracts export`, then commit contracts/schemas/."""
+    Example: `homeward contracts export`, then commit contracts/schemas/ and contracts/asyncapi.yaml."""
+    from contracts import asyncapi
     from contracts.export import SCHEMA_DIR, export
 
     for path in export(directory or SCHEMA_DIR):
         typer.echo(str(path))
+    typer.echo(str(asyncapi.export((directory / "asyncapi.yaml") if directory else asyncapi.DOCUMENT)))
+
+
+@contracts_app.command("docs")
+def contract_docs(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Serve the page on 127.0.0.1 at this port")] = 8090,
+    out: Annotated[Path | None, typer.Option(help="Write the page to this file instead of serving it")] = None,
+) -> None:
+    """Serve a readable HTML view of the AsyncAPI document.
+
+    One page: every topic with its summary, key, headers and payload fields with their rules,
+    from contracts/asyncapi.yaml (AsyncAPI 3.0, generated from the models). Ctrl-C stops it.
+
+    Example: `homeward contracts docs --port 8090`, then open http://127.0.0.1:8090/."""
+    from contracts.asyncapi import html_view
+
+    page = html_view().encode()
+    if out is not None:
+        out.write_bytes(page)
+        typer.echo(f"wrote {out}")
+        return
+    serve_page(page, port)
+
+
+def serve_page(page: bytes, port: int) -> None:
+    """Serves one page (and the AsyncAPI YAML at /asyncapi.yaml) until Ctrl-C."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from contracts.asyncapi import DOCUMENT
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body, kind = (DOCUMENT.read_bytes(), "application/yaml") if self.path == "/asyncapi.yaml" else (
+                page, "text/html; charset=utf-8")  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Page)
+    except OSError as error:
+        typer.echo(f"error: cannot serve on 127.0.0.1:{port} ({error}); choose another --port.", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"serving the contract at http://127.0.0.1:{port}/ (Ctrl-C stops)")
+    with contextlib.suppress(KeyboardInterrupt), server:
+        server.serve_forever()
 
 
 @contracts_app.command("check")
 def check_contracts() -> None:
-    """Check that the contract still works for v1 producers and consumers.
+    """Check the models still work for v1 producers and consumers.
 
     Compares the models with the released v1 schemas frozen in contracts/schemas/released/ and
     names, topic and field, each change that would break a v1 producer (inbound topics: a new

@@ -5,12 +5,14 @@ and as an HTML page opened in a real headless browser."""
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from tests.e2e.conftest import Running, homeward_up
 from tests.support import homeward_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -19,6 +21,13 @@ DEMO_PARTICIPANTS = "1000"
 DEMO_SECONDS_MAX = 300.0
 CHROMIUM = "/usr/bin/chromium"
 CHARTS = {"funnel", "payouts-per-day", "cases-by-destination", "time-to-payment"}
+
+
+@pytest.fixture(scope="module")
+def homeward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A `homeward up` of this module's own: the demo's cases only, whatever the other tests send."""
+    with homeward_up(tmp_path_factory.mktemp("operated")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
