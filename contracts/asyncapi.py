@@ -237,6 +237,7 @@ def html_view(spec: dict[str, Any] | None = None) -> str:
 td,th{{border:1px solid #cbd5e0;padding:.2rem .5rem;text-align:left;vertical-align:top}}.dir{{color:#4a5568}}
 code{{font-size:13px}}</style></head><body>
 <h1>{title}</h1>
-<p>{html.escape(spec["info"]["description"])}</p><p>AsyncAPI {spec["asyncapi"]}: <code>contracts/asyncapi.yaml</code>.</p>
+<p>{html.escape(spec["info"]["description"])}</p>
+<p>AsyncAPI {spec["asyncapi"]}: <code>contracts/asyncapi.yaml</code>.</p>
 <ul>{index}</ul>{"".join(sections)}</body></html>
 """

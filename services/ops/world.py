@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from contracts.client import Publisher, Signer
 from contracts.events import (
     EVIDENCE_TOPIC,
     ArrivalRejected,
@@ -45,7 +46,7 @@ from contracts.events import (
     TravelBooked,
     TravelBookingFailed,
 )
-from contracts.signing import SIGNER_SOURCES, public_key_pem, signature_headers
+from contracts.signing import SIGNER_SOURCES, public_key_pem
 from services.devstack.running import READY_PREFIX, Runtime
 from services.ops.common import READ_ONLY, payout_provider, record_action
 from services.runtime.messages import build_envelope, encode
@@ -177,15 +178,18 @@ def make_cohort(size: int, rng: random.Random) -> list[Participant]:
     return cohort
 
 
+REGISTRATION_APP = Publisher(source=SOURCE_APP)
+"""The registration app, publishing through the contract's helper (contracts.client)."""
+
+
 def registration_envelope(participant: Participant) -> bytes:
-    """What the app publishes: a new envelope each time, the same application id (a safe retry)."""
-    document = {
-        "specversion": "1.0", "id": str(uuid4()), "type": RegistrationSubmitted.TOPIC,
-        "source": SOURCE_APP, "time": datetime.now(UTC).isoformat(),
-        "subject": str(participant.application_id), "correlationid": str(participant.correlationid),
-        "datacontenttype": "application/json", "data": participant.payload,
-    }  # fmt: skip
-    return json.dumps(document).encode()
+    """What the app publishes: a new envelope each time, the same application id (a safe retry).
+    Not validated here: some of the cohort is meant to be refused (tests/unit/test_world.py
+    checks that the rest speaks the contract)."""
+    record = REGISTRATION_APP.record(
+        RegistrationSubmitted.TOPIC, participant.payload, correlationid=participant.correlationid, validate=False
+    )
+    return record.value
 
 
 def _participant(index: int, run_tag: str, rng: random.Random) -> Participant:
@@ -286,9 +290,11 @@ class EvidenceSigners:
         finally:
             await connection.close()
 
-    def record(self, source: str, key: str, value: bytes) -> Record:
+    def publisher(self, source: str, app: str) -> Publisher:
+        """The publisher of one source's evidence (its app's name as the envelope's source), signing
+        with that source's key, as contracts.client does for any upstream app."""
         signer_id, private_key = self.keys[source]
-        return Record(EVIDENCE_TOPIC, key.encode(), value, tuple(signature_headers(signer_id, private_key, value)))
+        return Publisher(source=app, signer=Signer(signer_id, private_key))
 
 
 def evidence_for(
@@ -312,25 +318,22 @@ def evidence_for(
             )
         ]
     else:
-        app = {"source": "participant_app", "latitude": 14.07, "longitude": -87.19}
+        check_in = {"source": "participant_app", "latitude": 14.07, "longitude": -87.19}
         reports = [
             ("carrier", {"source": "carrier", "flight_number": booking.flight_number, "status": "landed"}),
-            ("participant-app", app | {"identity_match_score": round(rng.uniform(0.82, 0.99), 2)}),
+            ("participant-app", check_in | {"identity_match_score": round(rng.uniform(0.82, 0.99), 2)}),
         ]
         if rng.random() < POOR_CHECK_IN_SHARE:
-            reports.insert(
-                1, ("participant-app", app | {"identity_match_score": round(rng.uniform(*POOR_CHECK_IN_SCORE), 2)})
-            )
+            poor = round(rng.uniform(*POOR_CHECK_IN_SCORE), 2)
+            reports.insert(1, ("participant-app", check_in | {"identity_match_score": poor}))
     messages = []
-    for source, fields in reports:
+    for reporter, fields in reports:
         evidence_id = uuid4()
-        document = {
-            "specversion": "1.0", "id": str(evidence_id), "type": EVIDENCE_TOPIC, "source": source,
-            "time": observed.isoformat(), "subject": str(booking.case_id), "correlationid": str(correlationid),
-            "datacontenttype": "application/json",
-            "data": {"evidence_id": str(evidence_id), **common, **fields},
-        }  # fmt: skip
-        messages.append(signers.record(str(fields["source"]), str(booking.case_id), json.dumps(document).encode()))
+        record = signers.publisher(str(fields["source"]), reporter).record(
+            EVIDENCE_TOPIC, {"evidence_id": str(evidence_id), **common, **fields}, correlationid=correlationid,
+            envelope_id=evidence_id, time=observed, validate=False,
+        )  # fmt: skip
+        messages.append(Record(record.topic, record.key, record.value, tuple(record.headers)))
     return messages
 
 
