@@ -22,7 +22,7 @@ from services.disbursement.adapters.provider import (
     PermanentPayoutError,
 )
 from services.disbursement.stipends import Queries
-from services.runtime import casekeys, crypto, metrics
+from services.runtime import casekeys, crypto, metrics, tracing
 from services.runtime.db import fetch_all
 from services.runtime.messages import now
 from services.runtime.uow import ServiceDatabase, UnitOfWork
@@ -169,19 +169,21 @@ class PayoutWorker:
             )
         if not claimed:
             return 0
-        outcomes, methods = await self._pay(claimed)
-        payment_ids = [row["payment_id"] for row in claimed]
-        async with self.database.unit() as uow:
-            held = await fetch_all(
-                self.queries.payments.lock_payments(uow.connection, payment_ids=payment_ids, lease_id=lease_id)
-            )
-            changes, unresolved = self._settle(held, outcomes, methods)
-            await stipends.apply(uow, self.queries, changes)
-            if unresolved:
-                await self.queries.payments.note_payout_errors(
-                    uow.connection, payment_ids=list(unresolved), errors=list(unresolved.values())
+        traced = [(row["case_id"], row["correlationid"], row["cause_event_id"]) for row in claimed]
+        with tracing.work(self.database.service, "pay stipend", traced):
+            outcomes, methods = await self._pay(claimed)
+            payment_ids = [row["payment_id"] for row in claimed]
+            async with self.database.unit() as uow:
+                held = await fetch_all(
+                    self.queries.payments.lock_payments(uow.connection, payment_ids=payment_ids, lease_id=lease_id)
                 )
-            await self.queries.payments.release_claims(uow.connection, payment_ids=payment_ids, lease_id=lease_id)
+                changes, unresolved = self._settle(held, outcomes, methods)
+                await stipends.apply(uow, self.queries, changes)
+                if unresolved:
+                    await self.queries.payments.note_payout_errors(
+                        uow.connection, payment_ids=list(unresolved), errors=list(unresolved.values())
+                    )
+                await self.queries.payments.release_claims(uow.connection, payment_ids=payment_ids, lease_id=lease_id)
         counted = Counter(_payout_outcome(outcomes.get(str(payment["payment_id"]), _UNANSWERED)) for payment in held)
         for outcome, count in counted.items():  # committed
             metrics.PAYOUTS.labels(outcome).inc(count)

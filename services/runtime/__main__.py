@@ -6,7 +6,7 @@ processes starting at once wait for each other's imports."""
 import asyncio
 import sys
 
-from services.runtime import logs, reachability
+from services.runtime import logs, reachability, tracing
 from services.runtime.settings import SERVICE_NAMES, HomewardSettings, Infrastructure
 
 USAGE = f"usage: python -m services.runtime SERVICE   (one of: {', '.join(SERVICE_NAMES)})"
@@ -21,12 +21,15 @@ def run_service(service: str) -> None:
     from services.runtime.service import create_app
 
     logs.configure(service, HomewardSettings().log_level)
+    tracing.configure(service)  # only where the OTEL_* variables ask for traces
     settings = Infrastructure()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(create_app(service).run())
     except reachability.errors() as error:
         raise SystemExit(f"{service}: {reachability.describe(error, settings)}") from None
+    finally:
+        tracing.shutdown()
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,7 @@ from uuid import UUID
 import structlog
 from pydantic import BaseModel
 
-from services.runtime import metrics
+from services.runtime import metrics, tracing
 from services.runtime.db import TRANSIENT_ERRORS, fetch_all
 from services.runtime.messages import ERROR_HANDLER, Decoded, Record, Undeliverable, decode
 from services.runtime.uow import ServiceDatabase, UnitOfWork
@@ -156,9 +156,14 @@ class BatchConsumer:
         return await self._apply([Undeliverable(item.record, ERROR_HANDLER, detail)])
 
     async def _apply(self, items: Sequence[Decoded | Undeliverable]) -> BatchResult:
+        """The batch in one transaction, inside its spans (services/runtime/tracing.py; no-ops when off)."""
+        with tracing.batch(self.database.service, items):
+            return await self._apply_in_transaction(items)
+
+    async def _apply_in_transaction(self, items: Sequence[Decoded | Undeliverable]) -> BatchResult:
+        started = time.monotonic()
         applied = duplicates = dead_lettered = 0
         outcomes: list[tuple[str, str, str | None]] = []  # topic, outcome, dead-letter code
-        started = time.monotonic()
         async with self.database.unit() as uow:
             await uow.lock_cases(_case_of(item) for item in items)
             items = await self._admitted(items, uow)

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from contracts.envelope import Envelope
 from contracts.registry import dlq_topic
-from services.runtime import crypto
+from services.runtime import crypto, tracing
 from services.runtime.db import Connection
 from services.runtime.messages import Undeliverable, build_envelope, encode
 
@@ -134,10 +134,13 @@ class UnitOfWork:
 
     def emit(self, payload: BaseModel, *, correlationid: UUID, causationid: UUID | None) -> Envelope[Any]:
         """Queues an event for the outbox; it is written when the block ends."""
-        envelope = build_envelope(
-            payload, source=f"homeward/{self.database.service}", correlationid=correlationid, causationid=causationid
-        )
-        self.pending.append(OutboxRow(envelope.type, envelope.subject, encode(envelope), {}, envelope.id))
+        service = self.database.service
+        envelope = build_envelope(payload, source=f"homeward/{service}", correlationid=correlationid,
+                                  causationid=causationid)  # fmt: skip
+        headers = {}
+        if tracing.enabled():  # the case's trace goes on with the event (services/runtime/tracing.py)
+            headers[tracing.TRACEPARENT] = tracing.traceparent(service, correlationid, causationid, envelope.id)
+        self.pending.append(OutboxRow(envelope.type, envelope.subject, encode(envelope), headers, envelope.id))
         return envelope
 
     def dead_letter(self, bad: Undeliverable) -> None:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from contracts.envelope import Envelope
 from contracts.events import RegistrationAccepted, TravelBooked, TravelBookingFailed
-from services.runtime import casekeys, crypto, metrics
+from services.runtime import casekeys, crypto, metrics, tracing
 from services.runtime.db import fetch_all
 from services.runtime.messages import now
 from services.runtime.uow import ServiceDatabase, UnitOfWork
@@ -110,6 +110,19 @@ class BookingWorker:
             )
         if not due:
             return 0
+        traced = [(request["case_id"], request["correlationid"], request["cause_event_id"]) for request in due]
+        with tracing.work(self.database.service, "book flight", traced):
+            outcomes, settled = await self._book_and_record(due, lease_id)
+        # Committed: only now do the attempts count.
+        booked = sum(isinstance(outcome, Booked) for outcome in outcomes)
+        settled["booked"] += booked
+        for settled_as, count in settled.items():
+            metrics.BOOKINGS.labels(settled_as).inc(count)
+        logger.info("booking.pass", claimed=len(due), booked=booked, not_booked=len(due) - booked)
+        return len(due)
+
+    async def _book_and_record(self, due: list[Any], lease_id: UUID) -> tuple[list[Any], Counter[str]]:
+        """Asks the provider (no transaction open), then writes every outcome in one transaction."""
         outcomes = await self._attempt_all(due)
         tickets = [(request, outcome) for request, outcome in zip(due, outcomes, strict=True)
                    if isinstance(outcome, Booked)]  # fmt: skip
@@ -124,13 +137,7 @@ class BookingWorker:
                         event_type=TravelBooked.TOPIC,
                     ):
                         settled[await self._record_failure(uow, request, outcome, lease_id)] += 1
-        # Committed: only now do the attempts count.
-        booked = sum(isinstance(outcome, Booked) for outcome in outcomes)
-        settled["booked"] += booked
-        for settled_as, count in settled.items():
-            metrics.BOOKINGS.labels(settled_as).inc(count)
-        logger.info("booking.pass", claimed=len(due), booked=booked, not_booked=len(due) - booked)
-        return len(due)
+        return outcomes, settled
 
     def lease_seconds(self) -> float:
         """Long enough for a whole pass: every wave of `concurrency_max` batch calls, each at its longest."""

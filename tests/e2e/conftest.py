@@ -50,11 +50,15 @@ class Running:
 
 @contextlib.contextmanager
 def homeward_up(
-    state_dir: Path, stop_seconds_max: float = UP_STOP_SECONDS_MAX, log_level: str | None = None
+    state_dir: Path,
+    stop_seconds_max: float = UP_STOP_SECONDS_MAX,
+    log_level: str | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> Iterator[Running]:
     """A `homeward up` (3 partitions a topic) until the block ends. It runs in its own process group,
-    so that everything it started can be stopped even when it cannot stop itself."""
-    env = clean_env()
+    so that everything it started can be stopped even when it cannot stop itself. `env_extra` adds
+    variables every process it starts sees (OTEL_*, say)."""
+    env = clean_env() | (env_extra or {})
     if log_level is not None:
         env["HOMEWARD_LOG_LEVEL"] = log_level
     process = subprocess.Popen(

@@ -13,9 +13,11 @@ FROM registration.applications
 WHERE application_id = :id;
 
 -- name: known_elsewhere^
--- A case registration no longer names (its records restored elsewhere, say) that a service knows.
+-- A case registration does not name that another service knows (evidence that came for a case
+-- id registration never opened, say).
 SELECT case_id FROM travel.bookings WHERE case_id = :id
 UNION SELECT case_id FROM arrival.cases WHERE case_id = :id
+UNION SELECT case_id FROM arrival.evidence WHERE case_id = :id
 UNION SELECT case_id FROM disbursement.cases WHERE case_id = :id;
 
 -- name: events_about

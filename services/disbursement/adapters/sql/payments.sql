@@ -81,7 +81,7 @@ FROM (
 ) due, cases c LEFT JOIN case_keys k USING (case_id)
 WHERE p.payment_id = due.payment_id AND c.case_id = p.case_id
 RETURNING p.payment_id, p.case_id, p.amount, p.currency, p.payout_attempts - 1 AS earlier_claims,
-          p.correlationid, c.sealed, k.key_id AS case_key_id, k.wrapped AS wrapped_key;
+          p.correlationid, p.cause_event_id, c.sealed, k.key_id AS case_key_id, k.wrapped AS wrapped_key;
 
 -- name: lock_payments
 -- Payments locked in one order for a short transaction that writes their outcomes: a payout pass
