@@ -10,8 +10,8 @@ released one:
   value or a union variant removed, extra fields forbidden where they were allowed): a message
   valid yesterday would be refused today;
 - on an outbound topic (Homeward produces, integrators consume): a required field made optional
-  (a consumer reads it), an enum value or a union variant removed, a type widened (a consumer
-  meets values it never saw).
+  (a consumer reads it), an enum value or a union variant removed or added, a type widened or a
+  format changed (a consumer meets values it never saw, or cannot parse them).
 
 Widening on an inbound topic and adding optional fields anywhere stay compatible. No library
 here compares JSON Schemas for compatibility in this sense (producers and consumers differ),
@@ -93,6 +93,8 @@ class _Compare:
         self.values(old, new, field)
         if self.inbound:
             self.limits(old, new, field)
+        elif old.get("format") != new.get("format") and "format" in old:
+            self.say(field, f"format changed from {old['format']!r} to {new.get('format', 'none')!r}")
         if "properties" in old or "properties" in new:
             self.object(old, new, field, depth)
         if "items" in old and "items" in new:
@@ -115,7 +117,15 @@ class _Compare:
 
     def types(self, old: Schema, new: Schema, field: str) -> None:
         before, after = _types(old), _types(new)
-        if not before or not after or before == after:
+        if before == after or (not before and not after):
+            return
+        if not before:  # it took any JSON value
+            if self.inbound:
+                self.say(field, f"was any value, now only {'|'.join(sorted(after))}")
+            return
+        if not after:
+            if not self.inbound:
+                self.say(field, f"was {'|'.join(sorted(before))}, now any value")
             return
         if self.inbound and before <= after:
             return  # widened: whatever producers sent is still accepted
@@ -126,6 +136,8 @@ class _Compare:
     def values(self, old: Schema, new: Schema, field: str) -> None:
         before, after = _allowed(old), _allowed(new)
         if before is None:
+            if after is not None and self.inbound:
+                self.say(field, f"now limited to {sorted(after, key=repr)}: v1 producers send other values")
             return
         if after is None:
             if not self.inbound:

@@ -137,12 +137,15 @@ def reserve_port(port: int) -> None:
     _HANDED_OUT.add(port)
 
 
+KEPT_PORT_MIN, KEPT_PORT_MAX = 1024, 65535
+
+
 def kept_port(path: Path) -> int:
     """The port a state dir's server had last time (kept in `path`), while it is free; else a new
     one, kept for next time: the database keeps its address across restarts of `homeward up`."""
     with contextlib.suppress(OSError, ValueError):
         port = int(path.read_text().strip())
-        if port not in _HANDED_OUT and port_is_free(port):
+        if KEPT_PORT_MIN <= port <= KEPT_PORT_MAX and port not in _HANDED_OUT and port_is_free(port):
             _HANDED_OUT.add(port)
             return port
     port = free_port()

@@ -286,6 +286,10 @@ def _for_sandboxes(variable: str) -> bool:
     )
 
 
+NEW_DATABASE_CLAIM = "postgres.new"
+"""Held (as a file in the state dir) by the start that makes the database, until it is up."""
+
+
 class Supervisor:
     def __init__(
         self, settings: DevstackSettings, *, state_dir: Path, kafka_port: int, partitions: int, replicas: int = 1
@@ -320,7 +324,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGUSR1, self._drill, self.restart_postgres)
         loop.add_signal_handler(signal.SIGUSR2, self._drill, self.restart_broker_empty)
         database_dir = self.state_dir / "postgres"
-        new_database = not database_dir.exists()
+        made_here = self._claim_new_database(database_dir)
         try:
             await self._start()
             await self._watch()
@@ -330,10 +334,25 @@ class Supervisor:
             return 1
         finally:
             await self._stop()
-            if not self.announced and new_database and database_dir.exists():
-                # A first start that failed leaves no half-made database for the next one to trip on.
-                shutil.rmtree(database_dir, ignore_errors=True)
-                self.step(f"removed the database this failed start had made in {database_dir}")
+            if made_here:
+                if not self.announced and database_dir.exists():
+                    # A first start that failed leaves no half-made database for the next one to trip on.
+                    shutil.rmtree(database_dir, ignore_errors=True)
+                    self.step(f"removed the database this failed start had made in {database_dir}")
+                (self.state_dir / NEW_DATABASE_CLAIM).unlink(missing_ok=True)
+
+    def _claim_new_database(self, database_dir: Path) -> bool:
+        """Whether this start makes the state dir's database: only then may a failure remove it.
+        The claim is a file created exclusively, so of two starts on one new state dir only one
+        holds it (the other's failure never removes what the first made)."""
+        if database_dir.exists():
+            return False
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.state_dir / NEW_DATABASE_CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return False
+        return True
 
     async def _start(self) -> None:
         running = Runtime.read(self.state_dir)

@@ -21,6 +21,7 @@ import typer
 from aiokafka.errors import KafkaError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.markup import escape
 from rich.table import Table
 
 from contracts.registry import PAYLOAD_TYPES, dlq_topic
@@ -38,6 +39,7 @@ from services.ops.common import (
     on_schema,
 )
 from services.ops.dlq import DeadLetter, read_dead_letters
+from services.runtime import tracing
 
 SQL = Path(__file__).parent / "sql" / "cases.sql"
 EVENTS_SHOWN_MAX = 500
@@ -196,6 +198,9 @@ async def read_story(connection: Any, named: UUID, *, window: timedelta) -> Stor
             "outcome": application["outcome_topic"],
             "rejection_codes": [reason.get("code") for reason in reasons or () if isinstance(reason, dict)],
         }
+    if application is not None:
+        # The case's trace in a tracing backend, where tracing is on (services/runtime/tracing.py).
+        story.document["trace_id"] = f"{tracing.case_trace_id(application['correlationid']):032x}"
     if case is not None:
         story.document["registration"] = story.document.get("registration", {}) | {
             "opened_at": _iso(case["opened_at"]), "consent_version": case["consent_version"],
@@ -315,6 +320,8 @@ async def _dead_letters(bootstrap: str, keys: set[str]) -> list[dict[str, Any]]:
 def _render(story: Story) -> None:
     document = story.document
     title = f"case {document['case_id'] or '-'} · application {document['application_id'] or '-'}"
+    if document.get("trace_id"):
+        title += f" · trace {document['trace_id']}"
     table = Table(title=title, title_justify="left")
     for column in ("time (UTC)", "service", "what", "event id / caused by"):
         table.add_column(column, overflow="fold")
@@ -324,7 +331,8 @@ def _render(story: Story) -> None:
         )
         detail = ", ".join(f"{name}={value}" for name, value in entry["detail"].items())
         at = (entry["at"] or "-").replace("T", " ").removesuffix("Z")
-        table.add_row(at, entry["service"], entry["what"] + (f"\n[dim]{detail}[/dim]" if detail else ""), ids or "-")
+        what = escape(entry["what"]) + (f"\n[dim]{escape(detail)}[/dim]" if detail else "")
+        table.add_row(at, entry["service"], what, ids or "-")
     out = console()
     out.print(table)
     payment = document.get("payment")
@@ -336,7 +344,9 @@ def _render(story: Story) -> None:
         out.print(f"dead letters: not read ({document.get('dead_letters_unread')})")
     elif letters:
         for letter in letters:
-            out.print(f"dead letter on {letter['topic']}.dlq {letter['name']}: {letter['code']} {letter['detail']}")
+            out.print(
+                escape(f"dead letter on {letter['topic']}.dlq {letter['name']}: {letter['code']} {letter['detail']}")
+            )
     else:
         out.print("dead letters: none keyed by this case")
 

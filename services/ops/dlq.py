@@ -15,9 +15,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from uuid import UUID
 
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from rich.markup import escape
 from rich.table import Table
 
 from contracts.registry import PAYLOAD_TYPES, dlq_topic
@@ -141,15 +143,17 @@ async def letters_returning(
         consumer.assign(partitions)
         for partition in partitions:
             consumer.seek(partition, since.get(partition.partition, 0))
-        returned: list[DeadLetter] = []
+        returned: dict[bytes, DeadLetter] = {}  # the first copy of each replayed value that came back
         deadline = time.monotonic() + seconds
         for _ in range(READ_ROUNDS_MAX):
-            if len(returned) >= len(values) or time.monotonic() >= deadline:
+            if returned.keys() >= values or time.monotonic() >= deadline:
                 break
             batches = await consumer.getmany(timeout_ms=READ_TIMEOUT_MS)
-            returned += [_letter(record) for records in batches.values() for record in records
-                         if (record.value or b"") in values]  # fmt: skip
-        return returned
+            for records in batches.values():
+                for record in records:
+                    if (record.value or b"") in values:
+                        returned.setdefault(record.value or b"", _letter(record))
+        return list(returned.values())
     finally:
         await consumer.stop()
 
@@ -201,8 +205,9 @@ def list_letters(
     for column in ("topic", "name", "case or application", "code", "age", "detail"):
         table.add_column(column, overflow="fold")
     for letter in letters:
-        table.add_row(letter.original_topic, letter.name, letter.key or "-", letter.error_code,
-                      human_duration(letter.age_seconds), letter.detail)  # fmt: skip
+        # What a producer chose (a key, the signer id inside a detail) is shown as text, never as markup.
+        table.add_row(letter.original_topic, letter.name, escape(_shown_key(letter.key)), escape(letter.error_code),
+                      human_duration(letter.age_seconds), escape(letter.detail))  # fmt: skip
     emit(
         as_json,
         rows,
@@ -211,14 +216,30 @@ def list_letters(
     )
 
 
+def _shown_key(key: str) -> str:
+    """A letter's key as `dlq list` shows it: the case or application id the contract keys by; a
+    key that is no id (an upstream app's mistake) is not echoed, as it might hold anything."""
+    try:
+        return str(UUID(key))
+    except ValueError:
+        return "(not an id)" if key else "-"
+
+
 def letter_row(letter: DeadLetter) -> dict[str, Any]:
     """A dead letter as `dlq list --json` shows it: where it is, what it was, why, how old (whole
     milliseconds); never its bytes, which may hold personal data on the intake topic."""
     return {
-        "name": letter.name, "dlq_topic": letter.dlq_topic, "partition": letter.partition, "offset": letter.offset,
-        "original_topic": letter.original_topic, "key": letter.key or None, "error_code": letter.error_code,
-        "detail": letter.detail, "envelope_id": letter.envelope_id, "age_ms": int(letter.age_seconds * 1000),
-    }  # fmt: skip
+        "name": letter.name,
+        "dlq_topic": letter.dlq_topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "original_topic": letter.original_topic,
+        "key": _shown_key(letter.key) if letter.key else None,
+        "error_code": letter.error_code,
+        "detail": letter.detail,
+        "envelope_id": letter.envelope_id,
+        "age_ms": int(letter.age_seconds * 1000),
+    }
 
 
 @dlq_app.command()
@@ -298,7 +319,8 @@ def replay(
         typer.echo(f"error: {len(back)} of them were dead-lettered again; fix their cause first.", err=True)
         raise typer.Exit(1)
     if watch_seconds > 0:
-        typer.echo(f"none came back to {letters_topic} within {watch_seconds:g} s")
+        typer.echo(f"none came back to {letters_topic} within {watch_seconds:g} s (a consumer that is down or "
+                   "behind would not have read them yet: `homeward status` shows its events)")  # fmt: skip
 
 
 async def read_each_service(

@@ -4,9 +4,10 @@ They find a running `homeward up` through its state dir, or the database and pro
 HOMEWARD_DATABASE_URL and HOMEWARD_PAYOUT_PROVIDER_URL; they print tables, or JSON with --json.
 """
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -72,22 +73,26 @@ async def _provider_payouts(payouts_url: str | None, state_dir: Path | None) -> 
         await provider.close()
 
 
+AMOUNT_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?")
+"""An amount as `--amount` takes it: digits and a decimal point, nothing else (no 1,000.50 nor
+1e3: a comma is a thousands separator in one country and the decimal point in another)."""
+
+
 def parse_amount(text: str, currency: str) -> Decimal:
     """`--amount`: a positive decimal in whole cents, at most TOP_UP_MAX; anything else refused
     with what to write instead (never rounded: 10.001 is not 10.00)."""
-    try:
-        value = Decimal(text.strip().replace(",", ""))
-    except InvalidOperation:
-        value = Decimal("NaN")
-    if not value.is_finite():
-        raise typer.BadParameter(f"{text!r} is not an amount; write it like 250000.00", param_hint="--amount")
+    typed = text.strip()
+    if not AMOUNT_TEXT.fullmatch(typed):
+        raise typer.BadParameter(f"{text!r} is not an amount; write digits and a point, like 250000.00",
+                                 param_hint="--amount")  # fmt: skip
+    value = Decimal(typed)
     if value <= 0:
         raise typer.BadParameter(f"{text} is not more than 0.00 {currency}", param_hint="--amount")
-    if value != value.quantize(CENT):
-        raise typer.BadParameter(f"{text} has more than 2 decimals: {currency} is booked in whole cents",
-                                 param_hint="--amount")  # fmt: skip
     if value > TOP_UP_MAX:
         raise typer.BadParameter(f"{text} is more than one top-up may add ({TOP_UP_MAX:,} {currency})",
+                                 param_hint="--amount")  # fmt: skip
+    if value != value.quantize(CENT):
+        raise typer.BadParameter(f"{text} has more than 2 decimals: {currency} is booked in whole cents",
                                  param_hint="--amount")  # fmt: skip
     return value.quantize(CENT)
 

@@ -21,7 +21,10 @@ def run_service(service: str) -> None:
     from services.runtime.service import create_app
 
     logs.configure(service, HomewardSettings().log_level)
-    tracing.configure(service)  # only where the OTEL_* variables ask for traces
+    try:
+        tracing.configure(service)  # only where the OTEL_* variables ask for traces
+    except Exception:  # a tracing misconfiguration leaves the service running, untraced
+        logs.configure(service, HomewardSettings().log_level).warning("tracing.not_configured", exc_info=True)
     settings = Infrastructure()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -6,12 +6,16 @@ from services.runtime.settings import Infrastructure
 
 def errors() -> tuple[type[BaseException], ...]:
     """A database or broker that cannot be reached, or that refuses the service's login."""
+    import socket
+
     import asyncpg
     import psycopg
     from aiokafka.errors import KafkaConnectionError
 
-    return (OSError, asyncpg.PostgresConnectionError, asyncpg.InvalidAuthorizationSpecificationError,
-            psycopg.OperationalError, KafkaConnectionError)  # fmt: skip
+    # Connection errors only: another OSError (a port in use, a missing CA file) is not the
+    # database's address, and keeps its own message.
+    return (ConnectionError, socket.gaierror, TimeoutError, asyncpg.PostgresConnectionError,
+            asyncpg.InvalidAuthorizationSpecificationError, psycopg.OperationalError, KafkaConnectionError)  # fmt: skip
 
 
 def describe(error: BaseException, settings: Infrastructure) -> str:

@@ -8,7 +8,7 @@ Off by default. It is on when the standard variables ask for it: `OTEL_TRACES_EX
 
 How one case stays one trace without any service storing a trace context:
 
-- the case's trace id is its `correlationid` (128 bits, the same on every event of the case);
+- the case's trace id is derived from its `correlationid` (the same on every event of the case);
 - the span in which a service handles an event has an id derived from the service and the
   event's envelope id; every event a service emits carries a W3C `traceparent` header naming the
   span in which that service handled the emitted event's cause (its `causationid`), so the next
@@ -25,11 +25,14 @@ offers no way to choose a span's id but an IdGenerator, which `_chosen_ids` make
 import contextlib
 import hashlib
 import os
+import random
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
+import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
 
@@ -43,6 +46,7 @@ BATCH_LINKS_MAX = 128
 
 _chosen: ContextVar[tuple[int, int] | None] = ContextVar("homeward_chosen_ids", default=None)
 _enabled = False
+_failures_said = False
 
 
 def enabled() -> bool:
@@ -78,6 +82,11 @@ def configure(service: str) -> bool:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporters.append(OTLPSpanExporter())
+    if not exporters:
+        structlog.get_logger("homeward.tracing").warning(
+            "tracing.no_exporter", asked=os.environ.get("OTEL_TRACES_EXPORTER"), known="otlp, console"
+        )
+        return False
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
@@ -110,7 +119,10 @@ def _chosen_ids() -> Any:
 
 
 def case_trace_id(correlationid: UUID) -> int:
-    return correlationid.int or 1
+    """The case's trace id: the BLAKE2b-128 of its correlation id, not its bits, so that a
+    trace-id-ratio sampler (which reads the low 64 bits) samples UUIDv4 and v7 cases alike, and
+    every service decides the same for one case (`homeward case show` prints it)."""
+    return int.from_bytes(hashlib.blake2b(correlationid.bytes, digest_size=16).digest()) or 1
 
 
 def handling_span_id(service: str, event_id: UUID) -> int:
@@ -137,40 +149,68 @@ def parent_of(header: bytes | None, correlationid: UUID) -> tuple[Any | None, li
     return None, [Link(remote)]
 
 
+TRACEPARENT_FORMAT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+"""W3C Trace Context, version 00, exactly: lower-case hex, nothing after the flags."""
+
+
 def _parsed(header: bytes | None) -> SpanContext | None:
     if not header:
         return None
-    parts = header.decode(errors="replace").strip().split("-")
-    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+    match = TRACEPARENT_FORMAT.fullmatch(header.decode(errors="replace").strip())
+    if match is None:
         return None
-    try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3][:2], 16)
-    except ValueError:
-        return None
+    trace_id, span_id, flags = (int(part, 16) for part in match.groups())
     if not trace_id or not span_id:
         return None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & TraceFlags.SAMPLED))
 
 
 @contextlib.contextmanager
 def batch(service: str, items: Sequence[Decoded | Undeliverable]) -> Iterator[None]:
     """Spans for a batch: each event's in its case's trace, and the batch's own linking them. They
-    end when the block does (after the commit), so a span's time is the batch's."""
+    end when the block does (after the commit), so a span's time is the batch's. Tracing never
+    fails a batch: spans that cannot be made are left out, and said once in the log."""
     if not _enabled:
         yield
         return
-    tracer = trace.get_tracer(TRACER_NAME)
-    spans = [_handling(tracer, service, item) for item in items if isinstance(item, Decoded)]
-    links = [Link(span.get_span_context()) for span in spans[:BATCH_LINKS_MAX]]
-    attributes: dict[str, Any] = {"messaging.system": "kafka", "messaging.batch.message_count": len(items),
-                  "messaging.destination.name": ",".join(sorted({item.record.topic for item in items}))}  # fmt: skip
+    spans: list[Span] = []
+    batch_span: Any = contextlib.nullcontext()
     try:
-        with tracer.start_as_current_span(f"process batch {service}", kind=SpanKind.CONSUMER, links=links,
-                                          attributes=attributes):  # fmt: skip
+        tracer = trace.get_tracer(TRACER_NAME)
+        spans = [_handling(tracer, service, item) for item in items if isinstance(item, Decoded)]
+        spans += [
+            _refusing(tracer, service, item)
+            for item in items
+            if isinstance(item, Undeliverable) and item.event_id is not None and item.correlationid is not None
+        ]
+        attributes: dict[str, Any] = {
+            "messaging.system": "kafka",
+            "messaging.batch.message_count": len(items),
+            "messaging.destination.name": ",".join(sorted({i.record.topic for i in items})),
+        }
+        links = [Link(span.get_span_context()) for span in spans[:BATCH_LINKS_MAX]]
+        batch_span = tracer.start_as_current_span(f"process batch {service}", kind=SpanKind.CONSUMER, links=links,
+                                                  attributes=attributes)  # fmt: skip
+    except Exception:
+        _failed_once("tracing.batch_spans_failed")
+    try:
+        with batch_span:
             yield
     finally:
-        for span in spans:
+        _end(spans)
+
+
+def _end(spans: list[Span]) -> None:
+    for span in spans:
+        with contextlib.suppress(Exception):
             span.end()
+
+
+def _failed_once(event: str) -> None:
+    global _failures_said
+    if not _failures_said:
+        _failures_said = True
+        structlog.get_logger("homeward.tracing").warning(event, exc_info=True)
 
 
 def _handling(tracer: trace.Tracer, service: str, item: Decoded) -> Span:
@@ -189,25 +229,50 @@ def _handling(tracer: trace.Tracer, service: str, item: Decoded) -> Span:
         _chosen.reset(token)
 
 
+def _refusing(tracer: trace.Tracer, service: str, item: Undeliverable) -> Span:
+    """The span of a record refused with an id still readable: its rejection event names it."""
+    assert item.event_id is not None and item.correlationid is not None
+    attributes = {
+        "messaging.system": "kafka",
+        "messaging.destination.name": item.record.topic,
+        "messaging.message.id": str(item.event_id),
+        "homeward.service": service,
+        "error.type": item.code,
+    }
+    token = _chosen.set((case_trace_id(item.correlationid), handling_span_id(service, item.event_id)))
+    try:
+        return tracer.start_span(f"dead-letter {item.record.topic}", kind=SpanKind.CONSUMER, attributes=attributes)
+    finally:
+        _chosen.reset(token)
+
+
 @contextlib.contextmanager
 def work(service: str, name: str, items: Iterable[tuple[UUID, UUID, UUID | None]]) -> Iterator[None]:
     """Spans for a worker's pass (a booking, a payout): each item `(case id, correlation id, cause
-    event id)` gets one, the child of the span in which this service handled its cause."""
+    event id)` gets one in its case's trace, the child of the span in which this service handled
+    its cause. Like `batch`, it never fails the pass."""
     if not _enabled:
         yield
         return
-    tracer = trace.get_tracer(TRACER_NAME)
-    spans = []
-    for case_id, correlationid, cause in items:
-        parent = None
-        if cause is not None:
+    spans: list[Span] = []
+    try:
+        tracer = trace.get_tracer(TRACER_NAME)
+        for case_id, correlationid, cause in items:
+            attributes = {"homeward.service": service, "homeward.case_id": str(case_id)}
+            if cause is None:  # a root in the case's trace
+                token = _chosen.set((case_trace_id(correlationid), random.getrandbits(64) or 1))
+                try:
+                    spans.append(tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes))
+                finally:
+                    _chosen.reset(token)
+                continue
             remote = SpanContext(case_trace_id(correlationid), handling_span_id(service, cause), is_remote=True,
                                  trace_flags=TraceFlags(TraceFlags.SAMPLED))  # fmt: skip
             parent = trace.set_span_in_context(NonRecordingSpan(remote))
-        attributes = {"homeward.service": service, "homeward.case_id": str(case_id)}
-        spans.append(tracer.start_span(name, context=parent, kind=SpanKind.CLIENT, attributes=attributes))
+            spans.append(tracer.start_span(name, context=parent, kind=SpanKind.CLIENT, attributes=attributes))
+    except Exception:
+        _failed_once("tracing.work_spans_failed")
     try:
         yield
     finally:
-        for span in spans:
-            span.end()
+        _end(spans)

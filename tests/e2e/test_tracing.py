@@ -1,6 +1,6 @@
 """Tracing across the services, through `homeward up` with the OTLP exporter on: the spans arrive
 at an OTLP/HTTP receiver held in memory by the test, and one case's spans, from all four services
-and their workers, share one trace id (the case's correlation id)."""
+and their workers, share one trace id (derived from the case's correlation id)."""
 
 import asyncio
 import gzip
@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from services.devstack.embedded import free_port
+from services.runtime import tracing
 from tests.e2e.conftest import Running, homeward_up
 from tests.support import homeward_cli
 
@@ -26,6 +27,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SPANS_SECONDS_MAX = 60.0
 SERVICES = {"homeward-registration", "homeward-travel", "homeward-arrival", "homeward-disbursement"}
+
+
+async def _case_of(traced: Running, correlationid: Any) -> str:
+    runtime = json.loads(await asyncio.to_thread((traced.state_dir / "runtime.json").read_text))
+    connection = await asyncpg.connect(runtime["database_url"])
+    try:
+        found: str = await connection.fetchval(
+            "SELECT c.case_id::text FROM registration.applications a JOIN registration.cases c USING (application_id) "
+            "WHERE a.correlationid = $1",
+            correlationid,
+        )
+        return found
+    finally:
+        await connection.close()
 
 
 class Receiver:
@@ -103,7 +118,10 @@ async def test_one_case_is_one_trace_across_the_four_services(traced: Running, r
         )
     finally:
         await connection.close()
-    trace_id = correlationid.hex
+    trace_id = f"{tracing.case_trace_id(correlationid):032x}"
+    case_id = await _case_of(traced, correlationid)
+    shown = homeward_cli("case", "show", case_id, "--json", "--state-dir", str(traced.state_dir))
+    assert json.loads(shown.stdout)["trace_id"] == trace_id, "case show names the case's trace"
     deadline = time.monotonic() + SPANS_SECONDS_MAX
     while True:
         spans = receiver.of_trace(trace_id)

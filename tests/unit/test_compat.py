@@ -76,6 +76,10 @@ BREAKING: list[tuple[str, Callable[[Schema], None], str]] = [
     ("stipend.disbursed.v1", lambda s: model(s, "StipendDisbursed")["required"].remove("amount"),
      "stipend.disbursed.v1: data.amount: no longer required: v1 consumers read it"),
     ("arrival.evidence.v1", _drop_app_check_ins, "arrival.evidence.v1: data: the variant AppCheckIn was removed"),
+    ("registration.submitted.v1", lambda s: field(s, "Person", "given_name").update(enum=["Ana"]),
+     "registration.submitted.v1: data.person.given_name: now limited to ['Ana']: v1 producers send other values"),
+    ("travel.booked.v1", lambda s: field(s, "TravelBooked", "scheduled_departure").update(format="date"),
+     "travel.booked.v1: data.scheduled_departure: format changed from 'date-time' to 'date'"),
 ]  # fmt: skip
 
 COMPATIBLE: list[tuple[str, Callable[[Schema], None]]] = [

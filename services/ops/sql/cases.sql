@@ -8,7 +8,7 @@ FROM registration.cases
 WHERE case_id = :id OR application_id = :id;
 
 -- name: application^
-SELECT application_id, received_at, decided_at, outcome_topic, outcome_data::text AS outcome_data
+SELECT application_id, correlationid, received_at, decided_at, outcome_topic, outcome_data::text AS outcome_data
 FROM registration.applications
 WHERE application_id = :id;
 

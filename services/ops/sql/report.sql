@@ -35,8 +35,10 @@ SELECT coalesce(a.destination_country, 'unknown') AS country,
        count(*) FILTER (WHERE p.status = 'reserved') AS pending,
        count(*) FILTER (WHERE p.status = 'held') AS held,
        count(*) FILTER (WHERE p.status IN ('failed', 'returned')) AS payment_failed,
-       count(b.fare_amount) FILTER (WHERE p.status = 'disbursed') AS paid_with_fare,
-       coalesce(sum(b.fare_amount) FILTER (WHERE p.status = 'disbursed'), 0) AS fares_of_paid
+       -- Fares in the stipend's currency only: a fare in another one is not added to it.
+       count(b.fare_amount) FILTER (WHERE p.status = 'disbursed' AND b.fare_currency = p.currency) AS paid_with_fare,
+       coalesce(sum(b.fare_amount) FILTER (WHERE p.status = 'disbursed' AND b.fare_currency = p.currency), 0)
+           AS fares_of_paid
 FROM cohort k
 LEFT JOIN arrival.cases a USING (case_id)
 LEFT JOIN travel.bookings b USING (case_id)
