@@ -33,9 +33,18 @@ SUMMARIES = {
     "partner office's visit, signed by its registered signer (contract v1.1).",
     "arrival.verified.v1": "Arrival was verified under a rule, naming the evidence that proved it.",
     "arrival.rejected.v1": "Arrival could not be verified within the evidence window.",
-    "stipend.held.v1": "The stipend is held for want of budget; it is paid once the budget is topped up.",
+    "stipend.held.v1": "The stipend is held: for want of budget (paid once the budget is topped up), or for "
+    "review (contract v1.1: a payout instrument shared with another identity, or the program paused).",
     "stipend.disbursed.v1": "The stipend was paid, exactly once, by the payout provider.",
     "stipend.failed.v1": "The stipend could not be paid; the reason is a code.",
+    "case.withdrawal_requested.v1": "The participant asks to leave the program (contract v1.1); resending the "
+    "same request id is a safe retry.",
+    "case.withdrawn.v1": "The case is closed at the participant's request: never booked or paid from now on, "
+    "its ticket cancelled.",
+    "case.withdrawal_refused.v1": "Too late to withdraw (the flight had left, or the stipend was paid), or no "
+    "such case.",
+    "arrival.attested.v1": "The signed record of a program departure: a compact JWS (EdDSA) of the case, "
+    "identity key, destination, departure date, verification time and rule, one per verified case.",
 }
 DEAD_LETTER_HEADERS = {
     "x-error-code": "Why the record was refused: a code (invalid_json, invalid_payload, evidence_unauthenticated, …)",

@@ -1,4 +1,5 @@
-"""One frozen pydantic model per v1 topic; each declares its topic once, in `TOPIC`.
+"""One frozen pydantic model per topic (v1 and the v1.1 additions); each declares its topic once,
+in `TOPIC`.
 
 Inbound payloads forbid unknown fields (they are likely typos of PII fields);
 outbound payloads ignore them, so Homeward may add fields within v1.
@@ -237,7 +238,28 @@ class ArrivalRejected(Outbound):
     rejected_at: Timestamp
 
 
+CompactJws = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")]
+"""A JWS in compact serialization: three base64url parts joined by dots."""
+
+
+class ArrivalAttested(Outbound):
+    """Contract v1.1: the signed record of a program departure, one per verified case. The
+    `attestation` is a compact JWS (EdDSA, Ed25519) whose payload is `contracts.attestation.Claims`."""
+
+    TOPIC: ClassVar[str] = "arrival.attested.v1"
+
+    case_id: UUID
+    attestation: CompactJws
+    key_id: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    issued_at: Timestamp
+
+
 # stipend -----------------------------------------------------------------------
+
+
+HeldReason = Literal["budget_exhausted", "instrument_shared", "program_paused"]
+"""Why a stipend waits (contract v1.1 adds the two review holds). The field stays text in the
+schema: a consumer meets the reasons it knows and must tolerate new ones."""
 
 
 class StipendHeld(Outbound):
@@ -268,3 +290,40 @@ class StipendFailed(Outbound):
     payment_id: UUID
     reason: str
     failed_at: Timestamp
+
+
+# withdrawal (contract v1.1) --------------------------------------------------------
+
+
+class WithdrawalRequested(Inbound):
+    """The participant asks to leave the program; resending the same `request_id` is a safe retry."""
+
+    TOPIC: ClassVar[str] = "case.withdrawal_requested.v1"
+
+    request_id: UUID
+    case_id: UUID
+    requested_at: Timestamp
+    channel: Literal["participant_app", "partner_office"]
+    reason: Literal["changed_mind", "other"]
+
+
+class CaseWithdrawn(Outbound):
+    TOPIC: ClassVar[str] = "case.withdrawn.v1"
+
+    case_id: UUID
+    request_id: UUID
+    booking_cancelled: bool
+    """True when the case had a booking, which travel cancels at the provider; false when it had none."""
+    withdrawn_at: Timestamp
+
+
+WithdrawalRefusal = Literal["already_departed", "already_paid", "unknown_case"]
+
+
+class WithdrawalRefused(Outbound):
+    TOPIC: ClassVar[str] = "case.withdrawal_refused.v1"
+
+    case_id: UUID
+    request_id: UUID
+    reason: WithdrawalRefusal
+    refused_at: Timestamp

@@ -21,10 +21,16 @@ PAYLOAD_TYPES: Final[dict[str, Any]] = {
     events.StipendHeld.TOPIC: events.StipendHeld,
     events.StipendDisbursed.TOPIC: events.StipendDisbursed,
     events.StipendFailed.TOPIC: events.StipendFailed,
+    events.WithdrawalRequested.TOPIC: events.WithdrawalRequested,
+    events.CaseWithdrawn.TOPIC: events.CaseWithdrawn,
+    events.WithdrawalRefused.TOPIC: events.WithdrawalRefused,
+    events.ArrivalAttested.TOPIC: events.ArrivalAttested,
 }
-"""Every v1 topic of the contract, in the order of its topic table."""
+"""Every topic of the contract: v1 in the order of its topic table, then the v1.1 additions."""
 
-INBOUND_TOPICS: Final = frozenset({events.RegistrationSubmitted.TOPIC, events.EVIDENCE_TOPIC})
+INBOUND_TOPICS: Final = frozenset(
+    {events.RegistrationSubmitted.TOPIC, events.EVIDENCE_TOPIC, events.WithdrawalRequested.TOPIC}
+)
 
 _KEYED_BY_APPLICATION: Final = frozenset({events.RegistrationSubmitted.TOPIC, events.RegistrationRejected.TOPIC})
 TOPIC_KEYS: Final[dict[str, str]] = {

@@ -16,7 +16,7 @@ from contracts.registry import all_topics
 from services.devstack.embedded import EMBEDDED_BROKER_CLIENT_SETTINGS
 from services.runtime.crypto import Keyring, new_key_hex
 from services.runtime.settings import SERVICE_NAMES
-from tests.support import TEST_LEDGER_KEY, PayoutSandbox, TravelSandbox
+from tests.support import TEST_ATTESTATION_KEYS, TEST_LEDGER_KEY, PayoutSandbox, TravelSandbox
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
@@ -64,6 +64,7 @@ class Infra:
             "HOMEWARD_PAYOUT_PROVIDER_URL": self.payouts_url,
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": self.callback_secret,
             "HOMEWARD_LEDGER_KEY": TEST_LEDGER_KEY,
+            "HOMEWARD_ATTESTATION_KEYS": TEST_ATTESTATION_KEYS,
             "HOMEWARD_TRAVEL_PROVIDER_URL": self.travel_url,
             "HOMEWARD_HTTP_PORT": str(self.http_port),
             "HOMEWARD_CALLBACK_PORT": str(self.callback_port),  # read by disbursement only
@@ -119,7 +120,8 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         HOMEWARD_PAYOUT_CALLBACK_URL=f"http://127.0.0.1:{callback_port}/callbacks/payouts",
         HOMEWARD_PAYOUT_CALLBACK_SECRET=callback_secret,
     )
-    travel = TravelSandbox(tmp / "travel.sqlite3")
+    # Flights leave a day after booking, so that a withdrawn case's ticket can still be cancelled.
+    travel = TravelSandbox(tmp / "travel.sqlite3", HOMEWARD_SANDBOX_FLIGHT_DEPARTURE_DELAY_SECONDS="86400")
     data_keys = {holder: new_key_hex() for holder in ("registration", "travel", "disbursement")}
     try:
         asyncio.run(create_topics(kafka.bootstrap, all_topics(), TEST_PARTITIONS))

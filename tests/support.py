@@ -18,6 +18,7 @@ from uuid import UUID, uuid4
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from contracts import attestation
 from contracts.events import EVIDENCE_TOPIC
 from contracts.registry import PAYLOAD_TYPES
 from contracts.signing import SIGNER_SOURCES, signature_headers
@@ -39,6 +40,8 @@ def _test_key(seed: str) -> Ed25519PrivateKey:
 
 TEST_LEDGER_KEY = new_key_hex()
 """The ledger key of the services the tests start (their journal's hash chain)."""
+TEST_ATTESTATION_KEYS = attestation.new_key_set_json()
+"""The private key set arrival signs departure attestations with in the tests."""
 TEST_CHAIN = ChainKey(bytes.fromhex(TEST_LEDGER_KEY))
 TEST_SIGNERS: dict[str, tuple[str, Ed25519PrivateKey]] = {
     source: (f"test-{source}", _test_key(f"homeward-test-{source}")) for source in SIGNER_SOURCES

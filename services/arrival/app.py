@@ -1,4 +1,4 @@
-"""Arrival's route table and window sweeper."""
+"""Arrival's route table, its attestation key and its sweeper (evidence windows, withdrawals waiting)."""
 
 from datetime import timedelta
 from functools import partial
@@ -14,6 +14,7 @@ from contracts.events import (
     StipendFailed,
     StipendHeld,
     TravelBooked,
+    WithdrawalRequested,
 )
 from services.arrival import handlers
 from services.arrival.settings import ArrivalSettings
@@ -39,20 +40,27 @@ REDRIVE = Redrive(
 
 def build(settings: ArrivalSettings, database: ServiceDatabase) -> ServiceDefinition:
     queries = load_queries(SQL)
-    window = timedelta(seconds=settings.arrival_window_seconds)
+    policy = handlers.Policy(
+        window=timedelta(seconds=settings.arrival_window_seconds),
+        signer=settings.require_attestation_keys(),
+        withdrawal_case_wait=timedelta(seconds=settings.withdrawal_case_wait_seconds),
+    )
     routes = {
-        RegistrationAccepted.TOPIC: Route(batch=partial(handlers.handle_accepted, queries=queries, window=window)),
-        TravelBooked.TOPIC: Route(batch=partial(handlers.handle_booked, queries=queries, window=window)),
+        RegistrationAccepted.TOPIC: Route(batch=partial(handlers.handle_accepted, queries=queries, policy=policy)),
+        TravelBooked.TOPIC: Route(batch=partial(handlers.handle_booked, queries=queries, policy=policy)),
         EVIDENCE_TOPIC: Route(
-            batch=partial(handlers.handle_evidence, queries=queries, window=window),
+            batch=partial(handlers.handle_evidence, queries=queries, policy=policy),
             admit=partial(handlers.admit_evidence, queries=queries) if settings.evidence_auth == "required" else None,
         ),
+        WithdrawalRequested.TOPIC: Route(batch=partial(handlers.handle_withdrawal_requested, queries=queries)),
+        # Also closes the case for the re-drive (REDRIVE.closes_on): the two are run as one route.
+        StipendDisbursed.TOPIC: Route(batch=partial(handlers.handle_disbursed, queries=queries)),
     }
     if settings.evidence_auth == "off":
         logger.warning(
             "arrival.evidence_auth_off", hint="unsigned evidence counts until HOMEWARD_EVIDENCE_AUTH=required"
         )
-    sweeper = handlers.WindowSweeper(database, queries, window, settings.worker_batch_size_max)
+    sweeper = handlers.WindowSweeper(database, queries, policy, settings.worker_batch_size_max)
     workers = [
         Worker("window-sweep", sweeper.sweep, settings.arrival_sweep_interval_ms / 1000, settings.worker_batch_size_max)
     ]

@@ -193,3 +193,30 @@ def verifies(public_key: bytes, signature: bytes, value: bytes) -> bool:
     except (BadSignatureError, ValueError, TypeError):
         return False
     return True
+
+
+# Withdrawal (contract v1.1): a request's answer, from what arrival knows of its case.
+WITHDRAWN = "withdrawn"
+ALREADY_DEPARTED = "already_departed"
+ALREADY_PAID = "already_paid"
+UNKNOWN_CASE = "unknown_case"
+
+
+def departed(scheduled_departure: datetime | None, received_at: datetime) -> bool:
+    """A request received at or after the booked flight's departure is too late; with no booking
+    known, the case has not departed."""
+    return scheduled_departure is not None and received_at >= scheduled_departure
+
+
+def withdrawal_decision(outcome: str | None, *, paid: bool, departed: bool) -> str:
+    """What a request for a known case gets. A case with an outcome keeps it: withdrawn again for
+    a withdrawn one; refused for a verified one (`already_paid` once its stipend was paid) and for
+    one rejected at arrival (its flight had left). An undecided case is withdrawn unless its
+    flight had left when the request came."""
+    if outcome == WITHDRAWN:
+        return WITHDRAWN
+    if outcome == "verified":
+        return ALREADY_PAID if paid else ALREADY_DEPARTED
+    if outcome is not None or departed:
+        return ALREADY_DEPARTED
+    return WITHDRAWN

@@ -1,23 +1,34 @@
-"""Arrival: keep cases, bookings and evidence in any order; decide under the v1 policy."""
+"""Arrival: keep cases, bookings, evidence and withdrawal requests in any order; decide each case
+once: verified (and attested), rejected, or withdrawn (contract v1.1).
+
+A case has one outcome, its row in `outcomes`: a verification and a withdrawal of one case both
+insert it, and the primary key lets only the first commit hold. Disbursement pays verified
+arrivals only, so a withdrawn case is never paid, and a verified one is never withdrawn.
+"""
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import structlog
 
-from contracts import signing
+from contracts import attestation, signing
 from contracts.envelope import Envelope
 from contracts.events import (
     AppCheckIn,
+    ArrivalAttested,
     ArrivalRejected,
     ArrivalVerified,
     CarrierRecord,
+    CaseWithdrawn,
     PartnerOfficeRecord,
     RegistrationAccepted,
+    StipendDisbursed,
     TravelBooked,
+    WithdrawalRefused,
+    WithdrawalRequested,
 )
 from services.arrival import domain
 from services.runtime.consumer import Refusal
@@ -28,8 +39,18 @@ from services.runtime.uow import ServiceDatabase, UnitOfWork
 logger = structlog.get_logger("homeward.arrival")
 
 
+@dataclass(frozen=True)
+class Policy:
+    """How arrival decides: the evidence window, the key that signs attestations (None: none are
+    issued, as in tests of the policy alone), and how long a withdrawal waits for its case."""
+
+    window: timedelta
+    signer: attestation.Signer | None = None
+    withdrawal_case_wait: timedelta = timedelta(minutes=10)
+
+
 async def handle_accepted(
-    events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Any, window: timedelta
+    events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Any, policy: Policy
 ) -> None:
     await queries.remember_cases(
         uow.connection,
@@ -37,13 +58,14 @@ async def handle_accepted(
         correlationids=[event.correlationid for event in events],
         destination_countries=[event.data.destination_country for event in events],
         accepted_event_ids=[event.id for event in events],
+        identity_keys=[event.data.identity_key for event in events],
     )
-    await evaluate(uow, queries, [(event.data.case_id, event.id, None) for event in events], window=window)
+    case_ids = [event.data.case_id for event in events]
+    await decide_withdrawals(uow, queries, case_ids)  # requests that came before their case
+    await evaluate(uow, queries, [(event.data.case_id, event.id, None) for event in events], policy=policy)
 
 
-async def handle_booked(
-    events: list[Envelope[TravelBooked]], uow: UnitOfWork, *, queries: Any, window: timedelta
-) -> None:
+async def handle_booked(events: list[Envelope[TravelBooked]], uow: UnitOfWork, *, queries: Any, policy: Policy) -> None:
     await queries.remember_bookings(
         uow.connection,
         case_ids=[event.data.case_id for event in events],
@@ -52,7 +74,7 @@ async def handle_booked(
         scheduled_arrivals=[event.data.scheduled_arrival for event in events],
         booked_event_ids=[event.id for event in events],
     )
-    await evaluate(uow, queries, [(event.data.case_id, event.id, None) for event in events], window=window)
+    await evaluate(uow, queries, [(event.data.case_id, event.id, None) for event in events], policy=policy)
 
 
 async def handle_evidence(
@@ -60,7 +82,7 @@ async def handle_evidence(
     uow: UnitOfWork,
     *,
     queries: Any,
-    window: timedelta,
+    policy: Policy,
 ) -> None:
     """A run of evidence, kept by one insert; each new piece may decide its case."""
     pieces = [event.data for event in events]
@@ -85,7 +107,112 @@ async def handle_evidence(
         new.discard(event.data.evidence_id)  # the same evidence twice in the run counts once
         log.debug("arrival.evidence_received", source=event.data.source)
         arrived.append((event.data.case_id, event.id, event.data.evidence_id))
-    await evaluate(uow, queries, arrived, window=window)
+    await evaluate(uow, queries, arrived, policy=policy)
+
+
+async def handle_disbursed(events: list[Envelope[StipendDisbursed]], uow: UnitOfWork, *, queries: Any) -> None:
+    """A verified case was paid: a withdrawal asked for later is refused `already_paid`."""
+    await queries.mark_paid(uow.connection, case_ids=sorted({event.data.case_id for event in events}))
+
+
+# Withdrawal (contract v1.1) --------------------------------------------------------------------
+
+
+async def handle_withdrawal_requested(
+    events: list[Envelope[WithdrawalRequested]], uow: UnitOfWork, *, queries: Any
+) -> None:
+    """A run of withdrawal requests, kept by one insert: new ones are decided now where the case is
+    known (the others wait for it); a request seen before is answered as it was, if it was."""
+    received = now()
+    new = {row["request_id"] for row in await fetch_all(queries.remember_withdrawal_requests(
+        uow.connection,
+        request_ids=[event.data.request_id for event in events],
+        case_ids=[event.data.case_id for event in events],
+        channels=[event.data.channel for event in events],
+        reasons=[event.data.reason for event in events],
+        requested_ats=[event.data.requested_at for event in events],
+        received_ats=[received] * len(events),
+        correlationids=[event.correlationid for event in events],
+        event_ids=[event.id for event in events],
+    ))}  # fmt: skip
+    again = [event for event in events if event.data.request_id not in new]
+    if again:
+        answers = {row["request_id"]: row for row in await fetch_all(queries.withdrawal_answers(
+            uow.connection, request_ids=[event.data.request_id for event in again]
+        ))}  # fmt: skip
+        for event in again:
+            row = answers[event.data.request_id]
+            if row["decision"] is not None:  # else it still waits for its case
+                _answer(uow, row, row["decision"], row["booking_cancelled"], cause=event.id, at=row["decided_at"])
+    await decide_withdrawals(uow, queries, [event.data.case_id for event in events if event.data.request_id in new])
+
+
+def _answer(
+    uow: UnitOfWork,
+    request: Any,
+    decision: str,
+    booking_cancelled: bool | None,
+    *,
+    cause: UUID | None,
+    at: datetime,
+) -> None:
+    """Emits a request's answer: case.withdrawn.v1, or case.withdrawal_refused.v1 with its reason."""
+    outcome: CaseWithdrawn | WithdrawalRefused
+    if decision == domain.WITHDRAWN:
+        outcome = CaseWithdrawn(case_id=request["case_id"], request_id=request["request_id"],
+                                booking_cancelled=bool(booking_cancelled), withdrawn_at=at)  # fmt: skip
+    else:
+        outcome = WithdrawalRefused(case_id=request["case_id"], request_id=request["request_id"],
+                                    reason=decision, refused_at=at)  # fmt: skip
+    uow.emit(outcome, correlationid=request["correlationid"], causationid=cause)
+    logger.info(
+        "arrival.withdrawal_decided", case_id=request["case_id"], correlationid=request["correlationid"],
+        decision=decision,
+    )  # fmt: skip
+
+
+async def decide_withdrawals(uow: UnitOfWork, queries: Any, case_ids: list[UUID]) -> None:
+    """Decides the waiting requests of these cases that arrival knows, oldest first, under the
+    contract's rules (`domain.withdrawal_decision`). A case to withdraw gets its outcome by the same
+    insert a verification makes: if a verification committed first, the request is refused."""
+    if not case_ids:
+        return
+    waiting = await fetch_all(queries.waiting_withdrawals(uow.connection, case_ids=list(dict.fromkeys(case_ids))))
+    if not waiting:
+        return
+    outcomes: dict[UUID, tuple[str, datetime | None]] = {
+        row["case_id"]: (row["outcome"], row["paid_at"]) for row in waiting if row["outcome"] is not None
+    }
+    booked = {row["case_id"] for row in waiting if row["scheduled_departure"] is not None}
+    to_withdraw = list(dict.fromkeys(
+        row["case_id"] for row in waiting
+        if row["case_id"] not in outcomes and not domain.departed(row["scheduled_departure"], row["received_at"])
+    ))  # fmt: skip
+    withdrawn = await _decide(uow, queries, dict.fromkeys(to_withdraw), outcome=domain.WITHDRAWN)
+    for case_id in withdrawn:
+        outcomes[case_id] = (domain.WITHDRAWN, None)
+    if lost := [case_id for case_id in to_withdraw if case_id not in withdrawn]:
+        # Another transaction gave these cases their outcome first (a verification, the sweeper).
+        for row in await fetch_all(queries.outcomes_of(uow.connection, case_ids=lost)):
+            outcomes[row["case_id"]] = (row["outcome"], row["paid_at"])
+    decisions = []
+    for row in waiting:
+        outcome, paid_at = outcomes.get(row["case_id"], (None, None))
+        decision = domain.withdrawal_decision(
+            outcome, paid=paid_at is not None, departed=domain.departed(row["scheduled_departure"], row["received_at"])
+        )
+        cancelled = row["case_id"] in booked if decision == domain.WITHDRAWN else None
+        decisions.append((row, decision, cancelled))
+    decided_at = now()  # what the answer says, and what a resent request is answered with
+    await queries.record_withdrawal_decisions(
+        uow.connection,
+        request_ids=[row["request_id"] for row, _, _ in decisions],
+        decisions=[decision for _, decision, _ in decisions],
+        bookings_cancelled=[cancelled for _, _, cancelled in decisions],
+        decided_at=decided_at,
+    )
+    for row, decision, cancelled in decisions:
+        _answer(uow, row, decision, cancelled, cause=row["event_id"], at=decided_at)
 
 
 EVIDENCE_UNAUTHENTICATED = "evidence_unauthenticated"
@@ -139,7 +266,7 @@ def _detail(reason: str, claim: domain.Signed) -> str:
 
 
 async def evaluate(
-    uow: UnitOfWork, queries: Any, triggers: list[tuple[UUID, UUID, UUID | None]], *, window: timedelta
+    uow: UnitOfWork, queries: Any, triggers: list[tuple[UUID, UUID, UUID | None]], *, policy: Policy
 ) -> None:
     """Decides the cases whose facts are known, each exactly as if the run's events came one at a
     time: a trigger is (case, the event, the evidence it brought, if any), in the run's order; the
@@ -167,24 +294,53 @@ async def evaluate(
             continue
         if evidence_id is not None:
             known.setdefault(case_id, []).append(by_id[evidence_id])
-        verdict = domain.verify(_facts(case), known.get(case_id, []), window)
+        verdict = domain.verify(_facts(case), known.get(case_id, []), policy.window)
         if verdict is not None:
             verdicts[case_id] = (verdict, cause)
     if not verdicts:
         return
     rules = {case_id: verdict.rule for case_id, (verdict, _) in verdicts.items()}
     decided = await _decide(uow, queries, rules, outcome="verified")
+    attested: list[tuple[UUID, str]] = []
     for case_id, (verdict, cause) in verdicts.items():
         if case_id not in decided:
-            continue
+            continue  # another transaction decided it first (a withdrawal, the sweeper)
+        case, verified_at = cases[case_id], now()
         verified = ArrivalVerified(
-            case_id=case_id, evidence_ids=verdict.evidence_ids, rule=verdict.rule, verified_at=now()
+            case_id=case_id, evidence_ids=verdict.evidence_ids, rule=verdict.rule, verified_at=verified_at
         )
-        uow.emit(verified, correlationid=cases[case_id]["correlationid"], causationid=cause)
-        logger.debug(
-            "arrival.verified", case_id=case_id, correlationid=cases[case_id]["correlationid"],
-            rule=verdict.rule,
-        )  # fmt: skip
+        verified_id = uow.emit(verified, correlationid=case["correlationid"], causationid=cause).id
+        logger.debug("arrival.verified", case_id=case_id, correlationid=case["correlationid"], rule=verdict.rule)
+        if policy.signer is not None and (token := _attest(policy.signer, case, verdict, verified_at)) is not None:
+            attested.append((case_id, token))
+            issued = ArrivalAttested(case_id=case_id, attestation=token, key_id=policy.signer.key_id,
+                                     issued_at=verified_at)  # fmt: skip
+            uow.emit(issued, correlationid=case["correlationid"], causationid=verified_id)
+    if attested and policy.signer is not None:
+        await queries.record_attestations(
+            uow.connection,
+            case_ids=[case_id for case_id, _ in attested],
+            key_ids=[policy.signer.key_id] * len(attested),
+            tokens=[token for _, token in attested],
+        )
+
+
+def _attest(signer: attestation.Signer, case: Any, verdict: domain.Verdict, verified_at: datetime) -> str | None:
+    """The case's departure attestation: who (the identity key), where to, the day the booked
+    flight left (UTC), and how arrival was verified; none for a case accepted before attestations
+    (arrival never learnt its identity key)."""
+    if case["identity_key"] is None:
+        logger.warning("arrival.attestation_unavailable", case_id=case["case_id"], reason="no identity key")
+        return None
+    claims = attestation.Claims(
+        case_id=case["case_id"],
+        identity_key=case["identity_key"],
+        destination_country=case["destination_country"],
+        departed_on=case["scheduled_departure"].astimezone(UTC).date(),
+        verified_at=verified_at,
+        rule=verdict.rule,
+    )
+    return signer.sign(claims)
 
 
 def _facts(case: Any) -> domain.CaseFacts:
@@ -207,18 +363,41 @@ async def _decide(uow: UnitOfWork, queries: Any, rules: Mapping[UUID, str | None
 
 @dataclass
 class WindowSweeper:
-    """Rejects cases whose evidence window closed without a verdict."""
+    """Rejects cases whose evidence window closed without a verdict, and refuses `unknown_case`
+    the withdrawal requests whose case did not become known in time."""
 
     database: ServiceDatabase
     queries: Any
-    window: timedelta
+    policy: Policy
     batch_size_max: int
 
     async def sweep(self) -> int:
+        return await self._reject_expired() + await self._refuse_unknown()
+
+    async def _refuse_unknown(self) -> int:
+        async with self.database.unit() as uow:
+            unknown = await fetch_all(self.queries.unknown_case_withdrawals(
+                uow.connection, wait_seconds=self.policy.withdrawal_case_wait.total_seconds(),
+                limit=self.batch_size_max,
+            ))  # fmt: skip
+            refused_at = now()
+            if unknown:
+                await self.queries.record_withdrawal_decisions(
+                    uow.connection,
+                    request_ids=[row["request_id"] for row in unknown],
+                    decisions=[domain.UNKNOWN_CASE] * len(unknown),
+                    bookings_cancelled=[None] * len(unknown),
+                    decided_at=refused_at,
+                )
+            for row in unknown:
+                _answer(uow, row, domain.UNKNOWN_CASE, None, cause=row["event_id"], at=refused_at)
+        return len(unknown)
+
+    async def _reject_expired(self) -> int:
         async with self.database.unit() as uow:
             expired = await fetch_all(
                 self.queries.expired_cases(
-                    uow.connection, window_seconds=self.window.total_seconds(), limit=self.batch_size_max
+                    uow.connection, window_seconds=self.policy.window.total_seconds(), limit=self.batch_size_max
                 )
             )
             decided = await _decide(uow, self.queries, {case["case_id"]: None for case in expired}, outcome="rejected")

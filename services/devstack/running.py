@@ -13,6 +13,8 @@ SECRETS_FILE = "secrets.json"
 DATA_KEY = "HOMEWARD_DATA_KEY"
 """How a service reads its own data key; in secrets.json, registration's (it seals its dead letters)."""
 RETIRED_DATA_KEYS = "HOMEWARD_DATA_KEYS_RETIRED"
+ATTESTATION_KEYS = "HOMEWARD_ATTESTATION_KEYS"
+"""The private JWKS arrival signs departure attestations with (`homeward attestation keys`)."""
 TRAVEL_DATA_KEY = "HOMEWARD_TRAVEL_DATA_KEY"
 DISBURSEMENT_DATA_KEY = "HOMEWARD_DISBURSEMENT_DATA_KEY"
 DATA_KEYS = {"registration": DATA_KEY, "travel": TRAVEL_DATA_KEY, "disbursement": DISBURSEMENT_DATA_KEY}

@@ -18,6 +18,7 @@ import httpx
 import psycopg
 import structlog
 
+from contracts import attestation
 from contracts.events import EVIDENCE_TOPIC, RegistrationAccepted, RegistrationSubmitted
 from contracts.registry import all_topics, dlq_topic
 from services.devstack.embedded import (
@@ -30,6 +31,7 @@ from services.devstack.embedded import (
     reserve_port,
 )
 from services.devstack.running import (
+    ATTESTATION_KEYS,
     DATA_KEY,
     DATA_KEYS,
     DISBURSEMENT_DATA_KEY,
@@ -75,8 +77,9 @@ SANDBOX_TLS_SETTINGS = (
 )  # fmt: skip
 LOCALHOST = "127.0.0.1"
 
-# Which program secrets each service holds, by the variable it reads each from: arrival needs none,
-# only registration derives identities, and a holder of a data key reads its own as HOMEWARD_DATA_KEY.
+# Which program secrets each service holds, by the variable it reads each from: arrival holds only
+# the keys that sign departure attestations, only registration derives identities, and a holder of
+# a data key reads its own as HOMEWARD_DATA_KEY.
 # Registration holds the readers' current data keys to wrap case keys with, not their retired ones.
 # The retired data keys exist only after a rotation (`homeward keys rotate`); the rest always.
 SECRETS_BY_SERVICE: dict[str, dict[str, str]] = {
@@ -88,7 +91,7 @@ SECRETS_BY_SERVICE: dict[str, dict[str, str]] = {
         DISBURSEMENT_DATA_KEY: DISBURSEMENT_DATA_KEY,
     },
     "travel": {DATA_KEY: TRAVEL_DATA_KEY, RETIRED_DATA_KEYS: retired_name(TRAVEL_DATA_KEY)},
-    "arrival": {},
+    "arrival": {ATTESTATION_KEYS: ATTESTATION_KEYS},
     "disbursement": {
         DATA_KEY: DISBURSEMENT_DATA_KEY,
         RETIRED_DATA_KEYS: retired_name(DISBURSEMENT_DATA_KEY),
@@ -98,6 +101,7 @@ SECRETS_BY_SERVICE: dict[str, dict[str, str]] = {
 }
 PROGRAM_SECRETS = (
     "HOMEWARD_IDENTITY_SECRET", *DATA_KEYS.values(), "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY",
+    ATTESTATION_KEYS,
 )  # fmt: skip
 """The secrets `up` generates on its first run."""
 HELD_SECRETS = frozenset(name for held in SECRETS_BY_SERVICE.values() for pair in held.items() for name in pair) | {
@@ -131,6 +135,10 @@ PROVIDER_WIRING = (
 logger = structlog.get_logger("homeward.up")
 
 
+SECRET_MAKERS: dict[str, Callable[[], str]] = {ATTESTATION_KEYS: attestation.new_key_set_json}
+"""How a secret that is not one hex key is made (the others: crypto.new_key_hex)."""
+
+
 def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
     """Program secrets are generated once, on first run, and kept readable by the owner only."""
     path = state_dir / SECRETS_FILE
@@ -139,7 +147,7 @@ def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
     if missing:
         # A secrets file from an older version keeps its keys (the data key opens sealed data)
         # and gains the ones it lacks.
-        secrets.update({name: crypto.new_key_hex() for name in missing})
+        secrets.update({name: SECRET_MAKERS.get(name, crypto.new_key_hex)() for name in missing})
         if path.exists() and DATA_KEY not in missing:
             secrets.update(_readers_inherit(secrets, missing))
         write_private(path, json.dumps(secrets))

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from services.devstack.settings import REPLICAS_MAX
+from services.ops.attestation import attestation_app
 from services.ops.audit import audit_app
 from services.ops.bench import bench_app
 from services.ops.cases import case_app, payments_app
@@ -44,6 +45,7 @@ app.add_typer(signers_app, name="signers")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(retention_app, name="retention")
+app.add_typer(attestation_app, name="attestation")
 
 
 def _version(asked: bool) -> None:

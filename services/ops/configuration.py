@@ -1,7 +1,7 @@
 """Which process reads which `HOMEWARD_*` variable: one settings class per process, by concern.
 The README's configuration table is checked against this (tests/unit/test_settings.py)."""
 
-from services.arrival.settings import ArrivalSettings
+from services.arrival.settings import ArrivalSettings, AttestationKeys
 from services.devstack.settings import DevstackSettings
 from services.disbursement.settings import DisbursementSettings, ProgramCurrency
 from services.ops.common import OpsSettings, RolePasswords
@@ -19,8 +19,9 @@ READERS: dict[str, tuple[type[HomewardSettings], ...]] = {
     "sandbox-travel": (TravelSandboxSettings,),
     "up": (DevstackSettings,),
     # `homeward ledger fund` reads the program's currency, `homeward roles` the roles' passwords,
-    # `homeward retention run` the retention, `homeward keys rewrap` a service's data keys.
-    "commands": (OpsSettings, ProgramCurrency, RolePasswords, PiiRetention, SealedData),
+    # `homeward retention run` the retention, `homeward keys rewrap` a service's data keys,
+    # `homeward attestation` the attestation keys.
+    "commands": (OpsSettings, ProgramCurrency, RolePasswords, PiiRetention, SealedData, AttestationKeys),
 }
 
 

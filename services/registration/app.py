@@ -5,6 +5,7 @@ from pathlib import Path
 
 from contracts.events import (
     ArrivalRejected,
+    CaseWithdrawn,
     RegistrationAccepted,
     RegistrationSubmitted,
     StipendDisbursed,
@@ -38,6 +39,7 @@ REDRIVE = Redrive(
             StipendFailed.TOPIC,
             TravelBookingFailed.TOPIC,
             ArrivalRejected.TOPIC,
+            CaseWithdrawn.TOPIC,
         }
     ),
 )
@@ -55,5 +57,7 @@ def build(settings: RegistrationSettings, database: ServiceDatabase) -> ServiceD
             batch=partial(handlers.handle_submitted, queries=queries, keys=keys),
             on_invalid=partial(handlers.handle_invalid_submission, queries=queries),
         ),
+        # Also closes the case for the re-drive and starts its retention: run as one route.
+        CaseWithdrawn.TOPIC: Route(batch=partial(handlers.handle_withdrawn, queries=queries)),
     }
     return ServiceDefinition(name="registration", routes=routes)

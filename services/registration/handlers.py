@@ -10,6 +10,7 @@ import structlog
 
 from contracts.envelope import Envelope
 from contracts.events import (
+    CaseWithdrawn,
     RegistrationAccepted,
     RegistrationRejected,
     RegistrationSubmitted,
@@ -195,3 +196,13 @@ async def handle_invalid_submission(bad: Undeliverable, uow: UnitOfWork, *, quer
         outcome, correlationid = _stored(row), row["correlationid"]
     uow.emit(outcome, correlationid=correlationid, causationid=bad.event_id)
     _log_outcome(outcome, correlationid, repeated=not claimed)
+
+
+async def handle_withdrawn(events: list[Envelope[CaseWithdrawn]], uow: UnitOfWork, *, queries: Any) -> None:
+    """A run of withdrawn cases (arrival decides withdrawals): each identity is free again, so a later
+    application for the same document may open a new case."""
+    withdrawn = await fetch_all(
+        queries.withdraw_cases(uow.connection, case_ids=sorted({event.data.case_id for event in events}))
+    )
+    for row in withdrawn:
+        logger.info("registration.identity_released", case_id=row["case_id"])

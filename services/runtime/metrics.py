@@ -40,6 +40,10 @@ PAYOUTS = Counter(
 BOOKINGS = Counter(
     "homeward_bookings", "Booking attempts at the travel provider, by outcome (booked, retry, failed)", ["outcome"]
 )
+CANCELLATIONS = Counter(
+    "homeward_cancellations", "Ticket cancellations of withdrawn cases at the travel provider, by outcome "
+    "(cancelled, due: tried again later, failed: an operator has to look)", ["outcome"],
+)  # fmt: skip
 
 # Read at each scrape (the database's and the consumer's view at that moment).
 CONSUMER_LAG = Gauge(

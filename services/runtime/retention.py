@@ -1,5 +1,5 @@
 """Retention by erasure: `HOMEWARD_PII_RETENTION_DAYS` after a case closes (paid, failed,
-rejected at arrival, or its booking failed), each service that holds its personal data erases
+rejected at arrival, withdrawn, or its booking failed), each service that holds its personal data erases
 it: the readers destroy the case's keys (`case_keys`, services/runtime/casekeys.py), so their
 ciphertext no longer opens; every holder runs its own `erase_cases` statement over what else it
 kept (registration: its copy of `sealed` and the accepted event in its outbox). The ledger, the
@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 
 from contracts.envelope import Envelope
-from contracts.events import ArrivalRejected, StipendDisbursed, StipendFailed, TravelBookingFailed
+from contracts.events import ArrivalRejected, CaseWithdrawn, StipendDisbursed, StipendFailed, TravelBookingFailed
 from services.runtime import metrics
 from services.runtime.db import Connection, fetch_all, load_queries
 from services.runtime.uow import UnitOfWork
@@ -30,7 +30,7 @@ from services.runtime.uow import UnitOfWork
 logger = structlog.get_logger("homeward.retention")
 
 CLOSING_TOPICS = frozenset(
-    {StipendDisbursed.TOPIC, StipendFailed.TOPIC, ArrivalRejected.TOPIC, TravelBookingFailed.TOPIC}
+    {StipendDisbursed.TOPIC, StipendFailed.TOPIC, ArrivalRejected.TOPIC, TravelBookingFailed.TOPIC, CaseWithdrawn.TOPIC}
 )
 """A case is closed, and its personal data no longer needed, once one of these is seen."""
 ERASURE_BATCH_MAX = 500

@@ -8,7 +8,7 @@ import contextlib
 import importlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -177,8 +177,11 @@ def _closing_routes(definition: ServiceDefinition, loaded: "ServiceModule") -> N
     for topic in loaded.retention.closes_on if loaded.retention is not None else ():
         steps.setdefault(topic, []).append(note_closed)
     for topic, closings in steps.items():
-        assert topic not in definition.routes, f"{topic} closes cases and has a handler: combine them"
-        definition.routes[topic] = Route(batch=partial(_close_all, closings))
+        handled = definition.routes.get(topic)
+        if handled is None:
+            definition.routes[topic] = Route(batch=partial(_close_all, closings))
+        else:  # the service's own handler first, then the closings, in the batch's one transaction
+            definition.routes[topic] = replace(handled, batch=partial(_close_all, [handled.batch, *closings]))
 
 
 async def _close_all(closings: list[Closing], events: list[Any], uow: UnitOfWork) -> None:

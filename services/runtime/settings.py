@@ -136,7 +136,7 @@ AES_KEY_BYTES = 32
 """AES-256: a data key is exactly 32 bytes (64 hex characters)."""
 HMAC_KEY_BYTES_MIN = 32
 """An HMAC key shorter than the hash's 32 bytes is weaker than the hash (RFC 2104, section 3)."""
-SECRET_FILE_BYTES_MAX = 4096
+SECRET_FILE_BYTES_MAX = 65536
 MAKE_ONE = "`openssl rand -hex 32` makes one; `homeward up` generates its own"
 
 

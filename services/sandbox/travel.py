@@ -15,10 +15,16 @@ HTTP API (JSON):
                         duplicate_key); 422 a body that is not a batch, 503 injected transient
                         failure of the whole batch (nothing was booked)
   GET  /bookings/{key}  200 the ticket, 404 {"error": "not_found"}
+  POST /bookings/{key}/cancellation
+                        cancels the ticket (contract v1.1 withdrawal); idempotent: 200 {key,
+                        booking_id, cancelled_at} the first time and every time after, 404 no ticket
+                        for the key, 409 {"error": "already_departed"} once its flight has left,
+                        503 injected transient failure (nothing was cancelled)
   GET  /health          200
 
 The traveller's name is required, as a real provider needs it on the ticket, but the sandbox
 neither stores nor logs it. Faults (HOMEWARD_SANDBOX_TRAVEL_FAILURE_RATE) apply to the POSTs only.
+A cancelled ticket stays in the store, with when it was cancelled (`GET` shows `cancelled_at`).
 """
 
 import asyncio
@@ -76,6 +82,8 @@ class StoredTicket:
     fare_amount: str | None = None
     """The ticket's price, a decimal string (a ticket of a store made before fares has none)."""
     fare_currency: str | None = None
+    cancelled_at: str | None = None
+    """When the ticket was cancelled (a withdrawal), if it was."""
 
     def public(self) -> dict[str, str | None]:
         return asdict(self)
@@ -89,6 +97,8 @@ class TicketStore(SqliteStore):
         with self._lock:  # a script commits on its own: no transaction around it
             if "fare_amount" not in {row["name"] for row in self._queries.ticket_columns(self._connection)}:
                 self._queries.add_fares(self._connection)
+            if not list(self._queries.cancellation_columns(self._connection)):
+                self._queries.add_cancellations(self._connection)
 
     def issue(self, key: str, new_ticket: StoredTicket) -> tuple[StoredTicket, bool]:
         """The ticket for `key`: the one already issued (False), or `new_ticket` stored now (True)."""
@@ -107,6 +117,15 @@ class TicketStore(SqliteStore):
             return StoredTicket(*tuple(row)), False
         self._queries.insert_ticket(connection, **asdict(new_ticket))
         return new_ticket, True
+
+    def cancel(self, key: str, at: str) -> StoredTicket | None:
+        """Cancels the ticket of `key` once (again: the same time); None where there is no ticket."""
+        with self._transaction() as connection:
+            row = self._queries.ticket(connection, key=key)
+            if row is None:
+                return None
+            self._queries.cancel(connection, key=key, cancelled_at=at)
+            return StoredTicket(*tuple(self._queries.ticket(connection, key=key)))
 
     def get(self, key: str) -> StoredTicket | None:
         with self._lock:
@@ -143,6 +162,7 @@ class TravelSandbox:
                 Route("/bookings", self.book, methods=["POST"]),
                 Route("/booking-batches", self.book_batch, methods=["POST"]),
                 Route("/bookings/{key}", self.get_booking, methods=["GET"]),
+                Route("/bookings/{key}/cancellation", self.cancel_booking, methods=["POST"]),
             ],
             self.lifespan,
             token=self.token,
@@ -206,10 +226,28 @@ class TravelSandbox:
         return JSONResponse({"items": answers})
 
     async def get_booking(self, request: Request) -> JSONResponse:
-        ticket = await asyncio.to_thread(self.store.get, request.path_params["key"])
+        key = request.path_params["key"]
+        ticket = await asyncio.to_thread(self.store.get, key)
         if ticket is None:
             return server.error(404, "not_found", "no booking with this Idempotency-Key")
         return JSONResponse(ticket.public())
+
+    async def cancel_booking(self, request: Request) -> JSONResponse:
+        """Cancels a ticket before its flight leaves; asking again answers the same."""
+        key = request.path_params["key"]
+        if self.random.random() < self.failure_rate:
+            logger.info("cancellation.fault_injected", key=key, fault="error")
+            return server.injected_unavailable("nothing was cancelled")
+        ticket = await asyncio.to_thread(self.store.get, key)
+        if ticket is None:
+            return server.error(404, "not_found", "no booking with this Idempotency-Key")
+        now = datetime.now(UTC)
+        if ticket.cancelled_at is None and datetime.fromisoformat(ticket.scheduled_departure) <= now:
+            return server.error(409, "already_departed", "the flight has left; the ticket can no longer be cancelled")
+        cancelled = await asyncio.to_thread(self.store.cancel, key, now.isoformat())
+        assert cancelled is not None  # tickets are never deleted
+        logger.info("booking.cancelled", key=key, booking_id=cancelled.booking_id)
+        return JSONResponse({"key": key, "booking_id": cancelled.booking_id, "cancelled_at": cancelled.cancelled_at})
 
 
 async def serve(settings: TravelSandboxSettings, *, port: int, store_path: Path) -> None:

@@ -1,4 +1,6 @@
-"""Travel: record a booking request per accepted case; a worker books due requests with retries."""
+"""Travel: record a booking request per accepted case; a worker books due requests with retries.
+A withdrawn case (contract v1.1) is never booked, and its ticket is cancelled by a second worker,
+retried like booking."""
 
 import asyncio
 import random
@@ -12,7 +14,7 @@ import structlog
 from pydantic import ValidationError
 
 from contracts.envelope import Envelope
-from contracts.events import RegistrationAccepted, TravelBooked, TravelBookingFailed
+from contracts.events import CaseWithdrawn, RegistrationAccepted, TravelBooked, TravelBookingFailed
 from services.runtime import casekeys, crypto, metrics, tracing
 from services.runtime.db import fetch_all
 from services.runtime.messages import now
@@ -70,6 +72,13 @@ async def handle_accepted(
     await casekeys.keep_case_keys(uow, [event.data.case_id for event in events], parts, data_key)
     for event in events:
         logger.debug("travel.booking_requested", case_id=event.data.case_id, correlationid=event.correlationid)
+
+
+async def handle_withdrawn(events: list[Envelope[CaseWithdrawn]], uow: UnitOfWork, *, queries: Any) -> None:
+    """A run of withdrawn cases: never booked from now on; a ticket they have is due for cancellation."""
+    rows = await fetch_all(queries.withdraw(uow.connection, case_ids=sorted({event.data.case_id for event in events})))
+    for row in rows:
+        logger.info("travel.withdrawn", case_id=row["case_id"], cancel=row["cancel_state"] == "due")
 
 
 @dataclass(frozen=True)
@@ -185,9 +194,7 @@ class BookingWorker:
         """Every ticket of the pass with one statement; each booked case's event goes out."""
         if not tickets:
             return
-        booked = {
-            row["case_id"]
-            for row in await fetch_all(
+        marked = await fetch_all(
                 self.queries.mark_booked(
                     uow.connection, lease_id=lease_id,
                     case_ids=[booked.event.case_id for _, booked in tickets],
@@ -196,10 +203,13 @@ class BookingWorker:
                     fare_amounts=[booked.fare_amount for _, booked in tickets],
                     fare_currencies=[booked.fare_currency for _, booked in tickets],
                 )
-            )
-        }  # fmt: skip
+        )  # fmt: skip
+        booked = {row["case_id"] for row in marked}
+        withdrawn = {row["case_id"] for row in marked if row["withdrawn"]}
+        for case_id in withdrawn:  # withdrawn while its ticket was being issued: it is cancelled next
+            logger.info("travel.booked_after_withdrawal", case_id=case_id)
         for request, issued in tickets:
-            if issued.event.case_id in booked:
+            if issued.event.case_id in booked and issued.event.case_id not in withdrawn:
                 uow.emit(issued.event, correlationid=request["correlationid"], causationid=request["cause_event_id"])
                 logger.debug(
                     "travel.booked", case_id=issued.event.case_id, correlationid=request["correlationid"],
@@ -255,3 +265,70 @@ def _booked(case_id: Any, ticket: Ticket) -> TravelBooked:
         scheduled_arrival=ticket.scheduled_arrival,
         booked_at=now(),
     )
+
+
+@dataclass
+class CancellationWorker:
+    """Cancels the tickets of withdrawn cases: claim them (a short transaction), ask the provider
+    (no transaction open, a few at once), then record every outcome in one transaction. A failure
+    the provider may get over is tried again with backoff, at most `policy.attempts_max` times."""
+
+    database: ServiceDatabase
+    queries: Any
+    provider: TravelProvider
+    policy: RetryPolicy
+    batch_size_max: int
+    concurrency_max: int
+    rng: random.Random
+
+    async def cancel_due(self) -> int:
+        lease_id = uuid4()
+        lease_seconds = self.policy.call_seconds_max * -(-self.batch_size_max // self.concurrency_max)
+        async with self.database.pool.acquire() as connection, connection.transaction():
+            due = await fetch_all(self.queries.claim_due_cancellations(
+                connection, limit=self.batch_size_max, lease_seconds=lease_seconds + self.policy.lease_margin_seconds,
+                lease_id=lease_id,
+            ))  # fmt: skip
+        if not due:
+            return 0
+        limiter = asyncio.Semaphore(self.concurrency_max)
+
+        async def cancel(key: str) -> Exception | None:
+            async with limiter:
+                try:
+                    await self.provider.cancel(idempotency_key=key)
+                except ProviderError as error:
+                    return error
+                return None
+
+        answers = await asyncio.gather(*(cancel(str(row["case_id"])) for row in due))
+        states: list[str] = []
+        delays: list[float] = []
+        for row, error in zip(due, answers, strict=True):
+            attempts = row["cancel_attempts"] + 1
+            if error is None:
+                states.append("cancelled")
+            elif isinstance(error, PermanentProviderError) or domain.gives_up(
+                attempts, attempts_max=self.policy.attempts_max
+            ):
+                states.append("failed")
+                logger.error("travel.cancellation_failed", case_id=row["case_id"], attempts=attempts, detail=str(error))
+            else:
+                states.append("due")
+            delays.append(domain.retry_delay_seconds(
+                attempts, base_ms=self.policy.backoff_base_ms, max_ms=self.policy.backoff_max_ms, rng=self.rng
+            ))  # fmt: skip
+        async with self.database.pool.acquire() as connection:
+            await self.queries.record_cancellations(
+                connection,
+                lease_id=lease_id,
+                case_ids=[row["case_id"] for row in due],
+                states=states,
+                errors=[None if error is None else str(error) for error in answers],
+                delays_seconds=delays,
+            )
+        counted = Counter(states)
+        for state, count in counted.items():
+            metrics.CANCELLATIONS.labels(state).inc(count)
+        logger.info("cancellation.pass", claimed=len(due), **counted)
+        return len(due)

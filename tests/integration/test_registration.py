@@ -10,6 +10,7 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
+from contracts.events import CaseWithdrawn
 from services.runtime import casekeys, crypto
 from tests.conftest import Infra
 from tests.integration.helpers import (
@@ -305,3 +306,35 @@ async def test_no_plaintext_personal_data_at_rest_or_in_the_log(
     for secret in (given_name, number, data["identity_document"]["number"]):
         assert secret.lower() not in stored.lower()
         assert not any(secret in line for line in registration.lines)
+
+
+async def test_a_withdrawn_case_frees_its_identity_for_a_new_application(infra: Infra, database):
+    """Contract v1.1: `duplicate_registration` is about open or paid cases; a withdrawn one does not
+    block its identity."""
+    number = uuid4().hex[:8].upper()
+    first, while_open, after = (submission(identity_document__number=number) for _ in range(3))
+    async with collector(infra) as kafka:
+        await kafka.send(SUBMITTED, envelope(SUBMITTED, first), first["application_id"])
+        [opened] = await outcome(kafka, ACCEPTED, first["application_id"])
+        await kafka.send(SUBMITTED, envelope(SUBMITTED, while_open), while_open["application_id"])
+        [duplicate] = await outcome(kafka, REJECTED, while_open["application_id"])
+        case_id = opened["data"]["case_id"]
+        withdrawn = envelope(CaseWithdrawn.TOPIC, {
+            "case_id": case_id, "request_id": str(uuid4()), "booking_cancelled": False,
+            "withdrawn_at": now().isoformat(),
+        }, source="homeward/arrival")  # fmt: skip
+        await kafka.send(CaseWithdrawn.TOPIC, withdrawn, case_id)
+        await kafka.send(CaseWithdrawn.TOPIC, {**withdrawn, "id": str(uuid4())}, case_id)  # told twice
+        await eventually(
+            lambda: database.fetchval("SELECT withdrawn_at FROM registration.cases WHERE case_id = $1::uuid", case_id),
+            what="the case marked withdrawn",
+        )
+        await kafka.send(SUBMITTED, envelope(SUBMITTED, after), after["application_id"])
+        [reopened] = await outcome(kafka, ACCEPTED, after["application_id"])
+
+    assert duplicate["data"]["duplicate_of_case_id"] == case_id
+    assert reopened["data"]["identity_key"] == opened["data"]["identity_key"]
+    assert reopened["data"]["case_id"] != case_id
+    claim = await database.fetchval("SELECT case_id FROM registration.identity_claims WHERE identity_key = $1",
+                                    opened["data"]["identity_key"])  # fmt: skip
+    assert str(claim) == reopened["data"]["case_id"]

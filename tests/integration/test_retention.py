@@ -13,7 +13,14 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from contracts.events import ArrivalRejected, ArrivalVerified, StipendDisbursed, StipendHeld, TravelBookingFailed
+from contracts.events import (
+    ArrivalRejected,
+    ArrivalVerified,
+    CaseWithdrawn,
+    StipendDisbursed,
+    StipendHeld,
+    TravelBookingFailed,
+)
 from services.runtime import casekeys, crypto
 from services.runtime.db import runtime_queries
 from services.runtime.migrate import migrate, migrate_audit
@@ -199,11 +206,12 @@ async def test_a_services_own_sweep_erases_what_is_due_and_only_that(pool: async
 
 def test_closing_events_feed_the_redrive_and_the_erasure_through_one_route_per_topic() -> None:
 
-    # Travel's copy runs from its own booking outcome: it subscribes to the re-drive's topics only.
+    # Travel's copy runs from its own booking outcome, or a withdrawal: the re-drive's topics and that one.
     definition = ServiceDefinition(name="travel", routes={})
     _closing_routes(definition, load_service("travel"))
     assert {topic: modules(route) for topic, route in definition.routes.items()} == {
         ArrivalRejected.TOPIC: ["services.runtime.redrive"], ArrivalVerified.TOPIC: ["services.runtime.redrive"],
+        CaseWithdrawn.TOPIC: ["services.runtime.redrive", "services.runtime.retention"],
     }  # fmt: skip
     registration = ServiceDefinition(name="registration", routes={})
     _closing_routes(registration, load_service("registration"))
@@ -215,7 +223,7 @@ def test_closing_events_feed_the_redrive_and_the_erasure_through_one_route_per_t
     assert held == ["services.runtime.redrive"], "a held stipend is not closed: it may still be paid"
     disbursement = ServiceDefinition(name="disbursement", routes={})
     _closing_routes(disbursement, load_service("disbursement"))
-    assert set(disbursement.routes) == {ArrivalRejected.TOPIC, TravelBookingFailed.TOPIC}
+    assert set(disbursement.routes) == {ArrivalRejected.TOPIC, TravelBookingFailed.TOPIC, CaseWithdrawn.TOPIC}
     assert load_service("arrival").retention is None, "arrival keeps no personal data"
 
 

@@ -2,18 +2,21 @@
 
 from collections.abc import Iterator
 from datetime import datetime
-from uuid import uuid4
+from typing import Any
+from uuid import UUID, uuid4
 
 import asyncpg
 import httpx
 import pytest
 
+from contracts.events import CaseWithdrawn
 from tests.conftest import Infra
 from tests.integration.helpers import (
     ACCEPTED,
     BOOKED,
     Collector,
     accepted,
+    now,
     outbox_count,
     publish,
     start_service,
@@ -22,6 +25,7 @@ from tests.integration.helpers import (
 from tests.support import ServiceRunner, envelope, eventually, outbound_and_dlq_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("travel")]
+WITHDRAWN = CaseWithdrawn.TOPIC
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +94,56 @@ async def test_duplicate_accepted_events_book_once(infra: Infra, database: async
 async def test_travel_keeps_no_provider_table_and_no_names(database: asyncpg.Connection):
     tables = await database.fetch("SELECT table_name FROM information_schema.tables WHERE table_schema = 'travel'")
     assert "sandbox_tickets" not in {row["table_name"] for row in tables}
+
+
+# Contract v1.1 withdrawal ------------------------------------------------------------------------
+
+
+def withdrawn(case_id: UUID, *, booking_cancelled: bool) -> dict[str, Any]:
+    return envelope(WITHDRAWN, {
+        "case_id": str(case_id), "request_id": str(uuid4()), "booking_cancelled": booking_cancelled,
+        "withdrawn_at": now().isoformat(),
+    }, source="homeward/arrival")  # fmt: skip
+
+
+async def cancellation(database: asyncpg.Connection, case_id: UUID) -> str | None:
+    state: str | None = await database.fetchval("SELECT cancel_state FROM travel.bookings WHERE case_id = $1", case_id)
+    return state if state in ("cancelled", "failed") else None
+
+
+async def test_a_withdrawn_case_has_its_ticket_cancelled_once_at_the_provider(infra: Infra, database):
+    case_id = uuid4()
+    async with collector(infra) as kafka:
+        await kafka.send(ACCEPTED, envelope(ACCEPTED, accepted(infra, case_id=case_id)), str(case_id))
+        await eventually(lambda: kafka.events(BOOKED, case_id=str(case_id)), what="the booking")
+        sent = withdrawn(case_id, booking_cancelled=True)
+        await kafka.send(WITHDRAWN, sent, str(case_id))
+        await kafka.send(WITHDRAWN, {**sent, "id": str(uuid4())}, str(case_id))  # told twice
+        state = await eventually(lambda: cancellation(database, case_id), what="the cancellation")
+    async with httpx.AsyncClient(base_url=infra.travel_url) as provider:
+        ticket = (await provider.get(f"/bookings/{case_id}")).json()
+    assert state == "cancelled" and ticket["cancelled_at"] is not None
+    row = await database.fetchrow("SELECT cancel_attempts, withdrawn_at FROM travel.bookings WHERE case_id = $1",
+                                  case_id)  # fmt: skip
+    assert row["cancel_attempts"] == 1 and row["withdrawn_at"] is not None
+
+
+async def test_a_case_withdrawn_before_its_booking_request_is_never_booked(infra: Infra, database):
+    case_id = uuid4()
+    async with collector(infra) as kafka:
+        sent = withdrawn(case_id, booking_cancelled=False)
+        await kafka.send(WITHDRAWN, sent, str(case_id))
+        await wait_until_processed(database, "travel", sent["id"])
+        opened = envelope(ACCEPTED, accepted(infra, case_id=case_id))
+        await kafka.send(ACCEPTED, opened, str(case_id))
+        await wait_until_processed(database, "travel", opened["id"])
+        # A later case of the same partition is booked: the worker has passed over the withdrawn one.
+        marker = uuid4()
+        await kafka.send(ACCEPTED, envelope(ACCEPTED, accepted(infra, case_id=marker)), str(marker))
+        await eventually(lambda: kafka.events(BOOKED, case_id=str(marker)), what="a later booking")
+        assert kafka.events(BOOKED, case_id=str(case_id)) == []
+    row = await database.fetchrow("SELECT status, withdrawn_at, attempts FROM travel.bookings WHERE case_id = $1",
+                                  case_id)  # fmt: skip
+    assert (row["status"], row["attempts"]) == ("pending", 0) and row["withdrawn_at"] is not None
+    async with httpx.AsyncClient(base_url=infra.travel_url) as provider:
+        assert (await provider.get(f"/bookings/{case_id}")).status_code == 404, "never asked of the provider"

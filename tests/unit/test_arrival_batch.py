@@ -6,7 +6,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from contracts.registry import envelope_adapter
-from services.arrival.handlers import handle_evidence
+from services.arrival.handlers import Policy, handle_evidence
 from services.runtime.uow import ServiceDatabase, UnitOfWork
 from tests.unit.factories import envelope, evidence_data
 
@@ -65,7 +65,7 @@ async def test_the_event_that_completes_the_policy_is_the_cause_and_a_repeat_cou
     app = _event(evidence_data("participant_app", case_id=str(case_id), observed_at=observed))
     uow = UnitOfWork(ServiceDatabase(None, "arrival", None), connection=object())  # type: ignore[arg-type]
 
-    await handle_evidence([carrier, carrier, app, app], uow, queries=queries, window=WINDOW)
+    await handle_evidence([carrier, carrier, app, app], uow, queries=queries, policy=Policy(WINDOW))
 
     [row] = uow.pending
     assert row.topic == VERIFIED

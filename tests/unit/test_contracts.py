@@ -150,8 +150,8 @@ def test_exported_schema_pins_the_type_and_money_as_a_string() -> None:
 # Unknown fields -------------------------------------------------------------------------------
 
 
-def test_inbound_topics_are_the_two_the_contract_names() -> None:
-    assert INBOUND_TOPICS == {SUBMITTED, EVIDENCE}
+def test_inbound_topics_are_the_three_the_contract_names() -> None:
+    assert INBOUND_TOPICS == {SUBMITTED, EVIDENCE, "case.withdrawal_requested.v1"}
 
 
 def test_unknown_field_in_a_nested_inbound_object_is_refused() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.devstack.running import (
+    ATTESTATION_KEYS,
     DATA_KEY,
     DATA_KEYS,
     DISBURSEMENT_DATA_KEY,
@@ -70,7 +71,9 @@ def test_each_holder_gets_a_data_key_of_its_own_and_registration_the_readers_to_
     }
     assert TRAVEL_DATA_KEY not in SECRETS_BY_SERVICE["disbursement"].values(), "disbursement cannot open travel's part"
     assert DISBURSEMENT_DATA_KEY not in SECRETS_BY_SERVICE["travel"].values(), "nor travel disbursement's"
-    assert SECRETS_BY_SERVICE["arrival"] == {}
+    assert SECRETS_BY_SERVICE["arrival"] == {ATTESTATION_KEYS: ATTESTATION_KEYS}, (
+        "arrival: no data key, only its signing keys"
+    )
 
 
 def test_a_state_dir_whose_one_data_key_sealed_everything_keeps_it_readable_for_the_readers(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ ALTER TABLE tickets ADD COLUMN fare_currency TEXT;
 
 -- name: ticket^
 SELECT idempotency_key, booking_id, carrier, flight_number, origin_airport, destination_airport,
-       scheduled_departure, scheduled_arrival, issued_at, fare_amount, fare_currency
+       scheduled_departure, scheduled_arrival, issued_at, fare_amount, fare_currency, cancelled_at
 FROM tickets WHERE idempotency_key = :key;
 
 -- name: insert_ticket!
@@ -35,3 +35,12 @@ INSERT INTO tickets (idempotency_key, booking_id, carrier, flight_number, origin
                      scheduled_departure, scheduled_arrival, issued_at, fare_amount, fare_currency)
 VALUES (:key, :booking_id, :carrier, :flight_number, :origin_airport, :destination_airport,
         :scheduled_departure, :scheduled_arrival, :issued_at, :fare_amount, :fare_currency);
+
+-- name: cancellation_columns
+SELECT name FROM pragma_table_info('tickets') WHERE name = 'cancelled_at';
+
+-- name: add_cancellations#
+ALTER TABLE tickets ADD COLUMN cancelled_at TEXT;
+
+-- name: cancel!
+UPDATE tickets SET cancelled_at = :cancelled_at WHERE idempotency_key = :key AND cancelled_at IS NULL;

@@ -22,6 +22,9 @@ PROVIDER_ANSWER_UNREADABLE = "provider_answer_unreadable"
 PROVIDER_REFUSED = "provider_refused"
 PROVIDER_LEFT_BOOKING_OUT = "provider_left_booking_out"
 TICKET_INVALID = "ticket_invalid"
+ALREADY_DEPARTED = "already_departed"
+"""The provider cannot cancel a ticket whose flight has left."""
+BOOKING_NOT_FOUND = "booking_not_found"
 TRAVELER_DATA_UNREADABLE = "traveler_data_unreadable"
 _PROVIDER_CODE = re.compile(r"[a-z0-9_.-]{1,40}")
 FARE_CURRENCY = re.compile(r"[A-Z]{3}")
@@ -82,6 +85,11 @@ class TravelProvider(Protocol):
 
     async def book_batch(self, items: list[BookingItem]) -> dict[str, BookingOutcome]:
         """`book` for every item in one call; an outcome for every key."""
+        ...
+
+    async def cancel(self, *, idempotency_key: str) -> None:
+        """Cancels the ticket booked under the key; cancelling again is harmless. Raises
+        TransientProviderError (try later) or PermanentProviderError (never: departed, unknown)."""
         ...
 
 
@@ -173,6 +181,30 @@ class HttpTravelProvider(HttpProvider):
                 # Asking again with the same key returns the same ticket, perhaps readable then.
                 raise TransientProviderError(PROVIDER_ANSWER_UNREADABLE, type(error).__name__) from error
         raise PermanentProviderError(PROVIDER_REFUSED, f"status {response.status_code} {_code(response)}")
+
+    async def cancel(self, *, idempotency_key: str) -> None:
+        """Cancels once per key (`POST /bookings/{key}/cancellation`); an outage or a timeout is
+        retried, as booking is, and a repeat of a cancellation that went through answers the same."""
+        async for attempt in self._retrying((TransientProviderError,)):
+            with attempt:
+                return await self._post_cancellation(idempotency_key)
+        raise AssertionError("stamina either returns or raises")  # pragma: no cover
+
+    async def _post_cancellation(self, key: str) -> None:
+        try:
+            response = await self.client.post(f"/bookings/{key}/cancellation")
+        except httpx.TransportError as error:
+            raise TransientProviderError(PROVIDER_UNREACHABLE, type(error).__name__) from error
+        if response.status_code >= 500:
+            raise TransientProviderError(PROVIDER_FAILED, f"status {response.status_code}")
+        if response.status_code == 200:
+            return
+        code = _code(response)
+        if response.status_code == 404:
+            raise PermanentProviderError(BOOKING_NOT_FOUND, f"status 404 {code}")
+        if response.status_code == 409 and code == ALREADY_DEPARTED:
+            raise PermanentProviderError(ALREADY_DEPARTED, "status 409")
+        raise PermanentProviderError(PROVIDER_REFUSED, f"status {response.status_code} {code}")
 
 
 def _item_outcome(answer: dict[str, Any]) -> BookingOutcome:

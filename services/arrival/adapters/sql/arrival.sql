@@ -1,7 +1,7 @@
 -- name: remember_cases!
-INSERT INTO cases (case_id, correlationid, destination_country, accepted_event_id)
+INSERT INTO cases (case_id, correlationid, destination_country, accepted_event_id, identity_key)
 SELECT * FROM unnest(:case_ids::uuid[], :correlationids::uuid[], :destination_countries::text[],
-                     :accepted_event_ids::uuid[])
+                     :accepted_event_ids::uuid[], :identity_keys::text[])
 ON CONFLICT (case_id) DO NOTHING;
 
 -- name: remember_bookings!
@@ -22,7 +22,7 @@ RETURNING evidence_id;
 
 -- name: undecided_cases
 -- The cases and their bookings, only where both are known and no outcome was given yet.
-SELECT c.case_id, c.correlationid, c.destination_country,
+SELECT c.case_id, c.correlationid, c.destination_country, c.identity_key,
        b.flight_number, b.scheduled_departure, b.scheduled_arrival
 FROM cases c
 JOIN bookings b USING (case_id)
@@ -60,3 +60,69 @@ WHERE b.decided_at IS NULL
 ORDER BY b.scheduled_arrival
 LIMIT :limit
 FOR UPDATE OF b SKIP LOCKED;
+
+-- name: record_attestations!
+INSERT INTO attestations (case_id, key_id, token)
+SELECT * FROM unnest(:case_ids::uuid[], :key_ids::text[], :tokens::text[])
+ON CONFLICT (case_id) DO NOTHING;
+
+-- name: mark_paid!
+-- stipend.disbursed.v1: the verified case was paid (a later withdrawal is refused `already_paid`).
+UPDATE outcomes SET paid_at = now()
+WHERE case_id = ANY(:case_ids::uuid[]) AND outcome = 'verified' AND paid_at IS NULL;
+
+-- Withdrawals (contract v1.1) ------------------------------------------------------------------
+
+-- name: remember_withdrawal_requests
+-- Returns the ids of the requests seen for the first time (a resent one is answered as before).
+INSERT INTO withdrawal_requests (request_id, case_id, channel, reason, requested_at, received_at,
+                                 correlationid, event_id)
+SELECT * FROM unnest(:request_ids::uuid[], :case_ids::uuid[], :channels::text[], :reasons::text[],
+                     :requested_ats::timestamptz[], :received_ats::timestamptz[], :correlationids::uuid[],
+                     :event_ids::uuid[])
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id;
+
+-- name: withdrawal_answers
+-- Requests seen before, with their decision if they have one.
+SELECT w.request_id, w.case_id, w.decision, w.booking_cancelled, w.decided_at,
+       coalesce(c.correlationid, w.correlationid) AS correlationid
+FROM withdrawal_requests w LEFT JOIN cases c USING (case_id)
+WHERE w.request_id = ANY(:request_ids::uuid[]);
+
+-- name: waiting_withdrawals
+-- The undecided requests of the cases asked about that arrival knows, oldest first, with what
+-- decides them: the case's booking (its departure) and its outcome. Locked, so that one
+-- transaction decides each.
+SELECT w.request_id, w.case_id, w.received_at, w.event_id, c.correlationid,
+       b.scheduled_departure, o.outcome, o.paid_at
+FROM withdrawal_requests w
+JOIN cases c USING (case_id)
+LEFT JOIN bookings b USING (case_id)
+LEFT JOIN outcomes o USING (case_id)
+WHERE w.case_id = ANY(:case_ids::uuid[]) AND w.decision IS NULL
+ORDER BY w.received_at, w.request_id
+FOR UPDATE OF w SKIP LOCKED;
+
+-- name: outcomes_of
+-- A fresh statement: sees the outcomes other transactions committed meanwhile.
+SELECT case_id, outcome, paid_at FROM outcomes WHERE case_id = ANY(:case_ids::uuid[]);
+
+-- name: record_withdrawal_decisions!
+UPDATE withdrawal_requests w
+SET decision = d.decision, booking_cancelled = d.booking_cancelled, decided_at = :decided_at
+FROM unnest(:request_ids::uuid[], :decisions::text[], :bookings_cancelled::boolean[])
+     AS d (request_id, decision, booking_cancelled)
+WHERE w.request_id = d.request_id AND w.decision IS NULL;
+
+-- name: unknown_case_withdrawals
+-- Requests that waited longer than they may for their case to be known; locked so one sweeper
+-- refuses each.
+SELECT w.request_id, w.case_id, w.correlationid, w.event_id
+FROM withdrawal_requests w
+WHERE w.decision IS NULL
+  AND w.received_at < now() - make_interval(secs => :wait_seconds)
+  AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.case_id = w.case_id)
+ORDER BY w.received_at
+LIMIT :limit
+FOR UPDATE OF w SKIP LOCKED;

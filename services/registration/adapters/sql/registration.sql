@@ -40,6 +40,18 @@ FROM unnest(:application_ids::uuid[], :outcome_topics::text[], :outcome_data::te
      AS o (application_id, outcome_topic, outcome_data)
 WHERE a.application_id = o.application_id;
 
+-- name: withdraw_cases
+-- case.withdrawn.v1: the cases are marked withdrawn and their identities' claims released, in one
+-- statement; returns the cases withdrawn now.
+WITH withdrawn AS (
+    UPDATE cases SET withdrawn_at = now()
+    WHERE case_id = ANY(:case_ids::uuid[]) AND withdrawn_at IS NULL
+    RETURNING case_id
+), released AS (
+    DELETE FROM identity_claims WHERE case_id IN (SELECT case_id FROM withdrawn)
+)
+SELECT case_id FROM withdrawn;
+
 -- name: erase_cases!
 -- Erasure (services/runtime/retention.py): what registration kept of a closed case's personal
 -- data, the `sealed` of its case and of its recorded outcome (a resubmission is then answered with
