@@ -16,7 +16,7 @@ from contracts.registry import all_topics
 from services.devstack.embedded import EMBEDDED_BROKER_CLIENT_SETTINGS
 from services.runtime.crypto import Keyring, new_key_hex
 from services.runtime.settings import SERVICE_NAMES
-from tests.support import TEST_ATTESTATION_KEYS, TEST_LEDGER_KEY, PayoutSandbox, TravelSandbox
+from tests.support import TEST_ATTESTATION_KEYS, TEST_INSTRUMENT_SECRET, TEST_LEDGER_KEY, PayoutSandbox, TravelSandbox
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
@@ -65,6 +65,7 @@ class Infra:
             "HOMEWARD_PAYOUT_CALLBACK_SECRET": self.callback_secret,
             "HOMEWARD_LEDGER_KEY": TEST_LEDGER_KEY,
             "HOMEWARD_ATTESTATION_KEYS": TEST_ATTESTATION_KEYS,
+            "HOMEWARD_INSTRUMENT_SECRET": TEST_INSTRUMENT_SECRET,
             "HOMEWARD_TRAVEL_PROVIDER_URL": self.travel_url,
             "HOMEWARD_HTTP_PORT": str(self.http_port),
             "HOMEWARD_CALLBACK_PORT": str(self.callback_port),  # read by disbursement only

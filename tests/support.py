@@ -40,6 +40,8 @@ def _test_key(seed: str) -> Ed25519PrivateKey:
 
 TEST_LEDGER_KEY = new_key_hex()
 """The ledger key of the services the tests start (their journal's hash chain)."""
+TEST_INSTRUMENT_SECRET = new_key_hex()
+"""Keys the payout instruments' fingerprints of the services the tests start."""
 TEST_ATTESTATION_KEYS = attestation.new_key_set_json()
 """The private key set arrival signs departure attestations with in the tests."""
 TEST_CHAIN = ChainKey(bytes.fromhex(TEST_LEDGER_KEY))

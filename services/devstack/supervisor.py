@@ -97,11 +97,12 @@ SECRETS_BY_SERVICE: dict[str, dict[str, str]] = {
         RETIRED_DATA_KEYS: retired_name(DISBURSEMENT_DATA_KEY),
         "HOMEWARD_PAYOUT_CALLBACK_SECRET": "HOMEWARD_PAYOUT_CALLBACK_SECRET",
         "HOMEWARD_LEDGER_KEY": "HOMEWARD_LEDGER_KEY",
+        "HOMEWARD_INSTRUMENT_SECRET": "HOMEWARD_INSTRUMENT_SECRET",
     },
 }
 PROGRAM_SECRETS = (
     "HOMEWARD_IDENTITY_SECRET", *DATA_KEYS.values(), "HOMEWARD_PAYOUT_CALLBACK_SECRET", "HOMEWARD_LEDGER_KEY",
-    ATTESTATION_KEYS,
+    "HOMEWARD_INSTRUMENT_SECRET", ATTESTATION_KEYS,
 )  # fmt: skip
 """The secrets `up` generates on its first run."""
 HELD_SECRETS = frozenset(name for held in SECRETS_BY_SERVICE.values() for pair in held.items() for name in pair) | {

@@ -59,7 +59,7 @@ RETENTION = Retention(SQL, decides=frozenset({StipendDisbursed.TOPIC, StipendFai
 
 def build(settings: DisbursementSettings, database: ServiceDatabase) -> ServiceDefinition:
     named = queries(ChainKey(settings.require_ledger_key()))
-    program = handlers.Program(settings.program_amount, settings.program_currency)
+    program = handlers.Program(settings.program_amount, settings.program_currency, settings.require_instrument_secret())
     data_key = settings.require_data_key()
     worker = handlers.PayoutWorker(
         database=database,

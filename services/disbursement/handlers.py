@@ -34,6 +34,8 @@ logger = structlog.get_logger("homeward.disbursement")
 class Program:
     amount: Decimal
     currency: str
+    instrument_secret: bytes | None = None
+    """Keys the payout instruments' fingerprints (contract v1.1 review holds); None: no such holds."""
 
 
 async def handle_accepted(
@@ -45,9 +47,11 @@ async def handle_accepted(
     data_key: crypto.Keyring,
 ) -> None:
     """A run of accepted cases, remembered by one insert with the payout part of `sealed` (its
-    ciphertext with the case, its case key in `case_keys`); those already verified get their payment."""
+    ciphertext with the case, its case key in `case_keys`) and its instrument's fingerprint; those
+    already verified get their payment."""
     cases = [event.data for event in events]
     parts = [casekeys.take(case.sealed, casekeys.PAYOUT) for case in cases]
+    await casekeys.keep_case_keys(uow, [case.case_id for case in cases], parts, data_key)
     await queries.payments.remember_cases(
         uow.connection,
         case_ids=[case.case_id for case in cases],
@@ -55,9 +59,23 @@ async def handle_accepted(
         correlationids=[event.correlationid for event in events],
         sealed=[part.ciphertext for part in parts],
         accepted_event_ids=[event.id for event in events],
+        fingerprints=[
+            _fingerprint(data_key, program, case.case_id, part) for case, part in zip(cases, parts, strict=True)
+        ],
     )
-    await casekeys.keep_case_keys(uow, [case.case_id for case in cases], parts, data_key)
     await open_payments(uow, queries, [case.case_id for case in cases], program)
+
+
+def _fingerprint(data_key: crypto.Keyring, program: Program, case_id: UUID, part: casekeys.Taken) -> str | None:
+    """The case's instrument fingerprint; None where the part does not open (its payout fails
+    then, as unreadable) or no instrument secret is set (no review holds)."""
+    if program.instrument_secret is None:
+        return None
+    try:
+        person = casekeys.open_taken(data_key, part, case_id=str(case_id), purpose=casekeys.PAYOUT)
+    except crypto.UNSEAL_ERRORS:
+        return None
+    return domain.instrument_fingerprint(program.instrument_secret, person["payout"])
 
 
 async def handle_verified(
@@ -99,6 +117,16 @@ async def open_payments(uow: UnitOfWork, queries: Queries, case_ids: list[UUID],
         await queries.payments.refuse(
             uow.connection, case_ids=[case["case_id"] for case in refused], reason=domain.REFUSED_IDENTITY_PAID
         )
+    fingerprints = {domain.payment_id_for(case["case_id"]): case["instrument_fingerprint"] for case in cases}
+    shared = await _shared_instruments(uow, queries, payments, fingerprints)
+    paused = bool(await queries.payments.program_paused(uow.connection))
+    held = {
+        payment["payment_id"]: domain.HELD_INSTRUMENT_SHARED if payment["payment_id"] in shared
+        else domain.HELD_PROGRAM_PAUSED
+        for payment in payments if payment["payment_id"] in shared or paused
+    }  # fmt: skip
+    await hold(uow, queries, [payment for payment in payments if payment["payment_id"] in held], held)
+    payments = [payment for payment in payments if payment["payment_id"] not in held]
     for payment, reserved in zip(payments, await stipends.reserve(uow.connection, queries, payments), strict=True):
         if reserved:
             logger.debug(
@@ -107,6 +135,43 @@ async def open_payments(uow: UnitOfWork, queries: Queries, case_ids: list[UUID],
             )  # fmt: skip
         else:
             stipends.emit_held(uow, payment)
+
+
+async def _shared_instruments(
+    uow: UnitOfWork, queries: Queries, payments: list[Any], fingerprints: dict[UUID, str | None]
+) -> set[UUID]:
+    """The new payments whose instrument already went to another identity: each payment claims its
+    fingerprint by one insert (the claims' primary key decides between concurrent ones), and a
+    claim it lost is looked up by one more statement."""
+    claiming = [payment for payment in payments if fingerprints.get(payment["payment_id"])]
+    if not claiming:
+        return set()
+    won = {row["payment_id"] for row in await fetch_all(queries.payments.claim_instruments(
+        uow.connection,
+        fingerprints=[fingerprints[payment["payment_id"]] for payment in claiming],
+        identity_keys=[payment["identity_key"] for payment in claiming],
+        payment_ids=[payment["payment_id"] for payment in claiming],
+    ))}  # fmt: skip
+    lost = [payment for payment in claiming if payment["payment_id"] not in won]
+    if not lost:
+        return set()
+    holders = {row["fingerprint"]: row["identity_key"] for row in await fetch_all(queries.payments.instrument_holders(
+        uow.connection, fingerprints=sorted({str(fingerprints[payment["payment_id"]]) for payment in lost})
+    ))}  # fmt: skip
+    return {payment["payment_id"] for payment in lost
+            if holders.get(fingerprints[payment["payment_id"]]) != payment["identity_key"]}  # fmt: skip
+
+
+async def hold(uow: UnitOfWork, queries: Queries, payments: list[Any], reasons: dict[UUID, str]) -> None:
+    """Holds payments for review or the pause (one statement per reason), each with its event."""
+    for reason in sorted(set(reasons.values())):
+        await queries.payments.hold_payments(
+            uow.connection,
+            payment_ids=[payment["payment_id"] for payment in payments if reasons[payment["payment_id"]] == reason],
+            reason=reason,
+        )
+    for payment in payments:
+        stipends.emit_held(uow, payment, reasons[payment["payment_id"]])
 
 
 def _refuse_second_stipends(uow: UnitOfWork, cases: list[Any]) -> None:

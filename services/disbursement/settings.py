@@ -48,6 +48,34 @@ class LedgerKey(HomewardSettings):
         return bytes.fromhex(self.ledger_key.get_secret_value())
 
 
+class InstrumentSecret(HomewardSettings):
+    """Keys the payout instruments' fingerprints (contract v1.1 review holds): disbursement only."""
+
+    instrument_secret: SecretStr | None = Field(
+        default=None,
+        description="Hex HMAC key (at least 32 bytes) of payout-instrument fingerprints: a payment to an "
+        "instrument another identity was paid to is held for review (`instrument_shared`)",
+    )
+    instrument_secret_file: Path | None = Field(
+        default=None, description="A file holding HOMEWARD_INSTRUMENT_SECRET, instead of it"
+    )
+
+    _instrument_secret_from_file = secret_files("instrument_secret")
+
+    @field_validator("instrument_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        hex_key(value, "HOMEWARD_INSTRUMENT_SECRET", at_least=HMAC_KEY_BYTES_MIN)
+        return value
+
+    def require_instrument_secret(self) -> bytes:
+        if self.instrument_secret is None:
+            raise SystemExit(
+                "HOMEWARD_INSTRUMENT_SECRET is not set (hex, at least 64 characters); `homeward up` generates one."
+            )
+        return bytes.fromhex(self.instrument_secret.get_secret_value())
+
+
 class ProgramSettings(ProgramCurrency):
     """The program's money."""
 
@@ -58,7 +86,14 @@ class ProgramSettings(ProgramCurrency):
 
 
 class DisbursementSettings(
-    ServiceSettings, SealedData, LedgerKey, PayoutCallbacks, PayoutProviderAccess, ProviderTls, ProgramSettings
+    ServiceSettings,
+    SealedData,
+    LedgerKey,
+    InstrumentSecret,
+    PayoutCallbacks,
+    PayoutProviderAccess,
+    ProviderTls,
+    ProgramSettings,
 ):
     payout_provider_url: str | None = Field(
         default=None, description="Base URL of the payout provider, e.g. http://127.0.0.1:8090"

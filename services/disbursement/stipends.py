@@ -182,32 +182,44 @@ async def apply(uow: UnitOfWork, queries: Queries, changes: Sequence[Change]) ->
             log.warning("stipend.failed", reason=change.reason)
 
 
-def emit_held(uow: UnitOfWork, payment: Any) -> None:
+def emit_held(uow: UnitOfWork, payment: Any, reason: str = domain.HELD_BUDGET_EXHAUSTED) -> None:
     held = StipendHeld(
-        case_id=payment["case_id"], payment_id=payment["payment_id"],
-        reason=domain.HELD_BUDGET_EXHAUSTED, held_at=now(),
+        case_id=payment["case_id"], payment_id=payment["payment_id"], reason=reason, held_at=now(),
     )  # fmt: skip
     uow.emit(held, correlationid=payment["correlationid"], causationid=payment["cause_event_id"])
     logger.warning(
         "stipend.held", payment_id=payment["payment_id"], case_id=payment["case_id"],
-        correlationid=payment["correlationid"],
+        correlationid=payment["correlationid"], reason=reason,
     )  # fmt: skip
 
 
-async def release_held(connection: Connection, queries: Queries, *, limit: int) -> int:
-    """Reserves held stipends oldest first while the budget allows; stops at the first that does not fit.
+async def release_held(
+    connection: Connection, queries: Queries, *, limit: int, reason: str = domain.HELD_BUDGET_EXHAUSTED
+) -> int:
+    """Reserves stipends held for `reason` oldest first while the budget allows; stops at the first
+    that does not fit. Nothing while the program is paused (a payment due then waits for resume).
 
     The budget is read first, so that waiting for a top-up records no refused reservations."""
+    if await queries.payments.program_paused(connection):
+        return 0
+    fitting_ids = await fitting(connection, queries, await fetch_all(
+        queries.payments.held_payments(connection, limit=limit, reason=reason)
+    ))  # fmt: skip
+    if not fitting_ids:
+        return 0
+    payments = await fetch_all(queries.payments.lock_payments(connection, payment_ids=fitting_ids, lease_id=None))
+    released = sum(await reserve(connection, queries, payments))
+    logger.info("stipend.released", payments=released, reason=reason)
+    return released
+
+
+async def fitting(connection: Connection, queries: Queries, held: list[Any]) -> list[Any]:
+    """The ids of the first of `held` (oldest first) that the budget can still take."""
     available = await queries.ledger.available(connection, code=domain.BUDGET_ACCOUNT)
-    fitting: list[Any] = []
-    for row in await fetch_all(queries.payments.held_payments(connection, limit=limit)):
+    taken: list[Any] = []
+    for row in held:
         if available is None or available < row["amount"]:
             break
         available -= row["amount"]
-        fitting.append(row["payment_id"])
-    if not fitting:
-        return 0
-    payments = await fetch_all(queries.payments.lock_payments(connection, payment_ids=fitting, lease_id=None))
-    released = sum(await reserve(connection, queries, payments))
-    logger.info("stipend.released", payments=released)
-    return released
+        taken.append(row["payment_id"])
+    return taken

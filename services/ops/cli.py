@@ -21,6 +21,7 @@ from services.ops.keys import keys_app
 from services.ops.ledger import ledger_app
 from services.ops.report import report
 from services.ops.retention import retention_app
+from services.ops.review import approvals_app, program_app, review_app
 from services.ops.sandbox import sandbox_app
 from services.ops.signers import signers_app
 from services.runtime.settings import SERVICE_NAMES, HomewardSettings, Infrastructure
@@ -46,6 +47,9 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(retention_app, name="retention")
 app.add_typer(attestation_app, name="attestation")
+app.add_typer(review_app, name="review")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(program_app, name="program")
 
 
 def _version(asked: bool) -> None:

@@ -325,3 +325,95 @@ def payout_provider(
         backoff_initial_seconds=backoff_initial_seconds, token=token, ca_file=settings.provider_ca_file,
         client_cert=settings.provider_client_cert(),
     )  # fmt: skip
+
+
+def in_unit_of_work(
+    database_url: str,
+    service: str,
+    work: Callable[[Any], Awaitable[T]],
+    *,
+    holds: str,
+    refusals: tuple[type[Exception], ...] = (),
+    closing_topics: frozenset[str] = frozenset(),
+) -> T:
+    """Runs `work` in one unit of work of `service` (its schema, its outbox): what it changes and
+    the events it emits commit together, or not at all. A refusal of the kinds given ends the
+    command with exit code 1 and its message; unreachable or unmigrated, as `on_schema` says."""
+    from services.runtime.db import init_connection, runtime_queries
+    from services.runtime.uow import ServiceDatabase
+
+    async def main() -> T:
+        import asyncpg
+
+        from services.runtime import reachability
+
+        try:
+            pool = await asyncpg.create_pool(
+                database_url, min_size=1, max_size=1, init=init_connection, server_settings={"search_path": service}
+            )
+        except reachability.errors() as error:
+            typer.echo(f"error: {reachability.describe(error, Infrastructure(database_url=database_url))}.", err=True)
+            raise typer.Exit(1) from error
+        try:
+            database = ServiceDatabase(pool, service, runtime_queries(), closing_topics=closing_topics)
+            async with database.unit() as uow:
+                return await work(uow)
+        except refusals as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from error
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as error:
+            typer.echo(f"error: the database has no {holds} of this version yet ({error}).", err=True)
+            typer.echo(MIGRATE_FIRST, err=True)
+            raise typer.Exit(1) from error
+        finally:
+            await pool.close()
+
+    return asyncio.run(main())
+
+
+# Two-person controls on money (services/ops/review.py, `ledger fund`) ---------------------------
+
+
+def _disbursement_queries() -> tuple[Any, Any]:
+    from services.disbursement.app import SQL, queries
+    from services.runtime.db import load_queries
+
+    return queries(), load_queries(SQL / "review.sql")
+
+
+def in_disbursement(state_dir: Path | None, work: Any) -> Any:
+    """Runs `work(uow, queries, review, audit)` in one unit of work of disbursement, as its role."""
+    from services.disbursement import review
+    from services.disbursement.app import RETENTION, queries
+
+    database_url, _ = locate(state_dir, "disbursement")
+    named, review_sql = _disbursement_queries()
+    chain = ledger_chain(state_dir)
+    named = queries(chain) if chain is not None else named
+
+    async def run(uow: Any) -> Any:
+        return await work(uow, named, review_sql)
+
+    return in_unit_of_work(
+        database_url, "disbursement", run, holds="review tables", refusals=(review.ReviewRefused,),
+        closing_topics=RETENTION.decides,
+    )  # fmt: skip
+
+
+def audit_as(operator: str) -> Any:
+    """The audit line of a change, on the change's own connection."""
+
+    async def audit(connection: Any, command: str, arguments: dict[str, Any], outcome: dict[str, Any]) -> None:
+        await record_action(connection, operator, command, arguments, outcome)
+
+    return audit
+
+
+def request_line(requested: Any) -> str:
+    return (f"request {requested.request_id} ({requested.action}) waits for another operator: "
+            f"homeward approvals approve {requested.request_id} --operator NAME")  # fmt: skip
+
+
+def review_queries() -> Any:
+    """The SQL of review holds, approvals and the pause (disbursement's adapters/sql/review.sql)."""
+    return _disbursement_queries()[1]

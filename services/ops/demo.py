@@ -31,7 +31,7 @@ async def _demo(
     demo = Demo(
         runtime, participants, console, random.Random(),
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms, compression_type=settings.kafka_compression_type,
-        kafka_options=client_options(settings),
+        kafka_options=client_options(settings), program_rules=True,
     )  # fmt: skip
     wall = await demo.run(timeout_seconds)
     if not demo.up_alive():

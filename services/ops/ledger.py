@@ -21,15 +21,16 @@ from services.ops.common import (
     AsJson,
     Operator,
     StateDir,
+    audit_as,
     console,
     emit,
+    in_disbursement,
     ledger_chain,
     locate,
     not_running,
     on_schema,
     operator_name,
     payout_provider,
-    record_action,
 )
 
 ledger_app = typer.Typer(help="The stipend ledger: fund, balances, verify, reconcile.", no_args_is_help=True)
@@ -105,47 +106,39 @@ def fund(
     state_dir: StateDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Top up the program budget; held stipends are released.
+    """Ask to top up the program budget; another operator approves.
 
-    Top up the program budget (idempotent per reference); held stipends are then released oldest first.
+    Ask to top up the program budget (idempotent per reference). Funding takes two people: once
+    another operator approves the request (`homeward approvals approve`), the budget is credited
+    and held stipends are released oldest first.
 
     Example: `homeward ledger fund --amount 250000.00 --reference grant-2026-12 --operator ana`."""
-    from services.disbursement import operations, stipends
+    from services.disbursement import review
 
     who = operator_name(operator)
-
     currency = ProgramCurrency().program_currency
     value = parse_amount(amount, currency)
+    if ledger_chain(state_dir) is None:
+        raise typer.BadParameter(
+            "appending to the ledger needs its key: set HOMEWARD_LEDGER_KEY (or _FILE), or pass the --state-dir "
+            "of the running `homeward up` that made it"
+        )
 
-    async def work(connection: Any, named: Any, _: str | None) -> dict[str, Any]:
-        async with connection.transaction():
-            result = await stipends.fund(connection, named, amount=value, currency=currency, reference=reference)
-            arguments = {"amount": f"{value:.2f}", "currency": currency, "reference": reference}
-            await record_action(connection, who, "ledger fund", arguments, asdict(result))
-        released = 0
-        for _round in range(RELEASE_ROUNDS_MAX):
-            async with connection.transaction():
-                step = await stipends.release_held(connection, named, limit=RELEASE_BATCH_SIZE_MAX)
-            released += step
-            if step < RELEASE_BATCH_SIZE_MAX:
-                break
-        budget = budget_of(await operations.balances(connection, named))
-        return {**asdict(result), "amount": f"{value:.2f}", "currency": currency, "held_released": released,
-                "budget": budget}  # fmt: skip
+    async def work(uow: Any, named: Any, review_sql: Any) -> dict[str, Any]:
+        return await review.request_funding(uow, named, review_sql, operator=who, audit=audit_as(who),
+                                            amount=value, currency=currency, reference=reference)  # fmt: skip
 
-    outcome = _run(state_dir, work, login="disbursement")
-    table = Table(title="Budget top-up", title_justify="left")
-    columns = ("status", "transfer_id", "amount", "currency", "held_released", "code", "field")
-    shown = [key for key in columns if outcome.get(key) is not None]
-    for key in shown:
-        table.add_column(key.replace("_", " "))
-    table.add_row(*(str(outcome[key]) for key in shown))
-    if as_json:
-        emit(True, outcome, None)
-    else:
-        console().print(table)
-        if outcome["budget"] is not None:
-            console().print(budget_table(outcome["budget"]))
+    outcome = {**in_disbursement(state_dir, work), "amount": f"{value:.2f}", "currency": currency,
+               "reference": reference}  # fmt: skip
+    emit(as_json, outcome, None)
+    if not as_json:
+        if outcome["status"] == "requested":
+            typer.echo(f"request {outcome['request_id']} (fund {value:,.2f} {currency}) waits for another operator: "
+                       f"homeward approvals approve {outcome['request_id']} --operator NAME")  # fmt: skip
+        elif outcome["status"] == "exists":
+            typer.echo(f"the top-up {reference!r} was made already ({value:,.2f} {currency}); nothing changed")
+        else:
+            typer.echo(f"error: the top-up {reference!r} was made already with another {outcome['field']}", err=True)
     if outcome["status"] == "refused":
         raise typer.Exit(1)
 

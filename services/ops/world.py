@@ -35,8 +35,10 @@ from rich.table import Table
 from contracts.client import Publisher, Signer
 from contracts.events import (
     EVIDENCE_TOPIC,
+    ArrivalAttested,
     ArrivalRejected,
     ArrivalVerified,
+    CaseWithdrawn,
     RegistrationAccepted,
     RegistrationRejected,
     RegistrationSubmitted,
@@ -45,6 +47,8 @@ from contracts.events import (
     StipendHeld,
     TravelBooked,
     TravelBookingFailed,
+    WithdrawalRefused,
+    WithdrawalRequested,
 )
 from contracts.signing import SIGNER_SOURCES, public_key_pem
 from services.devstack.running import READY_PREFIX, Runtime
@@ -100,7 +104,17 @@ FAMILY = ["Reyes", "Mendoza", "García", "López", "Hernández", "Martínez", "P
 OUTBOUND_TOPICS = [
     RegistrationAccepted.TOPIC, RegistrationRejected.TOPIC, TravelBooked.TOPIC, TravelBookingFailed.TOPIC,
     ArrivalVerified.TOPIC, ArrivalRejected.TOPIC, StipendHeld.TOPIC, StipendDisbursed.TOPIC, StipendFailed.TOPIC,
+    CaseWithdrawn.TOPIC, WithdrawalRefused.TOPIC, ArrivalAttested.TOPIC,
 ]  # fmt: skip
+WITHDRAW_BEFORE = "withdraw_before"
+"""A participant who changes their mind once their flight is booked, before it leaves."""
+WITHDRAW_AFTER = "withdraw_after"
+"""A participant who asks to withdraw after arriving: too late (refused)."""
+SHARES_WALLET = "shares_wallet"
+"""A participant whose payout wallet is another participant's (a family's): held for review."""
+REVIEWERS = ("homeward world reviewer 1", "homeward world reviewer 2")
+"""The two operators the world's review of held payments names in the audit trail."""
+REVIEW_RELEASE_BATCH_MAX = 200
 
 
 @dataclass
@@ -111,6 +125,9 @@ class Participant:
     expected: str  # "accepted" or a rejection code
     destination_country: str
     envelope: bytes = b""
+    plan: str | None = None
+    """What the participant does besides going home (contract v1.1): WITHDRAW_BEFORE, WITHDRAW_AFTER
+    or SHARES_WALLET; None for most."""
     """The registration the app sends first, built before the run so that sending costs nothing more."""
 
 
@@ -130,11 +147,20 @@ class Tally:
     payments: dict[UUID, set[UUID]] = field(default_factory=dict)  # case -> payment ids
     paid: dict[UUID, Decimal] = field(default_factory=dict)  # payment id -> amount
     settled: set[UUID] = field(default_factory=set)
-    """Cases with a final outcome (paid, held, failed, booking failed, arrival rejected); kept as
-    the events come, so that asking whether the run is over costs nothing."""
+    """Cases with a final outcome (paid, held, failed, booking failed, arrival rejected, withdrawn);
+    kept as the events come, so that asking whether the run is over costs nothing."""
+    withdrawn: set[UUID] = field(default_factory=set)
+    withdrawal_refused: Counter[str] = field(default_factory=Counter)
+    attested: set[UUID] = field(default_factory=set)
+    held_for_review: set[UUID] = field(default_factory=set)
+    held_paused: set[UUID] = field(default_factory=set)
+    reviewed: set[UUID] = field(default_factory=set)
+    """Cases whose held payment the world's two reviewers released."""
+    awaiting: set[UUID] = field(default_factory=set)
+    """Cases whose withdrawal request has no answer yet."""
 
     def finished(self, participants: int) -> bool:
-        return len(self.decided) >= participants and len(self.settled) >= len(self.cases)
+        return len(self.decided) >= participants and len(self.settled) >= len(self.cases) and not self.awaiting
 
 
 class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
@@ -155,9 +181,11 @@ def _retryable(error: Exception) -> bool:
     return isinstance(error, KafkaError) and not isinstance(error, ProducerClosed)
 
 
-def make_cohort(size: int, rng: random.Random) -> list[Participant]:
+def make_cohort(size: int, rng: random.Random, *, program_rules: bool = False) -> list[Participant]:
     """Mostly eligible people; about 1% each ineligible for one of four reasons, and 1% duplicates
-    (a second application with someone else's identity document)."""
+    (a second application with someone else's identity document). With `program_rules` (contract
+    v1.1), about 1% more each change their mind before their flight, ask to withdraw once home, or
+    are paid to another participant's wallet."""
     # Document numbers are unique to the run too, so that a second cohort sent to the same `up`
     # is not refused as duplicates of the first.
     run_tag = f"{rng.randrange(16**6):06X}"
@@ -173,6 +201,15 @@ def make_cohort(size: int, rng: random.Random) -> list[Participant]:
     for index, original in zip(chosen["duplicate_registration"], plain, strict=False):
         cohort[index].payload["identity_document"] = dict(cohort[original].payload["identity_document"])
         cohort[index].expected = "duplicate_registration"
+    if program_rules and per_kind:
+        # Among the plain ones past those the duplicates copied: each kind its own people.
+        rest = plain[per_kind:]
+        for n, plan in enumerate((WITHDRAW_BEFORE, WITHDRAW_AFTER, SHARES_WALLET)):
+            for index in rest[n * per_kind : (n + 1) * per_kind]:
+                cohort[index].plan = plan
+        owners = rest[3 * per_kind : 4 * per_kind]
+        for index, owner in zip(rest[2 * per_kind : 3 * per_kind], owners, strict=False):
+            cohort[index].payload["payout"] = dict(cohort[owner].payload["payout"])
     for participant in cohort:
         participant.envelope = registration_envelope(participant)
     return cohort
@@ -192,6 +229,13 @@ def registration_envelope(participant: Participant) -> bytes:
     return record.value
 
 
+def _wallet(run_tag: str, index: int) -> str:
+    """A person's own mobile wallet: distinct people do not share one by chance (a wallet shared
+    by several identities is held for review), so the number is unique to the run and the person
+    (E.164 allows the 11 digits after +504; beyond 100,000 people a run reuses numbers)."""
+    return f"+504{int(run_tag, 16) % 10**6:06d}{index % 10**5:05d}"
+
+
 def _participant(index: int, run_tag: str, rng: random.Random) -> Participant:
     country, city, airport = rng.choice(DESTINATIONS)
     state, us_city, origin = rng.choice(ORIGINS)
@@ -200,9 +244,9 @@ def _participant(index: int, run_tag: str, rng: random.Random) -> Participant:
     submitted = datetime.now(UTC)
     birth = date(rng.randrange(1950, 2004), rng.randrange(1, 13), rng.randrange(1, 29))
     payout: dict[str, Any] = (
-        {"method": "mobile_money", "msisdn": f"+504{rng.randrange(10**7, 10**8)}", "provider": "tigo"}
+        {"method": "mobile_money", "msisdn": _wallet(run_tag, index), "provider": "tigo"}
         if index % 3
-        else {"method": "bank_account", "bank_code": "BANKXX", "account_number": f"{rng.randrange(10**9, 10**10)}",
+        else {"method": "bank_account", "bank_code": "BANKXX", "account_number": f"{int(run_tag, 16):08d}{index:07d}",
               "account_name": f"{given} {family}"}
     )  # fmt: skip
     payload = {
@@ -349,10 +393,11 @@ class Demo:
         compression_type: str | None = None,
         rate: float | None = None,
         kafka_options: dict[str, Any] | None = None,
+        program_rules: bool = False,
     ) -> None:
         # The world's apps refresh their view of the topics (metadata_max_age_ms) like Homeward's services do.
         self.runtime = runtime
-        self.cohort = make_cohort(participants, rng)
+        self.cohort = make_cohort(participants, rng, program_rules=program_rules)
         self.by_application = {p.application_id: p for p in self.cohort}
         self.console = console
         self.rng = rng
@@ -369,6 +414,12 @@ class Demo:
         self.early: dict[UUID, list[tuple[str, dict[str, Any]]]] = {}
         self.bookings: list[Booking] = []
         """Booked, not yet answered: the follower answers them together after each poll."""
+        self.flights: dict[UUID, Booking] = {}
+        """The booked flights of those who plan to withdraw: landed all the same if refused."""
+        self.withdrawals: list[UUID] = []
+        """Cases whose participant asks to withdraw, sent together after each poll."""
+        self.to_review: list[UUID] = []
+        """Payments held for review, released by the world's two reviewers after each poll."""
         self.producer = AIOKafkaProducer(
             bootstrap_servers=runtime.kafka,
             enable_idempotence=False,
@@ -536,6 +587,12 @@ class Demo:
                 # Answered in the background, as carriers and apps would: the follower keeps reading.
                 self._in_background(self._answer(self.bookings))
                 self.bookings = []
+            if self.withdrawals:
+                self._in_background(self._withdraw(self.withdrawals))
+                self.withdrawals = []
+            if self.to_review:
+                self._in_background(self._review(self.to_review))
+                self.to_review = []
             self._update(progress)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -577,12 +634,42 @@ class Demo:
             if len(self.early) < EARLY_EVENTS_MAX:
                 self.early.setdefault(case_id, []).append((topic, envelope))
             return
+        plan = self.by_application[tally.cases[case_id]].plan
         if topic == TravelBooked.TOPIC:
             if case_id not in tally.booked:
                 tally.booked.add(case_id)
                 arrival = datetime.fromisoformat(data["scheduled_arrival"])
-                self.bookings.append(Booking(case_id, data["flight_number"], arrival))
+                booking = Booking(case_id, data["flight_number"], arrival)
+                if plan == WITHDRAW_BEFORE:  # changes their mind before the flight leaves
+                    self.flights[case_id] = booking
+                    self.withdrawals.append(case_id)
+                else:
+                    self.bookings.append(booking)
             return
+        if topic == CaseWithdrawn.TOPIC:
+            tally.withdrawn.add(case_id)
+            tally.settled.add(case_id)
+            tally.awaiting.discard(case_id)
+            return
+        if topic == WithdrawalRefused.TOPIC:
+            if case_id in tally.awaiting:
+                tally.awaiting.discard(case_id)
+                tally.withdrawal_refused[data["reason"]] += 1
+                if case_id in self.flights:  # asked too late: they flew after all
+                    self.bookings.append(self.flights.pop(case_id))
+            return
+        if topic == ArrivalAttested.TOPIC:
+            tally.attested.add(case_id)
+            return
+        if topic == ArrivalVerified.TOPIC and plan == WITHDRAW_AFTER and case_id not in tally.verified:
+            self.withdrawals.append(case_id)  # home, and asks to withdraw: too late
+        if topic == StipendHeld.TOPIC and data["reason"] != "budget_exhausted":
+            if data["reason"] == "instrument_shared" and case_id not in tally.held_for_review:
+                tally.held_for_review.add(case_id)
+                self.to_review.append(UUID(data["payment_id"]))
+            elif data["reason"] == "program_paused":
+                tally.held_paused.add(case_id)
+            return  # not settled: paid once reviewed, or once the program resumes
         if topic == StipendDisbursed.TOPIC:
             tally.payments.setdefault(case_id, set()).add(UUID(data["payment_id"]))
             tally.paid[UUID(data["payment_id"])] = Decimal(data["amount"])
@@ -616,6 +703,62 @@ class Demo:
                 cases = {record.key for record in chunk}
                 self.unanswered += len(cases)
                 self.console.print(f"[red]evidence for {len(cases)} case(s) not sent: {type(error).__name__}[/red]")
+
+    async def _withdraw(self, cases: list[UUID]) -> None:
+        """The participants' withdrawal requests, from the app (contract v1.1)."""
+        records = []
+        for case_id in cases:
+            participant = self.by_application[self.tally.cases[case_id]]
+            request = {
+                "request_id": str(uuid4()), "case_id": str(case_id), "requested_at": datetime.now(UTC).isoformat(),
+                "channel": "participant_app", "reason": "changed_mind",
+            }  # fmt: skip
+            record = REGISTRATION_APP.record(
+                WithdrawalRequested.TOPIC, request, correlationid=participant.correlationid, validate=False
+            )
+            records.append(Record(record.topic, record.key, record.value, tuple(record.headers)))
+            self.tally.awaiting.add(case_id)
+        try:
+            await self.publish(records)
+        except (KafkaError, OSError) as error:
+            self.console.print(f"[red]{len(records)} withdrawal request(s) not sent: {type(error).__name__}[/red]")
+            self.tally.awaiting.difference_update(cases)
+
+    async def _review(self, payment_ids: list[UUID]) -> None:
+        """The world's two reviewers: one asks to release each payment held for review, the other
+        approves, as `homeward review release` and `homeward approvals approve` do."""
+        import asyncpg
+
+        from services.disbursement import review
+        from services.disbursement.app import RETENTION, SQL, queries
+        from services.disbursement.ledger import ChainKey
+        from services.runtime.db import init_connection, load_queries, runtime_queries
+        from services.runtime.uow import ServiceDatabase
+
+        key = self.runtime.secret("HOMEWARD_LEDGER_KEY")
+        named, review_sql = queries(ChainKey(bytes.fromhex(key or ""))), load_queries(SQL / "review.sql")
+        pool = await asyncpg.create_pool(
+            self.runtime.database_url_of("disbursement"), min_size=1, max_size=1, init=init_connection,
+            server_settings={"search_path": "disbursement"},
+        )  # fmt: skip
+        database = ServiceDatabase(pool, "disbursement", runtime_queries(), closing_topics=RETENTION.decides)
+
+        def audit(operator: str) -> Any:
+            return lambda connection, command, arguments, outcome: record_action(
+                connection, operator, command, arguments, outcome
+            )
+
+        try:
+            for payment_id in payment_ids:
+                async with database.unit() as uow:
+                    asked = await review.request(uow, named, review_sql, action=review.RELEASE, operator=REVIEWERS[0],
+                                                 audit=audit(REVIEWERS[0]), payment_id=payment_id)  # fmt: skip
+                async with database.unit() as uow:
+                    await review.approve(uow, named, review_sql, request_id=asked.request_id, operator=REVIEWERS[1],
+                                         audit=audit(REVIEWERS[1]), release_limit=REVIEW_RELEASE_BATCH_MAX)  # fmt: skip
+                self.tally.reviewed.add(payment_id)
+        finally:
+            await pool.close()
 
     def _update(self, progress: Progress) -> None:
         tally = self.tally
@@ -678,7 +821,16 @@ def summarize(
         ("booking failed", f"{len(tally.booking_failed)}", run),
         ("arrivals verified", f"{len(tally.verified)}", run),
         ("stipends disbursed", f"{len(tally.payments)}", run),
-        ("stipends held", f"{len(tally.held)}", run),
+        ("stipends held for budget", f"{len(tally.held)}", run),
+        ("withdrawn before departure", f"{len(tally.withdrawn)}", run),
+        *(
+            (f"withdrawal refused: {reason}", f"{count}", run)
+            for reason, count in sorted(tally.withdrawal_refused.items())
+        ),
+        ("departures attested", f"{len(tally.attested)}", run),
+        ("held for review (shared wallet)", f"{len(tally.held_for_review)}", run),
+        ("released by two reviewers", f"{len(tally.reviewed)}", run),
+        ("held while the program was paused", f"{len(tally.held_paused)}", run),
         ("total paid", f"{total_paid:,.2f} USD", run),
         ("budget left", f"{ledger.budget_left:,.2f} USD" if ledger.budget_left is not None else "unknown", program),
         ("payouts at the provider", f"{ledger.provider_payouts}", program),
@@ -695,9 +847,15 @@ def summarize(
         breaches.append(f"{len(twice)} case(s) paid more than once")
     if ledger.identities_paid_twice:
         breaches.append(f"{ledger.identities_paid_twice} identities paid more than once in the ledger")
-    unpaid = set(tally.cases) - set(tally.payments) - tally.held
+    unpaid = set(tally.cases) - set(tally.payments) - tally.held - tally.withdrawn
     if unpaid:
         breaches.append(f"{len(unpaid)} accepted case(s) not paid")
+    if paid_withdrawn := tally.withdrawn & set(tally.payments):
+        breaches.append(f"{len(paid_withdrawn)} withdrawn case(s) paid")
+    if unattested := tally.verified - tally.attested:
+        breaches.append(f"{len(unattested)} verified case(s) without an attestation")
+    if tally.withdrawn & tally.attested:
+        breaches.append(f"{len(tally.withdrawn & tally.attested)} withdrawn case(s) attested")
     if len(tally.decided) < len(cohort):
         breaches.append(f"{len(cohort) - len(tally.decided)} application(s) got no answer")
     expected_accepted = Counter(p.expected for p in cohort)["accepted"]

@@ -92,7 +92,12 @@ class TravelSandboxSettings(HttpListener, StateDirectory, SandboxTls):
     sandbox_travel_failure_rate: float = Field(
         default=0.0, ge=0.0, le=1.0, description="Share of booking requests answered 503 without booking"
     )
-    sandbox_flight_departure_delay_seconds: int = Field(default=0, ge=0)
+    sandbox_flight_departure_delay_seconds: int = Field(
+        default=120,
+        ge=0,
+        description="Flights leave this long after booking: until then a withdrawal cancels the ticket (the world's "
+        "evidence, dated the flight's arrival, is within the five minutes ahead the policy allows)",
+    )
     sandbox_flight_duration_seconds: int = Field(default=0, ge=0)
 
     def store(self) -> Path:

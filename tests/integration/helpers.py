@@ -127,6 +127,12 @@ def sealed_for(infra: Infra, case_id: UUID, *, payout: dict[str, Any] | None = N
     return casekeys.seal_case(readers, contents, case_id=str(case_id))
 
 
+def own_wallet() -> dict[str, Any]:
+    """A mobile wallet no other case uses: a case paid to another identity's wallet is held for
+    review (contract v1.1, `instrument_shared`)."""
+    return {**MOBILE_MONEY, "msisdn": f"+504{secrets.randbelow(10**8):08d}"}
+
+
 def accepted(
     infra: Infra,
     *,
@@ -143,7 +149,7 @@ def accepted(
         "origin_airport": "IAH",
         "destination_country": DESTINATION_COUNTRY,
         "destination_airport": "TGU",
-        "sealed": sealed_for(infra, case_id, payout=payout),
+        "sealed": sealed_for(infra, case_id, payout=payout or own_wallet()),
         "accepted_at": iso(now()),
     }
 

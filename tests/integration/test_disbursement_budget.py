@@ -78,30 +78,45 @@ class Command:
     """Lines printed before the JSON document; a script reading --json output needs there to be none."""
 
 
-async def homeward_ledger(infra: Infra, database_url: str, *arguments: str) -> Command:
-    """Runs `homeward ledger … --json` as an operator's script would, against this module's database."""
+async def homeward_ledger(
+    infra: Infra, database_url: str, *arguments: str, group: str = "ledger", operator: str = "test-operator"
+) -> Command:
+    """Runs `homeward ledger … --json` (or another group's command) as an operator's script would,
+    against this module's database."""
     env = {
         **os.environ,
         "HOMEWARD_DATABASE_URL": database_url,
         "HOMEWARD_PAYOUT_PROVIDER_URL": infra.payouts_url,
-        "HOMEWARD_OPERATOR": "test-operator",
+        "HOMEWARD_OPERATOR": operator,
         # The key the disbursement under test chains the journal with: a top-up appends to it.
         "HOMEWARD_LEDGER_KEY": TEST_LEDGER_KEY,
     }
     completed = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "services.ops.cli", "ledger", *arguments, "--json"],
+        [sys.executable, "-m", "services.ops.cli", group, *arguments, "--json"],
         env=env, capture_output=True, text=True, timeout=CLI_SECONDS_MAX, check=False,
     )  # fmt: skip
     lines = completed.stdout.splitlines()
     start = next((n for n, line in enumerate(lines) if line.startswith(("{", "["))), None)
+    if start is None and completed.returncode != 0:
+        return Command(completed.returncode, None, lines)  # refused: the reason is on stderr
     if start is None:
         raise AssertionError(f"no JSON on stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}")
     return Command(completed.returncode, json.loads("\n".join(lines[start:])), lines[:start])
 
 
 async def fund(infra: Infra, database_url: str, amount: str, reference: str) -> Command:
-    return await homeward_ledger(infra, database_url, "fund", "--amount", amount, "--reference", reference)
+    """A top-up as two operators make it: one asks (`ledger fund`), another approves; the answer
+    to the request where there is nothing to approve (made already, or refused)."""
+    asked = await homeward_ledger(infra, database_url, "fund", "--amount", amount, "--reference", reference)
+    if asked.document.get("status") != "requested":
+        return asked
+    assert asked.stray == [], "`homeward ledger fund --json` printed more than its JSON document"
+    mine = await homeward_ledger(infra, database_url, "approve", asked.document["request_id"], group="approvals")
+    assert mine.code == 1, "the operator who asked cannot approve"
+    return await homeward_ledger(
+        infra, database_url, "approve", asked.document["request_id"], group="approvals", operator="second-operator"
+    )
 
 
 async def balances(connection: asyncpg.Connection) -> dict[str, tuple[Decimal, ...]]:

@@ -26,7 +26,7 @@ FALLBACK_CLI_COMMANDS = frozenset({"run", "migrate"})
 OFFICIAL_KAFKA_IMAGES = frozenset({"apache/kafka", "apache/kafka-native"})
 SECRETS = (
     "HOMEWARD_DATA_KEY", "HOMEWARD_TRAVEL_DATA_KEY", "HOMEWARD_DISBURSEMENT_DATA_KEY", "HOMEWARD_IDENTITY_SECRET",
-    "HOMEWARD_LEDGER_KEY", "HOMEWARD_ATTESTATION_KEYS",
+    "HOMEWARD_LEDGER_KEY", "HOMEWARD_ATTESTATION_KEYS", "HOMEWARD_INSTRUMENT_SECRET",
 )  # fmt: skip
 # Which service containers may hold which secret (of the user's environment, by its name there):
 # each data key is its holder's own, and registration holds the readers' too, to wrap with.
@@ -37,6 +37,7 @@ SECRET_HOLDERS = {
     "HOMEWARD_DISBURSEMENT_DATA_KEY": {"registration", "disbursement"},
     "HOMEWARD_LEDGER_KEY": {"disbursement"},
     "HOMEWARD_ATTESTATION_KEYS": {"arrival"},
+    "HOMEWARD_INSTRUMENT_SECRET": {"disbursement"},
 }
 OWN_DATA_KEY = {"travel": "HOMEWARD_TRAVEL_DATA_KEY", "disbursement": "HOMEWARD_DISBURSEMENT_DATA_KEY"}
 """A reader reads its own key as HOMEWARD_DATA_KEY; the environment holds it under its reader's name."""

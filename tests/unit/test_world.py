@@ -3,6 +3,7 @@ for validating every message it sends."""
 
 import json
 import random
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -12,7 +13,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
 from contracts.registry import envelope_adapter
 from contracts.signing import SIGNATURE_HEADER, SIGNER_HEADER, decode_signature, verifies
-from services.ops.world import Booking, EvidenceSigners, Tally, evidence_for, make_cohort
+from services.ops.world import (
+    SHARES_WALLET,
+    WITHDRAW_AFTER,
+    WITHDRAW_BEFORE,
+    Booking,
+    EvidenceSigners,
+    Tally,
+    evidence_for,
+    make_cohort,
+)
 
 COHORT = 200
 
@@ -68,3 +78,15 @@ def test_the_tally_is_finished_once_every_case_is_settled() -> None:
     assert not tally.finished(2)
     tally.settled.add(cases[1])
     assert tally.finished(2)
+
+
+def test_distinct_people_have_distinct_wallets_and_the_program_rules_add_their_few() -> None:
+    cohort = make_cohort(1000, random.Random(7), program_rules=True)
+    plans = Counter(participant.plan for participant in cohort)
+    assert plans[WITHDRAW_BEFORE] == plans[WITHDRAW_AFTER] == plans[SHARES_WALLET] == 10
+    assert all(p.expected == "accepted" for p in cohort if p.plan), "only eligible people have plans"
+    wallets = Counter(json.dumps(p.payload["payout"], sort_keys=True) for p in cohort)
+    shared = {wallet for wallet, count in wallets.items() if count > 1}
+    sharers = [p for p in cohort if json.dumps(p.payload["payout"], sort_keys=True) in shared]
+    assert len(shared) == 10 and len(sharers) == 20, "each sharer pays into one other person's wallet"
+    assert Counter(p.plan for p in make_cohort(1000, random.Random(7))) == {None: 1000}, "off unless asked"

@@ -1,7 +1,7 @@
 -- name: remember_cases!
-INSERT INTO cases (case_id, identity_key, correlationid, sealed, accepted_event_id)
+INSERT INTO cases (case_id, identity_key, correlationid, sealed, accepted_event_id, instrument_fingerprint)
 SELECT * FROM unnest(:case_ids::uuid[], :identity_keys::text[], :correlationids::uuid[], :sealed::text[],
-                     :accepted_event_ids::uuid[])
+                     :accepted_event_ids::uuid[], :fingerprints::text[])
 ON CONFLICT (case_id) DO NOTHING;
 
 -- name: remember_verified!
@@ -12,7 +12,7 @@ ON CONFLICT (case_id) DO NOTHING;
 -- name: payable_cases
 -- Of the cases asked about (distinct), in the order asked: those accepted and verified that have
 -- neither a payment nor a refusal yet.
-SELECT c.case_id, c.identity_key, c.correlationid, v.verified_event_id
+SELECT c.case_id, c.identity_key, c.correlationid, v.verified_event_id, c.instrument_fingerprint
 FROM unnest(:case_ids::uuid[]) WITH ORDINALITY AS asked (case_id, position)
 JOIN cases c USING (case_id)
 JOIN verified_arrivals v USING (case_id)
@@ -24,14 +24,40 @@ ORDER BY asked.position;
 -- One payment per identity, ever: a row comes back only for an identity that never had one (the
 -- first in the batch wins among cases of one identity). The new rows stay locked until commit;
 -- they go in in key order, so that two transactions with overlapping identities never deadlock.
-INSERT INTO payments (payment_id, case_id, identity_key, amount, currency, status, correlationid, cause_event_id)
-SELECT n.payment_id, n.case_id, n.identity_key, :amount, :currency, 'held', n.correlationid, n.cause_event_id
+INSERT INTO payments (payment_id, case_id, identity_key, amount, currency, status, hold_reason, correlationid,
+                      cause_event_id)
+SELECT n.payment_id, n.case_id, n.identity_key, :amount, :currency, 'held', 'budget_exhausted', n.correlationid,
+       n.cause_event_id
 FROM unnest(:payment_ids::uuid[], :case_ids::uuid[], :identity_keys::text[], :correlationids::uuid[],
             :cause_event_ids::uuid[]) WITH ORDINALITY
      AS n (payment_id, case_id, identity_key, correlationid, cause_event_id, position)
 ORDER BY n.identity_key, n.position
 ON CONFLICT DO NOTHING
-RETURNING payment_id, case_id, amount, currency, reserve_attempts, correlationid, cause_event_id;
+RETURNING payment_id, case_id, identity_key, amount, currency, reserve_attempts, correlationid, cause_event_id;
+
+-- name: claim_instruments
+-- Contract v1.1 review holds: each new payment claims its instrument's fingerprint, in fingerprint
+-- order (two transactions sharing instruments wait on each other, never deadlock); returns the
+-- payments that claimed one now. A payment whose fingerprint another payment holds is looked up
+-- next (`instrument_holders`, a fresh statement that sees what committed meanwhile).
+INSERT INTO instrument_claims (fingerprint, identity_key, payment_id)
+SELECT n.fingerprint, n.identity_key, n.payment_id
+FROM unnest(:fingerprints::text[], :identity_keys::text[], :payment_ids::uuid[]) WITH ORDINALITY
+     AS n (fingerprint, identity_key, payment_id, position)
+ORDER BY n.fingerprint, n.position
+ON CONFLICT (fingerprint) DO NOTHING
+RETURNING payment_id;
+
+-- name: instrument_holders
+SELECT fingerprint, identity_key FROM instrument_claims WHERE fingerprint = ANY(:fingerprints::text[]);
+
+-- name: hold_payments!
+-- Held payments that wait for another reason than budget (review, the pause).
+UPDATE payments SET hold_reason = :reason, updated_at = now()
+WHERE payment_id = ANY(:payment_ids::uuid[]) AND status = 'held';
+
+-- name: program_paused$
+SELECT paused FROM program_state;
 
 -- name: refuse!
 INSERT INTO refusals (case_id, reason)
@@ -42,6 +68,7 @@ ON CONFLICT (case_id) DO NOTHING;
 -- One try at reserving each payment: those with a reserve id are reserved now, the others stay held.
 UPDATE payments p
 SET status = CASE WHEN t.reserve_id IS NULL THEN p.status ELSE 'reserved' END,
+    hold_reason = CASE WHEN t.reserve_id IS NULL THEN 'budget_exhausted' END,
     reserve_id = coalesce(t.reserve_id, p.reserve_id),
     reserve_attempts = p.reserve_attempts + 1,
     updated_at = now()
@@ -52,7 +79,7 @@ WHERE p.payment_id = t.payment_id;
 -- A batch of outcomes (stipends.Change): the new status, the reason of a failure (none once
 -- paid), and the method and provider reference once known.
 UPDATE payments p
-SET status = c.status, last_error = c.reason, method = coalesce(c.method, p.method),
+SET status = c.status, hold_reason = NULL, last_error = c.reason, method = coalesce(c.method, p.method),
     provider_ref = coalesce(c.provider_ref, p.provider_ref), updated_at = now()
 FROM unnest(:payment_ids::uuid[], :statuses::text[], :reasons::text[], :methods::text[], :provider_refs::text[])
      AS c (payment_id, status, reason, method, provider_ref)
@@ -75,6 +102,7 @@ SET lease_id = :lease_id, leased_until = now() + make_interval(secs => :lease_se
 FROM (
     SELECT payment_id FROM payments
     WHERE status = 'reserved' AND (leased_until IS NULL OR leased_until < now())
+      AND NOT (SELECT paused FROM program_state)  -- paused: nothing goes to the provider
     ORDER BY payout_attempts, created_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -145,8 +173,9 @@ WHERE notification_id = ANY(:notification_ids::text[]);
 SELECT count(*) FROM payout_callbacks WHERE applied_at IS NULL;
 
 -- name: held_payments
+-- The oldest payments held for `reason` (budget: the release worker and top-ups; the pause: resume).
 SELECT payment_id, amount FROM payments
-WHERE status = 'held'
+WHERE status = 'held' AND hold_reason = :reason
 ORDER BY created_at
 LIMIT :limit
 FOR UPDATE SKIP LOCKED;
@@ -162,7 +191,7 @@ SELECT count(*) FROM (
 ) AS repeated;
 
 -- name: waiting_payments^
--- For /metrics: stipends reserved and waiting for the provider, and held until the budget is topped up.
+-- For /metrics: stipends reserved and waiting for the provider, and held (for budget, review or the pause).
 SELECT count(*) FILTER (WHERE status = 'reserved') AS reserved, count(*) FILTER (WHERE status = 'held') AS held
 FROM payments WHERE status IN ('reserved', 'held');
 
