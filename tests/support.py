@@ -121,7 +121,8 @@ def envelope(
 
 
 def submission(**overrides: Any) -> dict[str, Any]:
-    """A valid registration.submitted.v1 payload with unique ids and a unique document."""
+    """A valid registration.submitted.v1 payload with unique ids, a unique document and a wallet of
+    its own (a wallet paid to another identity is held for review, contract v1.1)."""
     now = datetime.now(UTC)
     data: dict[str, Any] = {
         "application_id": str(uuid4()),
@@ -136,7 +137,7 @@ def submission(**overrides: Any) -> dict[str, Any]:
         "contact": {"phone": "+17135550142", "email": None},
         "current_location": {"us_state": "TX", "city": "Houston", "nearest_airport": "IAH"},
         "destination": {"country": "HN", "city": "Tegucigalpa", "airport": "TGU"},
-        "payout": {"method": "mobile_money", "msisdn": "+50499887766", "provider": "tigo"},
+        "payout": {"method": "mobile_money", "msisdn": f"+504{uuid4().int % 10**8:08d}", "provider": "tigo"},
         "consent": {"data_processing": True, "version": "2025-05"},
     }
     for dotted, value in overrides.items():

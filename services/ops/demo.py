@@ -1,6 +1,7 @@
 """`homeward demo`: a cohort of realistic participants through the public contract, end to end,
 then what Homeward decided and paid, and every breach of the payment rules it can see."""
 
+import os
 import random
 import time
 from pathlib import Path
@@ -12,6 +13,9 @@ from services.ops.common import OpsSettings
 from services.ops.world import Demo, read_ledger, running_up, summarize
 from services.runtime.kafka_security import client_options
 
+DEPARTURE_DELAY = "HOMEWARD_SANDBOX_FLIGHT_DEPARTURE_DELAY_SECONDS"
+DEMO_DEPARTURE_DELAY_SECONDS = "120"
+
 
 async def main(settings: OpsSettings, state_dir: Path, participants: int, timeout_seconds: float) -> int:
     console = Console()
@@ -19,7 +23,11 @@ async def main(settings: OpsSettings, state_dir: Path, participants: int, timeou
     if runtime is not None:
         return await _demo(runtime, console, participants, timeout_seconds, settings)
     starting = time.monotonic()
-    async with running_up(state_dir, console) as started:
+    # Flights leave two minutes after booking, so that those who change their mind once booked are
+    # in time (the world's evidence is dated the flight's arrival, within the policy's five minutes
+    # ahead). A running `up` keeps its own schedule: there, they may be too late, and fly.
+    env = {DEPARTURE_DELAY: DEMO_DEPARTURE_DELAY_SECONDS, **os.environ}
+    async with running_up(state_dir, console, env=env) as started:
         return await _demo(started, console, participants, timeout_seconds, settings,
                            started_up_seconds=time.monotonic() - starting)  # fmt: skip
 

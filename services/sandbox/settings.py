@@ -93,10 +93,7 @@ class TravelSandboxSettings(HttpListener, StateDirectory, SandboxTls):
         default=0.0, ge=0.0, le=1.0, description="Share of booking requests answered 503 without booking"
     )
     sandbox_flight_departure_delay_seconds: int = Field(
-        default=120,
-        ge=0,
-        description="Flights leave this long after booking: until then a withdrawal cancels the ticket (the world's "
-        "evidence, dated the flight's arrival, is within the five minutes ahead the policy allows)",
+        default=0, ge=0, description="Flights leave this long after booking: until then a withdrawal cancels the ticket"
     )
     sandbox_flight_duration_seconds: int = Field(default=0, ge=0)
 
