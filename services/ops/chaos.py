@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
-from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted
+from contracts.events import EVIDENCE_TOPIC, RegistrationSubmitted, WithdrawalRequested
 from services.devstack.embedded import free_port
 from services.devstack.running import STATUS_FILE, Runtime, service_of
 from services.ops.common import READ_ONLY, OpsSettings, ledger_chain, payout_provider
@@ -51,6 +51,9 @@ PROVIDER_ATTEMPTS_MAX = 10
 # (A SIGKILLed consumer holds its partitions until its session times out: `up` gives the services a
 # 2 s session on its embedded broker, so a killed service consumes again within about 3 s.)
 CHAOS_ENV = {
+    # Flights leave two minutes after booking, so that those who change their mind once booked can
+    # still withdraw (contract v1.1); the world's evidence is dated the flight's arrival.
+    "HOMEWARD_SANDBOX_FLIGHT_DEPARTURE_DELAY_SECONDS": "120",
     "HOMEWARD_REDRIVE_AFTER_SECONDS": "10",
     "HOMEWARD_REDRIVE_CAP_SECONDS": "60",
     "HOMEWARD_REDRIVE_INTERVAL_MS": "1000",
@@ -136,7 +139,7 @@ class World(Demo):
         except TRANSIENT_ERRORS:
             return False  # the database is restarting (the drill); ask again on the next check
         decided = len(self.tally.decided) >= len(self.cohort)
-        return decided and paid >= Counter(p.expected for p in self.cohort)["accepted"]
+        return decided and not self.tally.awaiting and paid >= await owed(self.runtime, self)
 
     async def publish(self, records: list[Record]) -> None:
         """Publishes like the demo, and notes when, so that a resend waits for the answer's time."""
@@ -144,6 +147,24 @@ class World(Demo):
         for record in records:
             self.sent_at[(record.topic, record.key.decode())] = moment
         await super().publish(records)
+
+    async def _review_held(self) -> None:
+        """Releases, as the world's two reviewers, every payment held for review, read from the
+        ledger (a held event a broker wipe lost would leave it waiting otherwise)."""
+        from services.runtime.db import TRANSIENT_ERRORS, connect
+
+        try:
+            connection = await connect(self.runtime.database_url_of(READ_ONLY), schema="disbursement")
+            try:
+                held = [row["payment_id"] for row in await connection.fetch(
+                    "SELECT payment_id FROM payments WHERE status = 'held' AND hold_reason = 'instrument_shared'"
+                )]  # fmt: skip
+            finally:
+                await connection.close()
+            if held:
+                await self._review(held)
+        except TRANSIENT_ERRORS:
+            return  # the database is restarting (the drill); the next round reviews them
 
     def overdue(self, topic: str, key: str) -> bool:
         """No answer within the wait, which doubles with each resend of the same thing, as apps back off."""
@@ -176,6 +197,11 @@ class World(Demo):
                 key = str(case_id)
                 if case_id not in self.tally.verified and self.overdue(EVIDENCE_TOPIC, key):
                     sends += [resend(EVIDENCE_TOPIC, key, partial(self.publish, [m])) for m in messages]
+            for case_id in list(self.tally.awaiting):  # withdrawals unanswered: the same request again
+                key = str(case_id)
+                if self.overdue(WithdrawalRequested.TOPIC, key):
+                    sends.append(resend(WithdrawalRequested.TOPIC, key, partial(self._withdraw, [case_id])))
+            sends.append(self._review_held())
             outcomes = await asyncio.gather(*sends, return_exceptions=True)
             for outcome in outcomes:
                 # The broker being away is why we retry; the next round tries again. Anything else is a bug.
@@ -198,7 +224,7 @@ async def judge(runtime: Runtime, world: World) -> Verdict:
     from services.disbursement.app import queries
     from services.runtime.db import connect
 
-    eligible = Counter(p.expected for p in world.cohort)["accepted"]
+    eligible = await owed(runtime, world)
     # The monkey may have just killed the payouts sandbox, and the supervisor backs off up to
     # 30 s when a process keeps dying young: the audit asks the provider for up to about a minute.
     provider = payout_provider(
@@ -217,6 +243,10 @@ async def judge(runtime: Runtime, world: World) -> Verdict:
                 break
             await asyncio.sleep(SETTLE_POLL_SECONDS)
         twice = await queries().payments.identities_paid_twice(connection)
+        withdrawn_paid = await connection.fetchval(
+            "SELECT count(*) FROM payments p JOIN arrival.outcomes o USING (case_id)"
+            " WHERE o.outcome = 'withdrawn' AND p.status IN ('disbursed', 'returned')"
+        )
         chain = ledger_chain(Path(runtime.state_dir))
         breaches, _ = await operations.audit(connection, queries(chain), provider.list_payouts)
     finally:
@@ -227,9 +257,25 @@ async def judge(runtime: Runtime, world: World) -> Verdict:
         breaches.append(f"{paid} paid, {eligible} owed a stipend")
     if twice:
         breaches.append(f"{twice} identities paid more than once")
+    if withdrawn_paid:
+        breaches.append(f"{withdrawn_paid} withdrawn case(s) paid")
     if stuck:
         breaches.append(f"{stuck} payments stuck reserved or held")
     return Verdict(eligible, paid, twice, stuck, breaches)
+
+
+async def owed(runtime: Runtime, world: World) -> int:
+    """Who is owed a stipend: the eligible, less those arrival withdrew (read from its outcomes,
+    which a broker wipe cannot lose)."""
+    from services.runtime.db import connect
+
+    eligible = Counter(p.expected for p in world.cohort)["accepted"]
+    connection = await connect(runtime.database_url_of(READ_ONLY), schema="arrival")
+    try:
+        withdrawn: int = await connection.fetchval("SELECT count(*) FROM outcomes WHERE outcome = 'withdrawn'")
+    finally:
+        await connection.close()
+    return eligible - withdrawn
 
 
 def _stipend_amount() -> Decimal:
@@ -278,7 +324,7 @@ async def main(
         world = World(
             runtime, participants, console, rng,
             metadata_max_age_ms=metadata_max_age_ms, compression_type=OpsSettings().kafka_compression_type,
-            kafka_options=client_options(OpsSettings()),
+            kafka_options=client_options(OpsSettings()), program_rules=True,
         )  # fmt: skip
         monkey = Monkey(runtime.pid, state, kill_every, rng)
         world.monkey = monkey

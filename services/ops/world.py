@@ -420,6 +420,8 @@ class Demo:
         """Cases whose participant asks to withdraw, sent together after each poll."""
         self.to_review: list[UUID] = []
         """Payments held for review, released by the world's two reviewers after each poll."""
+        self.requests: dict[UUID, Record] = {}
+        """Each withdrawal request sent, by case: resent as it was (same request id) when unanswered."""
         self.producer = AIOKafkaProducer(
             bootstrap_servers=runtime.kafka,
             enable_idempotence=False,
@@ -708,6 +710,10 @@ class Demo:
         """The participants' withdrawal requests, from the app (contract v1.1)."""
         records = []
         for case_id in cases:
+            if case_id in self.requests:  # sent before: the same request again is a safe retry
+                records.append(self.requests[case_id])
+                self.tally.awaiting.add(case_id)
+                continue
             participant = self.by_application[self.tally.cases[case_id]]
             request = {
                 "request_id": str(uuid4()), "case_id": str(case_id), "requested_at": datetime.now(UTC).isoformat(),
@@ -716,7 +722,8 @@ class Demo:
             record = REGISTRATION_APP.record(
                 WithdrawalRequested.TOPIC, request, correlationid=participant.correlationid, validate=False
             )
-            records.append(Record(record.topic, record.key, record.value, tuple(record.headers)))
+            self.requests[case_id] = Record(record.topic, record.key, record.value, tuple(record.headers))
+            records.append(self.requests[case_id])
             self.tally.awaiting.add(case_id)
         try:
             await self.publish(records)
@@ -751,10 +758,19 @@ class Demo:
         try:
             for payment_id in payment_ids:
                 async with database.unit() as uow:
-                    asked = await review.request(uow, named, review_sql, action=review.RELEASE, operator=REVIEWERS[0],
-                                                 audit=audit(REVIEWERS[0]), payment_id=payment_id)  # fmt: skip
+                    try:
+                        asked = (await review.request(
+                            uow, named, review_sql, action=review.RELEASE, operator=REVIEWERS[0],
+                            audit=audit(REVIEWERS[0]), payment_id=payment_id,
+                        )).request_id  # fmt: skip
+                    except review.ReviewRefused:  # asked before (a review cut short): approve that one
+                        open_one = await review_sql.open_request_for(uow.connection, payment_id=payment_id,
+                                                                     reference=None)  # fmt: skip
+                        if open_one is None:
+                            continue  # no longer held for review
+                        asked = open_one["request_id"]
                 async with database.unit() as uow:
-                    await review.approve(uow, named, review_sql, request_id=asked.request_id, operator=REVIEWERS[1],
+                    await review.approve(uow, named, review_sql, request_id=asked, operator=REVIEWERS[1],
                                          audit=audit(REVIEWERS[1]), release_limit=REVIEW_RELEASE_BATCH_MAX)  # fmt: skip
                 self.tally.reviewed.add(payment_id)
         finally:

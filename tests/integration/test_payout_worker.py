@@ -100,7 +100,7 @@ async def reserve(pool: asyncpg.Pool, infra: Infra, count: int) -> list[UUID]:
         await named.payments.remember_cases(
             connection, case_ids=cases, identity_keys=[uuid4().hex for _ in cases],
             correlationids=[uuid4() for _ in cases], sealed=[part.ciphertext for part in parts],
-            accepted_event_ids=[uuid4() for _ in cases],
+            accepted_event_ids=[uuid4() for _ in cases], fingerprints=[None for _ in cases],  # no review holds here
         )  # fmt: skip
         await casekeys.keep_case_keys(uow, cases, parts, infra.keyring("disbursement"))
         await named.payments.remember_verified(connection, case_ids=cases, verified_event_ids=[uuid4() for _ in cases])
