@@ -184,7 +184,8 @@ async def test_the_pause_holds_what_becomes_due_and_resume_pays_it(infra: Infra,
     assert status["paused"] is True and status["reason"] == "provider audit" and status["changed_by"] == "ana"
     assert [event["data"]["reason"] for event in held] == [domain.HELD_PROGRAM_PAUSED] * 2
     assert sent == [None, None], "nothing went to the provider while paused"
-    assert [row["payment_id"] for row in listed] == [event["data"]["payment_id"] for event in held]
+    assert sorted(row["payment_id"] for row in listed) == sorted(event["data"]["payment_id"] for event in held)
+    assert [row["updated_at"] for row in listed] == sorted(row["updated_at"] for row in listed), "oldest first"
     assert resumed["released"] == 2 and resumed["paused"] is False
     assert await ledger_breaches(database_url, infra.payouts_url) == []
 
