@@ -52,16 +52,17 @@ class Policy:
 async def handle_accepted(
     events: list[Envelope[RegistrationAccepted]], uow: UnitOfWork, *, queries: Any, policy: Policy
 ) -> None:
-    await queries.remember_cases(
+    case_ids = [event.data.case_id for event in events]
+    withdrawals_waiting = await queries.remember_cases(
         uow.connection,
-        case_ids=[event.data.case_id for event in events],
+        case_ids=case_ids,
         correlationids=[event.correlationid for event in events],
         destination_countries=[event.data.destination_country for event in events],
         accepted_event_ids=[event.id for event in events],
         identity_keys=[event.data.identity_key for event in events],
     )
-    case_ids = [event.data.case_id for event in events]
-    await decide_withdrawals(uow, queries, case_ids)  # requests that came before their case
+    if withdrawals_waiting:  # requests that came before their case
+        await decide_withdrawals(uow, queries, case_ids)
     await evaluate(uow, queries, [(event.data.case_id, event.id, None) for event in events], policy=policy)
 
 
@@ -299,30 +300,31 @@ async def evaluate(
             verdicts[case_id] = (verdict, cause)
     if not verdicts:
         return
-    rules = {case_id: verdict.rule for case_id, (verdict, _) in verdicts.items()}
-    decided = await _decide(uow, queries, rules, outcome="verified")
-    attested: list[tuple[UUID, str]] = []
+    verified_at = now()
+    tokens = {
+        case_id: token
+        for case_id, (verdict, _) in verdicts.items()
+        if policy.signer is not None and (token := _attest(policy.signer, cases[case_id], verdict, verified_at))
+    }
+    decided = {row["case_id"] for row in await fetch_all(queries.decide_verified(
+        uow.connection,
+        case_ids=list(verdicts), rules=[verdict.rule for verdict, _ in verdicts.values()],
+        attested_case_ids=list(tokens), key_ids=[policy.signer.key_id if policy.signer else ""] * len(tokens),
+        tokens=list(tokens.values()),
+    ))}  # fmt: skip
     for case_id, (verdict, cause) in verdicts.items():
         if case_id not in decided:
             continue  # another transaction decided it first (a withdrawal, the sweeper)
-        case, verified_at = cases[case_id], now()
+        case = cases[case_id]
         verified = ArrivalVerified(
             case_id=case_id, evidence_ids=verdict.evidence_ids, rule=verdict.rule, verified_at=verified_at
         )
         verified_id = uow.emit(verified, correlationid=case["correlationid"], causationid=cause).id
         logger.debug("arrival.verified", case_id=case_id, correlationid=case["correlationid"], rule=verdict.rule)
-        if policy.signer is not None and (token := _attest(policy.signer, case, verdict, verified_at)) is not None:
-            attested.append((case_id, token))
-            issued = ArrivalAttested(case_id=case_id, attestation=token, key_id=policy.signer.key_id,
+        if case_id in tokens and policy.signer is not None:
+            issued = ArrivalAttested(case_id=case_id, attestation=tokens[case_id], key_id=policy.signer.key_id,
                                      issued_at=verified_at)  # fmt: skip
             uow.emit(issued, correlationid=case["correlationid"], causationid=verified_id)
-    if attested and policy.signer is not None:
-        await queries.record_attestations(
-            uow.connection,
-            case_ids=[case_id for case_id, _ in attested],
-            key_ids=[policy.signer.key_id] * len(attested),
-            tokens=[token for _, token in attested],
-        )
 
 
 def _attest(signer: attestation.Signer, case: Any, verdict: domain.Verdict, verified_at: datetime) -> str | None:

@@ -105,6 +105,7 @@ async def open_payments(uow: UnitOfWork, queries: Queries, case_ids: list[UUID],
             identity_keys=[case["identity_key"] for case in cases],
             correlationids=[case["correlationid"] for case in cases],
             cause_event_ids=[case["verified_event_id"] for case in cases],
+            fingerprints=[case["instrument_fingerprint"] for case in cases],
             amount=program.amount,
             currency=program.currency,
         )
@@ -117,9 +118,8 @@ async def open_payments(uow: UnitOfWork, queries: Queries, case_ids: list[UUID],
         await queries.payments.refuse(
             uow.connection, case_ids=[case["case_id"] for case in refused], reason=domain.REFUSED_IDENTITY_PAID
         )
-    fingerprints = {domain.payment_id_for(case["case_id"]): case["instrument_fingerprint"] for case in cases}
-    shared = await _shared_instruments(uow, queries, payments, fingerprints)
-    paused = bool(await queries.payments.program_paused(uow.connection))
+    shared = await _shared_instruments(uow, queries, payments)
+    paused = any(payment["paused"] for payment in payments)
     held = {
         payment["payment_id"]: domain.HELD_INSTRUMENT_SHARED if payment["payment_id"] in shared
         else domain.HELD_PROGRAM_PAUSED
@@ -137,29 +137,17 @@ async def open_payments(uow: UnitOfWork, queries: Queries, case_ids: list[UUID],
             stipends.emit_held(uow, payment)
 
 
-async def _shared_instruments(
-    uow: UnitOfWork, queries: Queries, payments: list[Any], fingerprints: dict[UUID, str | None]
-) -> set[UUID]:
-    """The new payments whose instrument already went to another identity: each payment claims its
-    fingerprint by one insert (the claims' primary key decides between concurrent ones), and a
-    claim it lost is looked up by one more statement."""
-    claiming = [payment for payment in payments if fingerprints.get(payment["payment_id"])]
-    if not claiming:
-        return set()
-    won = {row["payment_id"] for row in await fetch_all(queries.payments.claim_instruments(
-        uow.connection,
-        fingerprints=[fingerprints[payment["payment_id"]] for payment in claiming],
-        identity_keys=[payment["identity_key"] for payment in claiming],
-        payment_ids=[payment["payment_id"] for payment in claiming],
-    ))}  # fmt: skip
-    lost = [payment for payment in claiming if payment["payment_id"] not in won]
+async def _shared_instruments(uow: UnitOfWork, queries: Queries, payments: list[Any]) -> set[UUID]:
+    """The new payments whose instrument already went to another identity: each claimed its
+    fingerprint as it was created (`create_payments`: the claims' primary key decides between
+    concurrent ones); a claim it lost is looked up by one more statement."""
+    lost = [payment for payment in payments if payment["claimed"] is False]
     if not lost:
         return set()
     holders = {row["fingerprint"]: row["identity_key"] for row in await fetch_all(queries.payments.instrument_holders(
-        uow.connection, fingerprints=sorted({str(fingerprints[payment["payment_id"]]) for payment in lost})
+        uow.connection, fingerprints=sorted({payment["fingerprint"] for payment in lost})
     ))}  # fmt: skip
-    return {payment["payment_id"] for payment in lost
-            if holders.get(fingerprints[payment["payment_id"]]) != payment["identity_key"]}  # fmt: skip
+    return {payment["payment_id"] for payment in lost if holders.get(payment["fingerprint"]) != payment["identity_key"]}
 
 
 async def hold(uow: UnitOfWork, queries: Queries, payments: list[Any], reasons: dict[UUID, str]) -> None:

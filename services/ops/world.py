@@ -104,8 +104,10 @@ FAMILY = ["Reyes", "Mendoza", "García", "López", "Hernández", "Martínez", "P
 OUTBOUND_TOPICS = [
     RegistrationAccepted.TOPIC, RegistrationRejected.TOPIC, TravelBooked.TOPIC, TravelBookingFailed.TOPIC,
     ArrivalVerified.TOPIC, ArrivalRejected.TOPIC, StipendHeld.TOPIC, StipendDisbursed.TOPIC, StipendFailed.TOPIC,
-    CaseWithdrawn.TOPIC, WithdrawalRefused.TOPIC, ArrivalAttested.TOPIC,
 ]  # fmt: skip
+PROGRAM_RULE_TOPICS = [CaseWithdrawn.TOPIC, WithdrawalRefused.TOPIC, ArrivalAttested.TOPIC]
+"""What a world that plays the program rules (contract v1.1) reads besides: the answers to its
+withdrawals, and the attestations it counts. A world without them (the benchmark's) does not."""
 WITHDRAW_BEFORE = "withdraw_before"
 """A participant who changes their mind once their flight is booked, before it leaves."""
 WITHDRAW_AFTER = "withdraw_after"
@@ -398,6 +400,7 @@ class Demo:
         # The world's apps refresh their view of the topics (metadata_max_age_ms) like Homeward's services do.
         self.runtime = runtime
         self.cohort = make_cohort(participants, rng, program_rules=program_rules)
+        self.topics = OUTBOUND_TOPICS + (PROGRAM_RULE_TOPICS if program_rules else [])
         self.by_application = {p.application_id: p for p in self.cohort}
         self.console = console
         self.rng = rng
@@ -448,7 +451,7 @@ class Demo:
         await self.signers.register(self.runtime.database_url_of("arrival"))
         await self.producer.start()
         joined = _Joined()
-        self.consumer.subscribe(OUTBOUND_TOPICS, listener=joined)
+        self.consumer.subscribe(self.topics, listener=joined)
         await self.consumer.start()
         # Bounded; the consumer reads from the earliest offset, so a slow join delays what the
         # world sees, and loses nothing.

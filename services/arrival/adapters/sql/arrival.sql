@@ -1,8 +1,13 @@
--- name: remember_cases!
-INSERT INTO cases (case_id, correlationid, destination_country, accepted_event_id, identity_key)
-SELECT * FROM unnest(:case_ids::uuid[], :correlationids::uuid[], :destination_countries::text[],
-                     :accepted_event_ids::uuid[], :identity_keys::text[])
-ON CONFLICT (case_id) DO NOTHING;
+-- name: remember_cases$
+-- Keeps the cases, and says whether a withdrawal request waits for any of them (one statement: the
+-- partial index of waiting requests answers it).
+WITH kept AS (
+    INSERT INTO cases (case_id, correlationid, destination_country, accepted_event_id, identity_key)
+    SELECT * FROM unnest(:case_ids::uuid[], :correlationids::uuid[], :destination_countries::text[],
+                         :accepted_event_ids::uuid[], :identity_keys::text[])
+    ON CONFLICT (case_id) DO NOTHING
+)
+SELECT EXISTS (SELECT 1 FROM withdrawal_requests WHERE case_id = ANY(:case_ids::uuid[]) AND decision IS NULL);
 
 -- name: remember_bookings!
 INSERT INTO bookings (case_id, flight_number, scheduled_departure, scheduled_arrival, booked_event_id)
@@ -49,6 +54,25 @@ WITH decided AS (
 )
 SELECT case_id FROM decided;
 
+-- name: decide_verified
+-- `decide` for verdicts, keeping the attestation of each case decided now in the same statement
+-- (the tokens are made before: one of a case another transaction decided first is never kept).
+WITH decided AS (
+    INSERT INTO outcomes (case_id, outcome, rule)
+    SELECT unnest(:case_ids::uuid[]), 'verified', unnest(:rules::text[])
+    ON CONFLICT (case_id) DO NOTHING
+    RETURNING case_id, decided_at
+), marked AS (
+    UPDATE bookings b SET decided_at = d.decided_at FROM decided d WHERE b.case_id = d.case_id
+), attested AS (
+    INSERT INTO attestations (case_id, key_id, token)
+    SELECT a.case_id, a.key_id, a.token
+    FROM unnest(:attested_case_ids::uuid[], :key_ids::text[], :tokens::text[]) AS a (case_id, key_id, token)
+    JOIN decided USING (case_id)
+    ON CONFLICT (case_id) DO NOTHING
+)
+SELECT case_id FROM decided;
+
 -- name: expired_cases
 -- Undecided bookings past their evidence window (the partial index holds only undecided ones);
 -- locked so one sweeper takes each.
@@ -60,11 +84,6 @@ WHERE b.decided_at IS NULL
 ORDER BY b.scheduled_arrival
 LIMIT :limit
 FOR UPDATE OF b SKIP LOCKED;
-
--- name: record_attestations!
-INSERT INTO attestations (case_id, key_id, token)
-SELECT * FROM unnest(:case_ids::uuid[], :key_ids::text[], :tokens::text[])
-ON CONFLICT (case_id) DO NOTHING;
 
 -- name: mark_paid!
 -- stipend.disbursed.v1: the verified case was paid (a later withdrawal is refused `already_paid`).

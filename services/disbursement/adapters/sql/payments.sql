@@ -24,29 +24,37 @@ ORDER BY asked.position;
 -- One payment per identity, ever: a row comes back only for an identity that never had one (the
 -- first in the batch wins among cases of one identity). The new rows stay locked until commit;
 -- they go in in key order, so that two transactions with overlapping identities never deadlock.
-INSERT INTO payments (payment_id, case_id, identity_key, amount, currency, status, hold_reason, correlationid,
-                      cause_event_id)
-SELECT n.payment_id, n.case_id, n.identity_key, :amount, :currency, 'held', 'budget_exhausted', n.correlationid,
-       n.cause_event_id
-FROM unnest(:payment_ids::uuid[], :case_ids::uuid[], :identity_keys::text[], :correlationids::uuid[],
-            :cause_event_ids::uuid[]) WITH ORDINALITY
-     AS n (payment_id, case_id, identity_key, correlationid, cause_event_id, position)
-ORDER BY n.identity_key, n.position
-ON CONFLICT DO NOTHING
-RETURNING payment_id, case_id, identity_key, amount, currency, reserve_attempts, correlationid, cause_event_id;
-
--- name: claim_instruments
--- Contract v1.1 review holds: each new payment claims its instrument's fingerprint, in fingerprint
--- order (two transactions sharing instruments wait on each other, never deadlock); returns the
--- payments that claimed one now. A payment whose fingerprint another payment holds is looked up
--- next (`instrument_holders`, a fresh statement that sees what committed meanwhile).
-INSERT INTO instrument_claims (fingerprint, identity_key, payment_id)
-SELECT n.fingerprint, n.identity_key, n.payment_id
-FROM unnest(:fingerprints::text[], :identity_keys::text[], :payment_ids::uuid[]) WITH ORDINALITY
-     AS n (fingerprint, identity_key, payment_id, position)
-ORDER BY n.fingerprint, n.position
-ON CONFLICT (fingerprint) DO NOTHING
-RETURNING payment_id;
+-- In the same statement (contract v1.1 review holds), each new payment claims its instrument's
+-- fingerprint, in fingerprint order: `claimed` is false where another payment holds it (looked up
+-- next by `instrument_holders`, a fresh statement that sees what committed meanwhile), NULL where
+-- the case has no fingerprint; `paused` says whether the program is paused.
+WITH n AS (
+    SELECT * FROM unnest(:payment_ids::uuid[], :case_ids::uuid[], :identity_keys::text[], :correlationids::uuid[],
+                         :cause_event_ids::uuid[], :fingerprints::text[]) WITH ORDINALITY
+         AS n (payment_id, case_id, identity_key, correlationid, cause_event_id, fingerprint, position)
+), created AS (
+    INSERT INTO payments (payment_id, case_id, identity_key, amount, currency, status, hold_reason, correlationid,
+                          cause_event_id)
+    SELECT n.payment_id, n.case_id, n.identity_key, :amount, :currency, 'held', 'budget_exhausted', n.correlationid,
+           n.cause_event_id
+    FROM n
+    ORDER BY n.identity_key, n.position
+    ON CONFLICT DO NOTHING
+    RETURNING payment_id, case_id, identity_key, amount, currency, reserve_attempts, correlationid, cause_event_id
+), claimed AS (
+    INSERT INTO instrument_claims (fingerprint, identity_key, payment_id)
+    SELECT n.fingerprint, c.identity_key, c.payment_id
+    FROM created c JOIN n USING (payment_id)
+    WHERE n.fingerprint IS NOT NULL
+    ORDER BY n.fingerprint, n.position
+    ON CONFLICT (fingerprint) DO NOTHING
+    RETURNING payment_id
+)
+SELECT c.payment_id, c.case_id, c.identity_key, c.amount, c.currency, c.reserve_attempts, c.correlationid,
+       c.cause_event_id, n.fingerprint,
+       CASE WHEN n.fingerprint IS NULL THEN NULL ELSE cl.payment_id IS NOT NULL END AS claimed,
+       (SELECT paused FROM program_state) AS paused
+FROM created c JOIN n USING (payment_id) LEFT JOIN claimed cl USING (payment_id);
 
 -- name: instrument_holders
 SELECT fingerprint, identity_key FROM instrument_claims WHERE fingerprint = ANY(:fingerprints::text[]);
