@@ -118,6 +118,8 @@ async def approve(
         raise ReviewRefused(f"no approval request {request_id}")
     if row["approved_by"] is not None:
         raise ReviewRefused(f"request {request_id} was approved already, by {row['approved_by']}")
+    if row["declined_by"] is not None:
+        raise ReviewRefused(f"request {request_id} was declined, by {row['declined_by']}")
     if row["requested_by"] == operator:
         raise ReviewRefused(f"{operator} asked for it: another operator must approve it (two-person rule)")
     if row["action"] == FUND:
@@ -128,6 +130,23 @@ async def approve(
     await audit(connection, "approvals approve", {"request_id": str(request_id), "action": row["action"]}, outcome)
     return {"request_id": str(request_id), "action": row["action"], "requested_by": row["requested_by"],
             "approved_by": operator, **outcome}  # fmt: skip
+
+
+async def decline(
+    uow: UnitOfWork, review: Any, *, request_id: UUID, operator: str, reason: str, audit: Audit
+) -> dict[str, Any]:
+    """Closes a request without carrying it out (its requester may retract it too: no money moves);
+    a held payment stays held, and may be asked about again."""
+    row = await review.lock_request(uow.connection, request_id=request_id)
+    if row is None:
+        raise ReviewRefused(f"no approval request {request_id}")
+    if row["approved_by"] is not None or row["declined_by"] is not None:
+        closer = row["approved_by"] or row["declined_by"]
+        raise ReviewRefused(f"request {request_id} is closed already (by {closer})")
+    await review.decline(uow.connection, request_id=request_id, declined_by=operator, reason=reason)
+    outcome = {"request_id": str(request_id), "action": row["action"], "declined_by": operator, "reason": reason}
+    await audit(uow.connection, "approvals decline", {"request_id": str(request_id), "reason": reason}, outcome)
+    return {**outcome, "requested_by": row["requested_by"]}
 
 
 async def _decide_held(uow: UnitOfWork, queries: Queries, review: Any, row: Any) -> dict[str, Any]:

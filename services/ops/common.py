@@ -2,9 +2,10 @@
 `homeward up` (or the configured database, broker and providers) is, and table/JSON output."""
 
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -283,28 +284,38 @@ def on_schema(
     from services.runtime.db import connect
 
     async def main() -> T:
-        import asyncpg
-
-        from services.runtime import reachability
-
-        try:
+        with _database_errors(database_url, holds, refusals, refusal_exit=2):
             connection = await connect(database_url, schema=schema)
-        except reachability.errors() as error:
-            typer.echo(f"error: {reachability.describe(error, Infrastructure(database_url=database_url))}.", err=True)
-            raise typer.Exit(1) from error
-        try:
-            return await work(connection)
-        except refusals as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from error
-        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as error:
-            typer.echo(f"error: the database has no {holds} of this version yet ({error}).", err=True)
-            typer.echo(MIGRATE_FIRST, err=True)
-            raise typer.Exit(1) from error
-        finally:
-            await connection.close()
+            try:
+                return await work(connection)
+            finally:
+                await connection.close()
 
     return asyncio.run(main())
+
+
+@contextlib.contextmanager
+def _database_errors(
+    database_url: str, holds: str, refusals: tuple[type[Exception], ...], *, refusal_exit: int
+) -> Iterator[None]:
+    """What a command says when the database cannot be reached (exit 1), refuses the work (one of
+    `refusals`: its message, `refusal_exit`) or lacks the schema's tables (exit 1, migrate first)."""
+    import asyncpg
+
+    from services.runtime import reachability
+
+    try:
+        yield
+    except reachability.errors() as error:
+        typer.echo(f"error: {reachability.describe(error, Infrastructure(database_url=database_url))}.", err=True)
+        raise typer.Exit(1) from error
+    except refusals as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(refusal_exit) from error
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as error:
+        typer.echo(f"error: the database has no {holds} of this version yet ({error}).", err=True)
+        typer.echo(MIGRATE_FIRST, err=True)
+        raise typer.Exit(1) from error
 
 
 def payout_provider(
@@ -345,28 +356,16 @@ def in_unit_of_work(
     async def main() -> T:
         import asyncpg
 
-        from services.runtime import reachability
-
-        try:
+        with _database_errors(database_url, holds, refusals, refusal_exit=1):
             pool = await asyncpg.create_pool(
                 database_url, min_size=1, max_size=1, init=init_connection, server_settings={"search_path": service}
             )
-        except reachability.errors() as error:
-            typer.echo(f"error: {reachability.describe(error, Infrastructure(database_url=database_url))}.", err=True)
-            raise typer.Exit(1) from error
-        try:
-            database = ServiceDatabase(pool, service, runtime_queries(), closing_topics=closing_topics)
-            async with database.unit() as uow:
-                return await work(uow)
-        except refusals as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(1) from error
-        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as error:
-            typer.echo(f"error: the database has no {holds} of this version yet ({error}).", err=True)
-            typer.echo(MIGRATE_FIRST, err=True)
-            raise typer.Exit(1) from error
-        finally:
-            await pool.close()
+            try:
+                database = ServiceDatabase(pool, service, runtime_queries(), closing_topics=closing_topics)
+                async with database.unit() as uow:
+                    return await work(uow)
+            finally:
+                await pool.close()
 
     return asyncio.run(main())
 

@@ -215,6 +215,33 @@ def approve(
     emit(as_json, outcome, table)
 
 
+@approvals_app.command()
+def decline(
+    request: Annotated[str, typer.Argument(help="The request id (homeward approvals list)")],
+    reason: Annotated[str, typer.Option(help="Why it is not carried out, for the audit trail")],
+    operator: Operator = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Close a request without carrying it out.
+
+    Decline a request (release, refuse or fund): it is closed and nothing changes; a held payment
+    stays held and may be asked about again. Its requester may decline it too, to retract it.
+
+    Example: `homeward approvals decline 5e2b8d4f-… --reason "wrong payment" --operator ben`."""
+    from services.disbursement import review
+
+    who = operator_name(operator)
+    request_id = _uuid(request, "request")
+    why = _reason(reason)
+
+    async def work(uow: Any, _named: Any, review_sql: Any) -> dict[str, Any]:
+        return await review.decline(uow, review_sql, request_id=request_id, operator=who, reason=why,
+                                    audit=audit_as(who))  # fmt: skip
+
+    outcome = in_disbursement(state_dir, work)
+    typer.echo(f"request {outcome['request_id']} ({outcome['action']}, by {outcome['requested_by']}) declined by {who}")
+
+
 # program -------------------------------------------------------------------------------------------
 
 

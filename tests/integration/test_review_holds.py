@@ -147,6 +147,25 @@ async def test_a_refused_review_fails_the_stipend_and_never_pays(infra: Infra, d
     assert await provider_payout(infra.payouts_url, payment) is None, "never sent to the provider"
 
 
+async def test_a_declined_request_changes_nothing_and_can_be_asked_again(infra: Infra, database_url: str):
+    shared = wallet()
+    first, second = uuid4(), uuid4()
+    async with Collector(infra.kafka_bootstrap, outbound_and_dlq_topics()) as kafka:
+        await send_pair(kafka, infra, first, payout=shared)
+        await eventually(lambda: kafka.events(DISBURSED, case_id=str(first)), what="the first stipend")
+        await send_pair(kafka, infra, second, payout=shared)
+        payment = (await held_for_review(kafka, second))["data"]["payment_id"]
+    asked = request_id(homeward(infra, database_url, "review", "release", payment, operator="ana"))
+    declined = homeward(infra, database_url, "approvals", "decline", asked, "--reason", "wrong one", operator="ben")
+    late = homeward(infra, database_url, "approvals", "approve", asked, operator="cy")
+    listed = document(homeward(infra, database_url, "review", "list", "--json"))
+    again = homeward(infra, database_url, "review", "release", payment, operator="ana")
+    assert declined.returncode == 0, declined.stderr
+    assert late.returncode == 1 and "declined" in late.stderr
+    assert [row["request_id"] for row in listed if row["payment_id"] == payment] == [None], "held, no open request"
+    assert again.returncode == 0, "a declined request no longer blocks a new one"
+
+
 async def test_fifty_cases_sharing_one_wallet_at_once_pay_one(infra: Infra, database_url: str):
     shared = wallet()
     cases = [uuid4() for _ in range(SHARING)]

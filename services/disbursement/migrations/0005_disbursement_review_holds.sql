@@ -34,7 +34,14 @@ CREATE TABLE approval_requests (
     approved_by  text          CHECK (length(approved_by) BETWEEN 1 AND 100),
     approved_at  timestamptz,
     outcome      jsonb,
+    -- A request nobody should carry out is declined instead (by anyone, its requester too: no
+    -- money moves); it is then closed, as an approved one is.
+    declined_by  text          CHECK (length(declined_by) BETWEEN 1 AND 100),
+    declined_at  timestamptz,
+    decline_reason text,
     CHECK ((approved_by IS NULL) = (approved_at IS NULL)),
+    CHECK ((declined_by IS NULL) = (declined_at IS NULL)),
+    CHECK (approved_by IS NULL OR declined_by IS NULL),
     CHECK (approved_by IS NULL OR approved_by <> requested_by),
     CHECK ((action = 'fund') = (amount IS NOT NULL AND currency IS NOT NULL AND reference IS NOT NULL)),
     CHECK ((action = 'fund') = (payment_id IS NULL)),
@@ -42,9 +49,9 @@ CREATE TABLE approval_requests (
 );
 -- One open request per held payment, and per top-up reference.
 CREATE UNIQUE INDEX approval_requests_open_per_payment ON approval_requests (payment_id)
-    WHERE approved_by IS NULL AND payment_id IS NOT NULL;
+    WHERE approved_by IS NULL AND declined_by IS NULL AND payment_id IS NOT NULL;
 CREATE UNIQUE INDEX approval_requests_open_per_reference ON approval_requests (reference)
-    WHERE approved_by IS NULL AND reference IS NOT NULL;
+    WHERE approved_by IS NULL AND declined_by IS NULL AND reference IS NOT NULL;
 
 -- The program pause: while paused, payments that become due are held `program_paused` and the
 -- payout worker sends nothing to the provider.

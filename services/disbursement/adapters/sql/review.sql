@@ -7,7 +7,7 @@
 SELECT p.payment_id, p.case_id, p.amount, p.currency, p.hold_reason, p.created_at, p.updated_at,
        r.request_id, r.action AS requested, r.requested_by
 FROM payments p
-LEFT JOIN approval_requests r ON r.payment_id = p.payment_id AND r.approved_by IS NULL
+LEFT JOIN approval_requests r ON r.payment_id = p.payment_id AND r.approved_by IS NULL AND r.declined_by IS NULL
 WHERE p.status = 'held' AND p.hold_reason = ANY(:reasons::text[])
 ORDER BY p.created_at
 LIMIT :limit;
@@ -24,21 +24,25 @@ RETURNING request_id, action, payment_id, amount, currency, reference, reason, r
 
 -- name: open_request_for^
 SELECT request_id, action, requested_by FROM approval_requests
-WHERE approved_by IS NULL AND (payment_id = :payment_id OR reference = :reference);
+WHERE approved_by IS NULL AND declined_by IS NULL AND (payment_id = :payment_id OR reference = :reference);
 
 -- name: open_requests
 SELECT request_id, action, payment_id, amount, currency, reference, reason, requested_by, requested_at
-FROM approval_requests WHERE approved_by IS NULL ORDER BY requested_at LIMIT :limit;
+FROM approval_requests WHERE approved_by IS NULL AND declined_by IS NULL ORDER BY requested_at LIMIT :limit;
 
 -- name: lock_request^
 SELECT request_id, action, payment_id, amount, currency, reference, reason, requested_by, requested_at,
-       approved_by, approved_at, outcome
+       approved_by, approved_at, outcome, declined_by
 FROM approval_requests WHERE request_id = :request_id FOR UPDATE;
 
 -- name: approve!
 -- The second operator's approval; the table's CHECK refuses an approver who is the requester.
 UPDATE approval_requests SET approved_by = :approved_by, approved_at = now(), outcome = :outcome::text::jsonb
-WHERE request_id = :request_id AND approved_by IS NULL;
+WHERE request_id = :request_id AND approved_by IS NULL AND declined_by IS NULL;
+
+-- name: decline!
+UPDATE approval_requests SET declined_by = :declined_by, declined_at = now(), decline_reason = :reason
+WHERE request_id = :request_id AND approved_by IS NULL AND declined_by IS NULL;
 
 -- name: refuse_held!
 -- A held payment refused by review: failed, never paid (nothing was reserved for it).
