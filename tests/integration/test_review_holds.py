@@ -96,6 +96,16 @@ async def held_for_review(kafka: Collector, case_id: UUID) -> dict[str, Any]:
     return held
 
 
+async def paid_then_shared(kafka: Collector, infra: Infra) -> tuple[UUID, str]:
+    """A case paid to a new wallet, then another identity's case paid to it: held for review.
+    Returns the second case and its payment."""
+    shared, first, second = wallet(), uuid4(), uuid4()
+    await send_pair(kafka, infra, first, payout=shared)
+    await eventually(lambda: kafka.events(DISBURSED, case_id=str(first)), what="the first stipend")
+    await send_pair(kafka, infra, second, payout=shared)
+    return second, (await held_for_review(kafka, second))["data"]["payment_id"]
+
+
 async def test_a_shared_instrument_waits_for_two_operators_then_pays(infra: Infra, database_url: str):
     shared = wallet()
     first, second, third = uuid4(), uuid4(), uuid4()
@@ -133,13 +143,8 @@ async def test_a_shared_instrument_waits_for_two_operators_then_pays(infra: Infr
 
 
 async def test_a_refused_review_fails_the_stipend_and_never_pays(infra: Infra, database_url: str):
-    shared = wallet()
-    first, second = uuid4(), uuid4()
     async with Collector(infra.kafka_bootstrap, outbound_and_dlq_topics()) as kafka:
-        await send_pair(kafka, infra, first, payout=shared)
-        await eventually(lambda: kafka.events(DISBURSED, case_id=str(first)), what="the first stipend")
-        await send_pair(kafka, infra, second, payout=shared)
-        payment = (await held_for_review(kafka, second))["data"]["payment_id"]
+        second, payment = await paid_then_shared(kafka, infra)
         asked = homeward(infra, database_url, "review", "refuse", payment, "--reason", "same wallet", operator="ana")
         document(homeward(infra, database_url, "approvals", "approve", request_id(asked), "--json", operator="ben"))
         [failed] = await eventually(lambda: kafka.events(STIPEND_FAILED, case_id=str(second)), what="the refusal")
@@ -148,13 +153,8 @@ async def test_a_refused_review_fails_the_stipend_and_never_pays(infra: Infra, d
 
 
 async def test_a_declined_request_changes_nothing_and_can_be_asked_again(infra: Infra, database_url: str):
-    shared = wallet()
-    first, second = uuid4(), uuid4()
     async with Collector(infra.kafka_bootstrap, outbound_and_dlq_topics()) as kafka:
-        await send_pair(kafka, infra, first, payout=shared)
-        await eventually(lambda: kafka.events(DISBURSED, case_id=str(first)), what="the first stipend")
-        await send_pair(kafka, infra, second, payout=shared)
-        payment = (await held_for_review(kafka, second))["data"]["payment_id"]
+        _, payment = await paid_then_shared(kafka, infra)
     asked = request_id(homeward(infra, database_url, "review", "release", payment, operator="ana"))
     declined = homeward(infra, database_url, "approvals", "decline", asked, "--reason", "wrong one", operator="ben")
     late = homeward(infra, database_url, "approvals", "approve", asked, operator="cy")
