@@ -306,12 +306,9 @@ async def evaluate(
         for case_id, (verdict, _) in verdicts.items()
         if policy.signer is not None and (token := _attest(policy.signer, cases[case_id], verdict, verified_at))
     }
-    decided = {row["case_id"] for row in await fetch_all(queries.decide_verified(
-        uow.connection,
-        case_ids=list(verdicts), rules=[verdict.rule for verdict, _ in verdicts.values()],
-        attested_case_ids=list(tokens), key_ids=[policy.signer.key_id if policy.signer else ""] * len(tokens),
-        tokens=list(tokens.values()),
-    ))}  # fmt: skip
+    rules = {case_id: verdict.rule for case_id, (verdict, _) in verdicts.items()}
+    key_id = policy.signer.key_id if policy.signer is not None else ""
+    decided = await _decide(uow, queries, rules, outcome="verified", attestations=tokens, key_id=key_id)
     for case_id, (verdict, cause) in verdicts.items():
         if case_id not in decided:
             continue  # another transaction decided it first (a withdrawal, the sweeper)
@@ -321,9 +318,8 @@ async def evaluate(
         )
         verified_id = uow.emit(verified, correlationid=case["correlationid"], causationid=cause).id
         logger.debug("arrival.verified", case_id=case_id, correlationid=case["correlationid"], rule=verdict.rule)
-        if case_id in tokens and policy.signer is not None:
-            issued = ArrivalAttested(case_id=case_id, attestation=tokens[case_id], key_id=policy.signer.key_id,
-                                     issued_at=verified_at)  # fmt: skip
+        if case_id in tokens:
+            issued = ArrivalAttested(case_id=case_id, attestation=tokens[case_id], key_id=key_id, issued_at=verified_at)
             uow.emit(issued, correlationid=case["correlationid"], causationid=verified_id)
 
 
@@ -354,12 +350,24 @@ def _facts(case: Any) -> domain.CaseFacts:
     )
 
 
-async def _decide(uow: UnitOfWork, queries: Any, rules: Mapping[UUID, str | None], *, outcome: str) -> set[UUID]:
-    """Records an outcome for each case (with the rule that verified it, if any); returns the
-    cases decided now."""
+async def _decide(
+    uow: UnitOfWork,
+    queries: Any,
+    rules: Mapping[UUID, str | None],
+    *,
+    outcome: str,
+    attestations: Mapping[UUID, str] | None = None,
+    key_id: str = "",
+) -> set[UUID]:
+    """Records an outcome for each case (with the rule that verified it, if any, and its attestation
+    signed by `key_id`); returns the cases decided now."""
     if not rules:
         return set()
-    decided = queries.decide(uow.connection, case_ids=list(rules), outcome=outcome, rules=list(rules.values()))
+    attested = attestations or {}
+    decided = queries.decide(
+        uow.connection, case_ids=list(rules), outcome=outcome, rules=list(rules.values()),
+        attested_case_ids=list(attested), key_ids=[key_id] * len(attested), tokens=list(attested.values()),
+    )  # fmt: skip
     return {row["case_id"] for row in await fetch_all(decided)}
 
 

@@ -373,11 +373,12 @@ def in_unit_of_work(
 # Two-person controls on money (services/ops/review.py, `ledger fund`) ---------------------------
 
 
-def _disbursement_queries() -> tuple[Any, Any]:
-    from services.disbursement.app import SQL, queries
+def review_queries() -> Any:
+    """The SQL of review holds, approvals and the pause (disbursement's adapters/sql/review.sql)."""
+    from services.disbursement.app import SQL
     from services.runtime.db import load_queries
 
-    return queries(), load_queries(SQL / "review.sql")
+    return load_queries(SQL / "review.sql")
 
 
 def in_disbursement(state_dir: Path | None, work: Any) -> Any:
@@ -386,9 +387,7 @@ def in_disbursement(state_dir: Path | None, work: Any) -> Any:
     from services.disbursement.app import RETENTION, queries
 
     database_url, _ = locate(state_dir, "disbursement")
-    named, review_sql = _disbursement_queries()
-    chain = ledger_chain(state_dir)
-    named = queries(chain) if chain is not None else named
+    named, review_sql = queries(ledger_chain(state_dir)), review_queries()
 
     async def run(uow: Any) -> Any:
         return await work(uow, named, review_sql)
@@ -411,8 +410,3 @@ def audit_as(operator: str) -> Any:
 def request_line(requested: Any) -> str:
     return (f"request {requested.request_id} ({requested.action}) waits for another operator: "
             f"homeward approvals approve {requested.request_id} --operator NAME")  # fmt: skip
-
-
-def review_queries() -> Any:
-    """The SQL of review holds, approvals and the pause (disbursement's adapters/sql/review.sql)."""
-    return _disbursement_queries()[1]

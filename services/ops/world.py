@@ -52,7 +52,7 @@ from contracts.events import (
 )
 from contracts.signing import SIGNER_SOURCES, public_key_pem
 from services.devstack.running import READY_PREFIX, Runtime
-from services.ops.common import READ_ONLY, payout_provider, record_action
+from services.ops.common import READ_ONLY, audit_as, payout_provider, record_action, review_queries
 from services.runtime.messages import build_envelope, encode
 from services.runtime.produce import Record, send_batched
 
@@ -740,23 +740,18 @@ class Demo:
         import asyncpg
 
         from services.disbursement import review
-        from services.disbursement.app import RETENTION, SQL, queries
+        from services.disbursement.app import RETENTION, queries
         from services.disbursement.ledger import ChainKey
-        from services.runtime.db import init_connection, load_queries, runtime_queries
+        from services.runtime.db import init_connection, runtime_queries
         from services.runtime.uow import ServiceDatabase
 
         key = self.runtime.secret("HOMEWARD_LEDGER_KEY")
-        named, review_sql = queries(ChainKey(bytes.fromhex(key or ""))), load_queries(SQL / "review.sql")
+        named, review_sql = queries(ChainKey(bytes.fromhex(key or ""))), review_queries()
         pool = await asyncpg.create_pool(
             self.runtime.database_url_of("disbursement"), min_size=1, max_size=1, init=init_connection,
             server_settings={"search_path": "disbursement"},
         )  # fmt: skip
         database = ServiceDatabase(pool, "disbursement", runtime_queries(), closing_topics=RETENTION.decides)
-
-        def audit(operator: str) -> Any:
-            return lambda connection, command, arguments, outcome: record_action(
-                connection, operator, command, arguments, outcome
-            )
 
         try:
             for payment_id in payment_ids:
@@ -764,7 +759,7 @@ class Demo:
                     try:
                         asked = (await review.request(
                             uow, named, review_sql, action=review.RELEASE, operator=REVIEWERS[0],
-                            audit=audit(REVIEWERS[0]), payment_id=payment_id,
+                            audit=audit_as(REVIEWERS[0]), payment_id=payment_id,
                         )).request_id  # fmt: skip
                     except review.ReviewRefused:  # asked before (a review cut short): approve that one
                         open_one = await review_sql.open_request_for(uow.connection, payment_id=payment_id,
@@ -773,8 +768,15 @@ class Demo:
                             continue  # no longer held for review
                         asked = open_one["request_id"]
                 async with database.unit() as uow:
-                    await review.approve(uow, named, review_sql, request_id=asked, operator=REVIEWERS[1],
-                                         audit=audit(REVIEWERS[1]), release_limit=REVIEW_RELEASE_BATCH_MAX)  # fmt: skip
+                    await review.approve(
+                        uow,
+                        named,
+                        review_sql,
+                        request_id=asked,
+                        operator=REVIEWERS[1],
+                        audit=audit_as(REVIEWERS[1]),
+                        release_limit=REVIEW_RELEASE_BATCH_MAX,
+                    )
                 self.tally.reviewed.add(payment_id)
         finally:
             await pool.close()

@@ -27,6 +27,8 @@ from tests.support import TEST_ATTESTATION_KEYS, envelope
 pytestmark = [pytest.mark.integration]
 
 WINDOW_SECONDS = 3600
+UNATTESTED: dict[str, list[Any]] = {"attested_case_ids": [], "key_ids": [], "tokens": []}
+"""`decide`'s attestations, none here."""
 
 
 @pytest.fixture
@@ -63,11 +65,11 @@ async def test_the_second_of_two_decisions_decides_nothing(pool: asyncpg.Pool) -
     async with pool.acquire() as first, pool.acquire() as second:
         async with first.transaction():
             won = await fetch_all(
-                queries.decide(first, case_ids=[case_id], outcome="verified", rules=["carrier_and_app"])
+                queries.decide(first, case_ids=[case_id], outcome="verified", rules=["carrier_and_app"], **UNATTESTED)
             )
             # The other decides meanwhile; it waits for the first to commit, then finds the case taken.
             late = asyncio.create_task(
-                fetch_all(queries.decide(second, case_ids=[case_id], outcome="rejected", rules=[None]))
+                fetch_all(queries.decide(second, case_ids=[case_id], outcome="rejected", rules=[None], **UNATTESTED))
             )
             await until_waiting_on_a_lock(pool, "the second decision to wait for the first")
             assert not late.done()

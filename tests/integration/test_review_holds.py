@@ -91,6 +91,17 @@ def request_id(run: Any) -> str:
     return run.stdout.split()[1]  # "request <id> (release) waits for another operator: …"
 
 
+async def paused_states(database_url: str, payment_ids: list[str]) -> list[tuple[str, str]]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT status, hold_reason FROM disbursement.payments WHERE payment_id = ANY($1::uuid[])", payment_ids
+        )
+    finally:
+        await connection.close()
+    return [(row["status"], row["hold_reason"]) for row in rows]
+
+
 async def held_for_review(kafka: Collector, case_id: UUID) -> dict[str, Any]:
     [held] = await eventually(lambda: kafka.events(HELD, case_id=str(case_id)), what=f"{case_id} held")
     return held
@@ -194,7 +205,8 @@ async def test_the_pause_holds_what_becomes_due_and_resume_pays_it(infra: Infra,
         for case_id in cases:
             await send_pair(kafka, infra, case_id)
         held = [await held_for_review(kafka, case_id) for case_id in cases]
-        await asyncio.sleep(1)  # the payout worker would have sent them by now
+        # Held, not reserved: the payout worker takes reserved payments only, so none can be sent.
+        states = await paused_states(database_url, [event["data"]["payment_id"] for event in held])
         sent = [await provider_payout(infra.payouts_url, event["data"]["payment_id"]) for event in held]
         listed = document(homeward(infra, database_url, "review", "list", "--paused", "--json"))
         resumed = document(homeward(infra, database_url, "program", "resume", "--json", operator="ben"))
@@ -202,6 +214,7 @@ async def test_the_pause_holds_what_becomes_due_and_resume_pays_it(infra: Infra,
             await eventually(lambda case_id=case_id: kafka.events(DISBURSED, case_id=str(case_id)), what="paid")
     assert status["paused"] is True and status["reason"] == "provider audit" and status["changed_by"] == "ana"
     assert [event["data"]["reason"] for event in held] == [domain.HELD_PROGRAM_PAUSED] * 2
+    assert states == [("held", domain.HELD_PROGRAM_PAUSED)] * 2
     assert sent == [None, None], "nothing went to the provider while paused"
     assert sorted(row["payment_id"] for row in listed) == sorted(event["data"]["payment_id"] for event in held)
     assert [row["updated_at"] for row in listed] == sorted(row["updated_at"] for row in listed), "oldest first"

@@ -272,10 +272,29 @@ async def test_withdrawal_racing_verification_never_both(infra: Infra, database)
             await asyncio.gather(*sends)
             for case_id, _ in cases:
                 await answer(kafka, case_id)
-            await asyncio.sleep(1)  # any attestation of a withdrawn case would be out by now
             outcomes = {row["case_id"]: row["outcome"] for row in await database.fetch(
                 "SELECT case_id, outcome FROM arrival.outcomes WHERE case_id = ANY($1)", [c for c, _ in cases]
             )}  # fmt: skip
+            # What arrival wrote is the whole story: a withdrawn case has no verification nor
+            # attestation in its outbox (they would be in the verdict's own transaction).
+            withdrawn_cases = [case_id for case_id, outcome in outcomes.items() if outcome == "withdrawn"]
+            emitted = await database.fetchval(
+                "SELECT count(*) FROM arrival.outbox WHERE key = ANY($1) AND topic = ANY($2)",
+                [str(case_id) for case_id in withdrawn_cases],
+                [VERIFIED, ATTESTED],
+            )
+            kept = await database.fetchval(
+                "SELECT count(*) FROM arrival.attestations WHERE case_id = ANY($1)", withdrawn_cases
+            )
+            assert (emitted, kept) == (0, 0)
+            for case_id, outcome in outcomes.items():  # a verdict's two events are on the broker too
+                if outcome == "verified":
+                    await eventually(
+                        lambda key=str(case_id): (
+                            kafka.events(VERIFIED, case_id=key) and kafka.events(ATTESTED, case_id=key)
+                        ),
+                        what=f"the verification and attestation of {case_id}",
+                    )
             for case_id, _ in cases:
                 key = str(case_id)
                 verified, attested = kafka.events(VERIFIED, case_id=key), kafka.events(ATTESTED, case_id=key)

@@ -46,7 +46,7 @@ class FakeArrivalQueries:
             if row["case_id"] in case_ids:
                 yield row
 
-    async def decide_verified(self, connection: Any, *, case_ids: list[UUID], rules: list[str], **_: Any) -> Any:
+    async def decide(self, connection: Any, *, case_ids: list[UUID], rules: list[str], **_: Any) -> Any:
         for case_id, rule in zip(case_ids, rules, strict=True):
             if case_id not in self.decided:
                 self.decided[case_id] = rule

@@ -43,23 +43,12 @@ WHERE case_id = ANY(:case_ids::uuid[]);
 -- name: decide
 -- Records the verdicts of cases not decided yet and marks their bookings decided; returns the cases
 -- this call decided. A case another transaction decided first (the sweeper and an evidence batch
--- at once) is left out, so it gets no second, contradicting verdict event.
+-- at once, a withdrawal and a verification) is left out, so it gets no second, contradicting
+-- verdict event. A verdict's attestations (none for other outcomes) are kept in the same statement
+-- for the cases decided now: made before, one of a case decided elsewhere first is never kept.
 WITH decided AS (
     INSERT INTO outcomes (case_id, outcome, rule)
     SELECT unnest(:case_ids::uuid[]), :outcome, unnest(:rules::text[])
-    ON CONFLICT (case_id) DO NOTHING
-    RETURNING case_id, decided_at
-), marked AS (
-    UPDATE bookings b SET decided_at = d.decided_at FROM decided d WHERE b.case_id = d.case_id
-)
-SELECT case_id FROM decided;
-
--- name: decide_verified
--- `decide` for verdicts, keeping the attestation of each case decided now in the same statement
--- (the tokens are made before: one of a case another transaction decided first is never kept).
-WITH decided AS (
-    INSERT INTO outcomes (case_id, outcome, rule)
-    SELECT unnest(:case_ids::uuid[]), 'verified', unnest(:rules::text[])
     ON CONFLICT (case_id) DO NOTHING
     RETURNING case_id, decided_at
 ), marked AS (

@@ -13,7 +13,7 @@ ON CONFLICT (case_id) DO NOTHING;
 -- name: withdraw
 -- case.withdrawn.v1: the cases are kept withdrawn (for a booking request still to come), their
 -- requests are never claimed again, and a ticket already issued is due for cancellation. Returns
--- the cases whose ticket is to be cancelled.
+-- the cases withdrawn now, each with its cancellation's state (`due`, or none without a ticket).
 WITH kept AS (
     INSERT INTO withdrawn_cases (case_id) SELECT unnest(:case_ids::uuid[])
     ON CONFLICT (case_id) DO NOTHING
