@@ -14,12 +14,12 @@ for a producer that builds thousands a second and is tested elsewhere). Homeward
 publishes through this helper, so it is exercised on every demo and benchmark run.
 """
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
@@ -87,7 +87,7 @@ class Publisher:
             document["causationid"] = str(causationid)
         if validate:
             envelope_adapter(topic).validate_python(document)  # raises pydantic's ValidationError, field by field
-        value = json.dumps(document).encode()
+        value = orjson.dumps(document)  # compact JSON; the signature covers these very bytes
         headers: list[tuple[str, bytes]] = []
         if topic == EVIDENCE_TOPIC:
             if self.signer is None:

@@ -75,6 +75,14 @@ async def connect(database_url: str, *, schema: str) -> asyncpg.Connection:
     return connection
 
 
+async def keep_session(connection: asyncpg.Connection) -> None:
+    """What a connection goes back to the pool with: its session as it is. asyncpg still rolls back
+    a transaction left open and drops listeners; its default reset would also send `RESET ALL`,
+    `CLOSE ALL`, `UNLISTEN *` and `pg_advisory_unlock_all()`, a round trip per borrowing, for state
+    a service never leaves (its only session setting, the search_path, comes at connect; LISTEN and
+    the migration lock use connections of their own; its advisory locks end with the transaction)."""
+
+
 async def create_pool(settings: ServiceSettings, *, schema: str) -> asyncpg.Pool:
     """A pool whose connections see only the service's own schema by default."""
     database_url, _ = settings.require_infrastructure()
@@ -86,6 +94,7 @@ async def create_pool(settings: ServiceSettings, *, schema: str) -> asyncpg.Pool
         command_timeout=60,
         server_settings={"search_path": schema, "application_name": f"homeward-{schema}", **PLANNING},
         init=init_connection,
+        reset=keep_session,
     )
     assert pool is not None
     return pool

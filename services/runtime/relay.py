@@ -10,6 +10,7 @@ which is what at-least-once delivery asks of them.
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -107,8 +108,8 @@ class OutboxRelay:
         parked = {row["id"] for row in await self._park_refused(connection, refused, opened)}
         await self.queries.mark_sent(connection, ids=[row["id"] for row in rows if row["id"] not in parked])
         self.published_total += len(rows) - len(parked)
-        for row in rows:
-            (metrics.PARKED if row["id"] in parked else metrics.PUBLISHED).labels(row["topic"]).inc()
+        for (was_parked, topic), count in Counter((row["id"] in parked, row["topic"]) for row in rows).items():
+            (metrics.PARKED if was_parked else metrics.PUBLISHED).labels(topic).inc(count)
         return len(rows) - len(parked)
 
     async def _open(self, connection: Any, rows: list[Any]) -> dict[int, Record]:

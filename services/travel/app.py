@@ -100,8 +100,10 @@ def build(settings: TravelSettings, database: ServiceDatabase) -> ServiceDefinit
         CaseWithdrawn.TOPIC: Route(batch=partial(handlers.handle_withdrawn, queries=queries)),
     }
     interval, batch = settings.worker_poll_interval_ms / 1000, settings.worker_batch_size_max
+    fallback = settings.worker_fallback_poll_ms / 1000
     workers = [
         Worker("booking", worker.book_due, interval, batch),
-        Worker("cancellation", cancellations.cancel_due, interval, batch),
+        # Woken by the statements that make a ticket due (migration 0006): rare, so not polled.
+        Worker("cancellation", cancellations.cancel_due, fallback, batch, wakes_on="cancellations"),
     ]
     return ServiceDefinition(name="travel", routes=routes, workers=workers)

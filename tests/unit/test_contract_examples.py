@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from joserfc import jws
+from joserfc.jwk import OKPKey
 from typer.testing import CliRunner
 
 from contracts import attestation
@@ -89,3 +91,21 @@ def test_a_key_set_rotates_and_every_token_of_its_keys_still_verifies() -> None:
     published = attestation.public_key_set(json.dumps(attestation.public_jwks(rotated)))
     assert attestation.verify(old, published) == attestation.verify(new.sign(claims), published) == claims
     assert all("d" not in key for key in attestation.public_jwks(rotated)["keys"]), "no private part published"
+
+
+def test_a_signed_attestation_is_byte_for_byte_the_token_joserfc_makes() -> None:
+    """The Signer writes the compact JWS itself (for speed); Ed25519 being deterministic, what it
+    writes must be exactly what joserfc's serialize_compact writes for the same key and claims."""
+    keys = attestation.new_key_set_json()
+    signer = attestation.Signer(keys)
+    claims = attestation.verify(
+        _load(next(p for p in _examples() if _topic(p) == ArrivalAttested.TOPIC))["data"]["attestation"],
+        attestation.public_key_set(JWKS.read_text()),
+    )
+    [key] = attestation.public_key_set(keys).keys
+    private = OKPKey.import_key(json.loads(keys)["keys"][0])
+    expected = jws.serialize_compact(
+        {"alg": attestation.ALGORITHM, "kid": key.kid}, claims.model_dump_json(), private, algorithms=["EdDSA"]
+    )
+    assert signer.sign(claims) == expected
+    assert attestation.verify(signer.sign(claims), attestation.public_key_set(keys)) == claims
