@@ -106,7 +106,13 @@ class OutboxRelay:
                 raise outcome
         # One row the broker refuses for good must not hold up the rest: find and park it.
         parked = {row["id"] for row in await self._park_refused(connection, refused, opened)}
-        await self.queries.mark_sent(connection, ids=[row["id"] for row in rows if row["id"] not in parked])
+        published = [row for row in rows if row["id"] not in parked]
+        copy_ids = [row["id"] for row in published if row["dead_letter"]]
+        if copy_ids:
+            ids = [row["id"] for row in published if not row["dead_letter"]]
+            await self.queries.mark_sent_and_drop(connection, ids=ids, copy_ids=copy_ids)
+        else:  # the common case: no dead-letter copy to look up and delete
+            await self.queries.mark_sent(connection, ids=[row["id"] for row in published])
         self.published_total += len(rows) - len(parked)
         for (was_parked, topic), count in Counter((row["id"] in parked, row["topic"]) for row in rows).items():
             (metrics.PARKED if was_parked else metrics.PUBLISHED).labels(topic).inc(count)

@@ -36,7 +36,7 @@ SELECT pg_try_advisory_lock(hashtext(current_schema() || '.outbox_relay'));
 SELECT pg_advisory_unlock(hashtext(current_schema() || '.outbox_relay'));
 
 -- name: unsent_outbox
-SELECT id, topic, key, value, headers, sealed
+SELECT id, topic, key, value, headers, sealed, dead_letter
 FROM outbox
 WHERE sent_at IS NULL AND parked_at IS NULL
 ORDER BY id
@@ -46,10 +46,15 @@ LIMIT :limit;
 UPDATE outbox SET parked_at = now(), park_reason = :reason WHERE id = :id;
 
 -- name: mark_sent!
+-- Published events, kept for re-driving (a batch without dead-letter copies: `mark_sent_and_drop`).
+UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids::bigint[]);
+
+-- name: mark_sent_and_drop!
 -- Published: events are kept for re-driving; dead-letter copies (personal data, on the intake
--- topic) go at once, the `.dlq` topic holding them from now on.
+-- topic) go at once, the `.dlq` topic holding them from now on. One statement, so a copy is never
+-- left behind unmarked.
 WITH copies AS (
-    DELETE FROM outbox WHERE id = ANY(:ids::bigint[]) AND dead_letter
+    DELETE FROM outbox WHERE id = ANY(:copy_ids::bigint[]) AND dead_letter
 )
 UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids::bigint[]) AND NOT dead_letter;
 
