@@ -80,7 +80,8 @@ async def keep_session(connection: asyncpg.Connection) -> None:
     a transaction left open and drops listeners; its default reset would also send `RESET ALL`,
     `CLOSE ALL`, `UNLISTEN *` and `pg_advisory_unlock_all()`, a round trip per borrowing, for state
     a service never leaves (its only session setting, the search_path, comes at connect; LISTEN and
-    the migration lock use connections of their own; its advisory locks end with the transaction)."""
+    the migration lock use connections of their own; case locks end with their transaction, and
+    the relay unlocks its session lock itself before it gives the connection back)."""
 
 
 async def create_pool(settings: ServiceSettings, *, schema: str) -> asyncpg.Pool:

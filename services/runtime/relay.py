@@ -113,10 +113,10 @@ class OutboxRelay:
             await self.queries.mark_sent_and_drop(connection, ids=ids, copy_ids=copy_ids)
         else:  # the common case: no dead-letter copy to look up and delete
             await self.queries.mark_sent(connection, ids=[row["id"] for row in published])
-        self.published_total += len(rows) - len(parked)
+        self.published_total += len(published)
         for (was_parked, topic), count in Counter((row["id"] in parked, row["topic"]) for row in rows).items():
             (metrics.PARKED if was_parked else metrics.PUBLISHED).labels(topic).inc(count)
-        return len(rows) - len(parked)
+        return len(published)
 
     async def _open(self, connection: Any, rows: list[Any]) -> dict[int, Record]:
         """Each row as the record to send, a sealed dead-letter copy opened; a copy this process
