@@ -43,6 +43,7 @@ from tests.support import (
     envelope,
     eventually,
     evidence_headers,
+    own_msisdn,
     register_test_signers_now,
 )
 
@@ -130,7 +131,7 @@ def sealed_for(infra: Infra, case_id: UUID, *, payout: dict[str, Any] | None = N
 def own_wallet() -> dict[str, Any]:
     """A mobile wallet no other case uses: a case paid to another identity's wallet is held for
     review (contract v1.1, `instrument_shared`)."""
-    return {**MOBILE_MONEY, "msisdn": f"+504{secrets.randbelow(10**8):08d}"}
+    return {**MOBILE_MONEY, "msisdn": own_msisdn()}
 
 
 def accepted(

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
@@ -144,9 +144,11 @@ async def test_every_stipend_is_paid_exactly_once_through_a_faulty_provider(
                 lambda: outcomes.decided() == STIPENDS, timeout=PAID_WAIT_SECONDS, what=f"{STIPENDS} stipends decided"
             )
         except AssertionError as timeout:
+            undecided = [case_id for case_id in cases if str(case_id) not in outcomes.of(DISBURSED)]
             raise AssertionError(
                 f"{timeout}: {len(outcomes.of(DISBURSED))} paid after {time.monotonic() - started:.0f} s; "
-                f"service errors: {logged_errors(disbursement)[-3:]}"
+                f"service errors: {logged_errors(disbursement)[-3:]}; "
+                f"where the undecided stand: {await where_they_stand(fault_database_url, undecided)}"
             ) from None
         elapsed = time.monotonic() - started
         paid, failed = outcomes.of(DISBURSED), outcomes.of(STIPEND_FAILED)
@@ -179,6 +181,26 @@ async def test_every_stipend_is_paid_exactly_once_through_a_faulty_provider(
     # The provider's own callbacks reach this disbursement's endpoint, and every one verifies.
     callbacks = await eventually(lambda: callback_health(health_port), what="a callback applied")
     assert callbacks["callbacks_refused"] == {}
+
+
+UNDECIDED_SHOWN_MAX = 5
+
+
+async def where_they_stand(database_url: str, case_ids: list[UUID]) -> list[dict[str, Any]]:
+    """Disbursement's own records of (some of) the undecided cases, to tell a lost event from a
+    stuck payment or an unpublished decision."""
+    async with ledger_connection(database_url) as ledger:
+        rows = await ledger.fetch(
+            """SELECT asked.case_id, c.case_id IS NOT NULL AS accepted, v.case_id IS NOT NULL AS verified,
+                      p.status, p.hold_reason, p.payout_attempts, p.last_error, p.leased_until, p.updated_at,
+                      (SELECT array_agg(o.topic || CASE WHEN o.sent_at IS NULL THEN ' unsent' ELSE ' sent' END)
+                       FROM outbox o WHERE o.key = asked.case_id::text) AS outbox
+               FROM unnest($1::uuid[]) AS asked (case_id)
+               LEFT JOIN cases c USING (case_id) LEFT JOIN verified_arrivals v USING (case_id)
+               LEFT JOIN payments p USING (case_id)""",
+            case_ids[:UNDECIDED_SHOWN_MAX],
+        )
+    return [dict(row) for row in rows]
 
 
 async def callback_health(port: int) -> dict[str, Any] | None:

@@ -7,7 +7,6 @@ own, sharing the consumer group "homeward-disbursement" (hence `slow`)."""
 
 import asyncio
 import json
-import secrets
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -29,13 +28,13 @@ from tests.integration.helpers import (
     ACCEPTED,
     DISBURSED,
     HELD,
-    MOBILE_MONEY,
     STIPEND_FAILED,
     VERIFIED,
     Collector,
     accepted,
     ledger_breaches,
     new_database,
+    own_wallet,
     provider_payout,
     publish_all,
     send_pair,
@@ -67,10 +66,6 @@ def database_url(infra: Infra) -> str:
 def disbursement(infra: Infra, database_url: str) -> Iterator[ServiceRunner]:
     yield from start_service("disbursement", infra, HOMEWARD_DATABASE_URL=database_url,
                              HOMEWARD_HTTP_PORT=str(free_port()))  # fmt: skip
-
-
-def wallet() -> dict[str, Any]:
-    return {**MOBILE_MONEY, "msisdn": f"+504{secrets.randbelow(10**8):08d}"}
 
 
 def homeward(infra: Infra, database_url: str, *arguments: str, operator: str | None = None) -> Any:
@@ -110,7 +105,7 @@ async def held_for_review(kafka: Collector, case_id: UUID) -> dict[str, Any]:
 async def paid_then_shared(kafka: Collector, infra: Infra) -> tuple[UUID, str]:
     """A case paid to a new wallet, then another identity's case paid to it: held for review.
     Returns the second case and its payment."""
-    shared, first, second = wallet(), uuid4(), uuid4()
+    shared, first, second = own_wallet(), uuid4(), uuid4()
     await send_pair(kafka, infra, first, payout=shared)
     await eventually(lambda: kafka.events(DISBURSED, case_id=str(first)), what="the first stipend")
     await send_pair(kafka, infra, second, payout=shared)
@@ -118,7 +113,7 @@ async def paid_then_shared(kafka: Collector, infra: Infra) -> tuple[UUID, str]:
 
 
 async def test_a_shared_instrument_waits_for_two_operators_then_pays(infra: Infra, database_url: str):
-    shared = wallet()
+    shared = own_wallet()
     first, second, third = uuid4(), uuid4(), uuid4()
     async with Collector(infra.kafka_bootstrap, outbound_and_dlq_topics()) as kafka:
         await send_pair(kafka, infra, first, payout=shared)
@@ -178,7 +173,7 @@ async def test_a_declined_request_changes_nothing_and_can_be_asked_again(infra: 
 
 
 async def test_fifty_cases_sharing_one_wallet_at_once_pay_one(infra: Infra, database_url: str):
-    shared = wallet()
+    shared = own_wallet()
     cases = [uuid4() for _ in range(SHARING)]
     messages: list[tuple[str, dict[str, Any], str]] = []
     for case_id in cases:
@@ -252,7 +247,7 @@ async def test_cases_sharing_a_wallet_in_concurrent_transactions_pay_one(infra: 
             await stipends.fund(connection, named, amount=Decimal("1000000.00"), currency="USD", reference="initial")
         database = ServiceDatabase(pool, "disbursement", runtime_queries())
         program = Program(Decimal("1000.00"), "USD", bytes.fromhex(TEST_INSTRUMENT_SECRET))
-        shared, key = wallet(), infra.keyring("disbursement")
+        shared, key = own_wallet(), infra.keyring("disbursement")
         cases = [uuid4() for _ in range(SHARING)]
         async with database.unit() as uow:
             opened = [envelope(ACCEPTED, accepted(infra, case_id=case_id, payout=shared)) for case_id in cases]
