@@ -42,17 +42,24 @@ def dead_letter_binding(topic: str, key: str) -> str:
     return f"dead-letter:{topic}:{key}"
 
 
-CASE_LOCK_CLASS = 0x686F6D65
-"""The advisory-lock class ("home") of case locks: they use PostgreSQL's two-key form, so they
-never meet the single-key locks of the outbox relay and the migrations."""
+def case_lock_class(service: str) -> int:
+    """The advisory-lock class of a service's case locks, the CRC-32 of its name as a signed int4.
+    Advisory locks are the whole database's, not a schema's: with one class for every service,
+    travel's batch closing a case waited on disbursement's batch paying it (itself waiting its turn
+    at the ledger head), though the two share no row. Case locks use PostgreSQL's two-key form, so
+    they never meet the single-key locks of the outbox relay and the migrations."""
+    return _int4(zlib.crc32(f"{service}.cases".encode()))
+
+
+def _int4(raw: int) -> int:
+    return raw - (1 << 32) if raw >= 1 << 31 else raw
 
 
 def case_lock_key(subject: UUID | str) -> int:
     """A case's advisory-lock key: the low 32 bits of its id (random in UUIDv4 and UUIDv7 alike),
     or the CRC-32 of a subject that is not a UUID, as a signed int4. Two cases that share a key
     only take turns."""
-    raw = subject.int & 0xFFFF_FFFF if isinstance(subject, UUID) else zlib.crc32(subject.encode())
-    return raw - (1 << 32) if raw >= 1 << 31 else raw
+    return _int4(subject.int & 0xFFFF_FFFF if isinstance(subject, UUID) else zlib.crc32(subject.encode()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +110,8 @@ class UnitOfWork:
         """Waits for, then holds until commit, the lock of each case (or application) named; see
         runtime.sql: lock_cases."""
         keys = list({case_lock_key(subject) for subject in subjects})
-        await self.runtime_queries.lock_cases(self.connection, lock_class=CASE_LOCK_CLASS, keys=keys)
+        lock_class = case_lock_class(self.database.service)
+        await self.runtime_queries.lock_cases(self.connection, lock_class=lock_class, keys=keys)
 
     async def __aenter__(self) -> "UnitOfWork":
         stack = contextlib.AsyncExitStack()

@@ -3,6 +3,7 @@ error anywhere, in the block or in writing the outbox, leaves nothing behind."""
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -96,6 +97,17 @@ async def test_batches_touching_the_same_case_take_turns(database: ServiceDataba
         await until_waiting_on_a_lock(database.pool, "a batch on case-a to wait while another holds it")
         assert not waiting.done()
     await asyncio.wait_for(waiting, 5)
+
+
+async def test_another_service_never_waits_for_a_case_this_one_holds(database: ServiceDatabase) -> None:
+    """Advisory locks are the whole database's: each service locks its cases in a class of its own,
+    so travel closing a case never waits for disbursement paying it."""
+    case_id = new_id()
+    travel = replace(database, service="travel")
+    async with database.unit() as registration:
+        await registration.lock_cases([case_id])
+        async with travel.unit() as elsewhere:
+            await asyncio.wait_for(elsewhere.lock_cases([case_id]), 5)
 
 
 async def _locked_later(database: ServiceDatabase, cases: list[UUID]) -> None:

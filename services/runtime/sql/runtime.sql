@@ -21,8 +21,8 @@ ORDER BY queued.position;
 -- service: a handler that decides on the last of several facts (arrival's evidence and booking,
 -- disbursement's acceptance and verification) must see the facts another replica committed just
 -- before. Taken first, all at once, in one order (of the keys), so two batches never deadlock.
--- The keys are int4s the unit of work derives from the case ids (uow.py: case_lock_key), in a
--- lock class of their own.
+-- The keys are int4s the unit of work derives from the case ids, in the service's own lock class
+-- (uow.py: case_lock_key, case_lock_class).
 SELECT pg_advisory_xact_lock(:lock_class::int, keys.key)
 FROM (SELECT DISTINCT unnest(:keys::int[]) AS key ORDER BY 1) AS keys;
 
