@@ -144,7 +144,8 @@ async def test_every_stipend_is_paid_exactly_once_through_a_faulty_provider(
                 lambda: outcomes.decided() == STIPENDS, timeout=PAID_WAIT_SECONDS, what=f"{STIPENDS} stipends decided"
             )
         except AssertionError as timeout:
-            undecided = [case_id for case_id in cases if str(case_id) not in outcomes.of(DISBURSED)]
+            decided = outcomes.of(DISBURSED).keys() | outcomes.of(STIPEND_FAILED).keys()
+            undecided = [case_id for case_id in cases if str(case_id) not in decided]
             raise AssertionError(
                 f"{timeout}: {len(outcomes.of(DISBURSED))} paid after {time.monotonic() - started:.0f} s; "
                 f"service errors: {logged_errors(disbursement)[-3:]}; "
